@@ -1,0 +1,61 @@
+"""Every error the API returns is JSON: {"error": {"message", "type", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmos.errors import DataCorrupted, LLMOSError
+from llmos.store.artifacts import CorruptArtifact
+
+log = logging.getLogger("llmos.api")
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error",
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": status}},
+                        status_code=status, headers=headers)
+
+
+def _describe(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        if err.get("type") == "json_invalid":
+            return "malformed JSON in the request body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(LLMOSError)
+    async def _llmos(request: Request, exc: LLMOSError):
+        return error_response(exc.status, exc.message, exc.type)
+
+    @app.exception_handler(CorruptArtifact)
+    async def _corrupt(request: Request, exc: CorruptArtifact):
+        log.error("integrity failure: %s", exc)
+        return error_response(DataCorrupted.status, str(exc), DataCorrupted.type)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message = _describe(exc)
+        status = 400 if message.startswith("malformed JSON") else 422
+        return error_response(status, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such route: {request.method} {request.url.path}"
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, message, type_, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; see the daemon log", "internal_error")

@@ -1,0 +1,157 @@
+"""/v1/jobs: submit, list, get, cancel, logs (with follow over server-sent events), metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from llmos.api.schemas import ErrorResponse, JobBatch, JobList, JobOut, MetricList, MetricOut
+from llmos.kernel.jobs import JobSpec, JobState
+from llmos.kernel.service import LOG_STREAMS, JobService
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobId = PathParam(ge=1, le=2**31 - 1, description="Job id")
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 409, 422)}
+MAX_LOG_BYTES = 8 << 20
+
+
+def _jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+@router.post("", response_model=JobOut, status_code=201, responses=ERRORS)
+def submit(spec: JobSpec, request: Request) -> JobOut:
+    """Submit one job; it is PENDING when this returns."""
+    return JobOut.of(_jobs(request).submit(spec), transitions=True)
+
+
+@router.post("/batch", response_model=JobList, status_code=201, responses=ERRORS)
+def submit_batch(batch: JobBatch, request: Request) -> JobList:
+    """Submit many jobs in one transaction: all are written, or none."""
+    jobs = _jobs(request).submit_many(batch.jobs)
+    return JobList(jobs=[JobOut.of(j) for j in jobs], total=len(jobs))
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+def list_jobs(
+    request: Request,
+    state: list[str] | None = Query(default=None, max_length=10),
+    owner: str | None = Query(default=None, max_length=200),
+    priority: Literal["high", "normal", "low"] | None = None,
+    name: str | None = Query(default=None, max_length=200),
+    since: datetime | None = None,
+    limit: int = Query(default=100, ge=1, le=10_000),
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),
+) -> JobList:
+    """Jobs, newest first, filtered by state (repeatable), owner, priority, name, time."""
+    jobs, total = _jobs(request).list(state, owner, priority, name, since, limit, offset)
+    return JobList(jobs=[JobOut.of(j) for j in jobs], total=total)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+def get_job(request: Request, job_id: int = JobId) -> JobOut:
+    """One job with its whole state history."""
+    return JobOut.of(_jobs(request).get(job_id), transitions=True)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+def cancel(request: Request, job_id: int = JobId) -> JobOut:
+    """Cancel: a queued job at once; a running one gets SIGTERM, then SIGKILL after the
+    grace period (its state turns CANCELLED when its process is gone)."""
+    return JobOut.of(_jobs(request).cancel(job_id), transitions=True)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList, responses=ERRORS)
+def metrics(request: Request, job_id: int = JobId,
+            name: str | None = Query(default=None, max_length=200),
+            limit: int = Query(default=10_000, ge=1, le=100_000)) -> MetricList:
+    """Metrics the job reported, oldest first."""
+    return MetricList(metrics=[MetricOut.of(m) for m in _jobs(request).metrics(job_id, name, limit)])
+
+
+@router.get("/{job_id}/logs", responses={**ERRORS, 200: {"content": {"text/plain": {},
+                                                                     "text/event-stream": {}}}})
+async def logs(
+    request: Request,
+    job_id: int = JobId,
+    stream: Literal["stdout", "stderr"] | None = Query(
+        default=None, description="One stream; both when omitted (stdout first)."),
+    follow: bool = Query(default=False, description="Stream new lines as server-sent events "
+                         "until the job ends."),
+    tail: int | None = Query(default=None, ge=1, le=100_000, description="Last N lines only."),
+):
+    """The job's stdout and stderr. With ``follow``, an event stream: each event is named
+    after its stream and carries one line; a final ``end`` event carries the job's state."""
+    service = _jobs(request)
+    streams = [stream] if stream else list(LOG_STREAMS)
+    paths = {s: await run_in_threadpool(service.log_path, job_id, s) for s in streams}
+    if not follow:
+        text = "".join(_read(paths[s], tail) for s in streams)
+        return PlainTextResponse(text)
+    return StreamingResponse(_follow(request, service, job_id, paths, tail),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _read(path: Path, tail: int | None) -> str:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - MAX_LOG_BYTES))
+        data = f.read().decode("utf-8", errors="replace")
+    if tail:
+        data = "".join(data.splitlines(keepends=True)[-tail:])
+    return data
+
+
+async def _follow(request: Request, service: JobService, job_id: int, paths: dict[str, Path],
+                  tail: int | None):
+    offsets = {}
+    for name, path in paths.items():
+        text = _read(path, tail)
+        for line in text.splitlines():
+            yield _sse(name, line)
+        offsets[name] = path.stat().st_size if path.exists() else 0
+    partial = {name: b"" for name in paths}
+    while True:
+        job = await run_in_threadpool(service.get, job_id, False)
+        done = JobState(job.state).terminal
+        for name, path in paths.items():
+            data = _read_from(path, offsets[name])
+            offsets[name] += len(data)
+            lines = (partial[name] + data).split(b"\n")
+            partial[name] = lines.pop()
+            for line in lines:
+                yield _sse(name, line.decode("utf-8", errors="replace"))
+        if done:
+            for name, rest in partial.items():
+                if rest:
+                    yield _sse(name, rest.decode("utf-8", errors="replace"))
+            yield _sse("end", json.dumps({"state": job.state, "reason": job.reason}))
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(0.2)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(MAX_LOG_BYTES)
+    except FileNotFoundError:
+        return b""
+
+
+def _sse(event: str, data: str) -> str:
+    payload = "\n".join(f"data: {part}" for part in data.split("\n"))
+    return f"event: {event}\n{payload}\n\n"

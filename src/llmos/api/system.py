@@ -1,0 +1,27 @@
+"""Health and resources."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from llmos import __version__
+from llmos.api.schemas import Health, NodeOut, ResourcesReport, SchedulerOut
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, tags=["system"])
+def healthz() -> Health:
+    """Liveness: answers while the daemon runs."""
+    return Health(status="ok", version=__version__)
+
+
+@router.get("/v1/resources", response_model=ResourcesReport, tags=["system"])
+def resources(request: Request) -> ResourcesReport:
+    """Each node's capacity and free resources, and the scheduler's queue."""
+    daemon = request.app.state.daemon
+    with daemon.lock:
+        nodes = [NodeOut(**daemon.node.snapshot())]
+        sched = SchedulerOut(pending=len(daemon.pending), running=len(daemon.running),
+                             last_pass_ms=round(daemon.last_pass_ms, 3))
+    return ResourcesReport(nodes=nodes, scheduler=sched)

@@ -1,0 +1,109 @@
+"""One settings object for all of llmos.
+
+Every environment variable llmos reads is declared here, with its meaning, under the
+prefix ``LLMOS_`` (``LLMOS_HOME``, ``LLMOS_DATABASE_URL``, ...). Nothing else in the code
+reads ``os.environ`` for llmos settings.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8470
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMOS_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.llmos"),
+        description="Folder holding the embedded database, artifacts and job folders.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata store; default: SQLite in LLMOS_HOME.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the daemon listens on.")
+    port: int = Field(default=DEFAULT_PORT, description="Port the daemon listens on.")
+    url: str | None = Field(
+        default=None,
+        description="Where the CLI and SDK find the daemon; default http://127.0.0.1:PORT.",
+    )
+    # Resource overrides (discovery is used when unset).
+    cpus: int | None = Field(default=None, ge=1, description="CPUs this node offers to jobs.")
+    memory_mb: int | None = Field(default=None, ge=1, description="Memory offered to jobs.")
+    reserved_memory_mb: int = Field(
+        default=512, ge=0, description="Memory kept back for the OS and the daemon."
+    )
+    gpus: str | None = Field(
+        default=None,
+        description="Comma-separated GPU indices to offer (default: all discovered); '' for none.",
+    )
+    # Daemon behaviour.
+    tick_s: float = Field(default=0.25, gt=0, description="Longest sleep of the control loop.")
+    cancel_grace_s: float = Field(
+        default=5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a job."
+    )
+    preempt_grace_s: float = Field(
+        default=60.0, ge=0,
+        description="Seconds a preempted job has to checkpoint and exit before SIGTERM.",
+    )
+    shutdown_jobs: Literal["stop", "leave"] = Field(
+        default="stop",
+        description="On daemon shutdown: 'stop' running jobs and requeue them, or 'leave' "
+        "them running for the next daemon to adopt.",
+    )
+    aging_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A pending job rises one priority class for every this many seconds waited.",
+    )
+    executor: str = Field(default="local", description="Executor used for new jobs.")
+    max_upload_mb: int = Field(default=16384, ge=1, description="Largest artifact upload.")
+    default_job_memory_mb: int = Field(default=1024, ge=1, description="Memory a job gets by default.")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_dir / 'llmos.db'}"
+
+    @property
+    def client_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home_dir / "jobs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home_dir / "artifacts"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()
+
+
+# Environment variables a job must never inherit: they carry llmos's own secrets.
+SECRET_ENV_PREFIXES = ("LLMOS_",)
+SECRET_ENV_NAMES = ("DATABASE_URL", "PGPASSWORD")

@@ -1,0 +1,214 @@
+"""The job context: the only API a program uses to talk to llmos (its system calls).
+
+    def main(ctx, epochs: int = 3):
+        state = ctx.checkpoint.load()
+        for epoch in range(state.state["epoch"] if state else 0, epochs):
+            ...
+            ctx.metric("loss", loss, step=epoch)
+            ctx.progress(epoch + 1, epochs)
+            if ctx.should_yield():
+                ctx.checkpoint.save({"epoch": epoch + 1})
+                return
+
+Reports (log lines, progress, metrics) are appended to the job's event file and picked
+up by the daemon within a tick; writing them never waits on the daemon or the database.
+Artifacts go through the daemon's REST API. This module is imported in every job process,
+so it imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+EVENTS_FILE = "events.jsonl"
+
+
+class JobContext:
+    def __init__(self, job_id: int, attempt: int, workdir: Path, api_url: str | None = None):
+        self.job_id = job_id
+        self.attempt = attempt
+        self.workdir = Path(workdir)
+        self._lock = threading.Lock()
+        self._events = open(self.workdir / EVENTS_FILE, "a", encoding="utf-8")
+        self._yield = threading.Event()
+        self.checkpoint = Checkpoints(self.workdir / "checkpoints", self)
+        self.artifacts = Artifacts(api_url, job_id)
+
+    # -- reporting -------------------------------------------------------------------
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """A line in the job's log (stderr), with time and level."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        sys.stderr.write(f"{stamp} {level.upper()} {message}\n")
+        sys.stderr.flush()
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """How far the job is: ``done`` out of ``total`` (units are the program's)."""
+        self._emit({"type": "progress", "done": float(done),
+                    "total": None if total is None else float(total)})
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        """A named number, optionally at a step (loss, accuracy, samples/s ...)."""
+        value = float(value)
+        if not name or len(name) > 200:
+            raise ValueError("a metric name is 1 to 200 characters")
+        self._emit({"type": "metric", "name": name,
+                    "value": value if math.isfinite(value) else str(value),
+                    "step": None if step is None else int(step)})
+
+    def _emit(self, event: dict) -> None:
+        event["t"] = time.time()
+        event["attempt"] = self.attempt
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._events.write(line)
+            self._events.flush()
+
+    # -- cooperation with the scheduler ---------------------------------------------
+
+    def should_yield(self) -> bool:
+        """True once the kernel asks this job to give its resources back (preemption,
+        cancellation, daemon shutdown). A checkpointable job then saves and returns."""
+        return self._yield.is_set()
+
+    def _request_yield(self) -> None:
+        self._yield.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._events.close()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    state: dict
+    dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+class Checkpoints:
+    """Checkpoints kept in the job's folder, so they outlive retries and preemption.
+
+    ``save`` writes into a fresh folder and renames it into place, so a crash mid-save
+    leaves the previous checkpoint intact. The newest ``keep`` are kept.
+    """
+
+    def __init__(self, root: Path, ctx: JobContext, keep: int = 2):
+        self.root = root
+        self._ctx = ctx
+        self.keep = keep
+
+    def save(self, state: dict, files: dict[str, bytes | str | Path] | None = None) -> int:
+        """Save a JSON-able ``state`` and optional files (name -> bytes or source path)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        latest = self.load()
+        step = (latest.step + 1) if latest else 1
+        tmp = self.root / f".ckpt-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, content in (files or {}).items():
+            if "/" in name or name in ("", ".", "..", "state.json"):
+                raise ValueError(f"bad checkpoint file name {name!r}")
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                shutil.copyfile(content, tmp / name)
+        (tmp / "state.json").write_text(json.dumps(state))
+        _fsync_dir(tmp)
+        os.replace(tmp, self.root / f"ckpt-{step}")
+        (self.root / "LATEST.tmp").write_text(str(step))
+        os.replace(self.root / "LATEST.tmp", self.root / "LATEST")
+        for old in sorted(self._steps())[: -self.keep]:
+            shutil.rmtree(self.root / f"ckpt-{old}", ignore_errors=True)
+        self._ctx._emit({"type": "checkpoint", "step": step})
+        return step
+
+    def load(self) -> Checkpoint | None:
+        """The newest checkpoint, or None when the job has none yet."""
+        try:
+            step = int((self.root / "LATEST").read_text())
+        except (OSError, ValueError):
+            return None
+        folder = self.root / f"ckpt-{step}"
+        state = json.loads((folder / "state.json").read_text())
+        return Checkpoint(step, state, folder)
+
+    def _steps(self) -> list[int]:
+        return [int(p.name[5:]) for p in self.root.glob("ckpt-*") if p.name[5:].isdigit()]
+
+
+def _fsync_dir(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+class Artifacts:
+    """Read and write artifacts in the store, through the daemon's API."""
+
+    def __init__(self, api_url: str | None, job_id: int):
+        self._url = api_url
+        self._job_id = job_id
+
+    def _client(self):
+        import httpx
+
+        if not self._url:
+            raise RuntimeError("this job has no llmos API to reach")
+        return httpx.Client(base_url=self._url, timeout=httpx.Timeout(30.0, read=600.0))
+
+    def put(self, data: bytes | str | Path, name: str, kind: str = "file",
+            parents: Iterable[int] = ()) -> int:
+        """Store ``data`` (bytes, or a file path) as a new artifact; return its id.
+        The artifact records this job as its producer."""
+        params: dict[str, Any] = {"name": name, "kind": kind, "job_id": self._job_id}
+        if parents:
+            params["parents"] = ",".join(str(int(p)) for p in parents)
+        with self._client() as client:
+            if isinstance(data, bytes):
+                resp = client.post("/v1/artifacts", params=params, content=data)
+            else:
+                with open(data, "rb") as f:
+                    resp = client.post("/v1/artifacts", params=params,
+                                       content=iter(lambda: f.read(1 << 20), b""))
+            _raise_for(resp)
+            return int(resp.json()["id"])
+
+    def get(self, artifact_id: int) -> bytes:
+        """The bytes of an artifact (verified against its sha256)."""
+        import hashlib
+
+        with self._client() as client:
+            resp = client.get(f"/v1/artifacts/{int(artifact_id)}/content")
+            _raise_for(resp)
+            data = resp.content
+        expected = resp.headers.get("x-llmos-sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise RuntimeError(f"artifact {artifact_id} arrived corrupted")
+        return data
+
+    def download(self, artifact_id: int, dest: str | Path) -> Path:
+        dest = Path(dest)
+        dest.write_bytes(self.get(artifact_id))
+        return dest
+
+
+def _raise_for(resp) -> None:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json()["error"]["message"]
+        except Exception:
+            message = resp.text[:200]
+        raise RuntimeError(f"llmos API: {resp.status_code} {message}")

@@ -1,0 +1,392 @@
+"""The daemon's control loop: the store holds the desired state, executors the actual one.
+
+One thread runs :meth:`Daemon.step` whenever something changes (a submission or a cancel
+wakes it) and at least every ``tick_s``. A step
+1. supervises running attempts: reads their reports, notices exits, enforces timeouts
+   and memory limits, escalates stops (yield -> SIGTERM -> SIGKILL);
+2. schedules: one pure scheduler pass over the in-memory queue, then binds and launches.
+
+The daemon is the only writer of job states after submission; every transition is
+stored with its reason. On start it reconciles the store with the processes that are
+actually alive (:mod:`llmos.kernel.reconcile`), so a daemon killed with ``kill -9``
+loses nothing and never runs an attempt twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from llmos.config import Settings
+from llmos.kernel import events
+from llmos.kernel.executors import Executor, Exit, ExitKind, Handle, LaunchPlan, executor_class
+from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, transition
+from llmos.kernel.resources import Allocation, NodeCapacity, NodeState, discover_node
+from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.store.db import Database
+from llmos.store.models import Job, utcnow
+
+log = logging.getLogger("llmos.daemon")
+
+MEMORY_CHECK_S = 0.5
+
+
+@dataclass
+class Stop:
+    """Why the daemon is stopping an attempt, and when it escalates next."""
+
+    intent: str  # cancel | timeout | memory | preempt | shutdown
+    reason: str
+    stage: int  # 0 asked to yield, 1 SIGTERM sent, 2 SIGKILL sent
+    next_at: float
+
+
+@dataclass
+class Tracked:
+    job: RunningJob
+    handle: Handle
+    executor: str
+    stop: Stop | None = None
+    memory_check_at: float = 0.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, db: Database, api_url: str | None = None,
+                 node: NodeCapacity | None = None):
+        self.settings = settings
+        self.db = db
+        self.api_url = api_url or settings.client_url
+        self.node = NodeState(node or discover_node(
+            cpus=settings.cpus, memory_mb=settings.memory_mb,
+            reserved_memory_mb=settings.reserved_memory_mb, gpus=settings.gpus))
+        self.config = SchedulerConfig(aging_s=settings.aging_s)
+        self.lock = threading.RLock()
+        self.pending: dict[int, PendingJob] = {}
+        self.running: dict[int, Tracked] = {}
+        self.dependents: dict[int, set[int]] = defaultdict(set)
+        self.last_pass_ms = 0.0
+        self._reasons: dict[int, str] = {}
+        self._executors: dict[str, Executor] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        from llmos.kernel.reconcile import reconcile
+
+        self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            reconcile(self)
+        self._thread = threading.Thread(target=self._loop, name="llmos-control", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the loop; then stop running jobs (and requeue them) or leave them running."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        with self.lock:
+            if self.settings.shutdown_jobs == "stop":
+                self._stop_all_for_shutdown()
+            for executor in self._executors.values():
+                executor.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.settings.tick_s)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                with self.lock:
+                    self.step()
+            except Exception:  # the loop must outlive any one bad step
+                log.exception("control loop step failed")
+
+    def step(self) -> None:
+        now = time.time()
+        self._supervise(now)
+        self._schedule(now)
+
+    def executor(self, name: str) -> Executor:
+        if name not in self._executors:
+            self._executors[name] = executor_class(name)()
+        return self._executors[name]
+
+    def workdir(self, job_id: int):
+        return self.settings.jobs_dir / str(job_id)
+
+    # -- the queue ----------------------------------------------------------------------
+
+    def enqueue(self, session: Session, job: Job) -> None:
+        """Put a PENDING job in the in-memory queue (on submit, retry, requeue, restart)."""
+        waiting = []
+        for dep_id in job.depends_on:
+            dep = session.get(Job, dep_id)
+            if dep.state in (JobState.FAILED.value, JobState.CANCELLED.value):
+                self._fail_dependent(session, job, dep)
+                return
+            if dep.state != JobState.SUCCEEDED.value:
+                waiting.append(dep_id)
+                self.dependents[dep_id].add(job.id)
+        self.pending[job.id] = PendingJob(
+            id=job.id, request=request_of(job), priority=PRIORITY_RANK[job.priority],
+            queued_at=job.queued_at.timestamp(), timeout_s=job.timeout_s, team=job.team,
+            waiting_for=tuple(waiting))
+        self._reasons[job.id] = job.reason or ""
+
+    def submitted(self, job_ids: list[int]) -> None:
+        """Called after jobs were committed as PENDING."""
+        with self.lock, self.db.session() as s:
+            for job_id in job_ids:
+                job = s.get(Job, job_id)
+                if job is not None and job.state == JobState.PENDING.value:
+                    self.enqueue(s, job)
+        self.wake()
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a job: at once when queued; by stopping its process when running.
+        Returns the job's state afterwards."""
+        with self.lock, self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job.state in (JobState.PENDING.value, JobState.PREEMPTED.value):
+                self.pending.pop(job_id, None)
+                transition(s, job, JobState.CANCELLED, "cancelled by the user")
+                self._cascade_failure(s, job)
+            elif job_id in self.running:
+                job.cancel_requested = True
+                self._begin_stop(self.running[job_id], "cancel", "cancelled by the user",
+                                 time.time(), grace=self.settings.cancel_grace_s)
+            return job.state
+
+    # -- supervision --------------------------------------------------------------------
+
+    def _supervise(self, now: float) -> None:
+        if not self.running:
+            return
+        with self.db.session() as s:
+            for job_id, tracked in list(self.running.items()):
+                self._ingest(s, job_id, tracked)
+                ended = self.executor(tracked.executor).poll(tracked.handle)
+                if ended is not None:
+                    self._finish(s, s.get(Job, job_id), tracked, ended)
+                elif tracked.stop is not None:
+                    self._escalate(tracked, now)
+                else:
+                    self._enforce_limits(tracked, now)
+
+    def _ingest(self, s: Session, job_id: int, tracked: Tracked) -> None:
+        offset = tracked.handle.extra.get("events_offset")
+        if offset is None:
+            offset = s.get(Job, job_id).events_offset
+        new_offset, evs = events.read_new(tracked.handle.workdir, offset)
+        if new_offset != offset:
+            job = s.get(Job, job_id)
+            events.apply(s, job, evs)
+            job.events_offset = new_offset
+        tracked.handle.extra["events_offset"] = new_offset
+
+    def _enforce_limits(self, tracked: Tracked, now: float) -> None:
+        job = tracked.job
+        if job.timeout_s and now - job.started_at >= job.timeout_s:
+            self._begin_stop(tracked, "timeout", f"timed out after {job.timeout_s:g}s", now,
+                             grace=self.settings.cancel_grace_s)
+            return
+        if now >= tracked.memory_check_at:
+            tracked.memory_check_at = now + MEMORY_CHECK_S
+            used = self.executor(tracked.executor).memory_used_mb(tracked.handle)
+            limit = tracked.handle.memory_mb
+            if used is not None and used > limit:
+                self._begin_stop(
+                    tracked, "memory",
+                    f"exceeded its memory limit: {used:.0f} MB resident > {limit} MB", now, 0)
+
+    def _begin_stop(self, tracked: Tracked, intent: str, reason: str, now: float,
+                    grace: float) -> None:
+        if tracked.stop is not None and tracked.stop.intent != "preempt":
+            return  # already being stopped for a reason that wins
+        ex = self.executor(tracked.executor)
+        if intent == "preempt":
+            ex.request_yield(tracked.handle)
+            tracked.stop = Stop(intent, reason, 0, now + grace)
+        elif grace > 0:
+            ex.request_yield(tracked.handle)
+            ex.terminate(tracked.handle)
+            tracked.stop = Stop(intent, reason, 1, now + grace)
+        else:
+            ex.kill(tracked.handle)
+            tracked.stop = Stop(intent, reason, 2, now + self.settings.cancel_grace_s)
+
+    def _escalate(self, tracked: Tracked, now: float) -> None:
+        stop = tracked.stop
+        if now < stop.next_at or stop.stage >= 2:
+            return
+        ex = self.executor(tracked.executor)
+        if stop.stage == 0:
+            ex.terminate(tracked.handle)
+            tracked.stop = replace(stop, stage=1, next_at=now + self.settings.cancel_grace_s)
+        else:
+            ex.kill(tracked.handle)
+            tracked.stop = replace(stop, stage=2, next_at=now)
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _finish(self, s: Session, job: Job, tracked: Tracked, ended: Exit) -> None:
+        """Record how an attempt ended, free its resources, and decide what comes next."""
+        del self.running[job.id]
+        self.node.release(Allocation.from_json(job.allocation))
+        job.exit_code = ended.exit_code
+        job.signal = ended.signal
+        self._ingest(s, job.id, tracked)
+        intent = tracked.stop.intent if tracked.stop else None
+        if intent == "cancel":
+            transition(s, job, JobState.CANCELLED, "cancelled by the user")
+            self._cascade_failure(s, job)
+        elif intent == "shutdown":
+            transition(s, job, JobState.PENDING, "requeued: the daemon shut down while it ran")
+            self.enqueue(s, job)
+        elif intent == "preempt":
+            transition(s, job, JobState.PREEMPTED, tracked.stop.reason)
+            transition(s, job, JobState.PENDING, "requeued after preemption; resumes from "
+                       "its checkpoint")
+            self.enqueue(s, job)
+        elif ended.kind in (ExitKind.SUCCEEDED, ExitKind.YIELDED):
+            transition(s, job, JobState.SUCCEEDED, "exited with code 0")
+            self._release_dependents(s, job)
+        else:
+            reason = tracked.stop.reason if intent in ("timeout", "memory") else ended.message
+            self.fail_or_retry(s, job, reason)
+
+    def fail_or_retry(self, s: Session, job: Job, reason: str) -> None:
+        job.failures += 1
+        if job.failures <= job.max_retries:
+            transition(s, job, JobState.PENDING,
+                       f"{reason}; retry {job.failures} of {job.max_retries}")
+            self.enqueue(s, job)
+        else:
+            transition(s, job, JobState.FAILED, reason)
+            self._cascade_failure(s, job)
+
+    def _release_dependents(self, s: Session, job: Job) -> None:
+        for dep_id in self.dependents.pop(job.id, ()):
+            waiting = self.pending.get(dep_id)
+            if waiting is not None:
+                rest = tuple(i for i in waiting.waiting_for if i != job.id)
+                self.pending[dep_id] = replace(waiting, waiting_for=rest)
+
+    def _cascade_failure(self, s: Session, job: Job) -> None:
+        for dep_id in self.dependents.pop(job.id, ()):
+            dependent = s.get(Job, dep_id)
+            if dependent is not None and dependent.state == JobState.PENDING.value:
+                self._fail_dependent(s, dependent, job)
+
+    def _fail_dependent(self, s: Session, job: Job, dep: Job) -> None:
+        self.pending.pop(job.id, None)
+        transition(s, job, JobState.FAILED,
+                   f"dependency job {dep.id} {dep.state.lower()}; not started")
+        self._cascade_failure(s, job)
+
+    def _stop_all_for_shutdown(self) -> None:
+        now = time.time()
+        for tracked in self.running.values():
+            self._begin_stop(tracked, "shutdown", "the daemon shut down", now,
+                             grace=self.settings.cancel_grace_s)
+        deadline = now + self.settings.cancel_grace_s + 5
+        while self.running and time.time() < deadline:
+            self._supervise(time.time())
+            time.sleep(0.05)
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _schedule(self, now: float) -> None:
+        if not self.pending:
+            return
+        running = [
+            replace(t.job, checkpointable=False) if t.stop else t.job
+            for t in self.running.values()
+        ]
+        started = time.perf_counter()
+        out = schedule(list(self.pending.values()), [self.node], running, now, self.config)
+        self.last_pass_ms = (time.perf_counter() - started) * 1000
+        if out.bindings:
+            self._bind(out.bindings)
+        self._write_reasons(out.reasons)
+        if out.preemptions and not any(
+            t.stop and t.stop.intent == "preempt" for t in self.running.values()
+        ):
+            for plan in out.preemptions:
+                for victim in plan.victims:
+                    if victim in self.running:
+                        self._begin_stop(self.running[victim], "preempt",
+                                         f"preempted by higher-priority job {plan.for_job}",
+                                         now, grace=self.settings.preempt_grace_s)
+
+    def _bind(self, bindings) -> None:
+        launched: list[tuple[int, Handle | Exception]] = []
+        with self.db.session() as s:
+            jobs = {b.job_id: s.get(Job, b.job_id) for b in bindings}
+            for b in bindings:
+                job = jobs[b.job_id]
+                self.node.take(b.allocation)
+                del self.pending[job.id]
+                self._reasons.pop(job.id, None)
+                job.attempt += 1
+                job.node = b.allocation.node
+                job.allocation = b.allocation.to_json()
+                job.pid = job.pid_started = None
+                cores = ",".join(str(c) for c in sorted(b.allocation.cores))
+                transition(s, job, JobState.SCHEDULED,
+                           f"bound to {b.allocation.node} (cores {cores}"
+                           + (", backfilled)" if b.backfilled else ")"))
+            s.commit()  # SCHEDULED is durable before any process exists
+            for b in bindings:
+                job = jobs[b.job_id]
+                plan = LaunchPlan(job.id, job.attempt, job.program, job.params, b.allocation,
+                                  self.workdir(job.id), self.api_url)
+                try:
+                    launched.append((job.id, self.executor(job.executor).launch(plan)))
+                except Exception as e:  # noqa: BLE001 - e.g. fork failed: the job fails, not us
+                    launched.append((job.id, e))
+            for job_id, handle in launched:
+                job = jobs[job_id]
+                if isinstance(handle, Exception):
+                    self.node.release(Allocation.from_json(job.allocation))
+                    self.fail_or_retry(s, job, f"could not start: {handle}")
+                    continue
+                job.pid, job.pid_started = handle.pid, handle.pid_started
+                transition(s, job, JobState.RUNNING, f"started as process {handle.pid}")
+                self.track(job, handle)
+
+    def track(self, job: Job, handle: Handle) -> None:
+        allocation = Allocation.from_json(job.allocation)
+        started = (job.started_at or utcnow()).timestamp()
+        handle.extra["events_offset"] = job.events_offset
+        self.running[job.id] = Tracked(
+            RunningJob(job.id, allocation, PRIORITY_RANK[job.priority], started, job.timeout_s,
+                       job.checkpointable, job.team),
+            handle, job.executor)
+
+    def _write_reasons(self, reasons: dict[int, str]) -> None:
+        changed = [
+            {"id": job_id, "reason": reason}
+            for job_id, reason in reasons.items()
+            if self._reasons.get(job_id) != reason
+        ]
+        if not changed:
+            return
+        with self.db.session() as s:
+            s.execute(update(Job), changed)
+        for row in changed:
+            self._reasons[row["id"]] = row["reason"]

@@ -1,0 +1,181 @@
+"""Jobs: the spec a user submits, the state machine, and the store operations on jobs.
+
+The state machine::
+
+    PENDING -> SCHEDULED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | PREEMPTED
+    PREEMPTED -> PENDING          (requeued; resumes from its checkpoint)
+    RUNNING -> PENDING            (retried after a failure, or requeued by a daemon stop)
+    PENDING | SCHEDULED -> CANCELLED | FAILED (a dependency failed)
+
+Every change goes through :func:`transition`, which records it with its time and reason.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from llmos.kernel.resources import Request
+from llmos.store.models import Job, JobDependency, JobTransition, utcnow
+
+
+class JobState(str, enum.Enum):
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE = frozenset({JobState.SCHEDULED, JobState.RUNNING})
+
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.SCHEDULED, JobState.CANCELLED, JobState.FAILED}),
+    JobState.SCHEDULED: frozenset(
+        {JobState.RUNNING, JobState.PENDING, JobState.CANCELLED, JobState.FAILED}
+    ),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PREEMPTED,
+         JobState.PENDING}
+    ),
+    JobState.PREEMPTED: frozenset({JobState.PENDING, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+PriorityClass = Literal["high", "normal", "low"]
+PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
+
+
+class ResourceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(default=1.0, gt=0, le=4096, description="CPU cores (fractions allowed).")
+    memory_mb: int | None = Field(default=None, gt=0, description="Memory limit in MB.")
+    gpu: int = Field(default=0, ge=0, le=64, description="Whole GPUs.")
+    gpu_memory_mb: int = Field(default=0, ge=0, description="Memory needed on each GPU.")
+
+    def to_request(self, default_memory_mb: int) -> Request:
+        return Request(
+            cpu=round(self.cpu, 3),
+            memory_mb=self.memory_mb or default_memory_mb,
+            gpu=self.gpu,
+            gpu_memory_mb=self.gpu_memory_mb,
+        )
+
+
+class JobSpec(BaseModel):
+    """What a user submits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    program: str = Field(min_length=1, max_length=1000)
+    params: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(default=None, max_length=200)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    priority: PriorityClass = "normal"
+    owner: str = Field(default="local", min_length=1, max_length=200)
+    max_retries: int = Field(default=0, ge=0, le=100)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    checkpointable: bool = False
+    depends_on: list[int] = Field(default_factory=list, max_length=1000)
+    executor: str | None = Field(default=None, max_length=50)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _positive_ids(cls, ids: list[int]) -> list[int]:
+        if any(i <= 0 for i in ids):
+            raise ValueError("job ids are positive integers")
+        return sorted(set(ids))
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def transition(
+    session: Session, job: Job, to: JobState, reason: str | None = None, at: datetime | None = None
+) -> None:
+    """Move ``job`` to state ``to``, recording when and why."""
+    current = JobState(job.state)
+    if to not in ALLOWED[current]:
+        raise IllegalTransition(f"job {job.id}: {current.value} -> {to.value} is not allowed")
+    at = at or utcnow()
+    session.add(
+        JobTransition(
+            job_id=job.id, from_state=current.value, to_state=to.value, reason=reason,
+            attempt=job.attempt, at=at,
+        )
+    )
+    job.state = to.value
+    job.reason = reason
+    if to == JobState.SCHEDULED:
+        job.scheduled_at = at
+    elif to == JobState.RUNNING:
+        job.started_at = at
+    elif to == JobState.PENDING:
+        job.queued_at = at
+    if to.terminal:
+        job.ended_at = at
+
+
+def create_job(session: Session, spec: JobSpec, request: Request, executor: str) -> Job:
+    """Insert a PENDING job (dependencies must already be checked to exist)."""
+    now = utcnow()
+    job = Job(
+        name=spec.name,
+        program=spec.program,
+        params=spec.params,
+        cpu=request.cpu,
+        memory_mb=request.memory_mb,
+        gpu=request.gpu,
+        gpu_memory_mb=request.gpu_memory_mb,
+        priority=spec.priority,
+        owner=spec.owner,
+        max_retries=spec.max_retries,
+        timeout_s=spec.timeout_s,
+        checkpointable=spec.checkpointable,
+        executor=executor,
+        state=JobState.PENDING.value,
+        reason="waiting to be scheduled",
+        attempt=0,
+        failures=0,
+        cancel_requested=False,
+        events_offset=0,
+        created_at=now,
+        queued_at=now,
+    )
+    session.add(job)
+    session.flush()
+    for dep in spec.depends_on:
+        session.add(JobDependency(job_id=job.id, depends_on_id=dep))
+    session.add(
+        JobTransition(job_id=job.id, from_state=None, to_state=JobState.PENDING.value,
+                      reason="submitted", attempt=0, at=now)
+    )
+    return job
+
+
+def missing_jobs(session: Session, ids: list[int]) -> list[int]:
+    if not ids:
+        return []
+    found = set(session.scalars(select(Job.id).where(Job.id.in_(ids))))
+    return [i for i in ids if i not in found]
+
+
+def request_of(job: Job) -> Request:
+    return Request(cpu=job.cpu, memory_mb=job.memory_mb, gpu=job.gpu,
+                   gpu_memory_mb=job.gpu_memory_mb)

@@ -1,0 +1,304 @@
+"""Hardware as vectors: discovery, requests, and exact accounting per node.
+
+A request is a vector (cpu, memory_mb, gpu, gpu_memory_mb). A node hands out concrete
+cores (in thousandths, so 0.5 cpu is possible and two halves share one core), memory and
+whole GPUs, and never more than it has: :meth:`NodeState.allocate` refuses anything that
+does not fit. This module knows nothing about jobs or the database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MILLI = 1000  # a core is accounted in thousandths
+
+
+@dataclass(frozen=True)
+class Request:
+    cpu: float = 1.0
+    memory_mb: int = 1024
+    gpu: int = 0
+    gpu_memory_mb: int = 0
+
+    @property
+    def millicores(self) -> int:
+        return round(self.cpu * MILLI)
+
+    def describe(self) -> str:
+        parts = [f"{_num(self.cpu)} cpu", f"{self.memory_mb} MB memory"]
+        if self.gpu:
+            parts.append(f"{self.gpu} gpu")
+        if self.gpu_memory_mb:
+            parts.append(f"{self.gpu_memory_mb} MB per gpu")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    name: str
+    cores: tuple[int, ...]
+    memory_mb: int
+    gpus: tuple[GPU, ...] = ()
+
+    def as_request(self) -> Request:
+        return Request(
+            cpu=len(self.cores),
+            memory_mb=self.memory_mb,
+            gpu=len(self.gpus),
+            gpu_memory_mb=max((g.memory_mb for g in self.gpus), default=0),
+        )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one job holds on one node: core -> millicores, memory, GPU indices."""
+
+    node: str
+    cores: dict[int, int]
+    memory_mb: int
+    gpus: tuple[int, ...] = ()
+
+    @property
+    def cpu(self) -> float:
+        return sum(self.cores.values()) / MILLI
+
+    def to_json(self) -> dict:
+        return {
+            "node": self.node,
+            "cores": {str(c): m for c, m in self.cores.items()},
+            "memory_mb": self.memory_mb,
+            "gpus": list(self.gpus),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Allocation:
+        return cls(
+            node=data["node"],
+            cores={int(c): int(m) for c, m in data["cores"].items()},
+            memory_mb=int(data["memory_mb"]),
+            gpus=tuple(int(g) for g in data.get("gpus", ())),
+        )
+
+
+def too_large_reason(request: Request, nodes: list[NodeCapacity]) -> str | None:
+    """Why no node could ever run ``request``, or None when some node could."""
+    if request.gpu_memory_mb and not request.gpu:
+        return "gpu_memory_mb needs gpu >= 1"
+    reasons = []
+    for cap in nodes:
+        biggest = max((g.memory_mb for g in cap.gpus), default=0)
+        eligible = [g for g in cap.gpus if g.memory_mb >= request.gpu_memory_mb]
+        if request.millicores > len(cap.cores) * MILLI:
+            reasons.append(f"needs {_num(request.cpu)} cpu, node {cap.name} has {len(cap.cores)}")
+        elif request.memory_mb > cap.memory_mb:
+            reasons.append(
+                f"needs {request.memory_mb} MB memory, node {cap.name} has {cap.memory_mb} MB"
+            )
+        elif request.gpu > len(eligible):
+            if request.gpu_memory_mb and request.gpu <= len(cap.gpus):
+                reasons.append(
+                    f"needs {request.gpu_memory_mb} MB per gpu, node {cap.name}'s largest "
+                    f"gpu has {biggest} MB"
+                )
+            else:
+                reasons.append(f"needs {request.gpu} gpu, node {cap.name} has {len(cap.gpus)}")
+        else:
+            return None
+    return "request larger than any node: " + "; ".join(reasons) if reasons else "no nodes"
+
+
+@dataclass
+class NodeState:
+    """Free and used resources of one node, exactly accounted."""
+
+    capacity: NodeCapacity
+    core_used: dict[int, int] = field(default_factory=dict)
+    memory_used: int = 0
+    gpus_used: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for core in self.capacity.cores:
+            self.core_used.setdefault(core, 0)
+
+    @property
+    def name(self) -> str:
+        return self.capacity.name
+
+    @property
+    def free_millicores(self) -> int:
+        return sum(MILLI - used for used in self.core_used.values())
+
+    @property
+    def free_memory_mb(self) -> int:
+        return self.capacity.memory_mb - self.memory_used
+
+    def free_gpus(self, min_memory_mb: int = 0) -> list[int]:
+        return [
+            g.index
+            for g in self.capacity.gpus
+            if g.index not in self.gpus_used and g.memory_mb >= min_memory_mb
+        ]
+
+    def shortfall(self, request: Request) -> str | None:
+        """None when ``request`` fits now, else what is missing ("needs 2 cpu, 1 free")."""
+        need = request.millicores
+        if need > self.free_millicores or self._pick_cores(need) is None:
+            return f"needs {_num(request.cpu)} cpu, {_num(self.free_millicores / MILLI)} free"
+        if request.memory_mb > self.free_memory_mb:
+            return f"needs {request.memory_mb} MB memory, {self.free_memory_mb} MB free"
+        if request.gpu and len(self.free_gpus(request.gpu_memory_mb)) < request.gpu:
+            return f"needs {request.gpu} gpu, {len(self.free_gpus(request.gpu_memory_mb))} free"
+        return None
+
+    def fits(self, request: Request) -> bool:
+        return (
+            request.millicores <= self.free_millicores
+            and request.memory_mb <= self.free_memory_mb
+            and (not request.gpu or len(self.free_gpus(request.gpu_memory_mb)) >= request.gpu)
+            and self._pick_cores(request.millicores) is not None
+        )
+
+    def allocate(self, request: Request) -> Allocation:
+        """Reserve concrete cores, memory and GPUs; raises ValueError when it does not fit."""
+        reason = self.shortfall(request)
+        if reason:
+            raise ValueError(f"cannot allocate on {self.name}: {reason}")
+        cores = self._pick_cores(request.millicores)
+        gpus = tuple(self.free_gpus(request.gpu_memory_mb)[: request.gpu])
+        allocation = Allocation(self.name, cores, request.memory_mb, gpus)
+        self.take(allocation)
+        return allocation
+
+    def take(self, allocation: Allocation) -> None:
+        """Account an allocation made earlier (the daemon's restart path)."""
+        for core, milli in allocation.cores.items():
+            if core not in self.core_used or self.core_used[core] + milli > MILLI:
+                raise ValueError(f"core {core} would be oversubscribed on {self.name}")
+        if allocation.memory_mb > self.free_memory_mb:
+            raise ValueError(f"memory would be oversubscribed on {self.name}")
+        if set(allocation.gpus) & self.gpus_used:
+            raise ValueError(f"gpu would be oversubscribed on {self.name}")
+        for core, milli in allocation.cores.items():
+            self.core_used[core] += milli
+        self.memory_used += allocation.memory_mb
+        self.gpus_used |= set(allocation.gpus)
+
+    def release(self, allocation: Allocation) -> None:
+        for core, milli in allocation.cores.items():
+            self.core_used[core] = max(0, self.core_used[core] - milli)
+        self.memory_used = max(0, self.memory_used - allocation.memory_mb)
+        self.gpus_used -= set(allocation.gpus)
+
+    def _pick_cores(self, need: int) -> dict[int, int] | None:
+        """Whole idle cores for the integer part, the fullest core that still has room for
+        the fraction (packing fractions keeps whole cores free)."""
+        whole, frac = divmod(need, MILLI)
+        idle = [c for c, used in self.core_used.items() if used == 0]
+        if len(idle) < whole:
+            return None
+        picked = {c: MILLI for c in idle[:whole]}
+        if frac:
+            room = [
+                (used, c)
+                for c, used in self.core_used.items()
+                if c not in picked and MILLI - used >= frac
+            ]
+            if not room:
+                return None
+            _, core = max(room)
+            picked[core] = frac
+        return picked
+
+    def snapshot(self) -> dict:
+        cap = self.capacity
+        return {
+            "name": cap.name,
+            "capacity": {
+                "cpu": len(cap.cores),
+                "memory_mb": cap.memory_mb,
+                "gpu": len(cap.gpus),
+            },
+            "free": {
+                "cpu": self.free_millicores / MILLI,
+                "memory_mb": self.free_memory_mb,
+                "gpu": len(self.free_gpus()),
+            },
+            "cores": sorted(cap.cores),
+            "gpus": [
+                {"index": g.index, "name": g.name, "memory_mb": g.memory_mb,
+                 "free": g.index not in self.gpus_used}
+                for g in cap.gpus
+            ],
+        }
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+# --- discovery --------------------------------------------------------------------------
+
+
+def discover_node(
+    cpus: int | None = None,
+    memory_mb: int | None = None,
+    reserved_memory_mb: int = 512,
+    gpus: str | None = None,
+    name: str | None = None,
+) -> NodeCapacity:
+    """This machine's resources, with optional overrides (from the settings)."""
+    cores = tuple(sorted(os.sched_getaffinity(0)))
+    if cpus is not None:
+        cores = cores[:cpus] if cpus <= len(cores) else tuple(range(cpus))
+    if memory_mb is None:
+        memory_mb = max(256, _physical_memory_mb() - reserved_memory_mb)
+    found = discover_gpus()
+    if gpus is not None:
+        wanted = {int(x) for x in gpus.split(",") if x.strip()}
+        found = tuple(g for g in found if g.index in wanted)
+    return NodeCapacity(name or socket.gethostname(), cores, memory_mb, found)
+
+
+def _physical_memory_mb() -> int:
+    import psutil
+
+    total = psutil.virtual_memory().total
+    # A container's memory limit (cgroup v2, then v1) is the real ceiling.
+    for limit_file in (
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total // (1 << 20)
+
+
+def discover_gpus() -> tuple[GPU, ...]:
+    """NVIDIA GPUs through torch.cuda; nothing (and no torch import) without a driver."""
+    if not (Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists()):
+        return ()
+    try:
+        import torch
+    except ImportError:
+        return ()
+    if not torch.cuda.is_available():
+        return ()
+    found = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        found.append(GPU(index, props.name, props.total_memory // (1 << 20)))
+    return tuple(found)

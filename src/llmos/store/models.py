@@ -1,0 +1,168 @@
+"""The metadata tables (SQLAlchemy 2 declarative models).
+
+The schema itself is created and changed only by the Alembic migrations in
+``store/migrations``; these classes must match them (a test checks).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    program: Mapped[str] = mapped_column(String(1000))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    cpu: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpu: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    owner: Mapped[str] = mapped_column(String(200), default="local")
+    team: Mapped[str | None] = mapped_column(String(200))
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    timeout_s: Mapped[float | None] = mapped_column(Float)
+    checkpointable: Mapped[bool] = mapped_column(Boolean, default=False)
+    executor: Mapped[str] = mapped_column(String(50), default="local")
+
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    node: Mapped[str | None] = mapped_column(String(200))
+    allocation: Mapped[dict | None] = mapped_column(JSON)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_started: Mapped[float | None] = mapped_column(Float)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    signal: Mapped[int | None] = mapped_column(Integer)
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    progress_done: Mapped[float | None] = mapped_column(Float)
+    progress_total: Mapped[float | None] = mapped_column(Float)
+
+    transitions: Mapped[list[JobTransition]] = relationship(
+        back_populates="job", order_by="JobTransition.id", cascade="all, delete-orphan"
+    )
+    dependencies: Mapped[list[JobDependency]] = relationship(
+        foreign_keys="JobDependency.job_id", cascade="all, delete-orphan"
+    )
+
+    @property
+    def depends_on(self) -> list[int]:
+        return [d.depends_on_id for d in self.dependencies]
+
+
+class JobDependency(Base):
+    __tablename__ = "job_dependencies"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class JobTransition(Base):
+    __tablename__ = "job_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="transitions")
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+    __table_args__ = (Index("ix_job_metrics_job_name", "job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(Float)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str] = mapped_column(String(100), default="file")
+    size: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    parent_links: Mapped[list[ArtifactParent]] = relationship(
+        foreign_keys="ArtifactParent.artifact_id", cascade="all, delete-orphan"
+    )
+
+    @property
+    def parents(self) -> list[int]:
+        return [p.parent_id for p in self.parent_links]
+
+
+class ArtifactParent(Base):
+    __tablename__ = "artifact_parents"
+
+    artifact_id: Mapped[int] = mapped_column(
+        ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    parent_id: Mapped[int] = mapped_column(
+        ForeignKey("artifacts.id", ondelete="RESTRICT"), primary_key=True
+    )
