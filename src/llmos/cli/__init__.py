@@ -1,0 +1,1 @@
+"""The `llmos` command line."""

@@ -1,0 +1,290 @@
+"""The `llmos` command line (Typer + rich). Each verb is one function: its signature and
+docstring are its --help. Verbs talk to the daemon through the SDK; every error a user
+can cause prints one line and exits non-zero (1: the request failed, 2: bad usage).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from llmos.cli import render
+from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
+
+app = typer.Typer(help="llmos: an operating system for AI workloads.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+job_app = typer.Typer(help="Submit, list, inspect, follow and cancel jobs.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="Immutable, content-addressed artifacts.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+app.add_typer(artifacts_app, name="artifacts")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _client() -> Client:
+    return Client()
+
+
+def _json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# -- daemon ---------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8470 or LLMOS_PORT)."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+) -> None:
+    """Start the llmos daemon: REST API, scheduler and job supervision, in one process."""
+    from llmos.cli.daemon import serve
+
+    serve(port=port, host=host, console=out)
+
+
+@app.command()
+def resources(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Each node's CPUs, memory and GPUs, free and in use; the scheduler's queue."""
+    with _client() as c:
+        data = c.resources()
+    _json(data) if as_json else render.resources(out, data)
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@job_app.command("submit")
+def job_submit(
+    program: str = typer.Argument(..., help="module:function, path/to/file.py:function, or a "
+                                  "registered name (noop, sleep, echo)."),
+    params: Optional[str] = typer.Option(None, "--params", "-p", help="Parameters as a JSON object."),
+    cpu: Optional[float] = typer.Option(None, help="CPU cores (fractions allowed; default 1)."),
+    memory: Optional[int] = typer.Option(None, "--memory", help="Memory limit in MB."),
+    gpu: Optional[int] = typer.Option(None, help="Whole GPUs."),
+    gpu_memory: Optional[int] = typer.Option(None, "--gpu-memory", help="MB needed on each GPU."),
+    priority: str = typer.Option("normal", help="high, normal or low."),
+    timeout: Optional[float] = typer.Option(None, help="Stop the job after this many seconds."),
+    retries: int = typer.Option(0, "--retries", help="Run again this many times on failure."),
+    checkpointable: bool = typer.Option(False, help="The job saves checkpoints and can be "
+                                        "preempted and resumed."),
+    after: list[int] = typer.Option([], "--after", help="Start only after this job succeeded "
+                                    "(repeatable)."),
+    name: Optional[str] = typer.Option(None, help="A name to find the job by."),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Show live progress until it ends."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Submit a job; prints its id (and follows it with --wait)."""
+    if priority not in ("high", "normal", "low"):
+        raise UsageError(f"--priority must be high, normal or low, not {priority!r}")
+    try:
+        parsed = parse_params(params)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    with _client() as c:
+        job = c.jobs.submit(_absolute_program(program), parsed, name=name, cpu=cpu,
+                            memory_mb=memory, gpu=gpu, gpu_memory_mb=gpu_memory,
+                            priority=priority, max_retries=retries, timeout_s=timeout,
+                            checkpointable=checkpointable, depends_on=after)
+        if wait:
+            job = render.watch(out, c, job["id"], quiet=as_json)
+    if as_json:
+        _json(job)
+    else:
+        out.print(f"job [bold]{job['id']}[/] {render.state(job['state'])}")
+    if wait and job["state"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+def _absolute_program(program: str) -> str:
+    where, sep, func = program.rpartition(":")
+    if sep and where.endswith(".py") and not Path(where).is_absolute():
+        return f"{Path(where).resolve()}:{func}"
+    return program
+
+
+@job_app.command("list")
+def job_list(
+    state: list[str] = typer.Option([], "--state", "-s", help="Only jobs in this state (repeatable)."),
+    owner: Optional[str] = typer.Option(None, help="Only jobs of this owner."),
+    priority: Optional[str] = typer.Option(None, help="Only jobs of this priority class."),
+    limit: int = typer.Option(50, min=1, max=10000, help="At most this many (newest first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Jobs, newest first."""
+    with _client() as c:
+        data = c.jobs.list(state=state or None, owner=owner, priority=priority, limit=limit)
+    _json(data) if as_json else render.job_table(out, data)
+
+
+@job_app.command("show")
+def job_show(
+    job_id: int = typer.Argument(..., min=1, help="Job id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One job: its spec, state, why it waits or how it ended, history and metrics."""
+    with _client() as c:
+        job = c.jobs.get(job_id)
+        metrics = c.jobs.metrics(job_id)
+    if as_json:
+        _json({**job, "metrics": metrics})
+    else:
+        render.job_detail(out, job, metrics)
+
+
+@job_app.command("wait")
+def job_wait(job_id: int = typer.Argument(..., min=1, help="Job id.")) -> None:
+    """Show live progress until the job ends; exit 0 only if it succeeded."""
+    with _client() as c:
+        job = render.watch(out, c, job_id)
+    out.print(f"job [bold]{job['id']}[/] {render.state(job['state'])}  {job.get('reason') or ''}")
+    if job["state"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: int = typer.Argument(..., min=1, help="Job id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+    stream: Optional[str] = typer.Option(None, help="stdout or stderr (default: both)."),
+    tail: Optional[int] = typer.Option(None, min=1, help="Only the last N lines."),
+) -> None:
+    """The job's stdout and stderr."""
+    if stream not in (None, "stdout", "stderr"):
+        raise UsageError("--stream must be stdout or stderr")
+    with _client() as c:
+        if not follow:
+            sys.stdout.write(c.jobs.logs(job_id, stream=stream, tail=tail))
+            return
+        for event, line in c.jobs.follow(job_id, stream=stream, tail=tail):
+            if event == "end":
+                end = json.loads(line)
+                err.print(f"[dim]-- job {job_id} {end['state']}: {end.get('reason') or ''}[/]")
+                if end["state"] != "SUCCEEDED":
+                    raise typer.Exit(1)
+                return
+            target = sys.stderr if event == "stderr" else sys.stdout
+            target.write(line + "\n")
+            target.flush()
+
+
+@job_app.command("cancel")
+def job_cancel(
+    job_id: int = typer.Argument(..., min=1, help="Job id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Cancel a job: a queued one at once, a running one by SIGTERM then SIGKILL."""
+    with _client() as c:
+        job = c.jobs.cancel(job_id)
+    if as_json:
+        _json(job)
+    elif job["state"] == "CANCELLED":
+        out.print(f"job [bold]{job_id}[/] {render.state('CANCELLED')}")
+    else:
+        out.print(f"job [bold]{job_id}[/] is being stopped (SIGTERM sent)")
+
+
+# -- artifacts --------------------------------------------------------------------------------
+
+
+@artifacts_app.command("ls")
+def artifacts_ls(
+    kind: Optional[str] = typer.Option(None, help="Only artifacts of this kind."),
+    job: Optional[int] = typer.Option(None, "--job", help="Only artifacts this job produced."),
+    limit: int = typer.Option(100, min=1, max=10000, help="At most this many (newest first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Artifacts, newest first."""
+    with _client() as c:
+        arts = c.artifacts.list(kind=kind, job_id=job, limit=limit)
+    _json({"artifacts": arts}) if as_json else render.artifact_table(out, arts)
+
+
+@artifacts_app.command("show")
+def artifacts_show(
+    artifact_id: int = typer.Argument(..., min=1, help="Artifact id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """An artifact's metadata and lineage."""
+    with _client() as c:
+        art = c.artifacts.get(artifact_id)
+    _json(art) if as_json else render.artifact_table(out, [art])
+
+
+@artifacts_app.command("put")
+def artifacts_put(
+    path: Path = typer.Argument(..., help="File to store."),
+    name: Optional[str] = typer.Option(None, help="Name (default: the file's name)."),
+    kind: str = typer.Option("file", help="Kind, e.g. file, dataset, model."),
+    parent: list[int] = typer.Option([], "--parent", help="A parent artifact id (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Store a file as a new immutable artifact; prints its id."""
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    with _client() as c:
+        art = c.artifacts.put(path, name=name, kind=kind, parents=parent)
+    if as_json:
+        _json(art)
+    else:
+        out.print(f"artifact [bold]{art['id']}[/] {art['name']} {art['size']} bytes "
+                  f"sha256:{art['sha256'][:12]}")
+
+
+@artifacts_app.command("get")
+def artifacts_get(
+    artifact_id: int = typer.Argument(..., min=1, help="Artifact id."),
+    output: Path = typer.Option(Path("."), "--output", "-o", help="File or folder to write to."),
+) -> None:
+    """Download an artifact (its sha256 is checked before the file appears)."""
+    with _client() as c:
+        dest = c.artifacts.download(artifact_id, output)
+    out.print(f"wrote {dest}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning every user-caused error into one line."""
+    try:
+        app(standalone_mode=False)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code if isinstance(code, int) else 1)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except UsageError as e:
+        err.print(f"[red]error:[/] {e}")
+        sys.exit(2)
+    except DaemonUnreachable as e:
+        err.print(f"[red]error:[/] {e}")
+        sys.exit(1)
+    except APIError as e:
+        err.print(f"[red]error:[/] {e.message}")
+        sys.exit(1)
+    except LLMOSClientError as e:
+        err.print(f"[red]error:[/] {e}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.ClickException):
+            err.print(f"[red]error:[/] {e.format_message()}")
+            sys.exit(e.exit_code)
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {e}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""How the CLI shows things: rich tables, a job's detail, live progress."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+COLORS = {"PENDING": "yellow", "SCHEDULED": "cyan", "RUNNING": "blue", "SUCCEEDED": "green",
+          "FAILED": "red", "CANCELLED": "magenta", "PREEMPTED": "yellow"}
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def state(name: str) -> str:
+    return f"[{COLORS.get(name, 'white')}]{name}[/]"
+
+
+def _time(ts: str | None) -> str:
+    return ts.replace("T", " ")[:19] if ts else "-"
+
+
+def _res(r: dict) -> str:
+    text = f"{r['cpu']:g} cpu, {r['memory_mb']} MB"
+    if r.get("gpu"):
+        text += f", {r['gpu']} gpu"
+    return text
+
+
+def resources(console: Console, data: dict) -> None:
+    table = Table(title="Nodes")
+    for col in ("node", "cpu free/total", "memory free/total MB", "gpu free/total", "cores"):
+        table.add_column(col)
+    for n in data["nodes"]:
+        cap, free = n["capacity"], n["free"]
+        table.add_row(n["name"], f"{free['cpu']:g}/{cap['cpu']:g}",
+                      f"{free['memory_mb']:g}/{cap['memory_mb']:g}",
+                      f"{free['gpu']:g}/{cap['gpu']:g}", ",".join(map(str, n["cores"])))
+    console.print(table)
+    for n in data["nodes"]:
+        for g in n["gpus"]:
+            console.print(f"  gpu {g['index']}: {g['name']} {g['memory_mb']} MB "
+                          f"{'free' if g['free'] else 'in use'}")
+    s = data["scheduler"]
+    console.print(f"queue: {s['pending']} pending, {s['running']} running; "
+                  f"last scheduling pass {s['last_pass_ms']:.2f} ms")
+
+
+def job_table(console: Console, data: dict) -> None:
+    table = Table(title=f"Jobs ({len(data['jobs'])} of {data['total']})")
+    for col in ("id", "name", "program", "state", "priority", "resources", "created", "reason"):
+        table.add_column(col, overflow="fold")
+    for j in data["jobs"]:
+        table.add_row(str(j["id"]), j["name"] or "", j["program"], state(j["state"]),
+                      j["priority"], _res(j["resources"]), _time(j["created_at"]),
+                      j["reason"] or "")
+    console.print(table)
+
+
+def job_detail(console: Console, job: dict, metrics: list[dict]) -> None:
+    console.print(f"[bold]job {job['id']}[/] {job['name'] or ''}  {state(job['state'])}")
+    rows = [
+        ("program", job["program"]),
+        ("params", str(job["params"])),
+        ("resources", _res(job["resources"])),
+        ("priority", job["priority"]),
+        ("owner", job["owner"]),
+        ("reason", job["reason"] or ""),
+        ("attempt", f"{job['attempt']} (failures {job['failures']}, retries allowed "
+                    f"{job['max_retries']})"),
+        ("timeout", f"{job['timeout_s']:g}s" if job["timeout_s"] else "none"),
+        ("depends on", ", ".join(map(str, job["depends_on"])) or "nothing"),
+        ("node", job["node"] or "-"),
+        ("exit", f"code {job['exit_code']}" if job["exit_code"] is not None else
+                 (f"signal {job['signal']}" if job["signal"] else "-")),
+        ("created / started / ended",
+         f"{_time(job['created_at'])} / {_time(job['started_at'])} / {_time(job['ended_at'])}"),
+    ]
+    if job.get("progress"):
+        p = job["progress"]
+        total = f"/{p['total']:g}" if p["total"] else ""
+        rows.append(("progress", f"{p['done']:g}{total}"))
+    for key, value in rows:
+        console.print(f"  [dim]{key:>26}[/]  {value}")
+    history = Table(title="History")
+    for col in ("at", "from", "to", "attempt", "reason"):
+        history.add_column(col, overflow="fold")
+    for t in job.get("transitions") or []:
+        history.add_row(_time(t["at"]), t["from_state"] or "", state(t["to_state"]),
+                        str(t["attempt"]), t["reason"] or "")
+    console.print(history)
+    if metrics:
+        latest: dict[str, dict] = {}
+        for m in metrics:
+            latest[m["name"]] = m
+        table = Table(title=f"Metrics ({len(metrics)} points; latest shown)")
+        for col in ("name", "value", "step", "at"):
+            table.add_column(col)
+        for name, m in latest.items():
+            table.add_row(name, f"{m['value']:.6g}", str(m["step"] if m["step"] is not None else ""),
+                          _time(m["at"]))
+        console.print(table)
+
+
+def artifact_table(console: Console, arts: list[dict]) -> None:
+    table = Table(title="Artifacts")
+    for col in ("id", "name", "kind", "size", "sha256", "job", "parents", "created"):
+        table.add_column(col)
+    for a in arts:
+        table.add_row(str(a["id"]), a["name"], a["kind"], str(a["size"]), a["sha256"][:12],
+                      str(a["job_id"] or ""), ",".join(map(str, a["parents"])),
+                      _time(a["created_at"]))
+    console.print(table)
+
+
+def watch(console: Console, client, job_id: int, quiet: bool = False) -> dict:
+    """Live progress of a job until it ends; returns the ended job."""
+    columns = (TextColumn("job {task.fields[job]} {task.fields[state]}"), BarColumn(),
+               TextColumn("{task.fields[count]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("job", total=None, job=job_id, state="", count="")
+        while True:
+            job = client.jobs.get(job_id)
+            p = job.get("progress") or {}
+            done, total = p.get("done") or 0, p.get("total")
+            count = f"{done:g}/{total:g}" if total else (f"{done:g}" if p else "")
+            progress.update(task, completed=done, total=total, state=state(job["state"]),
+                            count=count)
+            if job["state"] in TERMINAL:
+                return job
+            time.sleep(0.25)

@@ -1,0 +1,272 @@
+"""The Python SDK: a thin httpx client over the REST API. The CLI is built on it.
+
+    from llmos.sdk import Client
+    llmos = Client()                      # LLMOS_URL, or the local daemon
+    job = llmos.jobs.submit("noop")
+    llmos.jobs.wait(job["id"])
+
+Every method returns plain JSON-like dicts (what the API returns). Errors raise
+:class:`APIError` (the API answered with an error) or :class:`DaemonUnreachable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import httpx
+
+from llmos.config import get_settings
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class LLMOSClientError(Exception):
+    pass
+
+
+class DaemonUnreachable(LLMOSClientError):
+    pass
+
+
+class APIError(LLMOSClientError):
+    def __init__(self, status: int, message: str, type_: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status})"
+
+
+class Client:
+    def __init__(self, url: str | None = None, timeout: float = 30.0):
+        self.url = (url or get_settings().client_url).rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, read=600.0))
+        self.jobs = Jobs(self)
+        self.artifacts = Artifacts(self)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise DaemonUnreachable(
+                f"cannot reach the llmos daemon at {self.url} ({type(e).__name__}); "
+                "start it with `llmos up` or set LLMOS_URL"
+            ) from None
+        _check(resp)
+        return resp
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs) -> Iterator[httpx.Response]:
+        """A streamed response, its error (if any) already raised as APIError."""
+        try:
+            with self._http.stream(method, path, **kwargs) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _check(resp)
+                yield resp
+        except httpx.TransportError as e:
+            raise DaemonUnreachable(
+                f"lost or cannot reach the llmos daemon at {self.url} ({type(e).__name__})"
+            ) from None
+
+    def health(self) -> dict:
+        return self.request("GET", "/healthz").json()
+
+    def resources(self) -> dict:
+        return self.request("GET", "/v1/resources").json()
+
+
+def _check(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()["error"]
+        raise APIError(resp.status_code, body["message"], body.get("type", ""))
+    except (ValueError, KeyError, TypeError):
+        raise APIError(resp.status_code, resp.text[:300] or resp.reason_phrase) from None
+
+
+class Jobs:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def submit(self, program: str, params: dict | None = None, *, name: str | None = None,
+               cpu: float | None = None, memory_mb: int | None = None, gpu: int | None = None,
+               gpu_memory_mb: int | None = None, priority: str = "normal",
+               max_retries: int = 0, timeout_s: float | None = None,
+               checkpointable: bool = False, depends_on: Iterable[int] = (),
+               owner: str | None = None) -> dict:
+        return self._c.request("POST", "/v1/jobs", json=job_spec(
+            program, params, name=name, cpu=cpu, memory_mb=memory_mb, gpu=gpu,
+            gpu_memory_mb=gpu_memory_mb, priority=priority, max_retries=max_retries,
+            timeout_s=timeout_s, checkpointable=checkpointable, depends_on=depends_on,
+            owner=owner)).json()
+
+    def submit_many(self, specs: list[dict]) -> list[dict]:
+        """Submit specs (see :func:`job_spec`) in one transaction."""
+        return self._c.request("POST", "/v1/jobs/batch", json={"jobs": specs}).json()["jobs"]
+
+    def list(self, state: str | list[str] | None = None, owner: str | None = None,
+             priority: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = [state] if isinstance(state, str) else list(state)
+        if owner:
+            params["owner"] = owner
+        if priority:
+            params["priority"] = priority
+        return self._c.request("GET", "/v1/jobs", params=params).json()
+
+    def get(self, job_id: int) -> dict:
+        return self._c.request("GET", f"/v1/jobs/{int(job_id)}").json()
+
+    def cancel(self, job_id: int) -> dict:
+        return self._c.request("POST", f"/v1/jobs/{int(job_id)}/cancel").json()
+
+    def metrics(self, job_id: int, name: str | None = None) -> list[dict]:
+        params = {"name": name} if name else {}
+        return self._c.request("GET", f"/v1/jobs/{int(job_id)}/metrics", params=params).json()["metrics"]
+
+    def logs(self, job_id: int, stream: str | None = None, tail: int | None = None) -> str:
+        params: dict[str, Any] = {}
+        if stream:
+            params["stream"] = stream
+        if tail:
+            params["tail"] = tail
+        return self._c.request("GET", f"/v1/jobs/{int(job_id)}/logs", params=params).text
+
+    def follow(self, job_id: int, stream: str | None = None,
+               tail: int | None = None) -> Iterator[tuple[str, str]]:
+        """(stream, line) pairs as the job writes them; ends with ("end", state JSON)."""
+        params: dict[str, Any] = {"follow": "true"}
+        if stream:
+            params["stream"] = stream
+        if tail:
+            params["tail"] = tail
+        with self._c.stream("GET", f"/v1/jobs/{int(job_id)}/logs", params=params,
+                            timeout=httpx.Timeout(30.0, read=None)) as resp:
+            event, data = "message", []
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[6:] if line.startswith("data: ") else line[5:])
+                elif line == "" and data:
+                    yield event, "\n".join(data)
+                    event, data = "message", []
+
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.2) -> dict:
+        """Poll until the job ends (or ``timeout`` seconds pass); return it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job["state"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s")
+            time.sleep(poll)
+
+
+def job_spec(program: str, params: dict | None = None, *, name: str | None = None,
+             cpu: float | None = None, memory_mb: int | None = None, gpu: int | None = None,
+             gpu_memory_mb: int | None = None, priority: str = "normal", max_retries: int = 0,
+             timeout_s: float | None = None, checkpointable: bool = False,
+             depends_on: Iterable[int] = (), owner: str | None = None) -> dict:
+    """The JSON body of a job submission, leaving out what the server defaults."""
+    resources = {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "gpu": gpu,
+                                   "gpu_memory_mb": gpu_memory_mb}.items() if v is not None}
+    spec: dict[str, Any] = {"program": program, "params": params or {}, "priority": priority,
+                            "max_retries": max_retries, "checkpointable": checkpointable,
+                            "depends_on": list(depends_on), "resources": resources}
+    for key, value in (("name", name), ("timeout_s", timeout_s), ("owner", owner)):
+        if value is not None:
+            spec[key] = value
+    return spec
+
+
+class Artifacts:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def put(self, data: bytes | str | Path, name: str | None = None, kind: str = "file",
+            parents: Iterable[int] = (), job_id: int | None = None) -> dict:
+        """Upload bytes or a file; returns the artifact's metadata."""
+        params: dict[str, Any] = {"kind": kind}
+        if parents:
+            params["parents"] = ",".join(str(int(p)) for p in parents)
+        if job_id:
+            params["job_id"] = job_id
+        if isinstance(data, bytes):
+            params["name"] = name or "data"
+            return self._c.request("POST", "/v1/artifacts", params=params, content=data).json()
+        path = Path(data)
+        params["name"] = name or path.name
+        with open(path, "rb") as f:
+            return self._c.request("POST", "/v1/artifacts", params=params,
+                                   content=iter(lambda: f.read(1 << 20), b"")).json()
+
+    def list(self, kind: str | None = None, job_id: int | None = None, limit: int = 100) -> list[dict]:
+        params: dict[str, Any] = {"limit": limit}
+        if kind:
+            params["kind"] = kind
+        if job_id:
+            params["job_id"] = job_id
+        return self._c.request("GET", "/v1/artifacts", params=params).json()["artifacts"]
+
+    def get(self, artifact_id: int) -> dict:
+        return self._c.request("GET", f"/v1/artifacts/{int(artifact_id)}").json()
+
+    def download(self, artifact_id: int, dest: str | Path) -> Path:
+        """Write the artifact's bytes to ``dest`` (a file, or a folder to put it in),
+        checking its sha256; the file appears only once complete and verified."""
+        meta = self.get(artifact_id)
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / meta["name"]
+        tmp = dest.with_name(f".{dest.name}.part")
+        digest = hashlib.sha256()
+        with self._c.stream("GET", f"/v1/artifacts/{int(artifact_id)}/content") as resp:
+            with open(tmp, "wb") as out:
+                for chunk in resp.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != meta["sha256"]:
+            tmp.unlink(missing_ok=True)
+            raise APIError(500, f"artifact {artifact_id} arrived corrupted (sha256 mismatch)")
+        tmp.replace(dest)
+        return dest
+
+    def read(self, artifact_id: int) -> bytes:
+        resp = self._c.request("GET", f"/v1/artifacts/{int(artifact_id)}/content")
+        if hashlib.sha256(resp.content).hexdigest() != resp.headers.get("x-llmos-sha256"):
+            raise APIError(500, f"artifact {artifact_id} arrived corrupted (sha256 mismatch)")
+        return resp.content
+
+
+def parse_params(text: str | None) -> dict:
+    """Parse a --params JSON object, with a clear error."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--params is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError("--params must be a JSON object, like '{\"seconds\": 2}'")
+    return value
