@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,6 +15,8 @@ from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
 from llmos.store import ArtifactStore, open_database
 from llmos.store.artifact_service import ArtifactService
+
+log = logging.getLogger("llmos.daemon")
 
 
 def create_app(settings: Settings | None = None, node: NodeCapacity | None = None,
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
         finally:
             daemon.shutdown()
             db.close()
+            log.info("llmos daemon stopped cleanly")
 
     app = FastAPI(
         title="llmos",

@@ -200,23 +200,33 @@ class NodeState:
         self.gpus_used -= set(allocation.gpus)
 
     def _pick_cores(self, need: int) -> dict[int, int] | None:
-        """Whole idle cores for the integer part, the fullest core that still has room for
-        the fraction (packing fractions keeps whole cores free)."""
+        """Whole idle cores for the integer part; for the fraction, the fullest core that
+        still has room (packing fractions keeps whole cores free), else several partly
+        used cores together."""
         whole, frac = divmod(need, MILLI)
         idle = [c for c, used in self.core_used.items() if used == 0]
         if len(idle) < whole:
             return None
         picked = {c: MILLI for c in idle[:whole]}
         if frac:
-            room = [
-                (used, c)
-                for c, used in self.core_used.items()
-                if c not in picked and MILLI - used >= frac
-            ]
-            if not room:
+            room = sorted(
+                ((used, c) for c, used in self.core_used.items()
+                 if c not in picked and used < MILLI),
+                reverse=True,
+            )
+            single = [c for used, c in room if MILLI - used >= frac]
+            if single:
+                picked[single[0]] = frac
+                return picked
+            # No one core has room: spread the fraction over partly used cores.
+            for used, core in room:
+                take = min(MILLI - used, frac)
+                picked[core] = take
+                frac -= take
+                if not frac:
+                    break
+            if frac:
                 return None
-            _, core = max(room)
-            picked[core] = frac
         return picked
 
     def snapshot(self) -> dict:

@@ -1,0 +1,1 @@
+from live import daemon  # noqa: F401  (the live-daemon fixture)

@@ -1,0 +1,236 @@
+"""The kernel end to end: a live `llmos up`, jobs as real sandboxed processes."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from live import LiveDaemon, program, wait_for
+from llmos.sdk import APIError, job_spec
+
+
+def _t(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
+
+
+def _interval(job: dict) -> tuple[float, float]:
+    """From binding (resources taken) to the end (resources freed)."""
+    scheduled = [t["at"] for t in job["transitions"] if t["to_state"] == "SCHEDULED"]
+    return _t(scheduled[0]), _t(job["ended_at"])
+
+
+def test_200_jobs_all_succeed_and_never_oversubscribe_the_machine(daemon):
+    jobs = daemon.client.jobs.submit_many([job_spec("noop")] * 200)
+    assert len(jobs) == 200
+    daemon.wait_all([j["id"] for j in jobs], timeout=240)
+    done = [daemon.client.jobs.get(j["id"]) for j in jobs]
+    assert {j["state"] for j in done} == {"SUCCEEDED"}
+    # Sweep the recorded intervals: cpus in use never exceed the node's 2 cores, and
+    # no core is handed to two jobs at once.
+    events = []
+    for j in done:
+        start, end = _interval(j)
+        assert start <= end
+        events += [(start, 1, j), (end, -1, j)]
+    in_use: dict[int, dict] = {}
+    for _, kind, j in sorted(events, key=lambda e: (e[0], e[1])):
+        if kind == 1:
+            in_use[j["id"]] = j
+            assert sum(x["resources"]["cpu"] for x in in_use.values()) <= 2
+            cores = [c for x in in_use.values() for c in x["allocation"]["cores"]]
+            assert len(cores) == len(set(cores)), "a core was given to two jobs at once"
+        else:
+            in_use.pop(j["id"])
+
+
+def test_high_priority_job_starts_before_50_queued_low_priority_jobs(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    blocker = daemon.client.jobs.submit(program("gated"), {"marker_dir": str(tmp_path),
+                                        "gate": str(gate)}, cpu=2)
+    daemon.wait_job(blocker["id"], states=("RUNNING",))
+    lows = daemon.client.jobs.submit_many([job_spec("noop", priority="low")] * 50)
+    high = daemon.client.jobs.submit("noop", priority="high")
+    queued = daemon.client.jobs.get(lows[0]["id"])
+    assert queued["state"] == "PENDING" and queued["reason"] is not None
+    gate.write_text("open")
+    daemon.wait_all([j["id"] for j in lows] + [high["id"]], timeout=120)
+    started = {j["id"]: _t(daemon.client.jobs.get(j["id"])["started_at"])
+               for j in lows + [high]}
+    first = min(started, key=started.get)
+    assert first == high["id"]
+
+
+def test_pending_job_says_why_it_waits(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    running = daemon.client.jobs.submit(program("gated"), {"marker_dir": str(tmp_path),
+                                        "gate": str(gate)}, cpu=1.5)
+    daemon.wait_job(running["id"], states=("RUNNING",))
+    big = daemon.client.jobs.submit("noop", cpu=2)
+    after = daemon.client.jobs.submit("noop", depends_on=[big["id"]])
+    wait_for(lambda: daemon.client.jobs.get(big["id"])["reason"] == "needs 2 cpu, 0.5 free",
+             what="the cpu reason")
+    wait_for(lambda: daemon.client.jobs.get(after["id"])["reason"] == f"after job {big['id']}",
+             what="the dependency reason")
+    gate.write_text("open")
+    assert daemon.wait_job(after["id"])["state"] == "SUCCEEDED"
+
+
+def test_kill_9_of_the_daemon_loses_no_job_and_runs_none_twice(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    gate = tmp_path / "gate"
+    first = LiveDaemon(home).start()
+    params = {"marker_dir": str(markers), "gate": str(gate)}
+    jobs = first.client.jobs.submit_many(
+        [job_spec(program("gated"), params, cpu=0.4, max_retries=1)] * 5)
+    ids = [j["id"] for j in jobs]
+    wait_for(lambda: len(list(markers.iterdir())) == 5, what="5 jobs to start")
+    first.kill9()
+
+    # While no daemon runs, one job's process dies: it must run again under its retries.
+    victim = ids[0]
+    marker = next(m for m in markers.iterdir() if m.name.startswith(f"{victim}-1-"))
+    import os
+    import signal
+
+    os.kill(int(marker.name.split("-")[2]), signal.SIGKILL)
+
+    second = LiveDaemon(home)
+    second.port, second.url = first.port, first.url
+    second.client = first.client
+    second.start()
+    try:
+        running = wait_for(
+            lambda: all(second.client.jobs.get(i)["state"] == "RUNNING" for i in ids),
+            what="the four survivors adopted and the victim restarted")
+        assert running
+        gate.write_text("open")
+        done = second.wait_all(ids)
+        assert {j["state"] for j in done} == {"SUCCEEDED"}
+        runs = sorted(m.name for m in markers.iterdir())
+        for i in ids:
+            attempts = [r for r in runs if r.startswith(f"{i}-")]
+            assert len(attempts) == (2 if i == victim else 1), (i, attempts)
+        victim_job = second.client.jobs.get(victim)
+        assert victim_job["attempt"] == 2 and victim_job["failures"] == 1
+        assert any("no daemon watched" in (t["reason"] or "")
+                   for t in victim_job["transitions"])
+    finally:
+        second.stop()
+
+
+def test_memory_limit_stops_the_job_and_says_so(daemon):
+    job = daemon.client.jobs.submit(program("hog_memory"), memory_mb=200)
+    ended = daemon.wait_job(job["id"])
+    assert ended["state"] == "FAILED"
+    assert "memory limit" in ended["reason"]
+
+
+def test_timeout_stops_the_job_and_says_so(daemon):
+    job = daemon.client.jobs.submit(program("sleep_long"), timeout_s=1)
+    ended = daemon.wait_job(job["id"])
+    assert ended["state"] == "FAILED"
+    assert ended["reason"] == "timed out after 1s"
+    assert ended["exit_code"] is not None or ended["signal"] is not None
+
+
+def test_failures_are_retried_then_recorded(daemon):
+    job = daemon.client.jobs.submit(program("fail"), {"message": "bad luck"}, max_retries=2)
+    ended = daemon.wait_job(job["id"])
+    assert ended["state"] == "FAILED"
+    assert ended["attempt"] == 3 and ended["failures"] == 3
+    assert ended["reason"] == "ValueError: bad luck"
+    retries = [t["reason"] for t in ended["transitions"] if t["to_state"] == "PENDING"][1:]
+    assert retries == ["ValueError: bad luck; retry 1 of 2", "ValueError: bad luck; retry 2 of 2"]
+    assert ended["exit_code"] == 1
+    assert "ValueError: bad luck" in daemon.client.jobs.logs(job["id"], stream="stderr")
+
+
+def test_a_failed_dependency_fails_its_dependents(daemon):
+    first = daemon.client.jobs.submit(program("fail"))
+    second = daemon.client.jobs.submit("noop", depends_on=[first["id"]])
+    third = daemon.client.jobs.submit("noop", depends_on=[second["id"]])
+    assert daemon.wait_job(third["id"])["state"] == "FAILED"
+    assert daemon.client.jobs.get(second["id"])["reason"] == (
+        f"dependency job {first['id']} failed; not started")
+
+
+def test_cancel_pending_running_and_ended_jobs(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    running = daemon.client.jobs.submit(program("sleep_long"), cpu=2)
+    daemon.wait_job(running["id"], states=("RUNNING",))
+    queued = daemon.client.jobs.submit("noop")
+    assert daemon.client.jobs.cancel(queued["id"])["state"] == "CANCELLED"
+    daemon.client.jobs.cancel(running["id"])
+    ended = daemon.wait_job(running["id"])
+    assert ended["state"] == "CANCELLED" and ended["reason"] == "cancelled by the user"
+    with pytest.raises(APIError) as err:
+        daemon.client.jobs.cancel(running["id"])
+    assert err.value.status == 409
+    assert not gate.exists()
+
+
+def test_sandbox_environment(daemon, tmp_path, monkeypatch):
+    out = tmp_path / "env.json"
+    job = daemon.client.jobs.submit(program("environment"), {"out": str(out)})
+    assert daemon.wait_job(job["id"])["state"] == "SUCCEEDED"
+    seen = json.loads(out.read_text())
+    job = daemon.client.jobs.get(job["id"])
+    assert not [k for k in seen["env"] if k.startswith("LLMOS_")]
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert seen["affinity"] == sorted(int(c) for c in job["allocation"]["cores"])
+    assert seen["cwd"] == str(daemon.home / "jobs" / str(job["id"]))
+    assert seen["pgid_is_pid"] and seen["sid_is_pid"]
+
+
+def test_system_calls_reach_the_api_while_the_job_runs(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    job = daemon.client.jobs.submit(program("report"), {"gate": str(gate)})
+    seen = wait_for(lambda: (j := daemon.client.jobs.get(job["id"]))["progress"]
+                    and j["progress"]["done"] == 3 and j, what="progress while running")
+    assert seen["state"] == "RUNNING" and seen["progress"]["total"] == 10
+    metrics = wait_for(lambda: len(daemon.client.jobs.metrics(job["id"], "loss")) == 3
+                       and daemon.client.jobs.metrics(job["id"], "loss"), what="metrics")
+    assert [m["value"] for m in metrics] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    arts = wait_for(lambda: len(a := daemon.client.artifacts.list(job_id=job["id"])) == 2 and a,
+                    what="both artifacts")
+    output = next(a for a in arts if a["name"] == "output.txt")
+    assert daemon.client.artifacts.read(output["id"]) == b"input bytes + more"
+    assert len(output["parents"]) == 1 and output["job_id"] == job["id"]
+    assert "INFO reporting" in daemon.client.jobs.logs(job["id"], stream="stderr")
+    gate.write_text("open")
+    assert daemon.wait_job(job["id"])["progress"]["done"] == 10
+
+
+def test_logs_follow_streams_until_the_job_ends(daemon):
+    job = daemon.client.jobs.submit("echo", {"message": "hello follow"})
+    events = list(daemon.client.jobs.follow(job["id"]))
+    assert ("stdout", "hello follow") in events
+    assert events[-1][0] == "end" and json.loads(events[-1][1])["state"] == "SUCCEEDED"
+
+
+def test_sigterm_stops_the_daemon_and_requeues_running_jobs(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    first = LiveDaemon(home).start()
+    job = first.client.jobs.submit("sleep", {"seconds": 60, "steps": 600})
+    first.wait_job(job["id"], states=("RUNNING",))
+    assert first.stop() in (0, -15)  # uvicorn re-raises SIGTERM after its clean shutdown
+    assert "llmos daemon stopped cleanly" in first.log()
+    second = LiveDaemon(home)
+    second.port, second.url, second.client = first.port, first.url, first.client
+    second.start()
+    try:
+        again = second.wait_job(job["id"], states=("RUNNING",))
+        reasons = [t["reason"] for t in again["transitions"]]
+        assert "requeued: the daemon shut down while it ran" in reasons
+        assert again["attempt"] == 2 and again["failures"] == 0
+        second.client.jobs.cancel(job["id"])
+        assert second.wait_job(job["id"])["state"] == "CANCELLED"
+    finally:
+        second.stop()

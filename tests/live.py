@@ -1,0 +1,112 @@
+"""A real llmos daemon (`llmos up` in a subprocess) for tests, and polling helpers.
+
+No sleeps to wait for state: everything polls the API with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llmos.sdk import Client, DaemonUnreachable
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+PROGRAMS = Path(__file__).parent / "programs.py"
+
+
+def program(name: str) -> str:
+    """A test program by function name, as an absolute path/to/file.py:function."""
+    return f"{PROGRAMS}:{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class LiveDaemon:
+    def __init__(self, home: Path, cpus: int = 2, env: dict | None = None):
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")},
+            "LLMOS_HOME": str(home),
+            "LLMOS_CPUS": str(cpus),
+            "LLMOS_URL": self.url,
+            "LLMOS_CANCEL_GRACE_S": "2",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.client = Client(self.url)
+
+    def start(self) -> LiveDaemon:
+        log = open(self.home / "daemon.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmos.cli.main", "up", "--port", str(self.port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(self._healthy, timeout=60, what="the daemon to answer /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return self.client.health()["status"] == "ok"
+        except DaemonUnreachable:
+            return False
+
+    def log(self) -> str:
+        return (self.home / "daemon.log").read_text(errors="replace")
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; returns the exit code."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout=60)
+        return self.proc.returncode if self.proc else 0
+
+    def wait_job(self, job_id: int, timeout: float = 60.0, states=TERMINAL) -> dict:
+        return wait_for(lambda: (j := self.client.jobs.get(job_id))["state"] in states and j,
+                        timeout=timeout, what=f"job {job_id} to reach {states}")
+
+    def wait_all(self, ids: list[int], timeout: float = 120.0) -> list[dict]:
+        def done():
+            jobs = self.client.jobs.list(limit=10_000)["jobs"]
+            mine = [j for j in jobs if j["id"] in set(ids)]
+            return all(j["state"] in TERMINAL for j in mine) and len(mine) == len(ids) and mine
+        return wait_for(done, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to end")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A live daemon on a 2-cpu node, stopped after the test."""
+    live = LiveDaemon(tmp_path / "home").start() if (tmp_path / "home").mkdir() is None else None
+    yield live
+    live.stop()
+    live.client.close()

@@ -1,0 +1,84 @@
+"""Programs the tests run as jobs (submitted as /abs/path/programs.py:function)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def _wait_for_file(path: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def gated(ctx, marker_dir: str, gate: str) -> str:
+    """Record that this attempt started, then wait for the test to open the gate."""
+    Path(marker_dir, f"{ctx.job_id}-{ctx.attempt}-{os.getpid()}").write_text("started")
+    ctx.progress(0, 1)
+    _wait_for_file(gate)
+    ctx.progress(1, 1)
+    return "done"
+
+
+def fail(ctx, message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def hog_memory(ctx, mb_per_step: int = 50, steps: int = 100) -> None:
+    """Grow resident memory step by step (touching every page) until stopped."""
+    hoard = []
+    for _ in range(steps):
+        hoard.append(bytearray(os.urandom(1)) * (mb_per_step << 20))
+        time.sleep(0.05)
+
+
+def sleep_long(ctx, seconds: float = 120) -> None:
+    time.sleep(seconds)
+
+
+def environment(ctx, out: str) -> None:
+    """Write what the sandbox looks like from inside."""
+    Path(out).write_text(json.dumps({
+        "env": dict(os.environ),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "cwd": os.getcwd(),
+        "pgid_is_pid": os.getpgid(0) == os.getpid(),
+        "sid_is_pid": os.getsid(0) == os.getpid(),
+    }))
+
+
+def report(ctx, gate: str) -> None:
+    """Use every system call: progress, metrics, log, checkpoint, artifacts."""
+    ctx.log("reporting")
+    ctx.progress(3, 10)
+    for step in range(3):
+        ctx.metric("loss", 1.0 / (step + 1), step=step)
+    first = ctx.artifacts.put(b"input bytes", name="input.txt", kind="text")
+    second = ctx.artifacts.put(ctx.artifacts.get(first) + b" + more", name="output.txt",
+                               kind="text", parents=[first])
+    ctx.checkpoint.save({"step": 3}, files={"weights.bin": b"\x00\x01"})
+    loaded = ctx.checkpoint.load()
+    assert loaded.state == {"step": 3} and loaded.path("weights.bin").read_bytes() == b"\x00\x01"
+    print(f"artifacts {first} {second}", flush=True)
+    _wait_for_file(gate)
+    ctx.progress(10, 10)
+
+
+def resumable(ctx, steps: int = 20, step_s: float = 0.05, marker_dir: str = "") -> int:
+    """Counts steps, checkpointing when asked to yield; resumes from its checkpoint."""
+    ckpt = ctx.checkpoint.load()
+    start = ckpt.state["step"] if ckpt else 0
+    if marker_dir:
+        Path(marker_dir, f"{ctx.job_id}-{ctx.attempt}-from-{start}").write_text("")
+    for step in range(start, steps):
+        if ctx.should_yield():
+            ctx.checkpoint.save({"step": step})
+            return step
+        time.sleep(step_s)
+        ctx.progress(step + 1, steps)
+    return steps
