@@ -35,6 +35,7 @@ from llmos.store.models import Job, utcnow
 log = logging.getLogger("llmos.daemon")
 
 MEMORY_CHECK_S = 0.5
+RESCHEDULE_S = 5.0  # a pass even when nothing changed: aging moves jobs up over time
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Daemon:
         self.running: dict[int, Tracked] = {}
         self.dependents: dict[int, set[int]] = defaultdict(set)
         self.last_pass_ms = 0.0
+        self._dirty = True  # something changed since the last scheduling pass
+        self._last_pass_at = 0.0
         self._reasons: dict[int, str] = {}
         self._executors: dict[str, Executor] = {}
         self._wake = threading.Event()
@@ -146,6 +149,7 @@ class Daemon:
             queued_at=job.queued_at.timestamp(), timeout_s=job.timeout_s, team=job.team,
             waiting_for=tuple(waiting))
         self._reasons[job.id] = job.reason or ""
+        self._dirty = True
 
     def submitted(self, job_ids: list[int]) -> None:
         """Called after jobs were committed as PENDING."""
@@ -163,6 +167,7 @@ class Daemon:
             job = s.get(Job, job_id)
             if job.state in (JobState.PENDING.value, JobState.PREEMPTED.value):
                 self.pending.pop(job_id, None)
+                self._dirty = True
                 transition(s, job, JobState.CANCELLED, "cancelled by the user")
                 self._cascade_failure(s, job)
             elif job_id in self.running:
@@ -247,6 +252,7 @@ class Daemon:
         """Record how an attempt ended, free its resources, and decide what comes next."""
         del self.running[job.id]
         self.node.release(Allocation.from_json(job.allocation))
+        self._dirty = True
         job.exit_code = ended.exit_code
         job.signal = ended.signal
         self._ingest(s, job.id, tracked)
@@ -285,6 +291,7 @@ class Daemon:
             if waiting is not None:
                 rest = tuple(i for i in waiting.waiting_for if i != job.id)
                 self.pending[dep_id] = replace(waiting, waiting_for=rest)
+                self._dirty = True
 
     def _cascade_failure(self, s: Session, job: Job) -> None:
         for dep_id in self.dependents.pop(job.id, ()):
@@ -294,6 +301,7 @@ class Daemon:
 
     def _fail_dependent(self, s: Session, job: Job, dep: Job) -> None:
         self.pending.pop(job.id, None)
+        self._dirty = True
         transition(s, job, JobState.FAILED,
                    f"dependency job {dep.id} {dep.state.lower()}; not started")
         self._cascade_failure(s, job)
@@ -311,8 +319,10 @@ class Daemon:
     # -- scheduling ------------------------------------------------------------------------
 
     def _schedule(self, now: float) -> None:
-        if not self.pending:
+        if not self.pending or (not self._dirty and now - self._last_pass_at < RESCHEDULE_S):
             return
+        self._dirty = False
+        self._last_pass_at = now
         running = [
             replace(t.job, checkpointable=False) if t.stop else t.job
             for t in self.running.values()

@@ -36,23 +36,27 @@ def schedule(
     running = list(running)
     usage = stages.TeamUsage(running)
     futures: dict[str, NodeState] = {}
-    nothing_free = False
+    # What fits depends only on the request and the nodes, which change only when a job
+    # is bound: remember the answer per request until then (most queues repeat requests).
+    fit_cache: dict = {}
 
     for job in stages.queue_order(pending, now, config):
-        status, reason = stages.dependencies(job)
-        if status is Status.WAIT:
-            out.reasons[job.id] = reason
+        if job.waiting_for:
+            out.reasons[job.id] = stages.dependencies(job)[1]
             continue
-        status, reason = stages.quota(job, usage, config)
-        if status is Status.WAIT:
-            out.reasons[job.id] = reason
-            continue
-        if nothing_free:  # fast path: a full machine fits nobody
-            out.reasons[job.id] = nodes[0].shortfall(job.request) if len(nodes) == 1 else \
-                stages.filter_nodes(job.request, nodes)[1]
+        if config.quotas:
+            status, reason = stages.quota(job, usage, config)
+            if status is Status.WAIT:
+                out.reasons[job.id] = reason
+                continue
+        cached = fit_cache.get(job.request)
+        if cached is None:
+            cached = fit_cache[job.request] = stages.filter_nodes(job.request, nodes)
+        fitting, reason = cached
+        if not fitting and out.reservation is not None:
+            out.reasons[job.id] = reason or "does not fit"
             continue
 
-        fitting, reason = stages.filter_nodes(job.request, nodes)
         if out.reservation is not None and fitting:
             fitting = [
                 n for n in fitting
@@ -81,5 +85,5 @@ def schedule(
                   len(allocation.gpus))
         running.append(RunningJob(job.id, allocation, job.priority, now, job.timeout_s,
                                   team=job.team))
-        nothing_free = all(n.free_millicores == 0 for n in nodes)
+        fit_cache.clear()
     return out
