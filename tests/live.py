@@ -105,8 +105,20 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def daemon(tmp_path):
-    """A live daemon on a 2-cpu node, stopped after the test."""
-    live = LiveDaemon(tmp_path / "home").start() if (tmp_path / "home").mkdir() is None else None
+    """A live daemon on a 2-cpu node of its own, stopped after the test."""
+    (tmp_path / "home").mkdir()
+    live = LiveDaemon(tmp_path / "home").start()
+    yield live
+    live.stop()
+    live.client.close()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory):
+    """One live daemon for a whole test module (its tests must not assume an empty store)."""
+    home = tmp_path_factory.mktemp("shared") / "home"
+    home.mkdir()
+    live = LiveDaemon(home).start()
     yield live
     live.stop()
     live.client.close()

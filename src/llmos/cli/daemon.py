@@ -36,7 +36,7 @@ def serve(port: int | None, host: str | None, console: Console) -> None:
 
 
 def _check_port(host: str, port: int) -> None:
-    from llmos.cli.main import UsageError
+    from llmos.cli.errors import UsageError
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from llmos.cli import render
+from llmos.cli.errors import UsageError
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
 
 app = typer.Typer(help="llmos: an operating system for AI workloads.", no_args_is_help=True,
@@ -25,10 +26,6 @@ app.add_typer(artifacts_app, name="artifacts")
 
 out = Console()
 err = Console(stderr=True)
-
-
-class UsageError(Exception):
-    pass
 
 
 def _client() -> Client:
@@ -255,7 +252,8 @@ def artifacts_get(
 def main() -> None:
     """Entry point: run the app, turning every user-caused error into one line."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code if isinstance(code, int) else 1)
@@ -276,10 +274,8 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors from Typer's bundled click, and the like
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
             err.print(f"[red]error:[/] {e.format_message()}")
             sys.exit(e.exit_code)
         err.print(f"[red]internal error:[/] {type(e).__name__}: {e}")

@@ -1,1 +1,0 @@
-from live import daemon  # noqa: F401  (the live-daemon fixture)
