@@ -234,3 +234,42 @@ def test_sigterm_stops_the_daemon_and_requeues_running_jobs(tmp_path):
         assert second.wait_job(job["id"])["state"] == "CANCELLED"
     finally:
         second.stop()
+
+
+def test_high_priority_job_preempts_a_checkpointable_low_one_which_resumes(daemon, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    low = daemon.client.jobs.submit(program("resumable"), {
+        "steps": 100, "step_s": 0.05, "marker_dir": str(markers)}, cpu=2, priority="low",
+        checkpointable=True)
+    wait_for(lambda: (daemon.client.jobs.get(low["id"])["progress"] or {}).get("done", 0) >= 5,
+             what="the low job to make progress")
+    high = daemon.client.jobs.submit("noop", cpu=1, priority="high")
+    assert daemon.wait_job(high["id"])["state"] == "SUCCEEDED"
+    ended = daemon.wait_job(low["id"], timeout=120)
+    assert ended["state"] == "SUCCEEDED"
+    states = [t["to_state"] for t in ended["transitions"]]
+    assert states == ["PENDING", "SCHEDULED", "RUNNING", "PREEMPTED", "PENDING", "SCHEDULED",
+                      "RUNNING", "SUCCEEDED"]
+    preempted = next(t for t in ended["transitions"] if t["to_state"] == "PREEMPTED")
+    assert preempted["reason"] == f"preempted by higher-priority job {high['id']}"
+    # The second attempt resumed from the checkpoint, not from step 0.
+    runs = sorted(m.name for m in markers.iterdir())
+    assert runs[0] == f"{low['id']}-1-from-0"
+    assert runs[1].startswith(f"{low['id']}-2-from-") and not runs[1].endswith("-from-0")
+    high_job = daemon.client.jobs.get(high["id"])
+    assert _t(high_job["started_at"]) >= _t(preempted["at"])
+
+
+def test_jobs_that_are_not_checkpointable_are_never_preempted(daemon, tmp_path):
+    gate = tmp_path / "gate"
+    low = daemon.client.jobs.submit(program("gated"), {"marker_dir": str(tmp_path),
+                                    "gate": str(gate)}, cpu=2, priority="low")
+    daemon.wait_job(low["id"], states=("RUNNING",))
+    high = daemon.client.jobs.submit("noop", cpu=1, priority="high")
+    wait_for(lambda: daemon.client.jobs.get(high["id"])["reason"] == "needs 1 cpu, 0 free",
+             what="the high job to wait")
+    assert daemon.client.jobs.get(low["id"])["state"] == "RUNNING"
+    gate.write_text("open")
+    assert daemon.wait_job(high["id"])["state"] == "SUCCEEDED"
+    assert daemon.wait_job(low["id"])["transitions"][-1]["to_state"] == "SUCCEEDED"
