@@ -18,7 +18,7 @@ from llmos.kernel import programs
 from llmos.kernel.executors import UnknownExecutor, available_executors, executor_class
 from llmos.kernel.jobs import JobSpec, JobState, create_job, missing_jobs
 from llmos.kernel.resources import too_large_reason
-from llmos.store.models import Job, JobMetric, JobTransition
+from llmos.store.models import Job, JobMetric
 
 LOG_STREAMS = ("stdout", "stderr")
 
@@ -118,9 +118,6 @@ class JobService:
             q = q.where(JobMetric.name == name)
         with self.db.session() as s:
             return list(s.scalars(q.order_by(JobMetric.id).limit(limit)))
-
-    def transitions(self, job_id: int) -> list[JobTransition]:
-        return self.get(job_id).transitions
 
     def log_path(self, job_id: int, stream: str) -> Path:
         if stream not in LOG_STREAMS:

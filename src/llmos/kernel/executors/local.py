@@ -162,6 +162,9 @@ def job_environment(gpus: tuple[int, ...]) -> dict[str, str]:
     }
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env["PYTHONUNBUFFERED"] = "1"
+    # glibc reserves 64 MB of address space per thread arena; under RLIMIT_AS that turns
+    # multi-threaded programs (torch, tokenizers) into spurious MemoryErrors.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 
