@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     aging_s: float = Field(
         default=600.0,
         gt=0,
-        description="A pending job rises one priority class for every this many seconds waited.",
+        description="A job pending this many seconds rises one priority class (once).",
     )
     executor: str = Field(default="local", description="Executor used for new jobs.")
     max_upload_mb: int = Field(default=16384, ge=1, description="Largest artifact upload.")

@@ -83,6 +83,6 @@ class SchedulerOutput:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    aging_s: float = 600.0  # one priority class gained per this many seconds waited
+    aging_s: float = 600.0  # a job waiting this long rises one priority class
     max_rank: int = 2
     quotas: dict[str, Request] = field(default_factory=dict)  # team -> limit

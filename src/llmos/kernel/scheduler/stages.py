@@ -24,16 +24,15 @@ from llmos.kernel.scheduler.framework import (
 
 
 def effective_priority(job: PendingJob, now: float, config: SchedulerConfig) -> int:
-    """The job's class rank, raised one class per ``aging_s`` waited (up to the top)."""
-    waited = max(0.0, now - job.queued_at)
-    return min(config.max_rank, job.priority + int(waited // config.aging_s))
+    """The job's class rank, raised by one class once it has waited ``aging_s`` (so a
+    stream of newer work cannot starve it); never more than one class, never past the top."""
+    aged = now - job.queued_at >= config.aging_s
+    return min(config.max_rank, job.priority + (1 if aged else 0))
 
 
 def queue_order(jobs: list[PendingJob], now: float, config: SchedulerConfig) -> list[PendingJob]:
-    """Highest effective priority first; FIFO (by time queued, then id) inside a class."""
-    return sorted(
-        jobs, key=lambda j: (-effective_priority(j, now, config), -j.priority, j.queued_at, j.id)
-    )
+    """Highest effective priority first; FIFO (by time queued, then id) among equals."""
+    return sorted(jobs, key=lambda j: (-effective_priority(j, now, config), j.queued_at, j.id))
 
 
 # --- dependencies and quota --------------------------------------------------------------

@@ -1,0 +1,213 @@
+"""Scheduler stages and resource accounting as pure functions: no daemon, no clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmos.kernel.resources import (
+    GPU,
+    Allocation,
+    NodeCapacity,
+    NodeState,
+    Request,
+    too_large_reason,
+)
+from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler import stages
+
+NOW = 10_000.0
+LOW, NORMAL, HIGH = 0, 1, 2
+
+
+def node(cores: int = 2, memory_mb: int = 8000, gpus=()) -> NodeState:
+    return NodeState(NodeCapacity("n1", tuple(range(cores)), memory_mb, tuple(gpus)))
+
+
+def job(i: int, cpu: float = 1, priority: int = NORMAL, queued: float = NOW, **kw) -> PendingJob:
+    return PendingJob(i, Request(cpu=cpu, memory_mb=kw.pop("memory_mb", 100)), priority, queued,
+                      **kw)
+
+
+def running(i: int, state: NodeState, cpu: float = 1, priority: int = NORMAL,
+            timeout: float | None = None, checkpointable: bool = False,
+            started: float = NOW - 10) -> RunningJob:
+    alloc = state.allocate(Request(cpu=cpu, memory_mb=100))
+    return RunningJob(i, alloc, priority, started, timeout, checkpointable)
+
+
+# -- resources ------------------------------------------------------------------------------
+
+
+def test_fractions_share_a_core_and_whole_cores_stay_free():
+    n = node(cores=2)
+    a = n.allocate(Request(cpu=0.5, memory_mb=10))
+    b = n.allocate(Request(cpu=0.5, memory_mb=10))
+    assert list(a.cores) == list(b.cores)  # packed on one core
+    whole = n.allocate(Request(cpu=1, memory_mb=10))
+    assert set(whole.cores).isdisjoint(a.cores)
+    assert n.free_millicores == 0
+
+
+def test_a_fraction_may_span_partly_used_cores():
+    n = node(cores=2)
+    for _ in range(4):
+        n.allocate(Request(cpu=0.4, memory_mb=10))
+    last = n.allocate(Request(cpu=0.4, memory_mb=10))
+    assert sorted(last.cores.values()) == [200, 200]
+
+
+def test_nothing_is_ever_oversubscribed():
+    n = node(cores=2, memory_mb=1000)
+    n.allocate(Request(cpu=2, memory_mb=500))
+    assert n.shortfall(Request(cpu=1, memory_mb=10)) == "needs 1 cpu, 0 free"
+    with pytest.raises(ValueError):
+        n.allocate(Request(cpu=1, memory_mb=10))
+    with pytest.raises(ValueError):
+        n.take(Allocation("n1", {0: 1000}, 10))
+
+
+def test_release_gives_everything_back():
+    n = node()
+    alloc = n.allocate(Request(cpu=1.5, memory_mb=700))
+    n.release(alloc)
+    assert n.free_millicores == 2000 and n.free_memory_mb == 8000
+
+
+def test_gpus_are_whole_and_filtered_by_memory():
+    n = node(gpus=[GPU(0, "small", 8000), GPU(1, "big", 80000)])
+    alloc = n.allocate(Request(cpu=1, memory_mb=10, gpu=1, gpu_memory_mb=40000))
+    assert alloc.gpus == (1,)
+    assert n.shortfall(Request(cpu=1, memory_mb=10, gpu=1, gpu_memory_mb=40000)) == \
+        "needs 1 gpu, 0 free"
+
+
+@pytest.mark.parametrize("request_,message", [
+    (Request(cpu=3), "needs 3 cpu, node n1 has 2"),
+    (Request(memory_mb=10**6), "needs 1000000 MB memory"),
+    (Request(gpu=1), "needs 1 gpu, node n1 has 0"),
+    (Request(gpu_memory_mb=5), "gpu_memory_mb needs gpu >= 1"),
+])
+def test_requests_larger_than_any_node_are_named(request_, message):
+    assert message in too_large_reason(request_, [node().capacity])
+
+
+def test_allocation_round_trips_through_json():
+    alloc = Allocation("n1", {0: 1000, 1: 250}, 512, (3,))
+    assert Allocation.from_json(alloc.to_json()) == alloc
+
+
+# -- queue order and aging -----------------------------------------------------------------
+
+
+def test_high_priority_is_bound_before_50_older_low_jobs():
+    queue = [job(i, priority=LOW, queued=NOW - 100 + i) for i in range(1, 51)]
+    queue.append(job(99, priority=HIGH))
+    out = schedule(queue, [node(cores=1)], [], NOW)
+    assert [b.job_id for b in out.bindings] == [99]
+
+
+def test_fifo_inside_a_class():
+    queue = [job(3, queued=NOW - 1), job(1, queued=NOW - 3), job(2, queued=NOW - 2)]
+    assert [j.id for j in stages.queue_order(queue, NOW, SchedulerConfig())] == [1, 2, 3]
+
+
+def test_aging_lifts_a_long_waiting_job_one_class_but_not_past_high():
+    config = SchedulerConfig(aging_s=60)
+    old_low = job(1, priority=LOW, queued=NOW - 61)
+    new_normal = job(2, priority=NORMAL, queued=NOW - 1)
+    high = job(3, priority=HIGH, queued=NOW)
+    ancient = job(4, priority=LOW, queued=NOW - 10_000)
+    order = [j.id for j in stages.queue_order([new_normal, old_low, high, ancient], NOW, config)]
+    assert order == [3, 4, 1, 2]  # aged lows rank as normal, oldest first; high stays first
+    assert stages.effective_priority(ancient, NOW, config) == NORMAL
+    assert stages.effective_priority(job(5, priority=NORMAL, queued=NOW - 61), NOW, config) == HIGH
+    assert stages.effective_priority(job(6, priority=LOW, queued=NOW - 59), NOW, config) == LOW
+
+
+# -- reasons ---------------------------------------------------------------------------------
+
+
+def test_every_waiting_job_says_why():
+    n = node(cores=2)
+    busy = running(50, n, cpu=1)
+    queue = [job(1, cpu=2), job(2, waiting_for=(12,)), job(3, cpu=1, team="a")]
+    config = SchedulerConfig(quotas={"a": Request(cpu=0.5, memory_mb=1000)})
+    out = schedule(queue, [n], [busy], NOW, config)
+    assert out.reasons[1] == "needs 2 cpu, 1 free"
+    assert out.reasons[2] == "after job 12"
+    assert out.reasons[3].startswith("over team quota: team a may use 0.5 cpu")
+    assert out.bindings == []
+
+
+def test_schedule_does_not_touch_the_callers_nodes():
+    n = node()
+    schedule([job(1), job(2)], [n], [], NOW)
+    assert n.free_millicores == 2000
+
+
+# -- backfill --------------------------------------------------------------------------------
+
+
+def test_backfill_lets_short_jobs_through_but_protects_the_reservation():
+    n = node(cores=2)
+    r = running(50, n, cpu=1, timeout=100, started=NOW)  # frees its core at NOW + 100
+    head = job(1, cpu=2)  # blocked until then
+    short = job(2, cpu=1, timeout_s=50)  # ends before NOW + 100: may run now
+    endless = job(3, cpu=1, queued=NOW + 1)  # would hold the core past the reservation
+    out = schedule([head, short, endless], [n], [r], NOW)
+    assert out.reservation.job_id == 1 and out.reservation.at == NOW + 100
+    assert [(b.job_id, b.backfilled) for b in out.bindings] == [(2, True)]
+    assert out.reasons[3] in ("waiting for job 1, which holds the reservation",
+                              "needs 1 cpu, 0 free")
+
+
+def test_backfill_may_use_room_the_reservation_leaves_free():
+    n = node(cores=3)
+    r = running(50, n, cpu=1, timeout=100, started=NOW)
+    head = job(1, cpu=3)
+    out = schedule([head, job(2, cpu=0.5)], [n], [r], NOW)
+    assert out.reservation.at == NOW + 100
+    # After the head takes all 3 cores at NOW+100 there is no room: job 2 must not run
+    # unless it ends in time.
+    assert out.bindings == []
+    out = schedule([head, job(2, cpu=0.5, timeout_s=10)], [n], [r], NOW)
+    assert [b.job_id for b in out.bindings] == [2]
+
+
+def test_without_timeouts_the_reservation_is_unbounded():
+    n = node(cores=2)
+    r = running(50, n, cpu=2)
+    out = schedule([job(1, cpu=2)], [n], [r], NOW)
+    assert out.reservation.at == math.inf
+
+
+# -- preemption ------------------------------------------------------------------------------
+
+
+def test_preemption_names_the_fewest_lower_priority_checkpointable_victims():
+    n = node(cores=2)
+    small = running(10, n, cpu=1, priority=LOW, checkpointable=True)
+    other = running(11, n, cpu=1, priority=LOW, checkpointable=True, started=NOW - 5)
+    out = schedule([job(1, cpu=1, priority=HIGH)], [n], [small, other], NOW)
+    assert len(out.preemptions) == 1
+    assert out.preemptions[0].victims == (11,)  # the most recently started loses least
+
+
+@pytest.mark.parametrize("priority,checkpointable", [(LOW, False), (HIGH, True)])
+def test_never_preempts_uncheckpointable_or_equal_priority_jobs(priority, checkpointable):
+    n = node(cores=1)
+    r = running(10, n, cpu=1, priority=priority, checkpointable=checkpointable)
+    out = schedule([job(1, cpu=1, priority=HIGH)], [n], [r], NOW)
+    assert out.preemptions == []
+
+
+def test_a_pass_over_10000_pending_jobs_binds_exactly_what_fits():
+    queue = [job(i, cpu=1, priority=i % 3, queued=NOW - i) for i in range(1, 10_001)]
+    out = schedule(queue, [node(cores=2)], [], NOW)
+    assert len(out.bindings) == 2
+    assert len(out.reasons) == 9_998
+    bound = {b.job_id for b in out.bindings}
+    best = stages.queue_order(queue, NOW, SchedulerConfig())[:2]
+    assert bound == {j.id for j in best}
