@@ -94,14 +94,6 @@ class ArtifactStore:
         self.verify(sha256)
         return open(self.path(sha256), "rb")
 
-    def read_bytes(self, sha256: str) -> bytes:
-        data = self.path(sha256).read_bytes() if self.exists(sha256) else None
-        if data is None:
-            raise CorruptArtifact(f"blob {sha256} is missing from the artifact store")
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise CorruptArtifact(f"blob {sha256} is corrupted: its bytes no longer match its sha256")
-        return data
-
     @staticmethod
     def _matches(path: Path, sha256: str) -> bool:
         digest = hashlib.sha256()
