@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from live import LiveDaemon, program
-
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
+from pg import fresh_database
 
 @pytest.fixture
 def pg_url():
-    import psycopg
-
-    name = f"llmos_daemon_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        pytest.fail(
-            "PostgreSQL is required on 127.0.0.1:5432 for the store tests and could not be "
-            f"reached ({e}). Start it with: pg_ctlcluster --skip-systemctl-redirect "
-            "$(ls /etc/postgresql) main start", pytrace=False)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                  (name,))
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
+    with fresh_database("llmos_daemon") as url:
+        yield url
 
 
 def test_jobs_run_and_survive_kill_9_on_postgresql(tmp_path, pg_url):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -17,8 +16,7 @@ from llmos.kernel.resources import Request
 from llmos.store import ArtifactStore, CorruptArtifact, open_database
 from llmos.store.artifact_service import ArtifactService
 from llmos.store.models import Artifact, Base, Job
-
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from pg import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -28,23 +26,10 @@ def db(request, tmp_path):
         yield database
         database.close()
         return
-    import psycopg
-
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        pytest.fail(
-            "\n*** PostgreSQL is required on 127.0.0.1:5432 for the store tests and could not "
-            f"be reached ({e}).\n*** Start it with: pg_ctlcluster --skip-systemctl-redirect "
-            "$(ls /etc/postgresql) main start", pytrace=False)
-    name = f"llmos_store_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    database = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}")
-    yield database
-    database.close()
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
-
+    with fresh_database("llmos_store") as url:
+        database = open_database(url)
+        yield database
+        database.close()
 
 def test_migrations_create_exactly_the_models_schema(db):
     assert set(inspect(db.engine).get_table_names()) >= set(Base.metadata.tables)
