@@ -19,7 +19,9 @@ def daemon(shared_daemon):
 VERBS = [
     [], ["up"], ["resources"], ["job"], ["job", "submit"], ["job", "list"], ["job", "show"],
     ["job", "wait"], ["job", "logs"], ["job", "cancel"], ["artifacts"], ["artifacts", "ls"],
-    ["artifacts", "show"], ["artifacts", "put"], ["artifacts", "get"],
+    ["artifacts", "show"], ["artifacts", "put"], ["artifacts", "get"], ["data"],
+    ["data", "ingest"], ["data", "ls"], ["data", "show"], ["data", "head"], ["data", "stats"],
+    ["data", "diff"],
 ]
 
 

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from llmos import __version__
-from llmos.api import artifacts, errors, jobs, system
+from llmos.api import artifacts, datasets, errors, jobs, system
 from llmos.config import Settings, get_settings
+from llmos.data.datasets import DatasetService
 from llmos.kernel.daemon import Daemon
 from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
         app.state.jobs = JobService(daemon)
         app.state.artifacts = ArtifactService(
             db, ArtifactStore(settings.artifacts_dir), settings.max_upload_mb << 20)
+        app.state.datasets = DatasetService(app.state.jobs, app.state.artifacts)
         daemon.start()
         try:
             yield
@@ -44,11 +46,12 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
     app = FastAPI(
         title="llmos",
         version=__version__,
-        description="An operating system for AI workloads: jobs, artifacts, resources.",
+        description="An operating system for AI workloads: jobs, artifacts, datasets, resources.",
         lifespan=lifespan,
     )
     errors.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
+    app.include_router(datasets.router)
     return app

@@ -44,6 +44,8 @@ class ResourcesOut(BaseModel):
 class ProgressOut(BaseModel):
     done: float
     total: float | None
+    unit: str | None = None
+    info: dict[str, Any] | None = None
 
 
 class JobOut(BaseModel):
@@ -81,7 +83,8 @@ class JobOut(BaseModel):
     def of(cls, job: Job, transitions: bool = False) -> JobOut:
         progress = None
         if job.progress_done is not None:
-            progress = ProgressOut(done=job.progress_done, total=job.progress_total)
+            progress = ProgressOut(done=job.progress_done, total=job.progress_total,
+                                   unit=job.progress_unit, info=job.progress_info)
         return cls(
             id=job.id, name=job.name, program=job.program, params=job.params,
             resources=ResourcesOut(cpu=job.cpu, memory_mb=job.memory_mb, gpu=job.gpu,

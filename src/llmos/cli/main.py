@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from llmos.cli import render
+from llmos.cli.data import data_app
 from llmos.cli.errors import UsageError
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
 
@@ -23,6 +24,7 @@ job_app = typer.Typer(help="Submit, list, inspect, follow and cancel jobs.", no_
 artifacts_app = typer.Typer(help="Immutable, content-addressed artifacts.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)

@@ -78,9 +78,7 @@ def job_detail(console: Console, job: dict, metrics: list[dict]) -> None:
          f"{_time(job['created_at'])} / {_time(job['started_at'])} / {_time(job['ended_at'])}"),
     ]
     if job.get("progress"):
-        p = job["progress"]
-        total = f"/{p['total']:g}" if p["total"] else ""
-        rows.append(("progress", f"{p['done']:g}{total}"))
+        rows.append(("progress", progress_text(job["progress"])))
     for key, value in rows:
         console.print(f"  [dim]{key:>26}[/]  {value}")
     history = Table(title="History")
@@ -114,6 +112,26 @@ def artifact_table(console: Console, arts: list[dict]) -> None:
     console.print(table)
 
 
+def progress_text(p: dict) -> str:
+    """'1.2 GB/2.0 GB bytes  files 3/10  documents 120000' from a job's progress."""
+    unit = p.get("unit")
+    fmt = _size if unit == "bytes" else (lambda v: f"{v:g}")
+    text = fmt(p["done"]) + (f"/{fmt(p['total'])}" if p.get("total") else "")
+    if unit and unit != "bytes":
+        text += f" {unit}"
+    for key, value in (p.get("info") or {}).items():
+        text += f"  {key} {value}"
+    return text
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
 def watch(console: Console, client, job_id: int, quiet: bool = False) -> dict:
     """Live progress of a job until it ends; returns the ended job."""
     columns = (TextColumn("job {task.fields[job]} {task.fields[state]}"), BarColumn(),
@@ -124,9 +142,71 @@ def watch(console: Console, client, job_id: int, quiet: bool = False) -> dict:
             job = client.jobs.get(job_id)
             p = job.get("progress") or {}
             done, total = p.get("done") or 0, p.get("total")
-            count = f"{done:g}/{total:g}" if total else (f"{done:g}" if p else "")
+            count = progress_text(p) if p else ""
             progress.update(task, completed=done, total=total, state=state(job["state"]),
                             count=count)
             if job["state"] in TERMINAL:
                 return job
             time.sleep(0.25)
+
+
+def time_text(ts: str | None) -> str:
+    return _time(ts)
+
+
+# -- datasets -------------------------------------------------------------------------------
+
+
+def dataset_removed(console: Console, stats: dict) -> None:
+    """What each step removed or changed, by reason."""
+    inp = stats.get("input", {})
+    console.print(f"  read {inp.get('documents', 0)} documents from {inp.get('files', 0)} files "
+                  f"({_size(inp.get('bytes', 0))}); {inp.get('bad_files', 0)} bad files, "
+                  f"{inp.get('bad_records', 0)} bad records")
+    for step, counts in (stats.get("removed") or {}).items():
+        text = ", ".join(f"{k} {v}" for k, v in counts.items())
+        console.print(f"  [dim]{step:>22}[/]  {text}")
+
+
+def dataset_stats(console: Console, v: dict) -> None:
+    stats = v["stats"]
+    table = Table(title=f"{v['dataset']}:{v['version']}")
+    for col in ("split", "documents", "text", "tokens", "labels"):
+        table.add_column(col)
+    for split, s in stats.get("splits", {}).items():
+        labels = ", ".join(f"{k} {n}" for k, n in (s.get("labels") or {}).items())
+        table.add_row(split, str(s["documents"]), _size(s["text_bytes"]),
+                      str(s.get("tokens", "-")), labels)
+    table.add_row("all", str(stats.get("documents", 0)), _size(stats.get("text_bytes", 0)),
+                  str(stats.get("tokens", "-")),
+                  ", ".join(f"{k} {n}" for k, n in (stats.get("labels") or {}).items()))
+    console.print(table)
+    dataset_removed(console, stats)
+
+
+def dataset_version(console: Console, v: dict) -> None:
+    rows = [("dataset", f"{v['dataset']}:{v['version']}"),
+            ("content hash", v["content_hash"]),
+            ("created", _time(v["created_at"])),
+            ("job", str(v["job_id"] or "-")),
+            ("schema", ", ".join(f"{k} {t}" for k, t in v["schema"].items())),
+            ("documents", str(v["stats"].get("documents", 0))),
+            ("sources", ", ".join(v["lineage"].get("sources", [])))]
+    for key, value in rows:
+        console.print(f"  [dim]{key:>14}[/]  {value}", highlight=False)
+    steps = [next(iter(s)) for s in v["lineage"].get("recipe", {}).get("steps", [])]
+    console.print(f"  [dim]{'steps':>14}[/]  {' → '.join(steps) or '(none)'}")
+    shards = Table(title="Shards")
+    for col in ("split", "name", "rows", "text", "artifact", "sha256"):
+        shards.add_column(col)
+    for s in v["shards"]:
+        shards.add_row(s["split"], s["name"], str(s["rows"]), _size(s["text_bytes"]),
+                       str(s["artifact_id"]), s["sha256"][:12])
+    console.print(shards)
+    inputs = Table(title="Inputs")
+    for col in ("file", "bytes", "encoding", "sha256", "problem"):
+        inputs.add_column(col, overflow="fold")
+    for f in v["lineage"].get("inputs", []):
+        inputs.add_row(f["path"], str(f["bytes"]), f.get("encoding") or "-",
+                       (f.get("sha256") or "")[:12], f.get("error") or "")
+    console.print(inputs)

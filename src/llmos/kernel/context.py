@@ -51,10 +51,13 @@ class JobContext:
         sys.stderr.write(f"{stamp} {level.upper()} {message}\n")
         sys.stderr.flush()
 
-    def progress(self, done: float, total: float | None = None) -> None:
-        """How far the job is: ``done`` out of ``total`` (units are the program's)."""
+    def progress(self, done: float, total: float | None = None, unit: str | None = None,
+                 **info: float | int | str) -> None:
+        """How far the job is: ``done`` out of ``total`` in ``unit`` (``"bytes"``, ``"steps"``
+        ...), with optional named counters shown beside it (``files="3/10", documents=1200``)."""
         self._emit({"type": "progress", "done": float(done),
-                    "total": None if total is None else float(total)})
+                    "total": None if total is None else float(total),
+                    "unit": unit, "info": info or None})
 
     def metric(self, name: str, value: float, step: int | None = None) -> None:
         """A named number, optionally at a step (loss, accuracy, samples/s ...)."""
@@ -72,6 +75,14 @@ class JobContext:
         with self._lock:
             self._events.write(line)
             self._events.flush()
+
+    def request(self, method: str, path: str, json: Any = None) -> Any:
+        """Call the llmos REST API as this job (``path`` such as ``/v1/datasets``) and
+        return the decoded JSON; an error response raises RuntimeError with its message."""
+        with _api_client(self.artifacts._url) as client:
+            resp = client.request(method, path, json=json)
+            _raise_for(resp)
+            return resp.json()
 
     # -- cooperation with the scheduler ---------------------------------------------
 
@@ -163,11 +174,7 @@ class Artifacts:
         self._job_id = job_id
 
     def _client(self):
-        import httpx
-
-        if not self._url:
-            raise RuntimeError("this job has no llmos API to reach")
-        return httpx.Client(base_url=self._url, timeout=httpx.Timeout(30.0, read=600.0))
+        return _api_client(self._url)
 
     def put(self, data: bytes | str | Path, name: str, kind: str = "file",
             parents: Iterable[int] = ()) -> int:
@@ -203,6 +210,14 @@ class Artifacts:
         dest = Path(dest)
         dest.write_bytes(self.get(artifact_id))
         return dest
+
+
+def _api_client(url: str | None):
+    import httpx
+
+    if not url:
+        raise RuntimeError("this job has no llmos API to reach")
+    return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=600.0))
 
 
 def _raise_for(resp) -> None:

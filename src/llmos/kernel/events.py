@@ -53,6 +53,9 @@ def apply(session: Session, job: Job, events: list[dict]) -> None:
         if kind == "progress":
             job.progress_done = _float(event.get("done"))
             job.progress_total = _float(event.get("total"))
+            unit, info = event.get("unit"), event.get("info")
+            job.progress_unit = unit[:50] if isinstance(unit, str) else None
+            job.progress_info = info if isinstance(info, dict) and len(info) <= 20 else None
         elif kind == "metric":
             value = _float(event.get("value"))
             name = event.get("name")

@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import quote
 
 import httpx
 
@@ -50,6 +51,7 @@ class Client:
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, read=600.0))
         self.jobs = Jobs(self)
         self.artifacts = Artifacts(self)
+        self.datasets = Datasets(self)
 
     def close(self) -> None:
         self._http.close()
@@ -257,6 +259,49 @@ class Artifacts:
         if hashlib.sha256(resp.content).hexdigest() != resp.headers.get("x-llmos-sha256"):
             raise APIError(500, f"artifact {artifact_id} arrived corrupted (sha256 mismatch)")
         return resp.content
+
+
+class Datasets:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def ingest(self, dataset: str, sources: list[str | Path], recipe: dict | str | None = None,
+               *, cpu: float = 1, memory_mb: int = 2048, priority: str = "normal") -> dict:
+        """Start an ingest job (sources are paths on the llmos host); returns the job."""
+        body = {"dataset": dataset, "sources": [str(s) for s in sources],
+                "recipe": recipe or {}, "priority": priority,
+                "resources": {"cpu": cpu, "memory_mb": memory_mb}}
+        return self._c.request("POST", "/v1/datasets/ingest", json=body).json()
+
+    def list(self) -> list[dict]:
+        return self._c.request("GET", "/v1/datasets").json()["datasets"]
+
+    def get(self, name: str) -> dict:
+        return self._c.request("GET", f"/v1/datasets/{quote(name, safe='')}").json()
+
+    def version(self, name: str, version: int | str = "latest") -> dict:
+        return self._c.request("GET", f"{_ds(name)}/versions/{version}").json()
+
+    def head(self, name: str, version: int | str = "latest", n: int = 10,
+             split: str | None = None) -> list[dict]:
+        params: dict[str, Any] = {"n": n}
+        if split:
+            params["split"] = split
+        return self._c.request("GET", f"{_ds(name)}/versions/{version}/head",
+                               params=params).json()["rows"]
+
+    def report(self, name: str, version: int | str = "latest") -> dict:
+        return self._c.request("GET", f"{_ds(name)}/versions/{version}/report").json()
+
+    def diff(self, name: str, a: int | str, b: int | str, other: str | None = None) -> dict:
+        params: dict[str, Any] = {"from": a, "to": b}
+        if other:
+            params["other"] = other
+        return self._c.request("GET", f"{_ds(name)}/diff", params=params).json()
+
+
+def _ds(name: str) -> str:
+    return f"/v1/datasets/{quote(name, safe='')}"
 
 
 def parse_params(text: str | None) -> dict:

@@ -89,6 +89,8 @@ class Job(Base):
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     progress_done: Mapped[float | None] = mapped_column(Float)
     progress_total: Mapped[float | None] = mapped_column(Float)
+    progress_unit: Mapped[str | None] = mapped_column(String(50))
+    progress_info: Mapped[dict | None] = mapped_column(JSON)
 
     transitions: Mapped[list[JobTransition]] = relationship(
         back_populates="job", order_by="JobTransition.id", cascade="all, delete-orphan"
@@ -166,3 +168,41 @@ class ArtifactParent(Base):
     parent_id: Mapped[int] = mapped_column(
         ForeignKey("artifacts.id", ondelete="RESTRICT"), primary_key=True
     )
+
+
+class Dataset(Base):
+    """A named dataset; its content lives in immutable versions."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    owner: Mapped[str] = mapped_column(String(200), default="local")
+    team: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    versions: Mapped[list[DatasetVersion]] = relationship(
+        back_populates="dataset", order_by="DatasetVersion.version", cascade="all, delete-orphan"
+    )
+
+
+class DatasetVersion(Base):
+    """One immutable version: Parquet shards (artifacts), schema, statistics, lineage."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (Index("ux_dataset_versions", "dataset_id", "version", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    shards: Mapped[list] = mapped_column(JSON)  # [{"artifact_id", "split", "rows", "bytes"}]
+    schema: Mapped[dict] = mapped_column(JSON)
+    stats: Mapped[dict] = mapped_column(JSON)
+    lineage: Mapped[dict] = mapped_column(JSON)
+    report_artifact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("artifacts.id", ondelete="RESTRICT"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="versions")

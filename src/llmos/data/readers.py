@@ -1,0 +1,365 @@
+"""Readers: files, folders and globs become documents, whatever their format or encoding.
+
+Formats (by suffix): .txt/.text/.md, .jsonl/.ndjson, .json, .csv/.tsv, .parquet,
+.html/.htm, each optionally compressed as .gz or .zst. Every file is checked whole before
+it yields anything: a compressed file is first decompressed into the work folder (a
+truncated archive is found there), and a text file's encoding is established over all of
+its bytes (strict UTF-8 first, then the byte-order mark, then charset-normalizer's
+candidates). So a bad file contributes no half-read documents; it is recorded in the
+report with its reason, and the rest goes on. A bad record inside a good file (a line that
+is not JSON, a row without the text column) is counted in the file's report.
+
+The readers know nothing about cleaning, filtering or storage.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import glob
+import gzip
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from llmos.data.recipe import Readers
+
+TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl",
+                 ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
+                 ".parquet": "parquet", ".html": "html", ".htm": "html"}
+COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_CHUNK = 4 << 20
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+class BadFile(Exception):
+    """A file that contributes nothing; the message is the reason in the report."""
+
+
+class Doc:
+    """One document on its way through the pipeline."""
+
+    __slots__ = ("text", "source", "label", "is_html", "lang")
+
+    def __init__(self, text: str, source: str, label: str | None = None,
+                 is_html: bool = False, lang: str | None = None):
+        self.text = text
+        self.source = source
+        self.label = label
+        self.is_html = is_html
+        self.lang = lang
+
+    def __reduce__(self):
+        return Doc, (self.text, self.source, self.label, self.is_html, self.lang)
+
+
+@dataclass
+class FileReport:
+    path: str
+    format: str | None = None
+    compression: str | None = None
+    encoding: str | None = None
+    bytes: int = 0
+    documents: int = 0
+    bad_records: int = 0
+    bad_record_examples: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def bad_record(self, where: str, why: str) -> None:
+        self.bad_records += 1
+        if len(self.bad_record_examples) < 5:
+            self.bad_record_examples.append(f"{where}: {why}")
+
+
+def expand_sources(sources: list[str]) -> list[Path]:
+    """Files named by ``sources`` (files, folders walked recursively, globs), sorted within
+    each source and without repeats. Raises FileNotFoundError naming a source that matches
+    nothing."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for src in sources:
+        p = Path(src).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            found = [p]
+        elif glob.has_magic(src):
+            found = sorted(Path(f) for f in glob.glob(os.path.expanduser(src), recursive=True)
+                           if os.path.isfile(f))
+            if not found:
+                raise FileNotFoundError(f"no file matches {src!r}")
+        else:
+            raise FileNotFoundError(f"no such file or folder: {src}")
+        for f in found:
+            f = f.resolve()
+            if f not in seen:
+                seen.add(f)
+                out.append(f)
+    return out
+
+
+class FileReader:
+    """Reads one file at a time into documents; ``tmp_dir`` holds decompressed copies."""
+
+    def __init__(self, text_field: str, label_field: str | None, options: Readers,
+                 tmp_dir: Path):
+        self.text_field = text_field
+        self.label_field = label_field
+        self.options = options
+        self.tmp_dir = Path(tmp_dir)
+
+    def read(self, path: Path, report: FileReport) -> Iterator[Doc]:
+        """Documents of ``path``; raises BadFile before yielding anything if the file is
+        unusable."""
+        report.bytes = path.stat().st_size
+        suffixes = [s.lower() for s in path.suffixes[-2:]]
+        compression = COMPRESSED.get(suffixes[-1]) if suffixes else None
+        inner = suffixes[-2] if compression and len(suffixes) == 2 else (
+            suffixes[-1] if suffixes and not compression else None)
+        fmt = TEXT_SUFFIXES.get(inner or "")
+        report.format, report.compression = fmt, compression
+        if fmt is None:
+            raise BadFile(f"unsupported file type {''.join(path.suffixes) or '(no suffix)'!r}")
+        if report.bytes == 0:
+            raise BadFile("empty file")
+        if compression:
+            plain = self._decompress(path, compression)
+            try:
+                yield from self._read_plain(plain, fmt, str(path), report)
+            finally:
+                plain.unlink(missing_ok=True)
+        else:
+            yield from self._read_plain(path, fmt, str(path), report)
+
+    def _decompress(self, path: Path, compression: str) -> Path:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        out = self.tmp_dir / f"decompressed-{os.getpid()}.tmp"
+        try:
+            with open(out, "wb") as dst:
+                if compression == "gzip":
+                    with gzip.open(path, "rb") as src:
+                        while chunk := src.read(_CHUNK):
+                            dst.write(chunk)
+                else:
+                    with open(path, "rb") as src:
+                        _unzstd(src, dst)
+        except (EOFError, OSError, zlib.error) as e:
+            out.unlink(missing_ok=True)
+            raise BadFile(f"truncated or corrupt {compression} archive: {e}") from None
+        except BadFile:
+            out.unlink(missing_ok=True)
+            raise
+        except Exception as e:  # zstandard.ZstdError
+            out.unlink(missing_ok=True)
+            raise BadFile(f"corrupt {compression} archive: {e}") from None
+        if out.stat().st_size == 0:
+            out.unlink(missing_ok=True)
+            raise BadFile("empty file (after decompression)")
+        return out
+
+    def _read_plain(self, path: Path, fmt: str, source: str, report: FileReport
+                    ) -> Iterator[Doc]:
+        if fmt == "parquet":
+            yield from self._parquet(path, source, report)
+            return
+        encoding = detect_encoding(path)
+        report.encoding = encoding
+        if fmt in ("txt", "html"):
+            yield from self._text(path, encoding, fmt, source, report)
+        elif fmt == "jsonl":
+            with open(path, encoding=encoding, newline="") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield from self._record(_json_or_error(line), f"{source}#L{n}", report)
+        elif fmt == "json":
+            yield from self._json(path, encoding, source, report)
+        else:
+            yield from self._csv(path, encoding, source, report)
+
+    def _text(self, path: Path, encoding: str, fmt: str, source: str, report: FileReport
+              ) -> Iterator[Doc]:
+        mode = "file" if fmt == "html" else self.options.txt
+        if mode == "file":
+            limit = self.options.max_document_mb << 20
+            if path.stat().st_size > limit:
+                raise BadFile(f"larger than one document may be ({self.options.max_document_mb}"
+                              " MB); read it by line or paragraph (readers: {txt: line})")
+            with open(path, encoding=encoding, newline=None) as f:
+                yield self._doc(f.read(), source, None, report, is_html=fmt == "html")
+            return
+        with open(path, encoding=encoding, newline=None) as f:
+            if mode == "line":
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield self._doc(line.rstrip("\n"), f"{source}#L{n}", None, report)
+                return
+            block: list[str] = []
+            start = 1
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    if not block:
+                        start = n
+                    block.append(line)
+                elif block:
+                    yield self._doc("".join(block).rstrip("\n"), f"{source}#L{start}", None,
+                                    report)
+                    block = []
+            if block:
+                yield self._doc("".join(block).rstrip("\n"), f"{source}#L{start}", None, report)
+
+    def _json(self, path: Path, encoding: str, source: str, report: FileReport) -> Iterator[Doc]:
+        if path.stat().st_size > (self.options.max_document_mb << 20) * 4:
+            raise BadFile("a .json file this large must be JSON Lines (.jsonl) to be streamed")
+        with open(path, encoding=encoding) as f:
+            try:
+                data = json.load(f)
+            except ValueError as e:
+                raise BadFile(f"not valid JSON: {e}") from None
+        if isinstance(data, dict):
+            lists = [v for v in data.values() if isinstance(v, list)]
+            data = lists[0] if len(lists) == 1 else [data]
+        if not isinstance(data, list):
+            raise BadFile("a .json file holds a list of records (or of strings)")
+        for i, item in enumerate(data):
+            yield from self._record(item, f"{source}#{i}", report)
+
+    def _csv(self, path: Path, encoding: str, source: str, report: FileReport) -> Iterator[Doc]:
+        csv.field_size_limit(self.options.max_document_mb << 20)
+        with open(path, encoding=encoding, newline="") as f:
+            sample = f.read(64 << 10)
+            f.seek(0)
+            delimiter = "\t" if path.name.lower().rstrip(".gz").endswith(".tsv") else ","
+            if "\t" in sample and "," not in sample:
+                delimiter = "\t"
+            rows = csv.DictReader(f, delimiter=delimiter)
+            if not rows.fieldnames or self.text_field not in rows.fieldnames:
+                raise BadFile(f"no {self.text_field!r} column (columns: "
+                              f"{', '.join(rows.fieldnames or [])})")
+            try:
+                for n, row in enumerate(rows, 2):
+                    yield from self._record(row, f"{source}#L{n}", report)
+            except csv.Error as e:
+                raise BadFile(f"malformed CSV: {e}") from None
+
+    def _parquet(self, path: Path, source: str, report: FileReport) -> Iterator[Doc]:
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:
+            raise BadFile(f"not a readable Parquet file: {e}") from None
+        names = pf.schema_arrow.names
+        if self.text_field not in names:
+            raise BadFile(f"no {self.text_field!r} column (columns: {', '.join(names)})")
+        columns = [self.text_field] + ([self.label_field] if self.label_field in names else [])
+        row = 0
+        for batch in pf.iter_batches(columns=columns, batch_size=4096):
+            cols = batch.to_pydict()
+            labels = cols.get(self.label_field) if self.label_field else None
+            for i, text in enumerate(cols[self.text_field]):
+                record = {self.text_field: text}
+                if labels is not None:
+                    record[self.label_field] = labels[i]
+                yield from self._record(record, f"{source}#{row}", report)
+                row += 1
+
+    def _record(self, record, where: str, report: FileReport) -> Iterator[Doc]:
+        if isinstance(record, _BadLine):
+            report.bad_record(where, record.reason)
+            return
+        if isinstance(record, str):
+            text, label = record, None
+        elif isinstance(record, dict):
+            text = record.get(self.text_field)
+            label = record.get(self.label_field) if self.label_field else None
+        else:
+            report.bad_record(where, "not an object")
+            return
+        if not isinstance(text, str):
+            report.bad_record(where, f"no text in field {self.text_field!r}")
+            return
+        if label is not None and not isinstance(label, str):
+            label = json.dumps(label) if isinstance(label, (list, dict)) else str(label)
+        yield self._doc(text, where, label, report)
+
+    @staticmethod
+    def _doc(text: str, source: str, label: str | None, report: FileReport,
+             is_html: bool = False) -> Doc:
+        report.documents += 1
+        return Doc(text, source, label, is_html)
+
+
+class _BadLine:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _json_or_error(line: str):
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        return _BadLine(f"not JSON ({e.msg})")
+
+
+def _unzstd(src, dst) -> None:
+    """Decompress every frame of ``src`` into ``dst``; a stream cut short mid-frame is an
+    error (zstandard's streaming reader would end quietly)."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj, in_frame = dctx.decompressobj(), False
+    while chunk := src.read(_CHUNK):
+        while chunk:
+            dst.write(dobj.decompress(chunk))
+            in_frame = True
+            if dobj.eof:
+                chunk, in_frame = dobj.unused_data, False
+                dobj = dctx.decompressobj()
+            else:
+                chunk = b""
+    if in_frame:
+        raise BadFile("truncated zstd archive: the last frame is cut short")
+
+
+def detect_encoding(path: Path) -> str:
+    """The text encoding of the whole file, or BadFile for binary or undecodable bytes."""
+    with open(path, "rb") as f:
+        head = f.read(64 << 10)
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            if _decodes(path, name):
+                return name
+            raise BadFile(f"starts with a {name} byte-order mark but does not decode as {name}")
+    if b"\x00" in head:
+        raise BadFile("binary file (NUL bytes)")
+    if _decodes(path, "utf-8"):
+        return "utf-8"
+    from charset_normalizer import from_bytes
+
+    with open(path, "rb") as f:
+        sample = f.read(1 << 20)
+    matches = from_bytes(sample, cp_isolation=None)
+    for match in matches:
+        name = codecs.lookup(match.encoding).name
+        if _decodes(path, name):
+            return name
+    raise BadFile("could not find a text encoding that decodes the whole file (binary?)")
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
