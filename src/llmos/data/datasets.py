@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from llmos.data.readers import expand_sources
-from llmos.data.recipe import RecipeError, load_recipe, parse_recipe
+from llmos.data.recipe import RecipeError, Tokenize, load_recipe, parse_recipe
 from llmos.errors import InvalidRequest, NotFound
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
@@ -96,6 +97,12 @@ class DatasetService:
             raise InvalidRequest(str(e)) from None
         if not files:
             raise InvalidRequest("the sources hold no files")
+        tokenize = recipe.step(Tokenize)
+        if tokenize is not None:
+            path = Path(tokenize.tokenizer).expanduser()
+            if not (path / "tokenizer.json").is_file() and not path.is_file():
+                raise InvalidRequest(f"recipe: no tokenizer at {tokenize.tokenizer} (a folder "
+                                     "holding tokenizer.json, or the file itself)")
         workers = recipe.workers or max(1, int(req.resources.cpu))
         spec = JobSpec(program="data.ingest", name=f"ingest {req.dataset}",
                        params={"sources": [str(s) for s in req.sources],

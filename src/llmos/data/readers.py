@@ -213,8 +213,9 @@ class FileReader:
                 yield self._doc("".join(block).rstrip("\n"), f"{source}#L{start}", None, report)
 
     def _json(self, path: Path, encoding: str, source: str, report: FileReport) -> Iterator[Doc]:
-        if path.stat().st_size > (self.options.max_document_mb << 20) * 4:
-            raise BadFile("a .json file this large must be JSON Lines (.jsonl) to be streamed")
+        if path.stat().st_size > self.options.max_document_mb << 20:
+            raise BadFile(f"a .json file over {self.options.max_document_mb} MB must be JSON "
+                          "Lines (.jsonl), which is streamed")
         with open(path, encoding=encoding) as f:
             try:
                 data = json.load(f)
@@ -233,18 +234,27 @@ class FileReader:
         with open(path, encoding=encoding, newline="") as f:
             sample = f.read(64 << 10)
             f.seek(0)
-            delimiter = "\t" if path.name.lower().rstrip(".gz").endswith(".tsv") else ","
+            delimiter = "\t" if ".tsv" in Path(source).name.lower() else ","
             if "\t" in sample and "," not in sample:
                 delimiter = "\t"
             rows = csv.DictReader(f, delimiter=delimiter)
             if not rows.fieldnames or self.text_field not in rows.fieldnames:
                 raise BadFile(f"no {self.text_field!r} column (columns: "
                               f"{', '.join(rows.fieldnames or [])})")
-            try:
-                for n, row in enumerate(rows, 2):
-                    yield from self._record(row, f"{source}#L{n}", report)
-            except csv.Error as e:
-                raise BadFile(f"malformed CSV: {e}") from None
+            errors_in_a_row = 0
+            while True:
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    break
+                except csv.Error as e:  # a malformed row: count it and go on
+                    report.bad_record(f"{source}#L{rows.line_num}", f"malformed CSV: {e}")
+                    errors_in_a_row += 1
+                    if errors_in_a_row > 1000:
+                        raise BadFile("not CSV: over 1000 malformed rows in a row") from None
+                    continue
+                errors_in_a_row = 0
+                yield from self._record(row, f"{source}#L{rows.line_num}", report)
 
     def _parquet(self, path: Path, source: str, report: FileReport) -> Iterator[Doc]:
         import pyarrow.parquet as pq
