@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8470
@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     )
     executor: str = Field(default="local", description="Executor used for new jobs.")
     max_upload_mb: int = Field(default=16384, ge=1, description="Largest artifact upload.")
+    # Encryption at rest (sensitive artifacts and datasets).
+    key_file: Path | None = Field(
+        default=None,
+        description="Key file for encryption at rest (created, mode 0600, on first use); "
+        "default LLMOS_HOME/keys.json. Keep it off the data disk where you can.",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="A base64 AES-256 key used instead of a key file (cannot be rotated "
+        "by `llmos keys rotate`: change the variable and re-encrypt).",
+    )
     default_job_memory_mb: int = Field(default=1024, ge=1, description="Memory a job gets by default.")
 
     @property
@@ -91,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home_dir / "artifacts"
+
+    @property
+    def key_path(self) -> Path:
+        return (self.key_file or self.home_dir / "keys.json").expanduser()
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ VERBS = [
     ["job", "wait"], ["job", "logs"], ["job", "cancel"], ["artifacts"], ["artifacts", "ls"],
     ["artifacts", "show"], ["artifacts", "put"], ["artifacts", "get"], ["data"],
     ["data", "ingest"], ["data", "ls"], ["data", "show"], ["data", "head"], ["data", "stats"],
-    ["data", "diff"],
+    ["data", "diff"], ["keys"], ["keys", "rotate"],
 ]
 
 

@@ -14,6 +14,7 @@ from llmos.data.datasets import DatasetService
 from llmos.kernel.daemon import Daemon
 from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
+from llmos.security.crypto import keyring_of
 from llmos.store import ArtifactStore, open_database
 from llmos.store.artifact_service import ArtifactService
 
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
         app.state.daemon = daemon
         app.state.jobs = JobService(daemon)
         app.state.artifacts = ArtifactService(
-            db, ArtifactStore(settings.artifacts_dir), settings.max_upload_mb << 20)
+            db, ArtifactStore(settings.artifacts_dir, keyring=lambda: keyring_of(settings)),
+            settings.max_upload_mb << 20)
         app.state.datasets = DatasetService(app.state.jobs, app.state.artifacts)
         daemon.start()
         try:
@@ -53,5 +55,6 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
+    app.include_router(artifacts.keys_router)
     app.include_router(datasets.router)
     return app

@@ -45,6 +45,8 @@ async def upload(
     job_id: int | None = Query(default=None, ge=1, le=2**31 - 1),
     parents: str | None = Query(default=None, max_length=10_000,
                                 description="Comma-separated parent artifact ids."),
+    sensitive: bool = Query(default=False,
+                            description="Encrypt at rest (AES-256-GCM) with the server's key."),
 ) -> ArtifactOut:
     """Store the request body as a new immutable artifact."""
     service = _artifacts(request)
@@ -63,7 +65,8 @@ async def upload(
             if chunk:
                 yield chunk
 
-    art = await run_in_threadpool(service.put, chunks(), name, kind, job_id, _ids(parents))
+    art = await run_in_threadpool(service.put, chunks(), name, kind, job_id, _ids(parents),
+                                  sensitive)
     return ArtifactOut.of(art)
 
 
@@ -97,3 +100,13 @@ def download(request: Request, artifact_id: int = ArtifactId) -> StreamingRespon
         "X-LLMOS-SHA256": art.sha256,
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(art.name)}",
     })
+
+
+keys_router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+@keys_router.post("/rotate", responses=ERRORS)
+def rotate_keys(request: Request) -> dict:
+    """Make a fresh encryption key current, re-encrypt every encrypted artifact with it,
+    then retire the keys nothing needs any more."""
+    return _artifacts(request).rotate_keys()

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.errors import DataCorrupted, LLMOSError
+from llmos.security.crypto import CryptoError
 from llmos.store.artifacts import CorruptArtifact
 
 log = logging.getLogger("llmos.api")
@@ -40,6 +41,13 @@ def install(app: FastAPI) -> None:
     async def _corrupt(request: Request, exc: CorruptArtifact):
         log.error("integrity failure: %s", exc)
         return error_response(DataCorrupted.status, str(exc), DataCorrupted.type)
+
+    @app.exception_handler(CryptoError)
+    async def _crypto(request: Request, exc: CryptoError):
+        # The server's keys do not open a blob (a wrong or missing key): the operator's
+        # problem, said plainly, never a traceback.
+        log.error("encryption at rest: %s", exc)
+        return error_response(500, f"encrypted artifact unreadable: {exc}", "encryption_error")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

@@ -131,6 +131,7 @@ class ArtifactOut(BaseModel):
     name: str
     kind: str
     size: int
+    encrypted: bool
     job_id: int | None
     parents: list[int]
     created_at: datetime
@@ -138,7 +139,8 @@ class ArtifactOut(BaseModel):
     @classmethod
     def of(cls, a: Artifact) -> ArtifactOut:
         return cls(id=a.id, sha256=a.sha256, name=a.name, kind=a.kind, size=a.size,
-                   job_id=a.job_id, parents=a.parents, created_at=a.created_at)
+                   encrypted=bool(a.encrypted), job_id=a.job_id, parents=a.parents,
+                   created_at=a.created_at)
 
 
 class ArtifactList(BaseModel):

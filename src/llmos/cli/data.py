@@ -41,6 +41,7 @@ def ingest(
     cpu: float = typer.Option(1, help="CPU cores: one worker process per core."),
     memory: int = typer.Option(2048, "--memory", help="Memory limit in MB."),
     priority: str = typer.Option("normal", help="high, normal or low."),
+    sensitive: bool = typer.Option(False, "--sensitive", help="Encrypt the shards at rest."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Show progress until it ends."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -54,7 +55,7 @@ def ingest(
     paths = [s if any(ch in s for ch in "*?[") else str(Path(s).resolve()) for s in sources]
     with Client() as c:
         job = c.datasets.ingest(dataset, paths, text, cpu=cpu, memory_mb=memory,
-                                priority=priority)
+                                priority=priority, sensitive=sensitive)
         if not as_json:
             out.print(f"job [bold]{job['id']}[/] ingesting into dataset [bold]{dataset}[/]")
         if wait:

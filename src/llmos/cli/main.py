@@ -25,6 +25,8 @@ artifacts_app = typer.Typer(help="Immutable, content-addressed artifacts.", no_a
 app.add_typer(job_app, name="job")
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(help="Encryption keys for data at rest.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -226,18 +228,20 @@ def artifacts_put(
     name: Optional[str] = typer.Option(None, help="Name (default: the file's name)."),
     kind: str = typer.Option("file", help="Kind, e.g. file, dataset, model."),
     parent: list[int] = typer.Option([], "--parent", help="A parent artifact id (repeatable)."),
+    sensitive: bool = typer.Option(False, "--sensitive", help="Encrypt it at rest "
+                                   "(AES-256-GCM, the daemon's key)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Store a file as a new immutable artifact; prints its id."""
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
     with _client() as c:
-        art = c.artifacts.put(path, name=name, kind=kind, parents=parent)
+        art = c.artifacts.put(path, name=name, kind=kind, parents=parent, sensitive=sensitive)
     if as_json:
         _json(art)
     else:
         out.print(f"artifact [bold]{art['id']}[/] {art['name']} {art['size']} bytes "
-                  f"sha256:{art['sha256'][:12]}")
+                  f"sha256:{art['sha256'][:12]}" + ("  encrypted" if art["encrypted"] else ""))
 
 
 @artifacts_app.command("get")
@@ -249,6 +253,21 @@ def artifacts_get(
     with _client() as c:
         dest = c.artifacts.download(artifact_id, output)
     out.print(f"wrote {dest}")
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@keys_app.command("rotate")
+def keys_rotate(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Make a fresh key current, re-encrypt every encrypted artifact, retire old keys."""
+    with _client() as c:
+        result = c.keys.rotate()
+    if as_json:
+        return _json(result)
+    out.print(f"key [bold]{result['key_id']}[/] is current; {result['reencrypted']} of "
+              f"{result['artifacts']} encrypted artifacts re-encrypted; retired: "
+              f"{', '.join(result['retired_keys']) or 'none'}")
 
 
 def main() -> None:

@@ -48,6 +48,8 @@ class IngestRequest(BaseModel):
         default_factory=dict, description="The recipe, as an object or as YAML text.")
     resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=1, memory_mb=2048))
     priority: PriorityClass = "normal"
+    sensitive: bool = Field(default=False, description="Encrypt the shards and the report "
+                            "at rest (AES-256-GCM).")
     owner: str = Field(default="local", min_length=1, max_length=200)
 
 
@@ -107,7 +109,8 @@ class DatasetService:
         spec = JobSpec(program="data.ingest", name=f"ingest {req.dataset}",
                        params={"sources": [str(s) for s in req.sources],
                                "recipe": recipe.to_dict(), "dataset": req.dataset,
-                               "workers": workers, "owner": req.owner},
+                               "workers": workers, "owner": req.owner,
+                               "sensitive": req.sensitive},
                        resources=req.resources, priority=req.priority, owner=req.owner)
         return self.jobs.submit(spec)
 
@@ -212,11 +215,16 @@ class DatasetService:
         return out
 
     def _parquet(self, shard: dict):
+        import io
+
         import pyarrow.parquet as pq
 
         art = self.artifacts.get(shard["artifact_id"])
-        self.artifacts.store.verify(art.sha256)
-        return pq.ParquetFile(self.artifacts.store.path(art.sha256))
+        store = self.artifacts.store
+        if art.encrypted:  # decrypted in memory only (shards are at most shard_mb)
+            return pq.ParquetFile(io.BytesIO(b"".join(store.read_verified(art.sha256, True))))
+        store.verify(art.sha256)
+        return pq.ParquetFile(store.path(art.sha256))
 
     def diff(self, name: str, a: int | str, b: int | str, other: str | None = None) -> dict:
         """How version ``b`` (of ``other``, default the same dataset) differs from ``a``:

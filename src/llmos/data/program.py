@@ -17,7 +17,7 @@ from llmos.data.recipe import parse_recipe
 
 
 def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | None = None,
-           owner: str = "local") -> dict:
+           owner: str = "local", sensitive: bool = False) -> dict:
     rec = parse_recipe(recipe)
     n_workers = workers or rec.workers or pipeline.default_workers()
     work = ctx.workdir / "ingest"
@@ -35,13 +35,14 @@ def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | N
     shards = []
     for shard in result.shards:
         artifact = ctx.artifacts.put(shard.path, name=f"{dataset}-{shard.path.name}",
-                                     kind="dataset-shard")
+                                     kind="dataset-shard", sensitive=sensitive)
         shards.append({"artifact_id": artifact, "split": shard.split, "rows": shard.rows,
                        "text_bytes": shard.text_bytes, "sha256": shard.sha256,
                        "name": shard.path.name})
         shard.path.unlink()
     report = ctx.artifacts.put(json.dumps(result.report, ensure_ascii=False).encode(),
-                               name=f"{dataset}-report.json", kind="dataset-report")
+                               name=f"{dataset}-report.json", kind="dataset-report",
+                               sensitive=sensitive)
     lineage = {"inputs": result.inputs, "recipe": rec.to_dict(), "job_id": ctx.job_id,
                "sources": sources, "workers": n_workers}
     version = ctx.request("POST", f"/v1/datasets/{dataset}/versions", json={

@@ -177,10 +177,13 @@ class Artifacts:
         return _api_client(self._url)
 
     def put(self, data: bytes | str | Path, name: str, kind: str = "file",
-            parents: Iterable[int] = ()) -> int:
+            parents: Iterable[int] = (), sensitive: bool = False) -> int:
         """Store ``data`` (bytes, or a file path) as a new artifact; return its id.
-        The artifact records this job as its producer."""
+        The artifact records this job as its producer; ``sensitive`` ones are encrypted
+        at rest."""
         params: dict[str, Any] = {"name": name, "kind": kind, "job_id": self._job_id}
+        if sensitive:
+            params["sensitive"] = "true"
         if parents:
             params["parents"] = ",".join(str(int(p)) for p in parents)
         with self._client() as client:

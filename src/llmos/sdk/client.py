@@ -52,6 +52,7 @@ class Client:
         self.jobs = Jobs(self)
         self.artifacts = Artifacts(self)
         self.datasets = Datasets(self)
+        self.keys = Keys(self)
 
     def close(self) -> None:
         self._http.close()
@@ -207,9 +208,13 @@ class Artifacts:
         self._c = client
 
     def put(self, data: bytes | str | Path, name: str | None = None, kind: str = "file",
-            parents: Iterable[int] = (), job_id: int | None = None) -> dict:
-        """Upload bytes or a file; returns the artifact's metadata."""
+            parents: Iterable[int] = (), job_id: int | None = None,
+            sensitive: bool = False) -> dict:
+        """Upload bytes or a file; returns the artifact's metadata. ``sensitive``
+        artifacts are encrypted at rest."""
         params: dict[str, Any] = {"kind": kind}
+        if sensitive:
+            params["sensitive"] = "true"
         if parents:
             params["parents"] = ",".join(str(int(p)) for p in parents)
         if job_id:
@@ -266,10 +271,12 @@ class Datasets:
         self._c = client
 
     def ingest(self, dataset: str, sources: list[str | Path], recipe: dict | str | None = None,
-               *, cpu: float = 1, memory_mb: int = 2048, priority: str = "normal") -> dict:
-        """Start an ingest job (sources are paths on the llmos host); returns the job."""
+               *, cpu: float = 1, memory_mb: int = 2048, priority: str = "normal",
+               sensitive: bool = False) -> dict:
+        """Start an ingest job (sources are paths on the llmos host); returns the job.
+        ``sensitive``: the dataset's shards are encrypted at rest."""
         body = {"dataset": dataset, "sources": [str(s) for s in sources],
-                "recipe": recipe or {}, "priority": priority,
+                "recipe": recipe or {}, "priority": priority, "sensitive": sensitive,
                 "resources": {"cpu": cpu, "memory_mb": memory_mb}}
         return self._c.request("POST", "/v1/datasets/ingest", json=body).json()
 
@@ -298,6 +305,15 @@ class Datasets:
         if other:
             params["other"] = other
         return self._c.request("GET", f"{_ds(name)}/diff", params=params).json()
+
+
+class Keys:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def rotate(self) -> dict:
+        """New encryption key; every encrypted artifact re-encrypted; old keys retired."""
+        return self._c.request("POST", "/v1/keys/rotate").json()
 
 
 def _ds(name: str) -> str:

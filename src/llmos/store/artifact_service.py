@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from llmos.errors import InvalidRequest, NotFound, PayloadTooLarge
+from llmos.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from llmos.store.artifacts import ArtifactStore, ArtifactTooLarge
 from llmos.store.db import Database
 from llmos.store.models import Artifact, ArtifactParent, Job
@@ -39,7 +39,9 @@ class ArtifactService:
         self.max_bytes = max_bytes
 
     def put(self, chunks: Iterable[bytes], name: str, kind: str = "file",
-            job_id: int | None = None, parents: list[int] | None = None) -> Artifact:
+            job_id: int | None = None, parents: list[int] | None = None,
+            sensitive: bool = False) -> Artifact:
+        """Store an artifact; a ``sensitive`` one is encrypted at rest (AES-256-GCM)."""
         check_name(name)
         if not _KIND.match(kind or ""):
             raise InvalidRequest(f"bad artifact kind {kind!r}: lower-case letters and digits")
@@ -47,13 +49,15 @@ class ArtifactService:
         with self.db.session() as s:  # check references before taking any bytes
             self._check_refs(s, job_id, parents)
         try:
-            sha, size = self.store.put_stream(chunks, max_bytes=self.max_bytes)
+            sha, size = self.store.put_stream(chunks, max_bytes=self.max_bytes,
+                                              sealed=sensitive)
         except ArtifactTooLarge:
             raise PayloadTooLarge(
                 f"artifact larger than the upload limit of {self.max_bytes >> 20} MB") from None
         with self.db.session() as s:
             self._check_refs(s, job_id, parents)
-            art = Artifact(sha256=sha, name=name, kind=kind, size=size, job_id=job_id)
+            art = Artifact(sha256=sha, name=name, kind=kind, size=size, job_id=job_id,
+                           encrypted=sensitive)
             s.add(art)
             s.flush()
             for p in parents:
@@ -95,10 +99,18 @@ class ArtifactService:
     def open(self, artifact_id: int) -> tuple[Artifact, Iterator[bytes]]:
         """The artifact and its bytes; the blob is verified before the first byte is given."""
         art = self.get(artifact_id)
-        f = self.store.open_verified(art.sha256)
+        return art, self.store.read_verified(art.sha256, sealed=art.encrypted)
 
-        def chunks() -> Iterator[bytes]:
-            with f:
-                yield from iter(lambda: f.read(1 << 20), b"")
-
-        return art, chunks()
+    def rotate_keys(self) -> dict:
+        """Seal every encrypted artifact with a fresh key, then retire the old keys."""
+        ring = self.store.keyring
+        if ring.path is None:
+            raise Conflict("the encryption key comes from LLMOS_ENCRYPTION_KEY; rotation needs "
+                           "a key file (unset it, or set LLMOS_KEY_FILE)")
+        new = ring.add_new_key()
+        with self.db.session() as s:
+            shas = sorted(set(s.scalars(select(Artifact.sha256).where(Artifact.encrypted))))
+        changed = sum(self.store.reseal(sha) for sha in shas)
+        retired = ring.retire(keep=set(self.store.sealed_key_ids()))
+        return {"key_id": new, "reencrypted": changed, "artifacts": len(shas),
+                "retired_keys": retired}

@@ -5,6 +5,11 @@ changed, and its hash is checked on every read, so a corrupted blob raises
 :class:`CorruptArtifact` instead of handing out wrong data. Artifact *metadata* (name,
 kind, producing job, parents) lives in the database (``store/models.py``) and is managed
 by ``store/artifact_service.py``.
+
+A *sealed* blob (a sensitive artifact) is stored encrypted (``security/crypto.py``:
+AES-256-GCM) under ``sealed/``, still addressed by the sha256 of its plaintext, which is
+checked after decryption. The keyring is loaded on first use, so a store that never seals
+anything needs no key.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from llmos.security.crypto import Keyring
 
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -29,39 +37,65 @@ class ArtifactTooLarge(Exception):
 
 
 class ArtifactStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keyring: Callable[[], Keyring] | None = None):
         self.root = Path(root)
         self.blobs = self.root / "blobs"
+        self.sealed = self.root / "sealed"
         self.tmp = self.root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._keyring_loader = keyring
+        self._keyring: Keyring | None = None
 
-    def path(self, sha256: str) -> Path:
+    @property
+    def keyring(self) -> Keyring:
+        if self._keyring is None:
+            if self._keyring_loader is None:
+                from llmos.security.crypto import CryptoError
+
+                raise CryptoError("this artifact store has no encryption keys configured")
+            self._keyring = self._keyring_loader()
+        return self._keyring
+
+    def path(self, sha256: str, sealed: bool = False) -> Path:
         if not _SHA256.match(sha256):
             raise ValueError(f"not a sha256 digest: {sha256!r}")
-        return self.blobs / sha256[:2] / sha256[2:]
+        return (self.sealed if sealed else self.blobs) / sha256[:2] / sha256[2:]
 
-    def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+    def exists(self, sha256: str, sealed: bool = False) -> bool:
+        return self.path(sha256, sealed).is_file()
 
-    def put_stream(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[str, int]:
-        """Store the bytes of ``chunks``; return (sha256, size). Atomic and idempotent."""
+    def put_stream(self, chunks: Iterable[bytes], max_bytes: int | None = None,
+                   sealed: bool = False) -> tuple[str, int]:
+        """Store the bytes of ``chunks`` (encrypted when ``sealed``); return (sha256 of the
+        plaintext, size). Atomic and idempotent."""
         digest = hashlib.sha256()
         size = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise ArtifactTooLarge(f"larger than the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                yield chunk
+
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="upload-")
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise ArtifactTooLarge(f"larger than the limit of {max_bytes} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
+                if sealed:
+                    from llmos.security.crypto import seal
+
+                    seal(counted(), self.keyring, out)
+                else:
+                    for chunk in counted():
+                        out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
-            final = self.path(sha)
-            if final.is_file() and self._matches(final, sha):
+            final = self.path(sha, sealed)
+            if final.is_file() and self._intact(sha, sealed):
                 os.unlink(tmp_name)  # same content already stored
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -80,24 +114,74 @@ class ArtifactStore:
         with open(src, "rb") as f:
             return self.put_stream(iter(lambda: f.read(CHUNK), b""))
 
-    def verify(self, sha256: str) -> int:
-        """Check the blob against its hash; return its size. Raises on damage or absence."""
-        path = self.path(sha256)
+    def verify(self, sha256: str, sealed: bool = False) -> None:
+        """Check the blob against its hash. Raises on damage or absence (and, for a sealed
+        blob, CryptoError when its key is missing or wrong)."""
+        path = self.path(sha256, sealed)
         if not path.is_file():
             raise CorruptArtifact(f"blob {sha256} is missing from the artifact store")
-        if not self._matches(path, sha256):
+        if not self._intact(sha256, sealed):
             raise CorruptArtifact(f"blob {sha256} is corrupted: its bytes no longer match its sha256")
-        return path.stat().st_size
 
-    def open_verified(self, sha256: str) -> BinaryIO:
-        """Verify the whole blob, then return it opened for reading."""
-        self.verify(sha256)
-        return open(self.path(sha256), "rb")
+    def read_verified(self, sha256: str, sealed: bool = False) -> Iterator[bytes]:
+        """Verify the whole blob, then give its (plaintext) bytes chunk by chunk."""
+        self.verify(sha256, sealed)
+        return self._chunks(sha256, sealed)
 
-    @staticmethod
-    def _matches(path: Path, sha256: str) -> bool:
+    def _chunks(self, sha256: str, sealed: bool) -> Iterator[bytes]:
+        with open(self.path(sha256, sealed), "rb") as f:
+            if sealed:
+                from llmos.security.crypto import unseal
+
+                yield from unseal(f, self.keyring)
+            else:
+                yield from iter(lambda: f.read(CHUNK), b"")
+
+    def _intact(self, sha256: str, sealed: bool) -> bool:
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                digest.update(chunk)
+        for chunk in self._chunks(sha256, sealed):
+            digest.update(chunk)
         return digest.hexdigest() == sha256
+
+    def reseal(self, sha256: str) -> bool:
+        """Re-encrypt a sealed blob with the current key (key rotation); True if it
+        changed. The new blob replaces the old one only once it verifies."""
+        from llmos.security.crypto import key_id_of, seal
+
+        path = self.path(sha256, sealed=True)
+        with open(path, "rb") as f:
+            if key_id_of(f) == self.keyring.current:
+                return False
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="reseal-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                seal(self._chunks(sha256, True), self.keyring, out)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hashlib.sha256()
+            with open(tmp_name, "rb") as f:
+                from llmos.security.crypto import unseal
+
+                for chunk in unseal(f, self.keyring):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                raise CorruptArtifact(f"blob {sha256} did not survive re-encryption")
+            os.chmod(tmp_name, 0o444)
+            os.replace(tmp_name, path)
+            return True
+        except BaseException:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+            raise
+
+    def sealed_key_ids(self) -> dict[str, int]:
+        """How many sealed blobs each key id protects."""
+        from llmos.security.crypto import key_id_of
+
+        counts: dict[str, int] = {}
+        if self.sealed.is_dir():
+            for path in self.sealed.glob("*/*"):
+                with open(path, "rb") as f:
+                    kid = key_id_of(f)
+                counts[kid] = counts.get(kid, 0) + 1
+        return counts

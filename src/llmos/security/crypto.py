@@ -1,0 +1,225 @@
+"""Encryption at rest: AES-256-GCM over fixed-size chunks, so blobs of any size stream.
+
+An encrypted blob is a header and a sequence of sealed chunks::
+
+    b"LLMOSENC1" | key-id length (1 byte) | key id (ASCII) | nonce prefix (7 bytes)
+    then per chunk: ciphertext length (4 bytes, big-endian) | ciphertext with its 16-byte tag
+
+Chunk *i* is sealed with the nonce ``prefix | i (4 bytes) | last (1 byte)`` and the header
+as associated data (the STREAM construction of Hoang, Reyhanitabar, Rogaway & Vizár, 2015):
+a chunk changed, dropped, reordered or moved to another blob fails its tag, and a blob
+cut short lacks its ``last`` chunk. Keys are 32 random bytes, named by an id so that a key
+can be rotated while blobs sealed with the old one are still being re-encrypted.
+
+This module owns the format and the keyring; the artifact store decides what to seal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import struct
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+MAGIC = b"LLMOSENC1"
+CHUNK = 1 << 20
+_TAG = 16
+
+
+class CryptoError(Exception):
+    """A key that is missing, malformed or wrong; the message says which and what to do."""
+
+
+class Keyring:
+    """Named 256-bit keys and the one new blobs are sealed with.
+
+    From ``LLMOS_ENCRYPTION_KEY`` (base64 of 32 bytes; id ``env``), or from a key file:
+    ``{"current": "<id>", "keys": {"<id>": "<base64 of 32 bytes>", ...}}`` (created with
+    mode 0600 on first use when neither is given).
+    """
+
+    def __init__(self, keys: dict[str, bytes], current: str, path: Path | None = None):
+        if current not in keys:
+            raise CryptoError(f"the current key {current!r} is not in the keyring")
+        for kid, key in keys.items():
+            if len(key) != 32:
+                raise CryptoError(f"key {kid!r} is {len(key)} bytes; AES-256 keys are 32 bytes")
+        self.keys = keys
+        self.current = current
+        self.path = path
+
+    @classmethod
+    def load(cls, key_file: Path, env_key: str | None = None) -> Keyring:
+        if env_key:
+            return cls({"env": _b64(env_key, "LLMOS_ENCRYPTION_KEY")}, "env")
+        key_file = Path(key_file).expanduser()
+        if not key_file.exists():
+            kid = _new_id()
+            ring = cls({kid: secrets.token_bytes(32)}, kid, key_file)
+            ring.save()
+            return ring
+        try:
+            data = json.loads(key_file.read_text())
+            keys = {kid: _b64(v, f"key {kid!r} in {key_file}") for kid, v in data["keys"].items()}
+            return cls(keys, data["current"], key_file)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CryptoError(f"cannot read the key file {key_file}: {e}") from None
+
+    def save(self) -> None:
+        if self.path is None:
+            raise CryptoError("this keyring comes from LLMOS_ENCRYPTION_KEY; rotation needs a "
+                            "key file (LLMOS_KEY_FILE)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"current": self.current,
+                       "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()}},
+                      f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def add_new_key(self) -> str:
+        """A fresh key becomes current (old ones stay until nothing needs them)."""
+        if self.path is None:
+            self.save()  # raises: env keyrings cannot rotate
+        kid = _new_id()
+        while kid in self.keys:
+            kid = _new_id()
+        self.keys[kid] = secrets.token_bytes(32)
+        self.current = kid
+        self.save()
+        return kid
+
+    def retire(self, keep: set[str]) -> list[str]:
+        """Drop every key not in ``keep`` (nor current); return the ids dropped."""
+        gone = [k for k in self.keys if k not in keep and k != self.current]
+        for k in gone:
+            del self.keys[k]
+        if gone:
+            self.save()
+        return gone
+
+
+def keyring_of(settings) -> Keyring:
+    """The keyring llmos's settings name: LLMOS_ENCRYPTION_KEY, else the key file."""
+    secret = settings.encryption_key.get_secret_value() if settings.encryption_key else None
+    return Keyring.load(settings.key_path, secret)
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise CryptoError(f"{what} is not base64") from None
+    if len(key) != 32:
+        raise CryptoError(f"{what} decodes to {len(key)} bytes; AES-256 needs 32")
+    return key
+
+
+def _new_id() -> str:
+    return time.strftime("k%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(2)
+
+
+def generate_key() -> str:
+    """A new key, base64 (for LLMOS_ENCRYPTION_KEY)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+# -- sealing and opening ---------------------------------------------------------------------
+
+
+def seal(chunks: Iterable[bytes], ring: Keyring, out: BinaryIO) -> None:
+    """Write ``chunks`` (any sizes) to ``out`` encrypted with the current key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    kid = ring.current.encode()
+    header = MAGIC + bytes([len(kid)]) + kid + secrets.token_bytes(7)
+    aead = AESGCM(ring.keys[ring.current])
+    out.write(header)
+    index = 0
+    pending = b""
+    for piece in _rechunk(chunks):
+        if pending:
+            _write_chunk(out, aead, header, index, pending, last=False)
+            index += 1
+        pending = piece
+    _write_chunk(out, aead, header, index, pending, last=True)
+
+
+def _rechunk(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    buf = bytearray()
+    for c in chunks:
+        buf += c
+        while len(buf) >= CHUNK:
+            yield bytes(buf[:CHUNK])
+            del buf[:CHUNK]
+    if buf:
+        yield bytes(buf)
+
+
+def _nonce(header: bytes, index: int, last: bool) -> bytes:
+    return header[-7:] + struct.pack(">IB", index, 1 if last else 0)
+
+
+def _write_chunk(out: BinaryIO, aead, header: bytes, index: int, data: bytes, last: bool) -> None:
+    sealed = aead.encrypt(_nonce(header, index, last), data, header)
+    out.write(struct.pack(">I", len(sealed)))
+    out.write(sealed)
+
+
+def key_id_of(f: BinaryIO) -> str:
+    """The id of the key a sealed blob needs (reads only its header)."""
+    return _read_header(f)[1]
+
+
+def _read_header(f: BinaryIO) -> tuple[bytes, str]:
+    magic = f.read(len(MAGIC))
+    if magic != MAGIC:
+        raise CryptoError("not an llmos encrypted blob")
+    n = f.read(1)
+    kid = f.read(n[0]) if n else b""
+    prefix = f.read(7)
+    if not n or len(kid) != n[0] or len(prefix) != 7:
+        raise CryptoError("the encrypted blob's header is cut short")
+    return MAGIC + n + kid + prefix, kid.decode("ascii", "replace")
+
+
+def unseal(f: BinaryIO, ring: Keyring) -> Iterator[bytes]:
+    """The plaintext of a sealed blob, chunk by chunk. Raises CryptoError for a missing or
+    wrong key, and for any change to the blob."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header, kid = _read_header(f)
+    key = ring.keys.get(kid)
+    if key is None:
+        raise CryptoError(f"the blob was encrypted with key {kid!r}, which is not in the keyring "
+                        "(wrong key file or LLMOS_ENCRYPTION_KEY?)")
+    aead = AESGCM(key)
+    index = 0
+    while True:
+        size = f.read(4)
+        if len(size) < 4:
+            raise CryptoError("the encrypted blob is cut short (no final chunk)")
+        (n,) = struct.unpack(">I", size)
+        sealed = f.read(n)
+        if len(sealed) != n or n < _TAG:
+            raise CryptoError("the encrypted blob is cut short")
+        peek = f.read(1)
+        last = not peek
+        try:
+            data = aead.decrypt(_nonce(header, index, last), sealed, header)
+        except InvalidTag:
+            raise CryptoError(f"chunk {index} of the encrypted blob fails authentication: "
+                            f"the key {kid!r} is wrong or the blob was altered") from None
+        yield data
+        if last:
+            return
+        f.seek(-1, os.SEEK_CUR)
+        index += 1
