@@ -47,7 +47,8 @@ def test_ingest_with_the_cli_then_read_the_version_every_way(shared_daemon, mess
                    "recipe.yaml", cwd=messy)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "messy:1  12 documents" in result.stdout
-    assert "exact_dedup  duplicate 1" in result.stdout
+    assert "exact_dedup  removed: duplicate 1" in result.stdout
+    assert "mask_pii  changed: email 1, card 1, ip 1, phone 1" in result.stdout
     assert "read 14 documents from 15 files" in result.stdout
 
     c = shared_daemon.client
@@ -189,3 +190,23 @@ def test_cli_errors_are_one_line(shared_daemon, messy, args, code, message):
     assert result.returncode == code, result.stdout + result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_versions_registered_at_once_all_get_distinct_numbers(shared_daemon):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = shared_daemon.client
+    art = c.artifacts.put(b"shard bytes", name="race-train-00000.parquet", kind="dataset-shard")
+    body = {"content_hash": "1" * 64, "schema": {"text": "string"}, "stats": {"documents": 1},
+            "lineage": {}, "shards": [{"artifact_id": art["id"], "split": "train", "rows": 1,
+                                       "text_bytes": 1, "sha256": art["sha256"],
+                                       "name": "train-00000.parquet"}]}
+
+    def register(_):
+        return httpx.post(f"{shared_daemon.url}/v1/datasets/race/versions", json=body,
+                          timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(register, range(8)))
+    assert [r.status_code for r in responses] == [201] * 8, [r.text for r in responses]
+    assert sorted(r.json()["version"] for r in responses) == list(range(1, 9))

@@ -66,10 +66,10 @@ def test_messy_corpus_report_counts_and_cleaned_text(messy, tmp_path):
     assert stats["input"] == {"files": 15, "bytes": sum(f["bytes"] for f in files.values()),
                               "bad_files": 4, "bad_records": 2, "documents": 14}
     assert stats["documents"] == 12
-    assert stats["removed"]["exact_dedup"] == {"duplicate": 1}
-    assert stats["removed"]["near_dedup"] == {"duplicate": 1}
-    assert stats["removed"]["html_to_text"] == {"converted": 1}
-    assert stats["removed"]["mask_pii"] == {"email": 1, "card": 1, "ip": 1, "phone": 1}
+    assert stats["removed"] == {"exact_dedup": {"duplicate": 1}, "near_dedup": {"duplicate": 1}}
+    assert stats["changed"]["html_to_text"] == {"converted": 1}
+    assert stats["changed"]["mask_pii"] == {"email": 1, "card": 1, "ip": 1, "phone": 1}
+    assert stats["changed"]["fix_unicode"] == {"changed": 2}  # mojibake, and the BEL char
     dedup = result.report["dedup"]
     assert [(e["kept"].rsplit("/", 1)[-1], [r.rsplit("/", 1)[-1] for r in e["removed"]])
             for e in dedup["exact_dedup"]["examples"]] == [("en.txt", ["en_copy.txt"])]

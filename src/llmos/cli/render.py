@@ -163,9 +163,10 @@ def dataset_removed(console: Console, stats: dict) -> None:
     console.print(f"  read {inp.get('documents', 0)} documents from {inp.get('files', 0)} files "
                   f"({_size(inp.get('bytes', 0))}); {inp.get('bad_files', 0)} bad files, "
                   f"{inp.get('bad_records', 0)} bad records")
-    for step, counts in (stats.get("removed") or {}).items():
-        text = ", ".join(f"{k} {v}" for k, v in counts.items())
-        console.print(f"  [dim]{step:>22}[/]  {text}")
+    for what in ("removed", "changed"):
+        for step, counts in (stats.get(what) or {}).items():
+            text = ", ".join(f"{k} {v}" for k, v in counts.items())
+            console.print(f"  [dim]{step:>22}[/]  {what}: {text}")
 
 
 def dataset_stats(console: Console, v: dict) -> None:

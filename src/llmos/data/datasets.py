@@ -16,11 +16,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
 from llmos.data.readers import expand_sources
 from llmos.data.recipe import RecipeError, Tokenize, load_recipe, parse_recipe
-from llmos.errors import InvalidRequest, NotFound
+from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.store.artifact_service import ArtifactService
@@ -117,7 +118,20 @@ class DatasetService:
     # -- versions -------------------------------------------------------------------------
 
     def create_version(self, name: str, body: VersionIn) -> DatasetVersion:
+        """Register ``body`` as the next version of ``name`` (creating the dataset). Two
+        ingests finishing at once both get a version: a lost race for the number is
+        retried."""
         check_dataset_name(name)
+        for attempt in range(10):
+            try:
+                return self._version_by_id(self._insert_version(name, body))
+            except (IntegrityError, OperationalError):
+                if attempt == 9:
+                    raise Conflict(f"could not register a version of {name!r}: too many "
+                                   "concurrent writers; try again") from None
+        raise AssertionError("unreachable")
+
+    def _insert_version(self, name: str, body: VersionIn) -> int:
         ids = [s.artifact_id for s in body.shards] + (
             [body.report_artifact_id] if body.report_artifact_id else [])
         with self.db.session() as s:
@@ -141,8 +155,7 @@ class DatasetService:
                                report_artifact_id=body.report_artifact_id, job_id=body.job_id)
             s.add(v)
             s.flush()
-            vid = v.id
-        return self._version_by_id(vid)
+            return v.id
 
     def _version_by_id(self, vid: int) -> DatasetVersion:
         with self.db.session() as s:

@@ -200,7 +200,11 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
                       "bad_files": sum(1 for f in reports if f.error),
                       "bad_records": sum(f.bad_records for f in reports),
                       "documents": counters.documents_read}
-    stats["removed"] = counters.tally.counts
+    # What each step did: removals (filters, dedup) by reason, and changes (cleaning).
+    cleaning = {label for cfg, label in zip(recipe.steps, step_labels(recipe.steps))
+                if type(cfg) in clean.STEPS}
+    stats["removed"] = {k: v for k, v in counters.tally.counts.items() if k not in cleaning}
+    stats["changed"] = {k: v for k, v in counters.tally.counts.items() if k in cleaning}
     inputs = [{"path": f.path, "sha256": _sha256(Path(f.path)), "bytes": f.bytes,
                "format": f.format, "encoding": f.encoding, "error": f.error}
               for f in reports]
