@@ -37,7 +37,7 @@ def llmos(daemon, *args: str, cwd=None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     root = tmp_path_factory.mktemp("messy")
-    folder = corpus.build(root)
+    corpus.build(root)
     (root / "recipe.yaml").write_text(RECIPE)
     return root
 
