@@ -21,7 +21,8 @@ VERBS = [
     ["job", "wait"], ["job", "logs"], ["job", "cancel"], ["artifacts"], ["artifacts", "ls"],
     ["artifacts", "show"], ["artifacts", "put"], ["artifacts", "get"], ["data"],
     ["data", "ingest"], ["data", "ls"], ["data", "show"], ["data", "head"], ["data", "stats"],
-    ["data", "diff"], ["keys"], ["keys", "rotate"],
+    ["data", "diff"], ["keys"], ["keys", "rotate"], ["audit"], ["audit", "ls"],
+    ["audit", "verify"],
 ]
 
 

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from llmos import __version__
-from llmos.api import artifacts, datasets, errors, jobs, system
+from llmos.api import artifacts, audit, datasets, errors, jobs, system
 from llmos.config import Settings, get_settings
 from llmos.data.datasets import DatasetService
 from llmos.kernel.daemon import Daemon
 from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
+from llmos.security.audit import AuditLog
 from llmos.security.crypto import keyring_of
 from llmos.store import ArtifactStore, open_database
 from llmos.store.artifact_service import ArtifactService
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
             db, ArtifactStore(settings.artifacts_dir, keyring=lambda: keyring_of(settings)),
             settings.max_upload_mb << 20)
         app.state.datasets = DatasetService(app.state.jobs, app.state.artifacts)
+        app.state.audit = AuditLog(db)
         daemon.start()
         try:
             yield
@@ -52,9 +54,11 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
+    audit.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
     app.include_router(artifacts.keys_router)
     app.include_router(datasets.router)
+    app.include_router(audit.router)
     return app

@@ -27,6 +27,8 @@ app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(data_app, name="data")
 keys_app = typer.Typer(help="Encryption keys for data at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
@@ -268,6 +270,39 @@ def keys_rotate(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     out.print(f"key [bold]{result['key_id']}[/] is current; {result['reencrypted']} of "
               f"{result['artifacts']} encrypted artifacts re-encrypted; retired: "
               f"{', '.join(result['retired_keys']) or 'none'}")
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@audit_app.command("ls")
+def audit_ls(
+    actor: Optional[str] = typer.Option(None, help="Only this actor."),
+    action: Optional[str] = typer.Option(None, help="Actions containing this text."),
+    target: Optional[str] = typer.Option(None, help="Targets containing this text."),
+    since: Optional[str] = typer.Option(None, help="From this time (ISO 8601)."),
+    until: Optional[str] = typer.Option(None, help="Up to this time (ISO 8601)."),
+    limit: int = typer.Option(50, min=1, max=10000, help="At most this many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Audit records: who did what to which target, when, and how it ended."""
+    with _client() as c:
+        records = c.audit.list(actor, action, target, since, until, limit)
+    if as_json:
+        return _json(records)
+    render.audit_table(out, records)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 naming the first record changed, removed or reordered."""
+    with _client() as c:
+        verdict = c.audit.verify()
+    if verdict["ok"]:
+        out.print(f"[green]ok[/]: {verdict['message']}")
+    else:
+        err.print(f"[red]audit log tampered with[/]: {verdict['message']}")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -211,3 +211,13 @@ def dataset_version(console: Console, v: dict) -> None:
         inputs.add_row(f["path"], str(f["bytes"]), f.get("encoding") or "-",
                        (f.get("sha256") or "")[:12], f.get("error") or "")
     console.print(inputs)
+
+
+def audit_table(console: Console, records: list[dict]) -> None:
+    table = Table()
+    for col in ("id", "at", "actor", "action", "target", "outcome", "request"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["action"], r["target"],
+                      r["outcome"], r["request_id"][:12])
+    console.print(table)

@@ -53,6 +53,7 @@ class Client:
         self.artifacts = Artifacts(self)
         self.datasets = Datasets(self)
         self.keys = Keys(self)
+        self.audit = Audit(self)
 
     def close(self) -> None:
         self._http.close()
@@ -305,6 +306,22 @@ class Datasets:
         if other:
             params["other"] = other
         return self._c.request("GET", f"{_ds(name)}/diff", params=params).json()
+
+
+class Audit:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def list(self, actor: str | None = None, action: str | None = None,
+             target: str | None = None, since: str | None = None, until: str | None = None,
+             limit: int = 100) -> list[dict]:
+        params = {k: v for k, v in {"actor": actor, "action": action, "target": target,
+                                    "since": since, "until": until, "limit": limit}.items()
+                  if v is not None}
+        return self._c.request("GET", "/v1/audit", params=params).json()["records"]
+
+    def verify(self) -> dict:
+        return self._c.request("GET", "/v1/audit/verify").json()
 
 
 class Keys:

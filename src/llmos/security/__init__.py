@@ -1,2 +1,2 @@
-"""Security: encryption at rest (``crypto``). Identities, tokens, roles and the audit log
-are to come (see the security issue)."""
+"""Security: encryption at rest (``crypto``) and the hash-chained audit log (``audit``).
+Identities, tokens, roles and quotas are to come (see the security issue)."""
