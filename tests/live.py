@@ -1,10 +1,14 @@
 """A real llmos daemon (`llmos up` in a subprocess) for tests, and polling helpers.
 
-No sleeps to wait for state: everything polls the API with a deadline.
+No sleeps to wait for state: everything polls the API with a deadline. The daemon's first
+start creates the administrator and saves its token in ``home/credentials.json``; the
+daemon's ``client`` uses it (``admin_token``), and :meth:`LiveDaemon.user` makes further
+users with a role in a team.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +16,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from llmos.sdk import Client, DaemonUnreachable
 
@@ -55,7 +61,8 @@ class LiveDaemon:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
-        self.client = Client(self.url)
+        self.admin_token: str | None = None
+        self.client = Client(self.url, token="")
 
     def start(self) -> LiveDaemon:
         log = open(self.home / "daemon.log", "ab")
@@ -64,7 +71,31 @@ class LiveDaemon:
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for(self._healthy, timeout=60, what="the daemon to answer /healthz")
+        if self.admin_token is None:  # saved by this store's first start (on any port)
+            saved = json.loads((self.home / "credentials.json").read_text())["daemons"]
+            entry = saved.get(self.url) or next(iter(saved.values()))
+            self.admin_token = entry["token"]
+        self.client.close()
+        self.client = Client(self.url, token=self.admin_token)
         return self
+
+    def user(self, name: str, team: str = "default", role: str = "developer") -> Client:
+        """A client for a new user with ``role`` in ``team`` (created when missing)."""
+        if team not in {t["name"] for t in self.client.teams.list()}:
+            self.client.teams.create(team)
+        made = self.client.users.create(name, team=team, role=role)
+        return Client(self.url, token=made["token"])
+
+    def http(self, token: str | None = None, **kwargs) -> httpx.Client:
+        """A raw HTTP client, presenting ``token`` (default: the administrator's)."""
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def cli_env(self, token: str | None = None) -> dict:
+        """Environment for running the `llmos` CLI against this daemon."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+        env.update(LLMOS_URL=self.url, LLMOS_TOKEN=token or self.admin_token, COLUMNS="200")
+        return env
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:

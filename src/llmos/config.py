@@ -77,6 +77,31 @@ class Settings(BaseSettings):
         "by `llmos keys rotate`: change the variable and re-encrypt).",
     )
     default_job_memory_mb: int = Field(default=1024, ge=1, description="Memory a job gets by default.")
+    # Identities and access.
+    token: SecretStr | None = Field(
+        default=None,
+        description="The API token the CLI and SDK present (else the credentials file).")
+    credentials_file: Path | None = Field(
+        default=None,
+        description="Where `llmos login` keeps tokens per daemon URL (mode 0600); default "
+        "LLMOS_HOME/credentials.json. The first `llmos up` saves the admin's token there.")
+    auth_free_failures: int = Field(
+        default=5, ge=1,
+        description="Failed authentications from one address before each further attempt "
+        "must wait (1 s, doubling up to LLMOS_AUTH_MAX_DELAY_S).")
+    auth_max_delay_s: float = Field(
+        default=60.0, gt=0, description="Longest wait imposed after failed authentications.")
+    ingest_roots: str = Field(
+        default="",
+        description="Colon-separated folders on the llmos host that non-administrators may "
+        "read files from (dataset ingest, model import); administrators may read any path.")
+    # TLS for the API.
+    tls_cert: Path | None = Field(default=None, description="PEM certificate: serve HTTPS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="CA bundle the CLI, SDK and jobs trust for the API (default: the system "
+        "store; with a self-signed LLMOS_TLS_CERT, that certificate).")
 
     @property
     def home_dir(self) -> Path:
@@ -93,7 +118,22 @@ class Settings(BaseSettings):
         if self.url:
             return self.url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def api_ca(self) -> str | None:
+        """What clients of this daemon (its jobs included) verify its certificate with."""
+        ca = self.ca_bundle or self.tls_cert
+        return str(ca.expanduser()) if ca else None
+
+    @property
+    def credentials_path(self) -> Path:
+        return (self.credentials_file or self.home_dir / "credentials.json").expanduser()
+
+    @property
+    def ingest_root_dirs(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.ingest_roots.split(":") if p]
 
     @property
     def jobs_dir(self) -> Path:

@@ -39,3 +39,26 @@ class DataCorrupted(LLMOSError):
 
     status = 500
     type = "data_corruption_error"
+
+
+class Unauthorized(LLMOSError):
+    """No token, or one that is unknown, expired or revoked."""
+
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(LLMOSError):
+    """Authenticated, but the role or the token's scopes do not allow this."""
+
+    status = 403
+    type = "permission_error"
+
+
+class TooManyRequests(LLMOSError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after

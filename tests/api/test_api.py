@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import stat
 
-import httpx
 import pytest
 from openapi_spec_validator import validate
 
@@ -20,7 +19,7 @@ def daemon(shared_daemon):
 
 @pytest.fixture
 def http(shared_daemon):
-    with httpx.Client(base_url=shared_daemon.url, timeout=30) as client:
+    with shared_daemon.http() as client:
         yield client
 
 
@@ -140,7 +139,7 @@ def test_upload_over_the_size_limit_is_413_and_stores_nothing(tmp_path):
     home.mkdir()
     live = LiveDaemon(home, env={"LLMOS_MAX_UPLOAD_MB": "1"}).start()
     try:
-        with httpx.Client(base_url=live.url) as http:
+        with live.http() as http:
             resp = http.post("/v1/artifacts", params={"name": "big.bin"},
                              content=iter([b"x" * (1 << 19)] * 3))  # streamed, no length
             assert resp.status_code == 413

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from data import corpus
@@ -28,9 +26,8 @@ split: {train: 0.5, test: 0.5, seed: 1}
 
 
 def llmos(daemon, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
-    env.update(LLMOS_URL=daemon.url, COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "llmos.cli.main", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "llmos.cli.main", *args],
+                          env=daemon.cli_env(), cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -127,7 +124,7 @@ def test_a_failing_ingest_registers_nothing(shared_daemon, messy):
     job = shared_daemon.wait_job(job["id"], timeout=120)
     assert job["state"] == "FAILED"
     assert "is not a Hugging Face tokenizer" in job["reason"]
-    resp = httpx.get(f"{shared_daemon.url}/v1/datasets/broken")
+    resp = shared_daemon.http().get("/v1/datasets/broken")
     assert resp.status_code == 404
 
 
@@ -149,7 +146,7 @@ def test_bad_ingest_requests_are_refused_before_any_job(shared_daemon, messy, bo
                                                         message):
     before = shared_daemon.client.jobs.list()["total"]
     body = json.loads(json.dumps(body).replace("{corpus}", str(messy / "corpus")))
-    resp = httpx.post(f"{shared_daemon.url}/v1/datasets/ingest", json=body)
+    resp = shared_daemon.http().post("/v1/datasets/ingest", json=body)
     assert resp.status_code == status, resp.text
     assert message in resp.json()["error"]["message"]
     assert shared_daemon.client.jobs.list()["total"] == before
@@ -164,7 +161,8 @@ def test_bad_ingest_requests_are_refused_before_any_job(shared_daemon, messy, bo
     ("POST", "/v1/datasets/x/versions", 422, ""),
 ])
 def test_bad_dataset_reads_are_4xx(shared_daemon, method, path, status, message):
-    resp = httpx.request(method, shared_daemon.url + path, json={} if method == "POST" else None)
+    with shared_daemon.http() as http:
+        resp = http.request(method, path, json={} if method == "POST" else None)
     assert resp.status_code == status, resp.text
     assert message in resp.json()["error"]["message"]
 
@@ -173,7 +171,7 @@ def test_registering_a_version_checks_its_artifacts(shared_daemon):
     body = {"content_hash": "0" * 64, "schema": {"text": "string"}, "stats": {}, "lineage": {},
             "shards": [{"artifact_id": 999999, "split": "train", "rows": 1, "text_bytes": 1,
                         "sha256": "0" * 64, "name": "train-00000.parquet"}]}
-    resp = httpx.post(f"{shared_daemon.url}/v1/datasets/ghost/versions", json=body)
+    resp = shared_daemon.http().post("/v1/datasets/ghost/versions", json=body)
     assert resp.status_code == 404
     assert "artifact(s) not found: 999999" in resp.json()["error"]["message"]
 
@@ -203,7 +201,7 @@ def test_versions_registered_at_once_all_get_distinct_numbers(shared_daemon):
                                        "name": "train-00000.parquet"}]}
 
     def register(_):
-        return httpx.post(f"{shared_daemon.url}/v1/datasets/race/versions", json=body,
+        return shared_daemon.http().post("/v1/datasets/race/versions", json=body,
                           timeout=60)
 
     with ThreadPoolExecutor(8) as pool:

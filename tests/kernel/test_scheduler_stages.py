@@ -14,7 +14,7 @@ from llmos.kernel.resources import (
     Request,
     too_large_reason,
 )
-from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler import PendingJob, Quota, RunningJob, SchedulerConfig, schedule
 from llmos.kernel.scheduler import stages
 
 NOW = 10_000.0
@@ -32,9 +32,9 @@ def job(i: int, cpu: float = 1, priority: int = NORMAL, queued: float = NOW, **k
 
 def running(i: int, state: NodeState, cpu: float = 1, priority: int = NORMAL,
             timeout: float | None = None, checkpointable: bool = False,
-            started: float = NOW - 10) -> RunningJob:
+            started: float = NOW - 10, team: str | None = None) -> RunningJob:
     alloc = state.allocate(Request(cpu=cpu, memory_mb=100))
-    return RunningJob(i, alloc, priority, started, timeout, checkpointable)
+    return RunningJob(i, alloc, priority, started, timeout, checkpointable, team)
 
 
 # -- resources ------------------------------------------------------------------------------
@@ -133,12 +133,36 @@ def test_every_waiting_job_says_why():
     n = node(cores=2)
     busy = running(50, n, cpu=1)
     queue = [job(1, cpu=2), job(2, waiting_for=(12,)), job(3, cpu=1, team="a")]
-    config = SchedulerConfig(quotas={"a": Request(cpu=0.5, memory_mb=1000)})
+    config = SchedulerConfig(quotas={"a": Quota(cpu=0.5, memory_mb=1000)})
     out = schedule(queue, [n], [busy], NOW, config)
     assert out.reasons[1] == "needs 2 cpu, 1 free"
     assert out.reasons[2] == "after job 12"
     assert out.reasons[3].startswith("over team quota: team a may use 0.5 cpu")
     assert out.bindings == []
+
+
+def test_team_quotas_bound_what_a_team_holds_and_leave_other_teams_alone():
+    n = node(cores=2)
+    held = running(50, n, cpu=0.5, team="a")
+    queue = [job(1, cpu=0.5, team="a"), job(2, cpu=0.5, team="a"), job(3, cpu=0.5, team="b"),
+             job(4, cpu=0.5, team="c")]
+    config = SchedulerConfig(quotas={"a": Quota(jobs=2), "b": Quota(cpu=0.25),
+                                     "c": Quota(memory_mb=None)})
+    out = schedule(queue, [n], [held], NOW, config)
+    assert sorted(b.job_id for b in out.bindings) == [1, 4]  # a: one more job; c: no limit
+    assert out.reasons[2] == "over team quota: team a may run 2 job(s) at once, 2 running"
+    assert out.reasons[3] == "over team quota: team b may use 0.25 cpu, 0 in use"
+
+
+def test_a_job_larger_than_its_team_quota_is_named_as_never_fitting():
+    assert stages.beyond_quota(Request(cpu=2), Quota(cpu=1)) == (
+        "needs 2 cpu but its team's quota is 1 cpu")
+    assert stages.beyond_quota(Request(memory_mb=4096), Quota(memory_mb=1024)).startswith(
+        "needs 4096 MB memory")
+    assert stages.beyond_quota(Request(), Quota(jobs=0)) == (
+        "its team's quota allows no running jobs")
+    assert stages.beyond_quota(Request(cpu=1), Quota(cpu=1, jobs=3)) is None
+    assert stages.beyond_quota(Request(cpu=64), None) is None
 
 
 def test_schedule_does_not_touch_the_callers_nodes():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 
-import httpx
 import pytest
 
 from live import LiveDaemon
@@ -125,13 +124,13 @@ def test_sensitive_artifacts_and_datasets_through_a_live_daemon(tmp_path):
     # The same store under a wrong key: a clear error, never the data or a traceback.
     wrong = LiveDaemon(home, env={"LLMOS_ENCRYPTION_KEY": generate_key()}).start()
     try:
-        resp = httpx.get(f"{wrong.url}/v1/artifacts/{art['id']}/content")
+        resp = wrong.http().get(f"/v1/artifacts/{art['id']}/content")
         assert resp.status_code == 500
         assert resp.json()["error"]["type"] == "encryption_error"
         assert "is not in the keyring" in resp.json()["error"]["message"]
-        assert httpx.get(f"{wrong.url}/v1/artifacts/{plain['id']}/content").content == \
+        assert wrong.http().get(f"/v1/artifacts/{plain['id']}/content").content == \
             b"public words"
-        refused = httpx.post(f"{wrong.url}/v1/keys/rotate")
+        refused = wrong.http().post("/v1/keys/rotate")
         assert refused.status_code == 409
         assert "rotation needs a key file" in refused.json()["error"]["message"]
     finally:

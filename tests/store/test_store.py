@@ -13,6 +13,7 @@ from sqlalchemy import inspect, text
 from llmos.errors import InvalidRequest, NotFound, PayloadTooLarge
 from llmos.kernel.jobs import IllegalTransition, JobSpec, JobState, create_job, transition
 from llmos.kernel.resources import Request
+from llmos.security.rbac import Principal, Role
 from llmos.store import ArtifactStore, CorruptArtifact, open_database
 from llmos.store.artifact_service import ArtifactService
 from llmos.store.models import Artifact, Base, Job
@@ -90,37 +91,41 @@ def artifacts(db, tmp_path):
     return ArtifactService(db, ArtifactStore(tmp_path / "artifacts"), max_bytes=1 << 20)
 
 
+# A developer of team "lab" (the service checks roles itself; see tests/security).
+ALICE = Principal(name="alice", user_id=1, roles={"lab": Role.DEVELOPER})
+
+
 def test_artifacts_round_trip_with_lineage(artifacts):
-    raw = artifacts.put([b"raw ", b"text"], "raw.txt", "text")
-    clean = artifacts.put([b"clean"], "clean.txt", "text", parents=[raw.id])
-    again = artifacts.put([b"raw text"], "copy.txt")
+    raw = artifacts.put(ALICE, [b"raw ", b"text"], "raw.txt", "text")
+    clean = artifacts.put(ALICE, [b"clean"], "clean.txt", "text", parents=[raw.id])
+    again = artifacts.put(ALICE, [b"raw text"], "copy.txt")
     assert clean.parents == [raw.id] and clean.size == 5
     assert again.sha256 == raw.sha256  # one blob, two records
-    meta, chunks = artifacts.open(raw.id)
+    meta, chunks = artifacts.open(ALICE, raw.id)
     assert b"".join(chunks) == b"raw text"
 
 
 def test_a_corrupted_or_missing_blob_is_an_error(artifacts):
-    art = artifacts.put([b"precious"], "w.bin")
+    art = artifacts.put(ALICE, [b"precious"], "w.bin")
     blob = artifacts.store.path(art.sha256)
     os.chmod(blob, stat.S_IRUSR | stat.S_IWUSR)
     blob.write_bytes(b"tampered")
     with pytest.raises(CorruptArtifact, match="corrupted"):
-        artifacts.open(art.id)
+        artifacts.open(ALICE, art.id)
     blob.unlink()
     with pytest.raises(CorruptArtifact, match="missing"):
-        artifacts.open(art.id)
+        artifacts.open(ALICE, art.id)
 
 
 def test_bad_uploads_write_nothing(artifacts, db):
     with pytest.raises(InvalidRequest):
-        artifacts.put([b"x"], "../escape")
+        artifacts.put(ALICE, [b"x"], "../escape")
     with pytest.raises(NotFound):
-        artifacts.put([b"x"], "orphan.txt", parents=[12345])
+        artifacts.put(ALICE, [b"x"], "orphan.txt", parents=[12345])
     with pytest.raises(NotFound):
-        artifacts.put([b"x"], "orphan.txt", job_id=12345)
+        artifacts.put(ALICE, [b"x"], "orphan.txt", job_id=12345)
     with pytest.raises(PayloadTooLarge):
-        artifacts.put([b"x" * (1 << 19)] * 3, "big.bin")
+        artifacts.put(ALICE, [b"x" * (1 << 19)] * 3, "big.bin")
     with db.session() as s:
         assert s.query(Artifact).count() == 0
     assert list(artifacts.store.blobs.iterdir()) == []

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI
 
 from llmos import __version__
-from llmos.api import artifacts, audit, datasets, errors, jobs, system
+from llmos.api import artifacts, audit, datasets, errors, gate, identity, jobs, system
 from llmos.config import Settings, get_settings
 from llmos.data.datasets import DatasetService
 from llmos.kernel.daemon import Daemon
@@ -16,6 +17,9 @@ from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
 from llmos.security.audit import AuditLog
 from llmos.security.crypto import keyring_of
+from llmos.security.identity import Bootstrap, IdentityService
+from llmos.security.throttle import FailureThrottle
+from llmos.security.tokens import TokenService
 from llmos.store import ArtifactStore, open_database
 from llmos.store.artifact_service import ArtifactService
 
@@ -23,22 +27,35 @@ log = logging.getLogger("llmos.daemon")
 
 
 def create_app(settings: Settings | None = None, node: NodeCapacity | None = None,
-               api_url: str | None = None) -> FastAPI:
-    """The llmos API. Starting it (its lifespan) opens the store and starts the daemon."""
+               api_url: str | None = None,
+               on_bootstrap: Callable[[Bootstrap], None] | None = None) -> FastAPI:
+    """The llmos API. Starting it (its lifespan) opens the store and starts the daemon; on
+    an empty store it first creates the administrator and hands the one-time token to
+    ``on_bootstrap``."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.home_dir.mkdir(parents=True, exist_ok=True)
         db = open_database(settings.db_url)
-        daemon = Daemon(settings, db, api_url=api_url, node=node)
+        tokens = TokenService(db)
+        daemon = Daemon(settings, db, api_url=api_url, node=node, job_token=tokens.mint_for_job)
         app.state.daemon = daemon
+        app.state.tokens = tokens
+        app.state.identity = IdentityService(db, tokens, on_quota_change=daemon.reload_quotas)
+        app.state.throttle = FailureThrottle(settings.auth_free_failures,
+                                             settings.auth_max_delay_s)
         app.state.jobs = JobService(daemon)
         app.state.artifacts = ArtifactService(
             db, ArtifactStore(settings.artifacts_dir, keyring=lambda: keyring_of(settings)),
             settings.max_upload_mb << 20)
         app.state.datasets = DatasetService(app.state.jobs, app.state.artifacts)
         app.state.audit = AuditLog(db)
+        first = app.state.identity.bootstrap()
+        if first is not None:
+            app.state.audit.append("system", "bootstrap", f"user {first.user}", "created")
+            if on_bootstrap is not None:
+                on_bootstrap(first)
         daemon.start()
         try:
             yield
@@ -50,12 +67,17 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
     app = FastAPI(
         title="llmos",
         version=__version__,
-        description="An operating system for AI workloads: jobs, artifacts, datasets, resources.",
+        description="An operating system for AI workloads: jobs, artifacts, datasets, "
+        "resources. Every route but /healthz needs an API token (Authorization: Bearer).",
         lifespan=lifespan,
     )
     errors.install(app)
-    audit.install(app)
+    gate.install(app)
     app.include_router(system.router)
+    app.include_router(identity.auth_router)
+    app.include_router(identity.users_router)
+    app.include_router(identity.teams_router)
+    app.include_router(identity.tokens_router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
     app.include_router(artifacts.keys_router)

@@ -5,17 +5,19 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmos.api.schemas import ArtifactList, ArtifactOut, ErrorResponse
+from llmos.api.gate import current
+from llmos.api.schemas import ERRORS, ArtifactList, ArtifactOut
 from llmos.errors import InvalidRequest, PayloadTooLarge
+from llmos.security.rbac import Principal
 from llmos.store.artifact_service import ArtifactService
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 ArtifactId = PathParam(ge=1, le=2**31 - 1, description="Artifact id")
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 409, 413, 422)}
+Who = Depends(current)
 
 
 def _artifacts(request: Request) -> ArtifactService:
@@ -40,6 +42,7 @@ def _ids(text: str | None) -> list[int]:
                                                          "format": "binary"}}}}})
 async def upload(
     request: Request,
+    who: Principal = Who,
     name: str = Query(min_length=1, max_length=255),
     kind: str = Query(default="file", min_length=1, max_length=100),
     job_id: int | None = Query(default=None, ge=1, le=2**31 - 1),
@@ -47,6 +50,8 @@ async def upload(
                                 description="Comma-separated parent artifact ids."),
     sensitive: bool = Query(default=False,
                             description="Encrypt at rest (AES-256-GCM) with the server's key."),
+    team: str | None = Query(default=None, min_length=1, max_length=100,
+                             description="The team it belongs to (default: yours)."),
 ) -> ArtifactOut:
     """Store the request body as a new immutable artifact."""
     service = _artifacts(request)
@@ -65,14 +70,15 @@ async def upload(
             if chunk:
                 yield chunk
 
-    art = await run_in_threadpool(service.put, chunks(), name, kind, job_id, _ids(parents),
-                                  sensitive)
+    art = await run_in_threadpool(service.put, who, chunks(), name, kind, job_id,
+                                  _ids(parents), sensitive, team)
     return ArtifactOut.of(art)
 
 
 @router.get("", response_model=ArtifactList, responses=ERRORS)
 def list_artifacts(
     request: Request,
+    who: Principal = Who,
     kind: str | None = Query(default=None, max_length=100),
     job_id: int | None = Query(default=None, ge=1, le=2**31 - 1),
     name: str | None = Query(default=None, max_length=255),
@@ -80,21 +86,23 @@ def list_artifacts(
     offset: int = Query(default=0, ge=0, le=2**31 - 1),
 ) -> ArtifactList:
     """Artifacts, newest first."""
-    arts = _artifacts(request).list(kind, job_id, name, limit, offset)
+    arts = _artifacts(request).list(who, kind, job_id, name, limit, offset)
     return ArtifactList(artifacts=[ArtifactOut.of(a) for a in arts])
 
 
 @router.get("/{artifact_id}", response_model=ArtifactOut, responses=ERRORS)
-def get_artifact(request: Request, artifact_id: int = ArtifactId) -> ArtifactOut:
+def get_artifact(request: Request, artifact_id: int = ArtifactId,
+                 who: Principal = Who) -> ArtifactOut:
     """An artifact's metadata and lineage (producing job, parents)."""
-    return ArtifactOut.of(_artifacts(request).get(artifact_id))
+    return ArtifactOut.of(_artifacts(request).get(who, artifact_id))
 
 
 @router.get("/{artifact_id}/content", responses={**ERRORS, 200: {
     "content": {"application/octet-stream": {}}}})
-def download(request: Request, artifact_id: int = ArtifactId) -> StreamingResponse:
+def download(request: Request, artifact_id: int = ArtifactId,
+             who: Principal = Who) -> StreamingResponse:
     """The artifact's bytes, checked against its sha256 before the first byte is sent."""
-    art, chunks = _artifacts(request).open(artifact_id)
+    art, chunks = _artifacts(request).open(who, artifact_id)
     return StreamingResponse(chunks, media_type="application/octet-stream", headers={
         "Content-Length": str(art.size),
         "X-LLMOS-SHA256": art.sha256,
@@ -106,7 +114,7 @@ keys_router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 @keys_router.post("/rotate", responses=ERRORS)
-def rotate_keys(request: Request) -> dict:
+def rotate_keys(request: Request, who: Principal = Who) -> dict:
     """Make a fresh encryption key current, re-encrypt every encrypted artifact with it,
-    then retire the keys nothing needs any more."""
-    return _artifacts(request).rotate_keys()
+    then retire the keys nothing needs any more (system administrators)."""
+    return _artifacts(request).rotate_keys(who)

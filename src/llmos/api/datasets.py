@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from pydantic import BaseModel, Field
 
-from llmos.api.schemas import ErrorResponse, JobOut
+from llmos.api.gate import current
+from llmos.api.schemas import ERRORS, JobOut
 from llmos.data.datasets import DatasetService, IngestRequest, VersionIn
+from llmos.security.rbac import Principal
 from llmos.store.models import Dataset, DatasetVersion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 409, 422)}
+Who = Depends(current)
 Name = PathParam(min_length=1, max_length=100, description="Dataset name")
 Version = PathParam(min_length=1, max_length=20, pattern=r"^(latest|[0-9]+)$",
                     description="A version number, or 'latest'")
@@ -30,12 +32,14 @@ class VersionSummary(BaseModel):
 class DatasetOut(BaseModel):
     name: str
     owner: str
+    team: str | None
     created_at: datetime
     versions: list[VersionSummary]
 
     @classmethod
     def of(cls, ds: Dataset) -> DatasetOut:
-        return cls(name=ds.name, owner=ds.owner, created_at=ds.created_at, versions=[
+        return cls(name=ds.name, owner=ds.owner, team=ds.team, created_at=ds.created_at,
+                   versions=[
             VersionSummary(version=v.version, content_hash=v.content_hash,
                            documents=v.stats.get("documents"), job_id=v.job_id,
                            created_at=v.created_at) for v in ds.versions])
@@ -76,56 +80,60 @@ def _datasets(request: Request) -> DatasetService:
 
 
 @router.post("/ingest", response_model=JobOut, status_code=201, responses=ERRORS)
-def ingest(body: IngestRequest, request: Request) -> JobOut:
+def ingest(body: IngestRequest, request: Request, who: Principal = Who) -> JobOut:
     """Check the recipe and sources, and start an ingest job; its result is a new version."""
-    return JobOut.of(_datasets(request).ingest(body), transitions=True)
+    return JobOut.of(_datasets(request).ingest(who, body), transitions=True)
 
 
 @router.get("", response_model=DatasetList, responses=ERRORS)
-def list_datasets(request: Request) -> DatasetList:
-    """Every dataset with its versions."""
-    return DatasetList(datasets=[DatasetOut.of(d) for d in _datasets(request).list()])
+def list_datasets(request: Request, who: Principal = Who) -> DatasetList:
+    """Every dataset you may see, with its versions."""
+    return DatasetList(datasets=[DatasetOut.of(d) for d in _datasets(request).list(who)])
 
 
 @router.get("/{name}", response_model=DatasetOut, responses=ERRORS)
-def get_dataset(request: Request, name: str = Name) -> DatasetOut:
-    return DatasetOut.of(_datasets(request).get(name))
+def get_dataset(request: Request, name: str = Name, who: Principal = Who) -> DatasetOut:
+    """A dataset and its versions."""
+    return DatasetOut.of(_datasets(request).get(who, name))
 
 
 @router.post("/{name}/versions", response_model=VersionOut, status_code=201, responses=ERRORS)
-def create_version(body: VersionIn, request: Request, name: str = Name) -> VersionOut:
+def create_version(body: VersionIn, request: Request, name: str = Name,
+                   who: Principal = Who) -> VersionOut:
     """Register a finished ingest's shards as a new immutable version (ingest jobs call
     this once every shard is stored)."""
-    return VersionOut.of(_datasets(request).create_version(name, body))
+    return VersionOut.of(_datasets(request).create_version(who, name, body))
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionOut, responses=ERRORS)
-def get_version(request: Request, name: str = Name, version: str = Version) -> VersionOut:
+def get_version(request: Request, name: str = Name, version: str = Version,
+                who: Principal = Who) -> VersionOut:
     """A version: shards, schema, statistics and lineage."""
-    return VersionOut.of(_datasets(request).version(name, version))
+    return VersionOut.of(_datasets(request).version(who, name, version))
 
 
 @router.get("/{name}/versions/{version}/head", response_model=Rows, responses=ERRORS)
-def head(request: Request, name: str = Name, version: str = Version,
+def head(request: Request, name: str = Name, version: str = Version, who: Principal = Who,
          n: int = Query(default=10, ge=1, le=1000),
          split: str | None = Query(default=None, pattern=r"^(train|validation|test)$")) -> Rows:
     """The first rows of a version."""
-    return Rows(rows=_datasets(request).head(name, version, n, split))
+    return Rows(rows=_datasets(request).head(who, name, version, n, split))
 
 
 @router.get("/{name}/versions/{version}/report", responses=ERRORS)
-def report(request: Request, name: str = Name, version: str = Version) -> dict[str, Any]:
+def report(request: Request, name: str = Name, version: str = Version,
+           who: Principal = Who) -> dict[str, Any]:
     """The ingest report: every file's fate, removals per step and reason, duplicate
     clusters."""
-    return _datasets(request).report(name, version)
+    return _datasets(request).report(who, name, version)
 
 
 @router.get("/{name}/diff", responses=ERRORS)
-def diff(request: Request, name: str = Name,
+def diff(request: Request, name: str = Name, who: Principal = Who,
          a: str = Query(pattern=r"^(latest|[0-9]+)$", max_length=20, alias="from"),
          b: str = Query(pattern=r"^(latest|[0-9]+)$", max_length=20, alias="to"),
          other: str | None = Query(default=None, min_length=1, max_length=100,
                                    description="Compare with a version of this dataset")
          ) -> dict[str, Any]:
     """How version ``to`` differs from version ``from``."""
-    return _datasets(request).diff(name, a, b, other)
+    return _datasets(request).diff(who, name, a, b, other)

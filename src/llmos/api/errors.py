@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmos.errors import DataCorrupted, LLMOSError
+from llmos.errors import DataCorrupted, LLMOSError, TooManyRequests, Unauthorized
 from llmos.security.crypto import CryptoError
 from llmos.store.artifacts import CorruptArtifact
 
@@ -35,7 +35,12 @@ def _describe(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(LLMOSError)
     async def _llmos(request: Request, exc: LLMOSError):
-        return error_response(exc.status, exc.message, exc.type)
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": 'Bearer realm="llmos"'}
+        elif isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return error_response(exc.status, exc.message, exc.type, headers)
 
     @app.exception_handler(CorruptArtifact)
     async def _corrupt(request: Request, exc: CorruptArtifact):

@@ -8,17 +8,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmos.api.schemas import ErrorResponse, JobBatch, JobList, JobOut, MetricList, MetricOut
+from llmos.api.gate import current
+from llmos.api.schemas import ERRORS, JobBatch, JobList, JobOut, MetricList, MetricOut
 from llmos.kernel.jobs import JobSpec, JobState
 from llmos.kernel.service import LOG_STREAMS, JobService
+from llmos.security.rbac import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = PathParam(ge=1, le=2**31 - 1, description="Job id")
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 409, 422)}
+Who = Depends(current)
 MAX_LOG_BYTES = 8 << 20
 
 
@@ -27,53 +29,57 @@ def _jobs(request: Request) -> JobService:
 
 
 @router.post("", response_model=JobOut, status_code=201, responses=ERRORS)
-def submit(spec: JobSpec, request: Request) -> JobOut:
+def submit(spec: JobSpec, request: Request, who: Principal = Who) -> JobOut:
     """Submit one job; it is PENDING when this returns."""
-    return JobOut.of(_jobs(request).submit(spec), transitions=True)
+    return JobOut.of(_jobs(request).submit(who, spec), transitions=True)
 
 
 @router.post("/batch", response_model=JobList, status_code=201, responses=ERRORS)
-def submit_batch(batch: JobBatch, request: Request) -> JobList:
+def submit_batch(batch: JobBatch, request: Request, who: Principal = Who) -> JobList:
     """Submit many jobs in one transaction: all are written, or none."""
-    jobs = _jobs(request).submit_many(batch.jobs)
+    jobs = _jobs(request).submit_many(who, batch.jobs)
     return JobList(jobs=[JobOut.of(j) for j in jobs], total=len(jobs))
 
 
 @router.get("", response_model=JobList, responses=ERRORS)
 def list_jobs(
     request: Request,
+    who: Principal = Who,
     state: list[str] | None = Query(default=None, max_length=10),
     owner: str | None = Query(default=None, max_length=200),
     priority: Literal["high", "normal", "low"] | None = None,
     name: str | None = Query(default=None, max_length=200),
+    team: str | None = Query(default=None, max_length=100),
     since: datetime | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
     offset: int = Query(default=0, ge=0, le=2**31 - 1),
 ) -> JobList:
-    """Jobs, newest first, filtered by state (repeatable), owner, priority, name, time."""
-    jobs, total = _jobs(request).list(state, owner, priority, name, since, limit, offset)
+    """Jobs you may see, newest first, filtered by state (repeatable), owner, priority,
+    name, team, time."""
+    jobs, total = _jobs(request).list(who, state, owner, priority, name, since, limit, offset,
+                                      team)
     return JobList(jobs=[JobOut.of(j) for j in jobs], total=total)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
-def get_job(request: Request, job_id: int = JobId) -> JobOut:
+def get_job(request: Request, job_id: int = JobId, who: Principal = Who) -> JobOut:
     """One job with its whole state history."""
-    return JobOut.of(_jobs(request).get(job_id), transitions=True)
+    return JobOut.of(_jobs(request).get(who, job_id), transitions=True)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
-def cancel(request: Request, job_id: int = JobId) -> JobOut:
+def cancel(request: Request, job_id: int = JobId, who: Principal = Who) -> JobOut:
     """Cancel: a queued job at once; a running one gets SIGTERM, then SIGKILL after the
     grace period (its state turns CANCELLED when its process is gone)."""
-    return JobOut.of(_jobs(request).cancel(job_id), transitions=True)
+    return JobOut.of(_jobs(request).cancel(who, job_id), transitions=True)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList, responses=ERRORS)
-def metrics(request: Request, job_id: int = JobId,
+def metrics(request: Request, job_id: int = JobId, who: Principal = Who,
             name: str | None = Query(default=None, max_length=200),
             limit: int = Query(default=10_000, ge=1, le=100_000)) -> MetricList:
     """Metrics the job reported, oldest first."""
-    return MetricList(metrics=[MetricOut.of(m) for m in _jobs(request).metrics(job_id, name, limit)])
+    return MetricList(metrics=[MetricOut.of(m) for m in _jobs(request).metrics(who, job_id, name, limit)])
 
 
 @router.get("/{job_id}/logs", responses={**ERRORS, 200: {"content": {"text/plain": {},
@@ -81,6 +87,7 @@ def metrics(request: Request, job_id: int = JobId,
 async def logs(
     request: Request,
     job_id: int = JobId,
+    who: Principal = Who,
     stream: Literal["stdout", "stderr"] | None = Query(
         default=None, description="One stream; both when omitted (stdout first)."),
     follow: bool = Query(default=False, description="Stream new lines as server-sent events "
@@ -91,11 +98,11 @@ async def logs(
     after its stream and carries one line; a final ``end`` event carries the job's state."""
     service = _jobs(request)
     streams = [stream] if stream else list(LOG_STREAMS)
-    paths = {s: await run_in_threadpool(service.log_path, job_id, s) for s in streams}
+    paths = {s: await run_in_threadpool(service.log_path, who, job_id, s) for s in streams}
     if not follow:
         text = "".join(_read(paths[s], tail) for s in streams)
         return PlainTextResponse(text)
-    return StreamingResponse(_follow(request, service, job_id, paths, tail),
+    return StreamingResponse(_follow(request, service, who, job_id, paths, tail),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -113,8 +120,8 @@ def _read(path: Path, tail: int | None) -> str:
     return data
 
 
-async def _follow(request: Request, service: JobService, job_id: int, paths: dict[str, Path],
-                  tail: int | None):
+async def _follow(request: Request, service: JobService, who: Principal, job_id: int,
+                  paths: dict[str, Path], tail: int | None):
     offsets = {}
     for name, path in paths.items():
         text = _read(path, tail)
@@ -123,7 +130,7 @@ async def _follow(request: Request, service: JobService, job_id: int, paths: dic
         offsets[name] = path.stat().st_size if path.exists() else 0
     partial = {name: b"" for name in paths}
     while True:
-        job = await run_in_threadpool(service.get, job_id, False)
+        job = await run_in_threadpool(service.get, who, job_id, False)
         done = JobState(job.state).terminal
         for name, path in paths.items():
             data = _read_from(path, offsets[name])

@@ -21,6 +21,11 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# Every route may answer these (401 and 429 come from the gate, before the route runs).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 429)}
+
+
 class TransitionOut(BaseModel):
     from_state: str | None
     to_state: str
@@ -134,13 +139,15 @@ class ArtifactOut(BaseModel):
     encrypted: bool
     job_id: int | None
     parents: list[int]
+    team: str | None
+    owner: str | None
     created_at: datetime
 
     @classmethod
     def of(cls, a: Artifact) -> ArtifactOut:
         return cls(id=a.id, sha256=a.sha256, name=a.name, kind=a.kind, size=a.size,
                    encrypted=bool(a.encrypted), job_id=a.job_id, parents=a.parents,
-                   created_at=a.created_at)
+                   team=a.team, owner=a.owner, created_at=a.created_at)
 
 
 class ArtifactList(BaseModel):

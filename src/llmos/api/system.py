@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from llmos import __version__
-from llmos.api.schemas import Health, NodeOut, ResourcesReport, SchedulerOut
+from llmos.api.gate import current
+from llmos.api.schemas import ERRORS, Health, NodeOut, ResourcesReport, SchedulerOut
 
 router = APIRouter()
 
@@ -16,7 +17,8 @@ def healthz() -> Health:
     return Health(status="ok", version=__version__)
 
 
-@router.get("/v1/resources", response_model=ResourcesReport, tags=["system"])
+@router.get("/v1/resources", response_model=ResourcesReport, tags=["system"], responses=ERRORS,
+            dependencies=[Depends(current)])
 def resources(request: Request) -> ResourcesReport:
     """Each node's capacity and free resources, and the scheduler's queue."""
     daemon = request.app.state.daemon

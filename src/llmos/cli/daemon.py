@@ -4,40 +4,71 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 from rich.console import Console
+from rich.panel import Panel
 
+from llmos.cli.errors import UsageError
 from llmos.config import get_settings
 
 
-class PortInUse(Exception):
-    pass
-
-
-def serve(port: int | None, host: str | None, console: Console) -> None:
+def serve(port: int | None, host: str | None, console: Console,
+          tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
     import uvicorn
 
     from llmos.api import create_app
 
     settings = get_settings()
-    if port is not None:
-        settings = settings.model_copy(update={"port": port})
-    if host is not None:
-        settings = settings.model_copy(update={"host": host})
+    updates = {k: v for k, v in {"port": port, "host": host, "tls_cert": tls_cert,
+                                 "tls_key": tls_key}.items() if v is not None}
+    settings = settings.model_copy(update=updates)
+    _check_tls(settings.tls_cert, settings.tls_key)
     _check_port(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    url = f"http://{settings.host}:{settings.port}"
-    app = create_app(settings, api_url=settings.client_url if settings.url else url)
+    scheme = "https" if settings.tls_cert else "http"
+    url = f"{scheme}://{settings.host}:{settings.port}"
+    client_url = settings.client_url
+
+    def first_start(boot) -> None:
+        from llmos.sdk.credentials import save_token
+
+        saved = save_token(client_url, boot.token, boot.user, settings)
+        console.print(Panel(
+            f"First start: created the administrator [bold]{boot.user}[/] and the team "
+            f"[bold]{boot.team}[/].\n\nAdministrator token (shown this once; llmos keeps "
+            f"only its hash):\n\n  [bold]{boot.token}[/]\n\nSaved for {client_url} in {saved} "
+            "(mode 0600), so `llmos` commands on this machine use it. Elsewhere: "
+            "`llmos login`.", title="llmos", expand=False))
+
+    app = create_app(settings, api_url=client_url if settings.url else url,
+                     on_bootstrap=first_start)
     console.print(f"llmos daemon on [bold]{url}[/]  home {settings.home_dir}  "
                   f"store {_safe_url(settings.db_url)}")
+    tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} \
+        if settings.tls_cert else {}
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, **tls)
+
+
+def _check_tls(cert: Path | None, key: Path | None) -> None:
+    if (cert is None) != (key is None):
+        raise UsageError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+    for what, path in (("certificate", cert), ("key", key)):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise UsageError(f"no TLS {what} file at {path}")
+    if cert is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                Path(cert).expanduser(), Path(key).expanduser())
+        except (ssl.SSLError, OSError) as e:
+            raise UsageError(f"the TLS certificate and key do not load: {e}") from None
 
 
 def _check_port(host: str, port: int) -> None:
-    from llmos.cli.errors import UsageError
-
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

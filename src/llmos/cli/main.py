@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from llmos.cli import render
+from llmos.cli import identity, render
 from llmos.cli.data import data_app
 from llmos.cli.errors import UsageError
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
@@ -29,6 +29,12 @@ keys_app = typer.Typer(help="Encryption keys for data at rest.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(identity.users_app, name="users")
+app.add_typer(identity.teams_app, name="teams")
+app.add_typer(identity.tokens_app, name="tokens")
+app.command()(identity.login)
+app.command()(identity.logout)
+app.command()(identity.whoami)
 
 out = Console()
 err = Console(stderr=True)
@@ -49,11 +55,16 @@ def _json(data) -> None:
 def up(
     port: Optional[int] = typer.Option(None, help="Port to listen on (default 8470 or LLMOS_PORT)."),
     host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: serve "
+                                            "HTTPS (or LLMOS_TLS_CERT)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of the "
+                                           "certificate (or LLMOS_TLS_KEY)."),
 ) -> None:
-    """Start the llmos daemon: REST API, scheduler and job supervision, in one process."""
+    """Start the llmos daemon: REST API, scheduler and job supervision, in one process.
+    The first start creates the administrator and prints their token once."""
     from llmos.cli.daemon import serve
 
-    serve(port=port, host=host, console=out)
+    serve(port=port, host=host, console=out, tls_cert=tls_cert, tls_key=tls_key)
 
 
 @app.command()
@@ -84,6 +95,7 @@ def job_submit(
     after: list[int] = typer.Option([], "--after", help="Start only after this job succeeded "
                                     "(repeatable)."),
     name: Optional[str] = typer.Option(None, help="A name to find the job by."),
+    team: Optional[str] = typer.Option(None, help="Run it for this team (default: yours)."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show live progress until it ends."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -98,7 +110,7 @@ def job_submit(
         job = c.jobs.submit(_absolute_program(program), parsed, name=name, cpu=cpu,
                             memory_mb=memory, gpu=gpu, gpu_memory_mb=gpu_memory,
                             priority=priority, max_retries=retries, timeout_s=timeout,
-                            checkpointable=checkpointable, depends_on=after)
+                            checkpointable=checkpointable, depends_on=after, team=team)
         if wait:
             job = render.watch(out, c, job["id"], quiet=as_json)
     if as_json:
@@ -120,13 +132,15 @@ def _absolute_program(program: str) -> str:
 def job_list(
     state: list[str] = typer.Option([], "--state", "-s", help="Only jobs in this state (repeatable)."),
     owner: Optional[str] = typer.Option(None, help="Only jobs of this owner."),
+    team: Optional[str] = typer.Option(None, help="Only jobs of this team."),
     priority: Optional[str] = typer.Option(None, help="Only jobs of this priority class."),
     limit: int = typer.Option(50, min=1, max=10000, help="At most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Jobs, newest first."""
     with _client() as c:
-        data = c.jobs.list(state=state or None, owner=owner, priority=priority, limit=limit)
+        data = c.jobs.list(state=state or None, owner=owner, priority=priority, limit=limit,
+                           team=team)
     _json(data) if as_json else render.job_table(out, data)
 
 

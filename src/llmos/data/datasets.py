@@ -5,6 +5,10 @@ A version is a list of Parquet shard artifacts with its schema, statistics, line
 the ingest report (an artifact too). Versions are numbered 1, 2, ... per dataset and never
 change once written; ``content_hash`` identifies their content (the same recipe on the same
 input gives the same hash).
+
+A dataset belongs to a team: viewers read it, developers ingest new versions. Ingest reads
+files on the llmos host, so non-administrators may only name files inside the folders
+``LLMOS_INGEST_ROOTS`` allows (``security/paths.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from llmos.data.recipe import RecipeError, Tokenize, load_recipe, parse_recipe
 from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
+from llmos.security.paths import check_file, check_sources
+from llmos.security.rbac import CREATE, READ, Principal
 from llmos.store.artifact_service import ArtifactService
 from llmos.store.models import Artifact, Dataset, DatasetVersion, Job
 
@@ -51,7 +57,8 @@ class IngestRequest(BaseModel):
     priority: PriorityClass = "normal"
     sensitive: bool = Field(default=False, description="Encrypt the shards and the report "
                             "at rest (AES-256-GCM).")
-    owner: str = Field(default="local", min_length=1, max_length=200)
+    team: str | None = Field(default=None, min_length=1, max_length=100,
+                             description="The team the dataset belongs to (default: yours).")
 
 
 class ShardIn(BaseModel):
@@ -75,7 +82,6 @@ class VersionIn(BaseModel):
     lineage: dict[str, Any]
     report_artifact_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     job_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
-    owner: str = Field(default="local", min_length=1, max_length=200)
 
 
 class DatasetService:
@@ -86,9 +92,12 @@ class DatasetService:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    def ingest(self, req: IngestRequest) -> Job:
+    def ingest(self, who: Principal, req: IngestRequest) -> Job:
         """Check the recipe and the sources, then submit the ingest job."""
         check_dataset_name(req.dataset)
+        team = self._ingest_team(who, req)
+        roots = self.jobs.settings.ingest_root_dirs
+        check_sources(who, req.sources, roots)
         try:
             recipe = load_recipe(req.recipe) if isinstance(req.recipe, str) else parse_recipe(
                 req.recipe)
@@ -98,6 +107,8 @@ class DatasetService:
             files = expand_sources(req.sources)
         except (FileNotFoundError, OSError) as e:
             raise InvalidRequest(str(e)) from None
+        for f in files:  # a link inside a root may point outside it
+            check_file(who, f, roots)
         if not files:
             raise InvalidRequest("the sources hold no files")
         tokenize = recipe.step(Tokenize)
@@ -110,40 +121,60 @@ class DatasetService:
         spec = JobSpec(program="data.ingest", name=f"ingest {req.dataset}",
                        params={"sources": [str(s) for s in req.sources],
                                "recipe": recipe.to_dict(), "dataset": req.dataset,
-                               "workers": workers, "owner": req.owner,
-                               "sensitive": req.sensitive},
-                       resources=req.resources, priority=req.priority, owner=req.owner)
-        return self.jobs.submit(spec)
+                               "workers": workers, "sensitive": req.sensitive},
+                       resources=req.resources, priority=req.priority, team=team)
+        return self.jobs.submit(who, spec)
+
+    def _ingest_team(self, who: Principal, req: IngestRequest) -> str:
+        """The dataset's team: its existing one, else the requested or the caller's."""
+        with self.db.session() as s:
+            ds = s.scalars(select(Dataset).where(Dataset.name == req.dataset)).first()
+        if ds is None:
+            return who.home_team(req.team, CREATE, "datasets")
+        if not who.can(READ, ds.team):
+            raise Conflict(f"the dataset name {req.dataset!r} is taken")
+        who.check(CREATE, ds.team, f"dataset {req.dataset}")
+        if req.team is not None and req.team != ds.team:
+            raise InvalidRequest(f"dataset {req.dataset} belongs to team {ds.team}, "
+                                 f"not {req.team}")
+        return ds.team
 
     # -- versions -------------------------------------------------------------------------
 
-    def create_version(self, name: str, body: VersionIn) -> DatasetVersion:
-        """Register ``body`` as the next version of ``name`` (creating the dataset). Two
-        ingests finishing at once both get a version: a lost race for the number is
-        retried."""
+    def create_version(self, who: Principal, name: str, body: VersionIn) -> DatasetVersion:
+        """Register ``body`` as the next version of ``name`` (creating the dataset in the
+        caller's team). Two ingests finishing at once both get a version: a lost race for
+        the number is retried."""
         check_dataset_name(name)
         for attempt in range(10):
             try:
-                return self._version_by_id(self._insert_version(name, body))
+                return self._version_by_id(self._insert_version(who, name, body))
             except (IntegrityError, OperationalError):
                 if attempt == 9:
                     raise Conflict(f"could not register a version of {name!r}: too many "
                                    "concurrent writers; try again") from None
         raise AssertionError("unreachable")
 
-    def _insert_version(self, name: str, body: VersionIn) -> int:
+    def _insert_version(self, who: Principal, name: str, body: VersionIn) -> int:
         ids = [s.artifact_id for s in body.shards] + (
             [body.report_artifact_id] if body.report_artifact_id else [])
         with self.db.session() as s:
-            found = set(s.scalars(select(Artifact.id).where(Artifact.id.in_(ids)))) if ids else set()
+            ds = s.scalars(select(Dataset).where(Dataset.name == name)).first()
+            if ds is not None and not who.can(READ, ds.team):
+                raise Conflict(f"the dataset name {name!r} is taken")
+            team = ds.team if ds is not None else who.home_team(None, CREATE, "datasets")
+            who.check(CREATE, team, f"dataset {name}")
+            rows = s.execute(select(Artifact.id, Artifact.team)
+                             .where(Artifact.id.in_(ids))).all() if ids else []
+            found = {i for i, t in rows if t == team}
             missing = [i for i in ids if i not in found]
             if missing:
                 raise NotFound(f"artifact(s) not found: {', '.join(map(str, missing))}")
-            if body.job_id is not None and s.get(Job, body.job_id) is None:
+            job = s.get(Job, body.job_id) if body.job_id is not None else None
+            if body.job_id is not None and (job is None or job.team != team):
                 raise NotFound(f"job {body.job_id} not found")
-            ds = s.scalars(select(Dataset).where(Dataset.name == name)).first()
             if ds is None:
-                ds = Dataset(name=name, owner=body.owner)
+                ds = Dataset(name=name, owner=who.name, team=team)
                 s.add(ds)
                 s.flush()
             latest = s.scalar(select(func.max(DatasetVersion.version))
@@ -162,21 +193,26 @@ class DatasetService:
             return s.scalars(select(DatasetVersion).where(DatasetVersion.id == vid)
                              .options(selectinload(DatasetVersion.dataset))).one()
 
-    def list(self) -> list[Dataset]:
+    def list(self, who: Principal) -> list[Dataset]:
+        q = select(Dataset).options(selectinload(Dataset.versions)).order_by(Dataset.name)
+        teams = who.readable_teams()
+        if teams is not None:
+            q = q.where(Dataset.team.in_(sorted(teams)))
         with self.db.session() as s:
-            return list(s.scalars(select(Dataset).options(selectinload(Dataset.versions))
-                                  .order_by(Dataset.name)))
+            return list(s.scalars(q))
 
-    def get(self, name: str) -> Dataset:
+    def get(self, who: Principal, name: str) -> Dataset:
         with self.db.session() as s:
             ds = s.scalars(select(Dataset).where(Dataset.name == name)
                            .options(selectinload(Dataset.versions))).first()
             if ds is None:
                 raise NotFound(f"dataset {name!r} not found")
+            who.check(READ, ds.team, f"dataset {name!r}")
             return ds
 
-    def version(self, name: str, version: int | str = "latest") -> DatasetVersion:
-        ds = self.get(name)
+    def version(self, who: Principal, name: str, version: int | str = "latest"
+                ) -> DatasetVersion:
+        ds = self.get(who, name)
         if not ds.versions:
             raise NotFound(f"dataset {name!r} has no versions")
         if version in ("latest", None):
@@ -191,26 +227,26 @@ class DatasetService:
         raise NotFound(f"dataset {name!r} has no version {number} "
                        f"(versions: 1..{ds.versions[-1].version})")
 
-    def report(self, name: str, version: int | str = "latest") -> dict:
-        v = self.version(name, version)
+    def report(self, who: Principal, name: str, version: int | str = "latest") -> dict:
+        v = self.version(who, name, version)
         if v.report_artifact_id is None:
             raise NotFound(f"{name}:{v.version} has no report")
-        _, chunks = self.artifacts.open(v.report_artifact_id)
+        _, chunks = self.artifacts.open(who, v.report_artifact_id)
         return json.loads(b"".join(chunks))
 
     # -- reading --------------------------------------------------------------------------
 
-    def head(self, name: str, version: int | str = "latest", n: int = 10,
+    def head(self, who: Principal, name: str, version: int | str = "latest", n: int = 10,
              split: str | None = None) -> list[dict]:
         """The first ``n`` rows (of one split, or in split order)."""
         if not 1 <= n <= HEAD_MAX:
             raise InvalidRequest(f"n is between 1 and {HEAD_MAX}")
-        v = self.version(name, version)
+        v = self.version(who, name, version)
         rows: list[dict] = []
         for shard in v.shards:
             if split and shard["split"] != split:
                 continue
-            pf = self._parquet(shard)
+            pf = self._parquet(who, shard)
             for batch in pf.iter_batches(batch_size=min(n, 1024)):
                 for row in batch.to_pylist():
                     row["split"] = shard["split"]
@@ -219,32 +255,33 @@ class DatasetService:
                         return rows
         return rows
 
-    def ids(self, v: DatasetVersion) -> set[str]:
+    def ids(self, who: Principal, v: DatasetVersion) -> set[str]:
         out: set[str] = set()
         for shard in v.shards:
-            pf = self._parquet(shard)
+            pf = self._parquet(who, shard)
             for batch in pf.iter_batches(columns=["id"], batch_size=65536):
                 out.update(batch.column(0).to_pylist())
         return out
 
-    def _parquet(self, shard: dict):
+    def _parquet(self, who: Principal, shard: dict):
         import io
 
         import pyarrow.parquet as pq
 
-        art = self.artifacts.get(shard["artifact_id"])
+        art = self.artifacts.get(who, shard["artifact_id"])
         store = self.artifacts.store
         if art.encrypted:  # decrypted in memory only (shards are at most shard_mb)
             return pq.ParquetFile(io.BytesIO(b"".join(store.read_verified(art.sha256, True))))
         store.verify(art.sha256)
         return pq.ParquetFile(store.path(art.sha256))
 
-    def diff(self, name: str, a: int | str, b: int | str, other: str | None = None) -> dict:
+    def diff(self, who: Principal, name: str, a: int | str, b: int | str,
+             other: str | None = None) -> dict:
         """How version ``b`` (of ``other``, default the same dataset) differs from ``a``:
         documents added and removed (by content id), and every statistic that changed."""
-        va = self.version(name, a)
-        vb = self.version(other or name, b)
-        ids_a, ids_b = self.ids(va), self.ids(vb)
+        va = self.version(who, name, a)
+        vb = self.version(who, other or name, b)
+        ids_a, ids_b = self.ids(who, va), self.ids(who, vb)
         stats = {}
         for key in ("documents", "text_bytes", "tokens"):
             x, y = va.stats.get(key), vb.stats.get(key)

@@ -17,7 +17,7 @@ from llmos.data.recipe import parse_recipe
 
 
 def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | None = None,
-           owner: str = "local", sensitive: bool = False) -> dict:
+           sensitive: bool = False) -> dict:
     rec = parse_recipe(recipe)
     n_workers = workers or rec.workers or pipeline.default_workers()
     work = ctx.workdir / "ingest"
@@ -48,7 +48,7 @@ def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | N
     version = ctx.request("POST", f"/v1/datasets/{dataset}/versions", json={
         "content_hash": result.content_hash, "shards": shards, "schema": result.schema,
         "stats": result.stats, "lineage": lineage, "report_artifact_id": report,
-        "job_id": ctx.job_id, "owner": owner})
+        "job_id": ctx.job_id})
     main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ctx.metric("documents_kept", result.stats["documents"])

@@ -33,7 +33,8 @@ EVENTS_FILE = "events.jsonl"
 
 
 class JobContext:
-    def __init__(self, job_id: int, attempt: int, workdir: Path, api_url: str | None = None):
+    def __init__(self, job_id: int, attempt: int, workdir: Path, api_url: str | None = None,
+                 api_token: str | None = None, api_ca: str | None = None):
         self.job_id = job_id
         self.attempt = attempt
         self.workdir = Path(workdir)
@@ -41,7 +42,8 @@ class JobContext:
         self._events = open(self.workdir / EVENTS_FILE, "a", encoding="utf-8")
         self._yield = threading.Event()
         self.checkpoint = Checkpoints(self.workdir / "checkpoints", self)
-        self.artifacts = Artifacts(api_url, job_id)
+        self._api = _Api(api_url, api_token, api_ca)
+        self.artifacts = Artifacts(self._api, job_id)
 
     # -- reporting -------------------------------------------------------------------
 
@@ -79,10 +81,7 @@ class JobContext:
     def request(self, method: str, path: str, json: Any = None) -> Any:
         """Call the llmos REST API as this job (``path`` such as ``/v1/datasets``) and
         return the decoded JSON; an error response raises RuntimeError with its message."""
-        with _api_client(self.artifacts._url) as client:
-            resp = client.request(method, path, json=json)
-            _raise_for(resp)
-            return resp.json()
+        return self._api.send(method, path, json=json).json()
 
     # -- cooperation with the scheduler ---------------------------------------------
 
@@ -169,12 +168,9 @@ def _fsync_dir(folder: Path) -> None:
 class Artifacts:
     """Read and write artifacts in the store, through the daemon's API."""
 
-    def __init__(self, api_url: str | None, job_id: int):
-        self._url = api_url
+    def __init__(self, api: _Api, job_id: int):
+        self._api = api
         self._job_id = job_id
-
-    def _client(self):
-        return _api_client(self._url)
 
     def put(self, data: bytes | str | Path, name: str, kind: str = "file",
             parents: Iterable[int] = (), sensitive: bool = False) -> int:
@@ -186,41 +182,92 @@ class Artifacts:
             params["sensitive"] = "true"
         if parents:
             params["parents"] = ",".join(str(int(p)) for p in parents)
-        with self._client() as client:
+
+        def body():
             if isinstance(data, bytes):
-                resp = client.post("/v1/artifacts", params=params, content=data)
-            else:
-                with open(data, "rb") as f:
-                    resp = client.post("/v1/artifacts", params=params,
-                                       content=iter(lambda: f.read(1 << 20), b""))
-            _raise_for(resp)
-            return int(resp.json()["id"])
+                return data
+            f = open(data, "rb")  # closed when exhausted (a retry opens it again)
+            return _chunks(f)
+
+        resp = self._api.send("POST", "/v1/artifacts", params=params, content=body)
+        return int(resp.json()["id"])
 
     def get(self, artifact_id: int) -> bytes:
         """The bytes of an artifact (verified against its sha256)."""
         import hashlib
 
-        with self._client() as client:
-            resp = client.get(f"/v1/artifacts/{int(artifact_id)}/content")
-            _raise_for(resp)
-            data = resp.content
+        resp = self._api.send("GET", f"/v1/artifacts/{int(artifact_id)}/content")
+        data = resp.content
         expected = resp.headers.get("x-llmos-sha256")
         if expected and hashlib.sha256(data).hexdigest() != expected:
             raise RuntimeError(f"artifact {artifact_id} arrived corrupted")
         return data
 
     def download(self, artifact_id: int, dest: str | Path) -> Path:
+        """Stream an artifact into the file ``dest``, verifying its sha256; the file appears
+        only once complete and verified."""
+        import hashlib
+
         dest = Path(dest)
-        dest.write_bytes(self.get(artifact_id))
+        tmp = dest.with_name(f".{dest.name}.part")
+        digest = hashlib.sha256()
+        with self._api.client() as client, client.stream(
+                "GET", f"/v1/artifacts/{int(artifact_id)}/content") as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _raise_for(resp)
+            with open(tmp, "wb") as out:
+                for chunk in resp.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            expected = resp.headers.get("x-llmos-sha256")
+        if expected and digest.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"artifact {artifact_id} arrived corrupted")
+        os.replace(tmp, dest)
         return dest
 
 
-def _api_client(url: str | None):
-    import httpx
+def _chunks(f):
+    with f:
+        while chunk := f.read(1 << 20):
+            yield chunk
 
-    if not url:
-        raise RuntimeError("this job has no llmos API to reach")
-    return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=600.0))
+
+RETRY_STATUSES = (429, 503)
+MAX_TRIES = 6
+
+
+@dataclass(frozen=True)
+class _Api:
+    """Where the daemon's API is, and the job's own credentials for it."""
+
+    url: str | None
+    token: str | None = None
+    ca: str | None = None
+
+    def client(self):
+        import httpx
+
+        if not self.url:
+            raise RuntimeError("this job has no llmos API to reach")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.Client(base_url=self.url, headers=headers, verify=self.ca or True,
+                            timeout=httpx.Timeout(30.0, read=600.0))
+
+    def send(self, method: str, path: str, content=None, **kwargs):
+        """One request; a 429 or 503 is tried again after its Retry-After (a few times).
+        ``content`` may be a function that makes a fresh body for each try. An error
+        answer raises RuntimeError with its message."""
+        with self.client() as client:
+            for attempt in range(MAX_TRIES):
+                body = content() if callable(content) else content
+                resp = client.request(method, path, content=body, **kwargs)
+                if resp.status_code not in RETRY_STATUSES or attempt == MAX_TRIES - 1:
+                    break
+                time.sleep(min(60.0, float(resp.headers.get("retry-after") or 1)))
+            _raise_for(resp)
+            return resp
 
 
 def _raise_for(resp) -> None:

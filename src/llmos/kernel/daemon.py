@@ -19,8 +19,9 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from llmos.config import Settings
@@ -28,9 +29,9 @@ from llmos.kernel import events
 from llmos.kernel.executors import Executor, Exit, ExitKind, Handle, LaunchPlan, executor_class
 from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, transition
 from llmos.kernel.resources import Allocation, NodeCapacity, NodeState, discover_node
-from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler import PendingJob, Quota, RunningJob, SchedulerConfig, schedule
 from llmos.store.db import Database
-from llmos.store.models import Job, utcnow
+from llmos.store.models import Job, Team, utcnow
 
 log = logging.getLogger("llmos.daemon")
 
@@ -59,10 +60,14 @@ class Tracked:
 
 class Daemon:
     def __init__(self, settings: Settings, db: Database, api_url: str | None = None,
-                 node: NodeCapacity | None = None):
+                 node: NodeCapacity | None = None,
+                 job_token: Callable[[int], str] | None = None):
         self.settings = settings
         self.db = db
         self.api_url = api_url or settings.client_url
+        # Mints the API token a starting job gets (the security layer provides it; the
+        # kernel only hands it over).
+        self.job_token = job_token
         self.node = NodeState(node or discover_node(
             cpus=settings.cpus, memory_mb=settings.memory_mb,
             reserved_memory_mb=settings.reserved_memory_mb, gpus=settings.gpus))
@@ -86,6 +91,7 @@ class Daemon:
         from llmos.kernel.reconcile import reconcile
 
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.reload_quotas()
         with self.lock:
             reconcile(self)
         self._thread = threading.Thread(target=self._loop, name="llmos-control", daemon=True)
@@ -105,6 +111,17 @@ class Daemon:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def reload_quotas(self) -> None:
+        """Read every team's quota from the store (at start, and after a change)."""
+        with self.db.session() as s:
+            quotas = {t.name: Quota(cpu=t.quota_cpu, memory_mb=t.quota_memory_mb,
+                                    gpu=t.quota_gpu, jobs=t.quota_jobs)
+                      for t in s.scalars(select(Team))}
+        with self.lock:
+            self.config = replace(self.config, quotas=quotas)
+            self._dirty = True
+        self.wake()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -363,9 +380,11 @@ class Daemon:
             s.commit()  # SCHEDULED is durable before any process exists
             for b in bindings:
                 job = jobs[b.job_id]
-                plan = LaunchPlan(job.id, job.attempt, job.program, job.params, b.allocation,
-                                  self.workdir(job.id), self.api_url)
                 try:
+                    token = self.job_token(job.id) if self.job_token else None
+                    plan = LaunchPlan(job.id, job.attempt, job.program, job.params,
+                                      b.allocation, self.workdir(job.id), self.api_url,
+                                      token, self.settings.api_ca)
                     launched.append((job.id, self.executor(job.executor).launch(plan)))
                 except Exception as e:  # noqa: BLE001 - e.g. fork failed: the job fails, not us
                     launched.append((job.id, e))

@@ -86,7 +86,8 @@ class JobSpec(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     priority: PriorityClass = "normal"
-    owner: str = Field(default="local", min_length=1, max_length=200)
+    team: str | None = Field(default=None, min_length=1, max_length=100,
+                             description="The team the job runs for (default: yours).")
     max_retries: int = Field(default=0, ge=0, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     checkpointable: bool = False
@@ -131,7 +132,8 @@ def transition(
         job.ended_at = at
 
 
-def create_job(session: Session, spec: JobSpec, request: Request, executor: str) -> Job:
+def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
+               owner: str = "system", team: str | None = None) -> Job:
     """Insert a PENDING job (dependencies must already be checked to exist)."""
     now = utcnow()
     job = Job(
@@ -143,7 +145,8 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str)
         gpu=request.gpu,
         gpu_memory_mb=request.gpu_memory_mb,
         priority=spec.priority,
-        owner=spec.owner,
+        owner=owner,
+        team=team or spec.team,
         max_retries=spec.max_retries,
         timeout_s=spec.timeout_s,
         checkpointable=spec.checkpointable,

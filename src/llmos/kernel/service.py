@@ -1,8 +1,12 @@
 """Job operations behind every face (REST API, CLI, SDK): submit, list, get, cancel, logs.
 
 Validation happens here, before anything is written: an unknown program, bad parameters,
-impossible resources or missing dependencies raise an :mod:`llmos.errors` error and
-leave the store untouched.
+impossible resources, a job its team's quota could never hold, or missing dependencies
+raise an :mod:`llmos.errors` error and leave the store untouched.
+
+Every operation takes the :class:`~llmos.security.rbac.Principal` asking for it and checks
+its role in the job's team here, in the service, so no face can go around the check:
+viewers read, developers submit and cancel their own jobs, maintainers cancel anyone's.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from sqlalchemy.orm import selectinload
 from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel import programs
 from llmos.kernel.executors import UnknownExecutor, available_executors, executor_class
-from llmos.kernel.jobs import JobSpec, JobState, create_job, missing_jobs
+from llmos.kernel.jobs import JobSpec, JobState, create_job
 from llmos.kernel.resources import too_large_reason
+from llmos.kernel.scheduler.stages import beyond_quota
+from llmos.security.rbac import CREATE, MANAGE, READ, Principal
 from llmos.store.models import Job, JobMetric
 
 LOG_STREAMS = ("stdout", "stderr")
@@ -31,28 +37,31 @@ class JobService:
 
     # -- submit ------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> Job:
-        return self.submit_many([spec])[0]
+    def submit(self, who: Principal, spec: JobSpec) -> Job:
+        return self.submit_many(who, [spec])[0]
 
-    def submit_many(self, specs: list[JobSpec]) -> list[Job]:
+    def submit_many(self, who: Principal, specs: list[JobSpec]) -> list[Job]:
         """Validate every spec, then write them all in one transaction (or none)."""
-        prepared = [self._validate(spec) for spec in specs]
+        prepared = [self._validate(who, spec) for spec in specs]
         with self.db.session() as s:
             deps = sorted({d for spec in specs for d in spec.depends_on})
-            missing = missing_jobs(s, deps)
+            found = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(deps)))}
+            missing = [d for d in deps if d not in found or not who.can(READ, found[d].team)]
             if missing:
                 raise NotFound(f"dependency job(s) not found: {', '.join(map(str, missing))}")
             for dep in deps:
-                state = s.get(Job, dep).state
+                state = found[dep].state
                 if state in (JobState.FAILED.value, JobState.CANCELLED.value):
                     raise Conflict(f"dependency job {dep} is {state}; this job could never run")
-            jobs = [create_job(s, spec, request, executor) for spec, request, executor in prepared]
+            jobs = [create_job(s, spec, request, executor, owner=who.name, team=team)
+                    for spec, request, executor, team in prepared]
             s.flush()
             ids = [job.id for job in jobs]
         self.daemon.submitted(ids)
-        return [self.get(i) for i in ids]
+        return [self.get(who, i) for i in ids]
 
-    def _validate(self, spec: JobSpec):
+    def _validate(self, who: Principal, spec: JobSpec):
+        team = who.home_team(spec.team, CREATE, "jobs")
         try:
             programs.check(spec.program, spec.params)
         except programs.ProgramError as e:
@@ -70,11 +79,14 @@ class JobService:
         too_large = too_large_reason(request, [self.daemon.node.capacity])
         if too_large:
             raise InvalidRequest(too_large)
-        return spec, request, executor
+        never = beyond_quota(request, self.daemon.config.quotas.get(team))
+        if never:
+            raise InvalidRequest(f"this job could never run in team {team}: {never}")
+        return spec, request, executor, team
 
     # -- read -------------------------------------------------------------------------
 
-    def get(self, job_id: int, with_transitions: bool = True) -> Job:
+    def get(self, who: Principal, job_id: int, with_transitions: bool = True) -> Job:
         with self.db.session() as s:
             q = select(Job).where(Job.id == job_id).options(selectinload(Job.dependencies))
             if with_transitions:
@@ -82,25 +94,27 @@ class JobService:
             job = s.scalars(q).first()
             if job is None:
                 raise NotFound(f"job {job_id} not found")
+            who.check(READ, job.team, f"job {job_id}")
             return job
 
-    def list(self, state: list[str] | None = None, owner: str | None = None,
+    def list(self, who: Principal, state: list[str] | None = None, owner: str | None = None,
              priority: str | None = None, name: str | None = None,
              since: datetime | None = None, limit: int = 100, offset: int = 0,
-             ) -> tuple[list[Job], int]:
+             team: str | None = None) -> tuple[list[Job], int]:
         q = select(Job)
+        teams = who.readable_teams()
+        if teams is not None:
+            q = q.where(Job.team.in_(sorted(teams)))
         if state:
             bad = [x for x in state if x.upper() not in JobState.__members__]
             if bad:
                 raise InvalidRequest(
                     f"unknown state {bad[0]!r}; one of {', '.join(JobState.__members__)}")
             q = q.where(Job.state.in_([x.upper() for x in state]))
-        if owner:
-            q = q.where(Job.owner == owner)
-        if priority:
-            q = q.where(Job.priority == priority)
-        if name:
-            q = q.where(Job.name == name)
+        for column, value in ((Job.owner, owner), (Job.priority, priority), (Job.name, name),
+                              (Job.team, team)):
+            if value:
+                q = q.where(column == value)
         if since:
             q = q.where(Job.created_at >= since)
         with self.db.session() as s:
@@ -111,25 +125,29 @@ class JobService:
             ).all()
             return list(rows), total
 
-    def metrics(self, job_id: int, name: str | None = None, limit: int = 10000) -> list[JobMetric]:
-        self.get(job_id, with_transitions=False)
+    def metrics(self, who: Principal, job_id: int, name: str | None = None,
+                limit: int = 10000) -> list[JobMetric]:
+        self.get(who, job_id, with_transitions=False)
         q = select(JobMetric).where(JobMetric.job_id == job_id)
         if name:
             q = q.where(JobMetric.name == name)
         with self.db.session() as s:
             return list(s.scalars(q.order_by(JobMetric.id).limit(limit)))
 
-    def log_path(self, job_id: int, stream: str) -> Path:
+    def log_path(self, who: Principal, job_id: int, stream: str) -> Path:
         if stream not in LOG_STREAMS:
             raise InvalidRequest(f"stream must be one of {', '.join(LOG_STREAMS)}")
-        self.get(job_id, with_transitions=False)
+        self.get(who, job_id, with_transitions=False)
         return self.daemon.workdir(job_id) / f"{stream}.log"
 
     # -- change -----------------------------------------------------------------------
 
-    def cancel(self, job_id: int) -> Job:
-        job = self.get(job_id, with_transitions=False)
+    def cancel(self, who: Principal, job_id: int) -> Job:
+        """Developers cancel their own jobs; maintainers anyone's in their team."""
+        job = self.get(who, job_id, with_transitions=False)
+        need = CREATE if job.owner == who.name else MANAGE
+        who.check(need, job.team, f"job {job_id}")
         if JobState(job.state).terminal:
             raise Conflict(f"job {job_id} already ended ({job.state})")
         self.daemon.cancel(job_id)
-        return self.get(job_id)
+        return self.get(who, job_id)

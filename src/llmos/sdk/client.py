@@ -5,6 +5,9 @@
     job = llmos.jobs.submit("noop")
     llmos.jobs.wait(job["id"])
 
+The token comes from the ``token`` argument, else ``LLMOS_TOKEN``, else the credentials
+file that ``llmos login`` writes (see :mod:`llmos.sdk.credentials`).
+
 Every method returns plain JSON-like dicts (what the API returns). Errors raise
 :class:`APIError` (the API answered with an error) or :class:`DaemonUnreachable`.
 """
@@ -22,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from llmos.config import get_settings
+from llmos.sdk.credentials import find_token
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -46,10 +50,20 @@ class APIError(LLMOSClientError):
 
 
 class Client:
-    def __init__(self, url: str | None = None, timeout: float = 30.0):
-        self.url = (url or get_settings().client_url).rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, read=600.0))
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
+                 verify: str | bool | None = None):
+        settings = get_settings()
+        self.url = (url or settings.client_url).rstrip("/")
+        self.token = token or find_token(self.url)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if verify is None:
+            verify = str(settings.ca_bundle.expanduser()) if settings.ca_bundle else True
+        self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify,
+                                  timeout=httpx.Timeout(timeout, read=600.0))
         self.jobs = Jobs(self)
+        self.users = Users(self)
+        self.teams = Teams(self)
+        self.tokens = Tokens(self)
         self.artifacts = Artifacts(self)
         self.datasets = Datasets(self)
         self.keys = Keys(self)
@@ -69,7 +83,7 @@ class Client:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
             raise DaemonUnreachable(
-                f"cannot reach the llmos daemon at {self.url} ({type(e).__name__}); "
+                f"cannot reach the llmos daemon at {self.url} ({_why(e)}); "
                 "start it with `llmos up` or set LLMOS_URL"
             ) from None
         _check(resp)
@@ -92,13 +106,27 @@ class Client:
     def health(self) -> dict:
         return self.request("GET", "/healthz").json()
 
+    def whoami(self) -> dict:
+        """Who this client's token stands for: name, roles per team, scopes."""
+        return self.request("GET", "/v1/auth/whoami").json()
+
     def resources(self) -> dict:
         return self.request("GET", "/v1/resources").json()
+
+
+def _why(e: httpx.TransportError) -> str:
+    text = str(e)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "its TLS certificate is not trusted; set LLMOS_CA_BUNDLE"
+    return type(e).__name__
 
 
 def _check(resp: httpx.Response) -> None:
     if resp.status_code < 400:
         return
+    if resp.status_code == 401 and "authorization" not in resp.request.headers:
+        raise APIError(401, "this llmos daemon needs an API token: run `llmos login` or set "
+                       "LLMOS_TOKEN", "authentication_error")
     try:
         body = resp.json()["error"]
         raise APIError(resp.status_code, body["message"], body.get("type", ""))
@@ -115,20 +143,23 @@ class Jobs:
                gpu_memory_mb: int | None = None, priority: str = "normal",
                max_retries: int = 0, timeout_s: float | None = None,
                checkpointable: bool = False, depends_on: Iterable[int] = (),
-               owner: str | None = None) -> dict:
+               team: str | None = None) -> dict:
         return self._c.request("POST", "/v1/jobs", json=job_spec(
             program, params, name=name, cpu=cpu, memory_mb=memory_mb, gpu=gpu,
             gpu_memory_mb=gpu_memory_mb, priority=priority, max_retries=max_retries,
             timeout_s=timeout_s, checkpointable=checkpointable, depends_on=depends_on,
-            owner=owner)).json()
+            team=team)).json()
 
     def submit_many(self, specs: list[dict]) -> list[dict]:
         """Submit specs (see :func:`job_spec`) in one transaction."""
         return self._c.request("POST", "/v1/jobs/batch", json={"jobs": specs}).json()["jobs"]
 
     def list(self, state: str | list[str] | None = None, owner: str | None = None,
-             priority: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+             priority: str | None = None, limit: int = 100, offset: int = 0,
+             team: str | None = None) -> dict:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if team:
+            params["team"] = team
         if state:
             params["state"] = [state] if isinstance(state, str) else list(state)
         if owner:
@@ -191,14 +222,14 @@ def job_spec(program: str, params: dict | None = None, *, name: str | None = Non
              cpu: float | None = None, memory_mb: int | None = None, gpu: int | None = None,
              gpu_memory_mb: int | None = None, priority: str = "normal", max_retries: int = 0,
              timeout_s: float | None = None, checkpointable: bool = False,
-             depends_on: Iterable[int] = (), owner: str | None = None) -> dict:
+             depends_on: Iterable[int] = (), team: str | None = None) -> dict:
     """The JSON body of a job submission, leaving out what the server defaults."""
     resources = {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "gpu": gpu,
                                    "gpu_memory_mb": gpu_memory_mb}.items() if v is not None}
     spec: dict[str, Any] = {"program": program, "params": params or {}, "priority": priority,
                             "max_retries": max_retries, "checkpointable": checkpointable,
                             "depends_on": list(depends_on), "resources": resources}
-    for key, value in (("name", name), ("timeout_s", timeout_s), ("owner", owner)):
+    for key, value in (("name", name), ("timeout_s", timeout_s), ("team", team)):
         if value is not None:
             spec[key] = value
     return spec
@@ -210,10 +241,12 @@ class Artifacts:
 
     def put(self, data: bytes | str | Path, name: str | None = None, kind: str = "file",
             parents: Iterable[int] = (), job_id: int | None = None,
-            sensitive: bool = False) -> dict:
+            sensitive: bool = False, team: str | None = None) -> dict:
         """Upload bytes or a file; returns the artifact's metadata. ``sensitive``
         artifacts are encrypted at rest."""
         params: dict[str, Any] = {"kind": kind}
+        if team:
+            params["team"] = team
         if sensitive:
             params["sensitive"] = "true"
         if parents:
@@ -273,12 +306,14 @@ class Datasets:
 
     def ingest(self, dataset: str, sources: list[str | Path], recipe: dict | str | None = None,
                *, cpu: float = 1, memory_mb: int = 2048, priority: str = "normal",
-               sensitive: bool = False) -> dict:
+               sensitive: bool = False, team: str | None = None) -> dict:
         """Start an ingest job (sources are paths on the llmos host); returns the job.
         ``sensitive``: the dataset's shards are encrypted at rest."""
         body = {"dataset": dataset, "sources": [str(s) for s in sources],
                 "recipe": recipe or {}, "priority": priority, "sensitive": sensitive,
                 "resources": {"cpu": cpu, "memory_mb": memory_mb}}
+        if team:
+            body["team"] = team
         return self._c.request("POST", "/v1/datasets/ingest", json=body).json()
 
     def list(self) -> list[dict]:
@@ -331,6 +366,83 @@ class Keys:
     def rotate(self) -> dict:
         """New encryption key; every encrypted artifact re-encrypted; old keys retired."""
         return self._c.request("POST", "/v1/keys/rotate").json()
+
+
+class Users:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, name: str, *, admin: bool = False, team: str | None = None,
+               role: str = "developer") -> dict:
+        """A new user and their first token (``["token"]``, shown this once)."""
+        body = {"name": name, "admin": admin, "role": role}
+        if team:
+            body["team"] = team
+        return self._c.request("POST", "/v1/users", json=body).json()
+
+    def list(self) -> list[dict]:
+        return self._c.request("GET", "/v1/users").json()["users"]
+
+    def get(self, name: str) -> dict:
+        return self._c.request("GET", f"/v1/users/{quote(name, safe='')}").json()
+
+    def disable(self, name: str) -> dict:
+        return self._c.request("POST", f"/v1/users/{quote(name, safe='')}/disable").json()
+
+    def enable(self, name: str) -> dict:
+        return self._c.request("POST", f"/v1/users/{quote(name, safe='')}/enable").json()
+
+
+class Teams:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, name: str) -> dict:
+        return self._c.request("POST", "/v1/teams", json={"name": name}).json()
+
+    def list(self) -> list[dict]:
+        return self._c.request("GET", "/v1/teams").json()["teams"]
+
+    def get(self, name: str) -> dict:
+        return self._c.request("GET", f"/v1/teams/{quote(name, safe='')}").json()
+
+    def set_member(self, team: str, user: str, role: str) -> dict:
+        return self._c.request("PUT", f"/v1/teams/{quote(team, safe='')}/members/"
+                               f"{quote(user, safe='')}", json={"role": role}).json()
+
+    def remove_member(self, team: str, user: str) -> dict:
+        return self._c.request("DELETE", f"/v1/teams/{quote(team, safe='')}/members/"
+                               f"{quote(user, safe='')}").json()
+
+    def set_quota(self, team: str, **quotas: float | None) -> dict:
+        """cpu, memory_mb, gpu, jobs, rps; None or absent: no limit."""
+        return self._c.request("PUT", f"/v1/teams/{quote(team, safe='')}/quota",
+                               json=quotas).json()
+
+
+class Tokens:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, name: str = "token", *, scopes: list[str] | None = None,
+               expires_in_days: float | None = None, team: str | None = None,
+               user: str | None = None, priority: str = "normal",
+               rate_limit_rps: float | None = None) -> dict:
+        """A new token; its secret is in ``["token"]`` of this answer only."""
+        body = {k: v for k, v in {"name": name, "scopes": scopes,
+                                  "expires_in_days": expires_in_days, "team": team,
+                                  "user": user, "priority": priority,
+                                  "rate_limit_rps": rate_limit_rps}.items() if v is not None}
+        return self._c.request("POST", "/v1/tokens", json=body).json()
+
+    def list(self, user: str | None = None, include_revoked: bool = False) -> list[dict]:
+        params: dict[str, Any] = {"all": include_revoked}
+        if user:
+            params["user"] = user
+        return self._c.request("GET", "/v1/tokens", params=params).json()["tokens"]
+
+    def revoke(self, token_id: int) -> dict:
+        return self._c.request("DELETE", f"/v1/tokens/{int(token_id)}").json()
 
 
 def _ds(name: str) -> str:

@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from llmos.security.rbac import Principal
 from llmos.store.db import Database
 from llmos.store.models import AuditHead, AuditRecord, utcnow
 
@@ -77,9 +78,10 @@ class AuditLog:
             s.flush()
             return rec
 
-    def list(self, actor: str | None = None, action: str | None = None,
+    def list(self, who: Principal, actor: str | None = None, action: str | None = None,
              target: str | None = None, since: datetime | None = None,
              until: datetime | None = None, limit: int = 100) -> list[AuditRecord]:
+        who.require_admin("reading the audit log")
         q = select(AuditRecord)
         if actor:
             q = q.where(AuditRecord.actor == actor)
@@ -94,9 +96,10 @@ class AuditLog:
         with self.db.session() as s:
             return list(s.scalars(q.order_by(AuditRecord.id.desc()).limit(limit)))
 
-    def verify(self) -> Verdict:
+    def verify(self, who: Principal) -> Verdict:
         """Walk the chain from the first record; the first record whose stored links or
         hash do not match what its content implies is named."""
+        who.require_admin("verifying the audit log")
         prev = GENESIS
         checked = 0
         with self.db.session() as s:

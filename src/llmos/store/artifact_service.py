@@ -3,6 +3,10 @@
 Bytes go to the content-addressed :class:`ArtifactStore`; the row (name, kind, size,
 producing job, parents) to the database. A row is written only after its blob is safely
 stored, so a failed upload leaves nothing behind.
+
+An artifact belongs to a team (its uploader's, or its producing job's); every operation
+takes the principal asking and checks its role there (viewers read, developers upload,
+system administrators rotate keys).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from llmos.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from llmos.security.rbac import CREATE, READ, Principal
 from llmos.store.artifacts import ArtifactStore, ArtifactTooLarge
 from llmos.store.db import Database
 from llmos.store.models import Artifact, ArtifactParent, Job
@@ -38,16 +43,17 @@ class ArtifactService:
         self.store = store
         self.max_bytes = max_bytes
 
-    def put(self, chunks: Iterable[bytes], name: str, kind: str = "file",
+    def put(self, who: Principal, chunks: Iterable[bytes], name: str, kind: str = "file",
             job_id: int | None = None, parents: list[int] | None = None,
-            sensitive: bool = False) -> Artifact:
-        """Store an artifact; a ``sensitive`` one is encrypted at rest (AES-256-GCM)."""
+            sensitive: bool = False, team: str | None = None) -> Artifact:
+        """Store an artifact in ``team`` (default: the producing job's, else the caller's);
+        a ``sensitive`` one is encrypted at rest (AES-256-GCM)."""
         check_name(name)
         if not _KIND.match(kind or ""):
             raise InvalidRequest(f"bad artifact kind {kind!r}: lower-case letters and digits")
         parents = sorted(set(parents or []))
         with self.db.session() as s:  # check references before taking any bytes
-            self._check_refs(s, job_id, parents)
+            team = self._check_refs(s, who, job_id, parents, team)
         try:
             sha, size = self.store.put_stream(chunks, max_bytes=self.max_bytes,
                                               sealed=sensitive)
@@ -55,26 +61,38 @@ class ArtifactService:
             raise PayloadTooLarge(
                 f"artifact larger than the upload limit of {self.max_bytes >> 20} MB") from None
         with self.db.session() as s:
-            self._check_refs(s, job_id, parents)
+            self._check_refs(s, who, job_id, parents, team)
             art = Artifact(sha256=sha, name=name, kind=kind, size=size, job_id=job_id,
-                           encrypted=sensitive)
+                           encrypted=sensitive, team=team, owner=who.name)
             s.add(art)
             s.flush()
             for p in parents:
                 s.add(ArtifactParent(artifact_id=art.id, parent_id=p))
-        return self.get(art.id)
+        return self.get(who, art.id)
 
     @staticmethod
-    def _check_refs(s, job_id: int | None, parents: list[int]) -> None:
-        if job_id is not None and s.get(Job, job_id) is None:
-            raise NotFound(f"job {job_id} not found")
+    def _check_refs(s, who: Principal, job_id: int | None, parents: list[int],
+                    team: str | None) -> str:
+        """The team the new artifact goes to, once its job and parents are readable."""
+        if job_id is not None:
+            job = s.get(Job, job_id)
+            if job is None or not who.can(READ, job.team):
+                raise NotFound(f"job {job_id} not found")
+            if team is not None and team != job.team:
+                raise InvalidRequest(f"job {job_id} runs in team {job.team}; its artifacts "
+                                     f"belong there, not to team {team}")
+            team = job.team
+        team = who.home_team(team, CREATE, "artifacts")
         if parents:
-            found = set(s.scalars(select(Artifact.id).where(Artifact.id.in_(parents))))
+            rows = s.execute(select(Artifact.id, Artifact.team)
+                             .where(Artifact.id.in_(parents))).all()
+            found = {i for i, t in rows if who.can(READ, t)}
             missing = [p for p in parents if p not in found]
             if missing:
                 raise NotFound(f"parent artifact(s) not found: {', '.join(map(str, missing))}")
+        return team
 
-    def get(self, artifact_id: int) -> Artifact:
+    def get(self, who: Principal, artifact_id: int) -> Artifact:
         with self.db.session() as s:
             art = s.scalars(
                 select(Artifact).where(Artifact.id == artifact_id)
@@ -82,11 +100,15 @@ class ArtifactService:
             ).first()
             if art is None:
                 raise NotFound(f"artifact {artifact_id} not found")
+            who.check(READ, art.team, f"artifact {artifact_id}")
             return art
 
-    def list(self, kind: str | None = None, job_id: int | None = None, name: str | None = None,
-             limit: int = 100, offset: int = 0) -> list[Artifact]:
+    def list(self, who: Principal, kind: str | None = None, job_id: int | None = None,
+             name: str | None = None, limit: int = 100, offset: int = 0) -> list[Artifact]:
         q = select(Artifact).options(selectinload(Artifact.parent_links))
+        teams = who.readable_teams()
+        if teams is not None:
+            q = q.where(Artifact.team.in_(sorted(teams)))
         if kind:
             q = q.where(Artifact.kind == kind)
         if job_id is not None:
@@ -96,13 +118,14 @@ class ArtifactService:
         with self.db.session() as s:
             return list(s.scalars(q.order_by(Artifact.id.desc()).limit(limit).offset(offset)))
 
-    def open(self, artifact_id: int) -> tuple[Artifact, Iterator[bytes]]:
+    def open(self, who: Principal, artifact_id: int) -> tuple[Artifact, Iterator[bytes]]:
         """The artifact and its bytes; the blob is verified before the first byte is given."""
-        art = self.get(artifact_id)
+        art = self.get(who, artifact_id)
         return art, self.store.read_verified(art.sha256, sealed=art.encrypted)
 
-    def rotate_keys(self) -> dict:
+    def rotate_keys(self, who: Principal) -> dict:
         """Seal every encrypted artifact with a fresh key, then retire the old keys."""
+        who.require_admin("rotating encryption keys")
         ring = self.store.keyring
         if ring.path is None:
             raise Conflict("the encryption key comes from LLMOS_ENCRYPTION_KEY; rotation needs "

@@ -149,6 +149,8 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     parent_links: Mapped[list[ArtifactParent]] = relationship(
@@ -236,3 +238,83 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     hash: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+# -- identities (security/identity.py, security/tokens.py) ---------------------------------
+
+
+class User(Base):
+    """A person or a service account. ``is_admin``: administrator of the whole system."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="user", cascade="all, delete-orphan")
+
+
+class Team(Base):
+    """Every resource belongs to a team; the team's quotas bound what its jobs hold."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Quotas; None means unlimited.
+    quota_cpu: Mapped[float | None] = mapped_column(Float)
+    quota_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    quota_gpu: Mapped[int | None] = mapped_column(Integer)
+    quota_jobs: Mapped[int | None] = mapped_column(Integer)  # concurrent running jobs
+    quota_rps: Mapped[float | None] = mapped_column(Float)  # serving requests per second
+
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="team", cascade="all, delete-orphan")
+
+
+class Membership(Base):
+    """A user's role in a team: viewer, developer, maintainer or admin."""
+
+    __tablename__ = "memberships"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    team: Mapped[Team] = relationship(back_populates="memberships")
+
+
+class ApiToken(Base):
+    """An API token: only its sha256 is stored, with a short prefix to recognise it."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(20))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list] = mapped_column(JSON)
+    # The token acts only in this team (job tokens, team-bound service tokens); None: all
+    # of its user's teams.
+    team: Mapped[str | None] = mapped_column(String(100))
+    # Serving: the tenant's priority class and request-rate limit (None: unlimited).
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float)
+    # A job's own token (minted when it starts, dead once it ends).
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                               index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()

@@ -39,7 +39,8 @@ def main(workdir: str) -> int:
     from llmos.kernel.context import JobContext
     from llmos.kernel.programs import load_program
 
-    ctx = JobContext(launch["job_id"], attempt, folder, launch.get("api_url"))
+    ctx = JobContext(launch["job_id"], attempt, folder, launch.get("api_url"),
+                     api_token=launch.get("api_token"), api_ca=launch.get("api_ca"))
     signal.signal(signal.SIGUSR1, lambda *_: ctx._request_yield())
     signal.signal(signal.SIGTERM, _on_sigterm(ctx))
 

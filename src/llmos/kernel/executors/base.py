@@ -27,6 +27,10 @@ class LaunchPlan:
     allocation: Allocation
     workdir: Path
     api_url: str | None = None
+    # The job's own API token and the CA bundle to trust the API with (TLS). The token
+    # reaches the job through its launch file, never through its environment.
+    api_token: str | None = None
+    api_ca: str | None = None
 
 
 @dataclass

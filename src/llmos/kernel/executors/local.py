@@ -53,8 +53,10 @@ class LocalExecutor:
             "memory_mb": alloc.memory_mb,
             "address_space_mb": None if (cgroup or alloc.gpus) else alloc.memory_mb,
             "api_url": plan.api_url,
+            "api_token": plan.api_token,
+            "api_ca": plan.api_ca,
         }
-        (folder / LAUNCH_FILE).write_text(json.dumps(launch))
+        _write_private(folder / LAUNCH_FILE, json.dumps(launch))
         header = f"--- llmos: attempt {plan.attempt} of job {plan.job_id} at {time.ctime()} ---\n"
         with open(folder / "stdout.log", "a") as out, open(folder / "stderr.log", "a") as err:
             out.write(header)
@@ -166,6 +168,13 @@ def job_environment(gpus: tuple[int, ...]) -> dict[str, str]:
     # multi-threaded programs (torch, tokenizers) into spurious MemoryErrors.
     env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (the launch file carries the job's token)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _exit_from(handle: Handle, code: int | None, result: dict | None, oom: bool) -> Exit:

@@ -8,6 +8,7 @@ from llmos.kernel.scheduler.framework import (
     Binding,
     PendingJob,
     Preemption,
+    Quota,
     Reservation,
     RunningJob,
     SchedulerConfig,
@@ -16,6 +17,6 @@ from llmos.kernel.scheduler.framework import (
 )
 
 __all__ = [
-    "Binding", "PendingJob", "Preemption", "Reservation", "RunningJob", "SchedulerConfig",
+    "Binding", "PendingJob", "Preemption", "Quota", "Reservation", "RunningJob", "SchedulerConfig",
     "SchedulerOutput", "Status", "schedule",
 ]

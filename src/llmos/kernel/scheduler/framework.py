@@ -82,7 +82,21 @@ class SchedulerOutput:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """What one team's running jobs may hold together; None means no limit."""
+
+    cpu: float | None = None
+    memory_mb: int | None = None
+    gpu: int | None = None
+    jobs: int | None = None  # running at once
+
+    @property
+    def millicores(self) -> int | None:
+        return None if self.cpu is None else round(self.cpu * 1000)
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     aging_s: float = 600.0  # a job waiting this long rises one priority class
     max_rank: int = 2
-    quotas: dict[str, Request] = field(default_factory=dict)  # team -> limit
+    quotas: dict[str, Quota] = field(default_factory=dict)  # team -> limit

@@ -14,6 +14,7 @@ from llmos.kernel.resources import MILLI, NodeState, Request
 from llmos.kernel.scheduler.framework import (
     PendingJob,
     Preemption,
+    Quota,
     Reservation,
     RunningJob,
     SchedulerConfig,
@@ -53,6 +54,7 @@ class TeamUsage:
         self.cpu: dict[str | None, int] = defaultdict(int)
         self.memory: dict[str | None, int] = defaultdict(int)
         self.gpu: dict[str | None, int] = defaultdict(int)
+        self.jobs: dict[str | None, int] = defaultdict(int)
         for r in running:
             self.add(r.team, sum(r.allocation.cores.values()), r.allocation.memory_mb,
                      len(r.allocation.gpus))
@@ -61,20 +63,45 @@ class TeamUsage:
         self.cpu[team] += millicores
         self.memory[team] += memory_mb
         self.gpu[team] += gpus
+        self.jobs[team] += 1
 
 
 def quota(job: PendingJob, usage: TeamUsage, config: SchedulerConfig) -> tuple[Status, str | None]:
+    """WAIT while the job's team, with this job added, would hold more than its quota."""
     limit = config.quotas.get(job.team) if job.team else None
     if limit is None:
         return Status.OK, None
-    r = job.request
-    if usage.cpu[job.team] + r.millicores > limit.millicores:
-        return Status.WAIT, f"over team quota: team {job.team} may use {limit.cpu:g} cpu"
-    if usage.memory[job.team] + r.memory_mb > limit.memory_mb:
-        return Status.WAIT, f"over team quota: team {job.team} may use {limit.memory_mb} MB memory"
-    if usage.gpu[job.team] + r.gpu > limit.gpu:
-        return Status.WAIT, f"over team quota: team {job.team} may use {limit.gpu} gpu"
+    r, team = job.request, job.team
+    used = (usage.cpu[team] / 1000, usage.memory[team], usage.gpu[team])
+    if limit.jobs is not None and usage.jobs[team] + 1 > limit.jobs:
+        return Status.WAIT, (f"over team quota: team {team} may run {limit.jobs} job(s) at "
+                             f"once, {usage.jobs[team]} running")
+    if limit.millicores is not None and usage.cpu[team] + r.millicores > limit.millicores:
+        return Status.WAIT, (f"over team quota: team {team} may use {limit.cpu:g} cpu, "
+                             f"{used[0]:g} in use")
+    if limit.memory_mb is not None and usage.memory[team] + r.memory_mb > limit.memory_mb:
+        return Status.WAIT, (f"over team quota: team {team} may use {limit.memory_mb} MB "
+                             f"memory, {used[1]} MB in use")
+    if limit.gpu is not None and usage.gpu[team] + r.gpu > limit.gpu:
+        return Status.WAIT, (f"over team quota: team {team} may use {limit.gpu} gpu, "
+                             f"{used[2]} in use")
     return Status.OK, None
+
+
+def beyond_quota(request: Request, limit: Quota | None) -> str | None:
+    """Why a job could never run under its team's quota even alone, or None."""
+    if limit is None:
+        return None
+    if limit.jobs == 0:
+        return "its team's quota allows no running jobs"
+    if limit.millicores is not None and request.millicores > limit.millicores:
+        return f"needs {request.cpu:g} cpu but its team's quota is {limit.cpu:g} cpu"
+    if limit.memory_mb is not None and request.memory_mb > limit.memory_mb:
+        return (f"needs {request.memory_mb} MB memory but its team's quota is "
+                f"{limit.memory_mb} MB")
+    if limit.gpu is not None and request.gpu > limit.gpu:
+        return f"needs {request.gpu} gpu but its team's quota is {limit.gpu} gpu"
+    return None
 
 
 # --- filter and score ---------------------------------------------------------------------

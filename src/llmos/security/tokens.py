@@ -1,0 +1,224 @@
+"""API tokens: 256 random bits, stored only as their sha256, with scopes, expiry and
+revocation; and turning a presented token into a :class:`Principal`.
+
+A token looks like ``llmos_<43 url-safe characters>``; its first 12 characters (the
+prefix) are kept in clear so a person can recognise it in a list. Since a token is 256
+random bits, a plain sha256 is all the storage needs: there is nothing to guess.
+
+A job gets a token of its own when it starts (owner's identity, the job's team, at most
+developer); it stops working as soon as the job is no longer running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from llmos.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from llmos.security.rbac import SCOPES, Principal, Role
+from llmos.store.db import Database
+from llmos.store.models import ApiToken, Job, Membership, User, utcnow
+
+TOKEN_PREFIX = "llmos_"
+SHOWN = 12  # characters of a token kept in clear
+CACHE_S = 5.0  # how long an authenticated token is remembered (changes clear it at once)
+LAST_USED_EVERY_S = 60.0
+KNOWN_GOOD_S = 900.0  # a token that worked this recently is never throttled
+KNOWN_GOOD_MAX = 10_000
+PRIORITIES = ("high", "normal", "low")
+LIVE_JOB_STATES = ("SCHEDULED", "RUNNING")
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenService:
+    def __init__(self, db: Database):
+        self.db = db
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._used: dict[int, float] = {}
+        self._known: dict[str, float] = {}  # digest -> when it last authenticated
+        self._lock = threading.Lock()
+
+    # -- authentication ------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal a presented token stands for, or Unauthorized."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            raise Unauthorized("invalid token")
+        key = digest(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[1] > now:
+            principal = hit[0]
+        else:
+            principal = self._load(key)
+            with self._lock:
+                self._cache[key] = (principal, now + CACHE_S)
+        with self._lock:
+            if len(self._known) >= KNOWN_GOOD_MAX:
+                self._known.clear()
+            self._known[key] = now
+        self._touch(principal.token_id, now)
+        return principal
+
+    def known_good(self, token: str) -> bool:
+        """Whether ``token`` authenticated in the last 15 minutes (the failure throttle lets
+        such tokens through: the addresses it slows down may be shared with real users and
+        jobs)."""
+        seen = self._known.get(digest(token))
+        return seen is not None and time.monotonic() - seen < KNOWN_GOOD_S
+
+    def _load(self, key: str) -> Principal:
+        with self.db.session() as s:
+            tok = s.scalars(select(ApiToken).where(ApiToken.hash == key).options(
+                selectinload(ApiToken.user).selectinload(User.memberships)
+                .selectinload(Membership.team))).first()
+            if tok is None:
+                raise Unauthorized("invalid token")
+            if tok.revoked_at is not None:
+                raise Unauthorized(f"token {tok.prefix}… was revoked")
+            if tok.expires_at is not None and tok.expires_at <= utcnow():
+                raise Unauthorized(f"token {tok.prefix}… expired at {tok.expires_at:%Y-%m-%d %H:%M} UTC")
+            if tok.user.disabled:
+                raise Unauthorized(f"user {tok.user.name} is disabled")
+            roles = {m.team.name: Role.parse(m.role) for m in tok.user.memberships}
+            is_admin = tok.user.is_admin
+            if tok.job_id is not None:
+                job = s.get(Job, tok.job_id)
+                if job is None or job.state not in LIVE_JOB_STATES:
+                    raise Unauthorized(f"token {tok.prefix}… belonged to a job that is no "
+                                       "longer running")
+                # A job acts for its owner, in its own team, as a developer at most.
+                roles = {tok.team: min(roles.get(tok.team, Role.ADMIN if is_admin else
+                                                 Role.VIEWER), Role.DEVELOPER)}
+                is_admin = False
+            return Principal(name=tok.user.name, user_id=tok.user_id, is_admin=is_admin,
+                             roles=roles, scopes=frozenset(tok.scopes), team=tok.team,
+                             job_id=tok.job_id, token_id=tok.id, token_prefix=tok.prefix,
+                             priority=tok.priority, rate_limit_rps=tok.rate_limit_rps)
+
+    def _touch(self, token_id: int | None, now: float) -> None:
+        if token_id is None or now - self._used.get(token_id, -1e9) < LAST_USED_EVERY_S:
+            return
+        self._used[token_id] = now
+        with self.db.session() as s:
+            s.execute(update(ApiToken).where(ApiToken.id == token_id)
+                      .values(last_used_at=utcnow()))
+
+    def invalidate(self) -> None:
+        """Forget cached principals (after any change to users, teams or tokens)."""
+        with self._lock:
+            self._cache.clear()
+
+    # -- management -------------------------------------------------------------------
+
+    def create(self, principal: Principal, *, user: str | None = None, name: str = "token",
+               scopes: list[str] | None = None, expires_in_days: float | None = None,
+               team: str | None = None, priority: str = "normal",
+               rate_limit_rps: float | None = None) -> tuple[ApiToken, str]:
+        """A new token for ``user`` (default: the caller). Returns the row and the secret,
+        which is shown this once and never stored."""
+        if principal.job_id is not None:
+            raise Forbidden("a job's token cannot create tokens")
+        wanted = list(dict.fromkeys(scopes or [s for s in SCOPES if s in principal.scopes]))
+        bad = [s for s in wanted if s not in SCOPES]
+        if bad:
+            raise InvalidRequest(f"unknown scope {bad[0]!r}; scopes: {', '.join(SCOPES)}")
+        beyond = [s for s in wanted if s not in principal.scopes]
+        if beyond:
+            raise Forbidden(f"a token cannot grant scopes its creator's token lacks: "
+                            f"{', '.join(beyond)}")
+        if priority not in PRIORITIES:
+            raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}")
+        if expires_in_days is not None and not 0 < expires_in_days <= 3650:
+            raise InvalidRequest("expires_in_days is between 0 and 3650")
+        with self.db.session() as s:
+            owner = self._user(s, principal, user)
+            if team is not None and not (owner.is_admin or any(
+                    m.team.name == team for m in owner.memberships)):
+                raise InvalidRequest(f"user {owner.name} is not a member of team {team}")
+            secret = new_secret()
+            expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+            row = ApiToken(user_id=owner.id, name=name, prefix=secret[:SHOWN],
+                           hash=digest(secret), scopes=wanted, team=team, priority=priority,
+                           rate_limit_rps=rate_limit_rps, expires_at=expires,
+                           created_at=utcnow())
+            s.add(row)
+            s.flush()
+            s.refresh(row, ["user"])
+        return row, secret
+
+    def _user(self, s, principal: Principal, name: str | None) -> User:
+        if name is None or name == principal.name:
+            user = s.get(User, principal.user_id) if principal.user_id else None
+        else:
+            principal.require_admin(f"tokens for user {name}")
+            user = s.scalars(select(User).where(User.name == name)).first()
+        if user is None:
+            raise NotFound(f"user {name or principal.name} not found")
+        s.refresh(user, ["memberships"])
+        return user
+
+    def list(self, principal: Principal, user: str | None = None,
+             include_revoked: bool = False) -> list[ApiToken]:
+        q = select(ApiToken).where(ApiToken.job_id.is_(None)).options(
+            selectinload(ApiToken.user)).order_by(ApiToken.id)
+        with self.db.session() as s:
+            if user is not None or not principal.is_admin:
+                q = q.where(ApiToken.user_id == self._user(s, principal, user).id)
+            if not include_revoked:
+                q = q.where(ApiToken.revoked_at.is_(None))
+            return list(s.scalars(q))
+
+    def revoke(self, principal: Principal, token_id: int) -> ApiToken:
+        with self.db.session() as s:
+            tok = s.get(ApiToken, token_id)
+            if tok is None or tok.job_id is not None or (
+                    tok.user_id != principal.user_id and not principal.is_admin):
+                raise NotFound(f"token {token_id} not found")
+            if principal.job_id is not None:
+                raise Forbidden("a job's token cannot revoke tokens")
+            if tok.user_id != principal.user_id:
+                principal.require_admin(f"revoking token {token_id}")
+            if tok.revoked_at is None:
+                tok.revoked_at = utcnow()
+            s.flush()
+            s.refresh(tok, ["user"])
+        self.invalidate()
+        return tok
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def mint_for_job(self, job_id: int) -> str:
+        """A token for a starting job: its owner, its team, read and write, dead when the
+        job stops running."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            owner = s.scalars(select(User).where(User.name == job.owner)).first()
+            if owner is None:
+                raise NotFound(f"job {job_id}'s owner {job.owner!r} is not a user")
+            s.execute(update(ApiToken).where(ApiToken.job_id == job_id,
+                                             ApiToken.revoked_at.is_(None))
+                      .values(revoked_at=utcnow()))
+            secret = new_secret()
+            s.add(ApiToken(user_id=owner.id, name=f"job {job_id}", prefix=secret[:SHOWN],
+                           hash=digest(secret), scopes=["read", "write"], team=job.team,
+                           priority=job.priority, job_id=job_id, created_at=utcnow()))
+        return secret
+
+
+def expired(tok: ApiToken, now: datetime | None = None) -> bool:
+    return tok.expires_at is not None and tok.expires_at <= (now or utcnow())
