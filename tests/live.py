@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,10 +49,13 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
 
 
 class LiveDaemon:
-    def __init__(self, home: Path, cpus: int = 2, env: dict | None = None):
+    def __init__(self, home: Path, cpus: int = 2, env: dict | None = None,
+                 ca: str | None = None):
         self.home = home
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+        self.ca = ca
+        self.verify = ca or True  # with TLS: the CA bundle that verifies the daemon
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")},
             "LLMOS_HOME": str(home),
@@ -62,7 +66,7 @@ class LiveDaemon:
         }
         self.proc: subprocess.Popen | None = None
         self.admin_token: str | None = None
-        self.client = Client(self.url, token="")
+        self.client = Client(self.url, token="", verify=self.verify)
 
     def start(self) -> LiveDaemon:
         log = open(self.home / "daemon.log", "ab")
@@ -76,7 +80,7 @@ class LiveDaemon:
             entry = saved.get(self.url) or next(iter(saved.values()))
             self.admin_token = entry["token"]
         self.client.close()
-        self.client = Client(self.url, token=self.admin_token)
+        self.client = Client(self.url, token=self.admin_token, verify=self.verify)
         return self
 
     def user(self, name: str, team: str = "default", role: str = "developer") -> Client:
@@ -84,12 +88,14 @@ class LiveDaemon:
         if team not in {t["name"] for t in self.client.teams.list()}:
             self.client.teams.create(team)
         made = self.client.users.create(name, team=team, role=role)
-        return Client(self.url, token=made["token"])
+        return Client(self.url, token=made["token"], verify=self.verify)
 
     def http(self, token: str | None = None, **kwargs) -> httpx.Client:
         """A raw HTTP client, presenting ``token`` (default: the administrator's)."""
         headers = {"Authorization": f"Bearer {token or self.admin_token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+        verify = ssl.create_default_context(cafile=self.verify) if self.ca else True
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, verify=verify,
+                            **kwargs)
 
     def cli_env(self, token: str | None = None) -> dict:
         """Environment for running the `llmos` CLI against this daemon."""

@@ -80,7 +80,7 @@ def test_a_batch_with_one_bad_job_writes_none(http):
 
 @pytest.mark.parametrize("path,status", [
     ("/v1/jobs/999999", 404), ("/v1/jobs/0", 422), ("/v1/jobs/99999999999", 422),
-    ("/v1/jobs/abc", 422), ("/v1/nothing", 404), ("/v1/artifacts/999999", 404),
+    ("/v1/jobs/abc", 404), ("/v1/nothing", 404), ("/v1/artifacts/999999", 404),
     ("/v1/jobs?state=DREAMING", 422), ("/v1/jobs?limit=0", 422),
     ("/v1/jobs/1/logs?stream=both", 422),
 ])

@@ -90,14 +90,14 @@ def list_artifacts(
     return ArtifactList(artifacts=[ArtifactOut.of(a) for a in arts])
 
 
-@router.get("/{artifact_id}", response_model=ArtifactOut, responses=ERRORS)
+@router.get("/{artifact_id:int}", response_model=ArtifactOut, responses=ERRORS)
 def get_artifact(request: Request, artifact_id: int = ArtifactId,
                  who: Principal = Who) -> ArtifactOut:
     """An artifact's metadata and lineage (producing job, parents)."""
     return ArtifactOut.of(_artifacts(request).get(who, artifact_id))
 
 
-@router.get("/{artifact_id}/content", responses={**ERRORS, 200: {
+@router.get("/{artifact_id:int}/content", responses={**ERRORS, 200: {
     "content": {"application/octet-stream": {}}}})
 def download(request: Request, artifact_id: int = ArtifactId,
              who: Principal = Who) -> StreamingResponse:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from llmos.api.gate import current
 from llmos.api.schemas import ERRORS
+from llmos.schema import IsoTime
 from llmos.security.audit import AuditLog
 from llmos.security.rbac import Principal
 from llmos.store.models import AuditRecord
@@ -55,7 +56,7 @@ def list_records(request: Request, who: Principal = Depends(current),
                  actor: str | None = Query(default=None, max_length=200),
                  action: str | None = Query(default=None, max_length=200),
                  target: str | None = Query(default=None, max_length=500),
-                 since: datetime | None = None, until: datetime | None = None,
+                 since: IsoTime | None = None, until: IsoTime | None = None,
                  limit: int = Query(default=100, ge=1, le=10_000)) -> AuditList:
     """Audit records, newest first, filtered by actor, action, target and time."""
     return AuditList(records=[AuditOut.of(r) for r in _audit(request).list(

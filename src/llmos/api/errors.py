@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from llmos.errors import DataCorrupted, LLMOSError, TooManyRequests, Unauthorized
 from llmos.security.crypto import CryptoError
@@ -30,6 +31,17 @@ def _describe(exc: RequestValidationError) -> str:
             return "malformed JSON in the request body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (one route each, so Starlette's own
+    Allow header names only the first)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 def install(app: FastAPI) -> None:
@@ -63,10 +75,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such route: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            message = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+            headers = {"Allow": ", ".join(allowed)}
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, message, type_, getattr(exc, "headers", None))
+        return error_response(exc.status_code, message, type_, headers)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):

@@ -110,7 +110,7 @@ def _bearer(scope) -> str | None:
 async def _audit(scope, actor: str, status: int, request_id: str, detail: dict,
                  auth_failed: bool = False) -> None:
     route = scope.get("route")
-    template = getattr(route, "path", None) or scope["path"]
+    template = getattr(route, "path_format", None) or scope["path"]
     action = f"{scope['method']} {template}" if not auth_failed else (
         f"auth failed: {scope['method']} {scope['path']}")
     await run_in_threadpool(scope["app"].state.audit.append, actor, action[:200],

@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from llmos.api.gate import current
 from llmos.api.schemas import ERRORS
+from llmos.schema import RequestBody
 from llmos.security.identity import IdentityService, quotas_of
 from llmos.security.rbac import ROLES, SCOPES, Principal
 from llmos.security.tokens import TokenService
@@ -85,16 +86,14 @@ class UserList(BaseModel):
     users: list[UserOut]
 
 
-class NewUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewUser(RequestBody):
     name: str = Field(min_length=1, max_length=63)
     admin: bool = False
     team: str | None = Field(default=None, min_length=1, max_length=63)
     role: RoleName = "developer"
 
 
-class Quotas(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Quotas(RequestBody):
     cpu: float | None = Field(default=None, ge=0, le=1e6)
     memory_mb: int | None = Field(default=None, ge=0, le=2**31 - 1)
     gpu: int | None = Field(default=None, ge=0, le=1_000_000)
@@ -118,13 +117,11 @@ class TeamList(BaseModel):
     teams: list[TeamOut]
 
 
-class NewTeam(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewTeam(RequestBody):
     name: str = Field(min_length=1, max_length=63)
 
 
-class MemberIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MemberIn(RequestBody):
     role: RoleName
 
 
@@ -158,8 +155,7 @@ class TokenList(BaseModel):
     tokens: list[TokenOut]
 
 
-class NewToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewToken(RequestBody):
     name: str = Field(default="token", min_length=1, max_length=100)
     user: str | None = Field(default=None, min_length=1, max_length=63,
                              description="Whose token (administrators); default: yours.")
@@ -274,7 +270,7 @@ def list_tokens(request: Request, who: Principal = Who,
     return TokenList(tokens=[TokenOut.of(t) for t in rows])
 
 
-@tokens_router.delete("/{token_id}", response_model=TokenOut, responses=ERRORS)
+@tokens_router.delete("/{token_id:int}", response_model=TokenOut, responses=ERRORS)
 def revoke_token(request: Request, token_id: int = PathParam(ge=1, le=2**31 - 1),
                  who: Principal = Who) -> TokenOut:
     """Revoke a token: it stops working at once."""

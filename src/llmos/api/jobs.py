@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +15,7 @@ from llmos.api.gate import current
 from llmos.api.schemas import ERRORS, JobBatch, JobList, JobOut, MetricList, MetricOut
 from llmos.kernel.jobs import JobSpec, JobState
 from llmos.kernel.service import LOG_STREAMS, JobService
+from llmos.schema import IsoTime
 from llmos.security.rbac import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -50,7 +50,7 @@ def list_jobs(
     priority: Literal["high", "normal", "low"] | None = None,
     name: str | None = Query(default=None, max_length=200),
     team: str | None = Query(default=None, max_length=100),
-    since: datetime | None = None,
+    since: IsoTime | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
     offset: int = Query(default=0, ge=0, le=2**31 - 1),
 ) -> JobList:
@@ -61,20 +61,20 @@ def list_jobs(
     return JobList(jobs=[JobOut.of(j) for j in jobs], total=total)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+@router.get("/{job_id:int}", response_model=JobOut, responses=ERRORS)
 def get_job(request: Request, job_id: int = JobId, who: Principal = Who) -> JobOut:
     """One job with its whole state history."""
     return JobOut.of(_jobs(request).get(who, job_id), transitions=True)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+@router.post("/{job_id:int}/cancel", response_model=JobOut, responses=ERRORS)
 def cancel(request: Request, job_id: int = JobId, who: Principal = Who) -> JobOut:
     """Cancel: a queued job at once; a running one gets SIGTERM, then SIGKILL after the
     grace period (its state turns CANCELLED when its process is gone)."""
     return JobOut.of(_jobs(request).cancel(who, job_id), transitions=True)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricList, responses=ERRORS)
+@router.get("/{job_id:int}/metrics", response_model=MetricList, responses=ERRORS)
 def metrics(request: Request, job_id: int = JobId, who: Principal = Who,
             name: str | None = Query(default=None, max_length=200),
             limit: int = Query(default=10_000, ge=1, le=100_000)) -> MetricList:
@@ -82,7 +82,7 @@ def metrics(request: Request, job_id: int = JobId, who: Principal = Who,
     return MetricList(metrics=[MetricOut.of(m) for m in _jobs(request).metrics(who, job_id, name, limit)])
 
 
-@router.get("/{job_id}/logs", responses={**ERRORS, 200: {"content": {"text/plain": {},
+@router.get("/{job_id:int}/logs", responses={**ERRORS, 200: {"content": {"text/plain": {},
                                                                      "text/event-stream": {}}}})
 async def logs(
     request: Request,

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from llmos.kernel.jobs import JobSpec
+from llmos.schema import RequestBody
 from llmos.store.models import Artifact, Job, JobMetric, JobTransition
 
 
@@ -111,7 +112,7 @@ class JobList(BaseModel):
     total: int
 
 
-class JobBatch(BaseModel):
+class JobBatch(RequestBody):
     jobs: list[JobSpec] = Field(min_length=1, max_length=10_000)
 
 

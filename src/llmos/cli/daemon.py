@@ -35,12 +35,16 @@ def serve(port: int | None, host: str | None, console: Console,
         from llmos.sdk.credentials import save_token
 
         saved = save_token(client_url, boot.token, boot.user, settings)
+        # Shown on a terminal only: a daemon whose output goes to a log file must not write
+        # a secret there (the token is in the credentials file either way).
+        shown = (f"Administrator token (shown this once; llmos keeps only its hash):\n\n"
+                 f"  [bold]{boot.token}[/]\n\n" if console.is_terminal else
+                 "The administrator's token is not printed (output is not a terminal).\n")
         console.print(Panel(
             f"First start: created the administrator [bold]{boot.user}[/] and the team "
-            f"[bold]{boot.team}[/].\n\nAdministrator token (shown this once; llmos keeps "
-            f"only its hash):\n\n  [bold]{boot.token}[/]\n\nSaved for {client_url} in {saved} "
-            "(mode 0600), so `llmos` commands on this machine use it. Elsewhere: "
-            "`llmos login`.", title="llmos", expand=False))
+            f"[bold]{boot.team}[/].\n\n{shown}Saved for {client_url} in {saved} (mode 0600), "
+            "so `llmos` commands on this machine use it. Elsewhere: `llmos login`.",
+            title="llmos", expand=False))
 
     app = create_app(settings, api_url=client_url if settings.url else url,
                      on_bootstrap=first_start)

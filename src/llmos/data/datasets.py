@@ -18,16 +18,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
 from llmos.data.readers import expand_sources
 from llmos.data.recipe import RecipeError, Tokenize, load_recipe, parse_recipe
-from llmos.errors import Conflict, InvalidRequest, NotFound
+from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
+from llmos.schema import RequestBody
 from llmos.security.paths import check_file, check_sources
 from llmos.security.rbac import CREATE, READ, Principal
 from llmos.store.artifact_service import ArtifactService
@@ -44,10 +45,9 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-class IngestRequest(BaseModel):
+class IngestRequest(RequestBody):
     """Start an ingest job."""
 
-    model_config = ConfigDict(extra="forbid")
     dataset: str = Field(min_length=1, max_length=100)
     sources: list[str] = Field(min_length=1, max_length=1000,
                                description="Files, folders or globs on the llmos host.")
@@ -61,8 +61,7 @@ class IngestRequest(BaseModel):
                              description="The team the dataset belongs to (default: yours).")
 
 
-class ShardIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ShardIn(RequestBody):
     artifact_id: int = Field(ge=1, le=2**31 - 1)
     split: str = Field(pattern=r"^(train|validation|test)$")
     rows: int = Field(ge=0)
@@ -71,10 +70,9 @@ class ShardIn(BaseModel):
     name: str = Field(min_length=1, max_length=255)
 
 
-class VersionIn(BaseModel):
+class VersionIn(RequestBody):
     """A finished ingest registers its result (used by the data.ingest program)."""
 
-    model_config = ConfigDict(extra="forbid")
     content_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     shards: list[ShardIn] = Field(max_length=100_000)
     schema_: dict[str, str] = Field(alias="schema")
@@ -132,7 +130,7 @@ class DatasetService:
         if ds is None:
             return who.home_team(req.team, CREATE, "datasets")
         if not who.can(READ, ds.team):
-            raise Conflict(f"the dataset name {req.dataset!r} is taken")
+            raise Forbidden(f"the dataset name {req.dataset!r} is taken by another team")
         who.check(CREATE, ds.team, f"dataset {req.dataset}")
         if req.team is not None and req.team != ds.team:
             raise InvalidRequest(f"dataset {req.dataset} belongs to team {ds.team}, "
@@ -161,7 +159,7 @@ class DatasetService:
         with self.db.session() as s:
             ds = s.scalars(select(Dataset).where(Dataset.name == name)).first()
             if ds is not None and not who.can(READ, ds.team):
-                raise Conflict(f"the dataset name {name!r} is taken")
+                raise Forbidden(f"the dataset name {name!r} is taken by another team")
             team = ds.team if ds is not None else who.home_team(None, CREATE, "datasets")
             who.check(CREATE, team, f"dataset {name}")
             rows = s.execute(select(Artifact.id, Artifact.team)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import ssl
 import sys
 import threading
 import time
@@ -252,7 +253,8 @@ class _Api:
         if not self.url:
             raise RuntimeError("this job has no llmos API to reach")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, verify=self.ca or True,
+        verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+        return httpx.Client(base_url=self.url, headers=headers, verify=verify,
                             timeout=httpx.Timeout(30.0, read=600.0))
 
     def send(self, method: str, path: str, content=None, **kwargs):

@@ -16,11 +16,12 @@ import enum
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmos.kernel.resources import Request
+from llmos.schema import RequestBody
 from llmos.store.models import Job, JobDependency, JobTransition, utcnow
 
 
@@ -59,8 +60,7 @@ PriorityClass = Literal["high", "normal", "low"]
 PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
 
 
-class ResourceSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResourceSpec(RequestBody):
 
     cpu: float = Field(default=1.0, gt=0, le=4096, description="CPU cores (fractions allowed).")
     memory_mb: int | None = Field(default=None, gt=0, description="Memory limit in MB.")
@@ -76,10 +76,9 @@ class ResourceSpec(BaseModel):
         )
 
 
-class JobSpec(BaseModel):
+class JobSpec(RequestBody):
     """What a user submits."""
 
-    model_config = ConfigDict(extra="forbid")
 
     program: str = Field(min_length=1, max_length=1000)
     params: dict[str, Any] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,8 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if verify is None:
             verify = str(settings.ca_bundle.expanduser()) if settings.ca_bundle else True
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify,
                                   timeout=httpx.Timeout(timeout, read=600.0))
         self.jobs = Jobs(self)

@@ -43,7 +43,7 @@ class FailureThrottle:
                 return 0.0
             if rec.failures < self.free:
                 return 0.0
-            delay = min(self.max_delay_s, 2.0 ** (rec.failures - self.free))
+            delay = min(self.max_delay_s, 2.0 ** min(rec.failures - self.free, 30))
             return max(0.0, rec.last + delay - now)
 
     def failed(self, address: str) -> None:

@@ -65,8 +65,9 @@ class TokenService:
             principal = hit[0]
         else:
             principal = self._load(key)
-            with self._lock:
-                self._cache[key] = (principal, now + CACHE_S)
+            if principal.job_id is None:  # a job's token dies with the job: check each time
+                with self._lock:
+                    self._cache[key] = (principal, now + CACHE_S)
         with self._lock:
             if len(self._known) >= KNOWN_GOOD_MAX:
                 self._known.clear()
@@ -122,6 +123,7 @@ class TokenService:
         """Forget cached principals (after any change to users, teams or tokens)."""
         with self._lock:
             self._cache.clear()
+            self._known.clear()
 
     # -- management -------------------------------------------------------------------
 

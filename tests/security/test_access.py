@@ -1,0 +1,284 @@
+"""Every route × every role × own team / other team, through a live daemon.
+
+Team "red" has one user per role (viewer, developer, maintainer, admin) and "outsider"
+belongs to no team; team "blue" has its own jobs, artifacts and datasets. For each route
+the table says what it needs; each principal then calls it on a red resource (its own
+team) and on a blue one (another team). Allowed calls succeed; refusals are 403 or 404
+with a message, never a 500; nothing of blue is ever read or changed from red, and lists
+show only what the caller may see. A route missing from the table fails the test, so
+every new route must say who may call it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+
+from live import LiveDaemon, program
+from llmos.sdk import Client
+
+ROLES = ["viewer", "developer", "maintainer", "admin"]
+PRINCIPALS = ROLES + ["outsider"]
+RANK = {"viewer": 1, "developer": 2, "maintainer": 3, "admin": 4, "outsider": 0}
+# What a route needs: a least team role; "any" authenticated principal; "sysadmin" (a
+# system administrator); "self" (only about oneself).
+NEEDS = ("any", "viewer", "developer", "maintainer", "admin", "sysadmin", "self")
+
+
+@dataclass
+class World:
+    live: LiveDaemon
+    tokens: dict[str, str]  # principal -> token
+    res: dict[str, dict]  # team -> its resources
+    fresh: Callable[[str], int]  # team -> a new cancellable job id of that team
+    counter: itertools.count
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    home = tmp_path_factory.mktemp("access") / "home"
+    inbox = tmp_path_factory.mktemp("inbox")
+    home.mkdir()
+    (inbox / "a.txt").write_text("one short document for the ingest cases\n")
+    live = LiveDaemon(home, env={"LLMOS_INGEST_ROOTS": str(inbox)}).start()
+    admin = live.client
+    for team in ("red", "blue"):
+        admin.teams.create(team)
+    tokens = {role: admin.users.create(f"red-{role}", team="red", role=role)["token"]
+              for role in ROLES}
+    tokens["outsider"] = admin.users.create("outsider")["token"]
+    admin.users.create("newcomer")  # whom team admins add and remove
+    makers = {"red": Client(live.url, token=tokens["developer"]),
+              "blue": Client(live.url, token=admin.users.create(
+                  "blue-developer", team="blue", role="developer")["token"])}
+    res: dict[str, dict] = {"inbox": {"path": str(inbox)}}
+    for team, c in makers.items():
+        job = c.jobs.submit("noop")
+        live.wait_job(job["id"])
+        anchor = c.jobs.submit(program("sleep_long"), {"seconds": 600}, cpu=0.05,
+                               memory_mb=64)
+        art = c.artifacts.put(b"bytes of " + team.encode(), name=f"{team}.txt")
+        report = c.artifacts.put(b"{}", name=f"{team}-report.json")
+        with live.http(c.token) as http:
+            for _ in range(2):
+                assert http.post(f"/v1/datasets/{team}-data/versions", json={
+                    "content_hash": "0" * 64, "schema": {"text": "string"}, "stats": {},
+                    "lineage": {}, "shards": [], "report_artifact_id": report["id"],
+                }).status_code == 201
+        token = c.tokens.create(f"{team}-spare")
+        res[team] = {"job": job["id"], "anchor": anchor["id"], "artifact": art["id"],
+                     "dataset": f"{team}-data", "token": token["id"]}
+
+    def fresh(team: str) -> int:
+        return makers[team].jobs.submit("noop", depends_on=[res[team]["anchor"]],
+                                        cpu=0.05, memory_mb=64)["id"]
+
+    yield World(live, tokens, res, fresh, itertools.count())
+    for c in makers.values():
+        c.close()
+    live.stop()
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    route: str
+    need: str
+    # (world, team, principal) -> (path, request kwargs); team is "red" (own) or "blue".
+    call: Callable[[World, str, str], tuple[str, dict]]
+    other_status: int = 404  # what a red principal gets for blue's resource
+    lists: str | None = None  # a list route: the JSON key holding the items
+
+
+def _r(w: World, team: str, key: str):
+    return w.res[team][key]
+
+
+def _new(w: World, prefix: str) -> str:
+    return f"{prefix}-{next(w.counter)}"
+
+
+CASES = [
+    Case("GET", "/v1/resources", "any", lambda w, t, p: ("/v1/resources", {})),
+    Case("GET", "/v1/auth/whoami", "any", lambda w, t, p: ("/v1/auth/whoami", {})),
+    # -- users, teams, tokens
+    Case("POST", "/v1/users", "sysadmin",
+         lambda w, t, p: ("/v1/users", {"json": {"name": _new(w, "u"), "team": t}}), 403),
+    Case("GET", "/v1/users", "sysadmin", lambda w, t, p: ("/v1/users", {}), 403),
+    Case("GET", "/v1/users/{name}", "self", lambda w, t, p: (
+        f"/v1/users/{'red-' + p if p != 'outsider' else p}" if t == "red"
+        else "/v1/users/blue-developer", {}), 403),
+    Case("POST", "/v1/users/{name}/disable", "sysadmin",
+         lambda w, t, p: (f"/v1/users/{t}-developer/disable", {}), 403),
+    Case("POST", "/v1/users/{name}/enable", "sysadmin",
+         lambda w, t, p: (f"/v1/users/{t}-developer/enable", {}), 403),
+    Case("POST", "/v1/teams", "sysadmin",
+         lambda w, t, p: ("/v1/teams", {"json": {"name": _new(w, "team")}}), 403),
+    Case("GET", "/v1/teams", "any", lambda w, t, p: ("/v1/teams", {}), lists="teams"),
+    Case("GET", "/v1/teams/{name}", "viewer", lambda w, t, p: (f"/v1/teams/{t}", {})),
+    Case("PUT", "/v1/teams/{name}/members/{user}", "admin",
+         lambda w, t, p: (f"/v1/teams/{t}/members/newcomer", {"json": {"role": "viewer"}})),
+    Case("DELETE", "/v1/teams/{name}/members/{user}", "admin",
+         lambda w, t, p: (_newcomer_in(w, t), {})),
+    Case("PUT", "/v1/teams/{name}/quota", "sysadmin",
+         lambda w, t, p: (f"/v1/teams/{t}/quota", {"json": {"cpu": 2}}), 403),
+    Case("POST", "/v1/tokens", "self", lambda w, t, p: (
+        "/v1/tokens", {"json": {"name": "x"} if t == "red" else
+                       {"name": "x", "user": "blue-developer"}}), 403),
+    Case("GET", "/v1/tokens", "self", lambda w, t, p: (
+        "/v1/tokens", {} if t == "red" else {"params": {"user": "blue-developer"}}), 403,
+        lists="tokens"),
+    Case("DELETE", "/v1/tokens/{token_id}", "self", lambda w, t, p: (
+        f"/v1/tokens/{_own_token(w, p) if t == 'red' else _r(w, 'blue', 'token')}", {})),
+    # -- jobs
+    Case("POST", "/v1/jobs", "developer",
+         lambda w, t, p: ("/v1/jobs", {"json": {"program": "noop", "team": t}}), 403),
+    Case("POST", "/v1/jobs/batch", "developer", lambda w, t, p: (
+        "/v1/jobs/batch", {"json": {"jobs": [{"program": "noop", "team": t}]}}), 403),
+    Case("GET", "/v1/jobs", "any", lambda w, t, p: ("/v1/jobs", {"params": {"limit": 1000}}),
+         lists="jobs"),
+    Case("GET", "/v1/jobs/{job_id}", "viewer",
+         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}", {})),
+    Case("POST", "/v1/jobs/{job_id}/cancel", "developer",
+         lambda w, t, p: (f"/v1/jobs/{w.fresh(t)}/cancel", {})),
+    Case("GET", "/v1/jobs/{job_id}/metrics", "viewer",
+         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}/metrics", {})),
+    Case("GET", "/v1/jobs/{job_id}/logs", "viewer",
+         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}/logs", {})),
+    # -- artifacts and keys
+    Case("POST", "/v1/artifacts", "developer", lambda w, t, p: (
+        "/v1/artifacts", {"params": {"name": "up.txt", "team": t}, "content": b"x"}), 403),
+    Case("GET", "/v1/artifacts", "any",
+         lambda w, t, p: ("/v1/artifacts", {"params": {"limit": 1000}}), lists="artifacts"),
+    Case("GET", "/v1/artifacts/{artifact_id}", "viewer",
+         lambda w, t, p: (f"/v1/artifacts/{_r(w, t, 'artifact')}", {})),
+    Case("GET", "/v1/artifacts/{artifact_id}/content", "viewer",
+         lambda w, t, p: (f"/v1/artifacts/{_r(w, t, 'artifact')}/content", {})),
+    Case("POST", "/v1/keys/rotate", "sysadmin", lambda w, t, p: ("/v1/keys/rotate", {}), 403),
+    # -- datasets
+    Case("POST", "/v1/datasets/ingest", "developer", lambda w, t, p: (
+        "/v1/datasets/ingest", {"json": {"dataset": _new(w, f"{t}-ingest"), "team": t,
+                                         "sources": [_r(w, "inbox", "path")],
+                                         "resources": {"cpu": 0.1, "memory_mb": 512}}}), 403),
+    Case("GET", "/v1/datasets", "any", lambda w, t, p: ("/v1/datasets", {}), lists="datasets"),
+    Case("GET", "/v1/datasets/{name}", "viewer",
+         lambda w, t, p: (f"/v1/datasets/{t}-data", {})),
+    Case("POST", "/v1/datasets/{name}/versions", "developer", lambda w, t, p: (
+        f"/v1/datasets/{t}-data/versions", {"json": {
+            "content_hash": "1" * 64, "schema": {}, "stats": {}, "lineage": {}, "shards": []}}),
+        403),
+    Case("GET", "/v1/datasets/{name}/versions/{version}", "viewer",
+         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1", {})),
+    Case("GET", "/v1/datasets/{name}/versions/{version}/head", "viewer",
+         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/latest/head", {})),
+    Case("GET", "/v1/datasets/{name}/versions/{version}/report", "viewer",
+         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1/report", {})),
+    Case("GET", "/v1/datasets/{name}/diff", "viewer", lambda w, t, p: (
+        f"/v1/datasets/{t}-data/diff", {"params": {"from": 1, "to": 2}})),
+    # -- audit
+    Case("GET", "/v1/audit", "sysadmin", lambda w, t, p: ("/v1/audit", {}), 403),
+    Case("GET", "/v1/audit/verify", "sysadmin", lambda w, t, p: ("/v1/audit/verify", {}), 403),
+]
+
+
+def _newcomer_in(w: World, team: str) -> str:
+    """The path removing "newcomer" from ``team``, having made them a member of red."""
+    if team == "red":
+        w.live.client.teams.set_member("red", "newcomer", "viewer")
+    return f"/v1/teams/{team}/members/newcomer"
+
+
+def _own_token(w: World, principal: str) -> int:
+    with Client(w.live.url, token=w.tokens[principal]) as c:
+        return c.tokens.create("to-revoke")["id"]
+
+
+def _allowed(need: str, principal: str, team: str) -> bool:
+    if need == "sysadmin":
+        return False
+    if need == "any":  # the same call whatever the team: it only shows what one may see
+        return True
+    if need == "self":
+        return team == "red"
+    return team == "red" and RANK[principal] >= RANK[need]
+
+
+def _expected_refusal(case: Case, principal: str, team: str) -> int:
+    if case.need == "sysadmin":
+        return 403
+    if team == "blue":
+        return case.other_status
+    if principal == "outsider":  # red is not its team: red's things do not exist for it
+        return 403 if case.other_status == 403 else 404
+    return 403
+
+
+def test_the_table_covers_every_route(world):
+    with world.live.http() as http:
+        schema = http.get("/openapi.json").json()
+    routes = {(m.upper(), path) for path, ops in schema["paths"].items() for m in ops
+              if path != "/healthz"}
+    table = {(c.method, c.route) for c in CASES}
+    assert routes - table == set(), "routes with no access rule in this test"
+    assert table - routes == set(), "rules for routes that no longer exist"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method} {c.route}")
+def test_every_route_for_every_role_in_own_and_other_team(world, case):
+    for principal, team in itertools.product(PRINCIPALS, ("red", "blue")):
+        path, kwargs = case.call(world, team, principal)
+        with world.live.http(world.tokens[principal]) as http:
+            resp = http.request(case.method, path, **kwargs)
+        who = f"{principal} on {team}: {case.method} {path}"
+        assert resp.status_code < 500, f"{who} -> {resp.status_code} {resp.text}"
+        if _allowed(case.need, principal, team):
+            assert resp.status_code < 300, f"{who} -> {resp.status_code} {resp.text}"
+            if case.lists:
+                _only_visible(world, case.lists, resp.json(), principal)
+        else:
+            expected = _expected_refusal(case, principal, team)
+            assert resp.status_code == expected, f"{who} -> {resp.status_code} {resp.text}"
+            error = resp.json()["error"]
+            assert error["code"] == expected and error["message"], who
+
+
+def _only_visible(world: World, key: str, body: dict, principal: str) -> None:
+    items = body[key]
+    blue = world.res["blue"]
+    if key == "jobs":
+        assert all(j["team"] == "red" for j in items) and blue["job"] not in {
+            j["id"] for j in items}
+    elif key == "artifacts":
+        assert all(a["team"] == "red" for a in items)
+    elif key == "datasets":
+        assert all(d["team"] == "red" for d in items)
+    elif key == "teams":
+        assert [t["name"] for t in items] == ([] if principal == "outsider" else ["red"])
+    elif key == "tokens":
+        assert {t["user"] for t in items} <= {f"red-{principal}", principal}
+    if principal == "outsider" and key != "tokens":
+        assert items == []
+
+
+def test_a_developer_cancels_only_their_own_jobs_and_a_maintainer_anyones(world):
+    second = world.live.client.users.create("red-developer-2", team="red", role="developer")
+    job = world.fresh("red")  # red-developer's
+    with world.live.http(second["token"]) as http:
+        resp = http.post(f"/v1/jobs/{job}/cancel")
+        assert resp.status_code == 403
+        assert "to manage job" in resp.json()["error"]["message"]
+    with world.live.http(world.tokens["maintainer"]) as http:
+        assert http.post(f"/v1/jobs/{job}/cancel").json()["state"] == "CANCELLED"
+
+
+def test_nothing_of_blue_changed_after_the_whole_table(world):
+    with world.live.http() as http:
+        assert http.get(f"/v1/jobs/{world.res['blue']['anchor']}").json()["state"] == "RUNNING"
+        versions = http.get("/v1/datasets/blue-data").json()["versions"]
+        assert [v["version"] for v in versions] == [1, 2]
+        tokens = http.get("/v1/tokens", params={"user": "blue-developer"}).json()["tokens"]
+        assert world.res["blue"]["token"] in {t["id"] for t in tokens}
+        assert http.get("/v1/teams/blue").json()["members"] == {"blue-developer": "developer"}
