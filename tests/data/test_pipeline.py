@@ -241,3 +241,31 @@ def test_glob_sources_and_missing_source(tmp_path):
         run([str(tmp_path / "z*.txt")], parse_recipe({}), tmp_path / "w2")
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         run([str(tmp_path / "nope")], parse_recipe({}), tmp_path / "w3")
+
+
+def test_other_fields_are_kept_as_typed_columns_for_ner_and_chat_data(tmp_path):
+    ner = [{"tokens": ["John", "lives", "in", "Paris"], "tags": ["B-PER", "O", "O", "B-LOC"]},
+           {"tokens": ["Acme", "Corp", "hired", "Bob"], "tags": ["B-ORG", "I-ORG", "O", "B-PER"]}]
+    chat = [{"messages": [{"role": "user", "content": "Say hi"},
+                          {"role": "assistant", "content": "Hi!"}]}]
+    (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in ner))
+    pq.write_table(pa.Table.from_pylist(chat), tmp_path / "chat.parquet")
+    one_split = {"split": {"train": 1.0}}
+    result = run([str(tmp_path / "ner.jsonl")], parse_recipe(
+        {"text_field": "tokens", "fields": ["tokens", "tags"], **one_split}), tmp_path / "w1")
+    assert result.schema["tokens"] == result.schema["tags"] == "list<item: string>"
+    got = sorted((r["text"], r["tokens"], r["tags"]) for r in rows(result))
+    assert got[0] == ("Acme Corp hired Bob", ["Acme", "Corp", "hired", "Bob"],
+                      ["B-ORG", "I-ORG", "O", "B-PER"])
+    result = run([str(tmp_path / "chat.parquet")], parse_recipe(
+        {"text_field": "messages", "fields": ["messages"], **one_split}), tmp_path / "w2")
+    assert rows(result)[0]["messages"] == chat[0]["messages"]
+    assert rows(result)[0]["text"] == "Say hi\nHi!"
+
+
+def test_a_kept_field_of_mixed_kinds_fails_the_ingest_naming_it(tmp_path):
+    from llmos.data.pipeline import FieldTypeError
+
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a", "n": [1, 2]}\n{"text": "b", "n": "x"}\n')
+    with pytest.raises(FieldTypeError, match="field 'n' holds values of different kinds"):
+        run([str(tmp_path / "mixed.jsonl")], parse_recipe({"fields": ["n"]}), tmp_path / "w")

@@ -18,6 +18,7 @@ This module knows nothing of jobs or the store: ``program`` connects it to them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections import deque
@@ -103,6 +104,7 @@ class _Worker:
         fp = self.signer.fingerprints(texts)
         return {"n_in": n_in, "text": texts, "source": [d.source for d in docs],
                 "label": [d.label for d in docs], "lang": [d.lang for d in docs],
+                "extra": [d.extra for d in docs],
                 "content": fp.content, "bands": fp.bands, "tally": tally.counts}
 
 
@@ -151,12 +153,14 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
     files = expand_sources(sources)
     counters = Counters(files_total=len(files), bytes_total=sum(f.stat().st_size for f in files))
     reports = [FileReport(path=str(f)) for f in files]
-    reader = FileReader(recipe.text_field, recipe.label_field, recipe.readers, workdir / "tmp")
+    reader = FileReader(recipe.text_field, recipe.label_field, recipe.readers, workdir / "tmp",
+                        recipe.fields)
     worker = _Worker(recipe) if workers <= 1 else None
 
     spill_path = workdir / "spill.arrow"
     spill_schema = pa.schema([("text", pa.string()), ("source", pa.string()),
-                              ("label", pa.string()), ("lang", pa.string())])
+                              ("label", pa.string()), ("lang", pa.string()),
+                              ("extra", pa.string())])
     contents, bands = [], []
     last_report = 0.0
     with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, spill_schema) as spill:
@@ -166,7 +170,8 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
             counters.documents_kept += len(out["text"])
             if out["text"]:
                 spill.write_batch(pa.record_batch(
-                    [pa.array(out[c], pa.string()) for c in ("text", "source", "label", "lang")],
+                    [pa.array(out[c], pa.string())
+                     for c in ("text", "source", "label", "lang", "extra")],
                     schema=spill_schema))
                 contents.append(out["content"])
                 if out["bands"] is not None:
@@ -214,6 +219,47 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
     return Result(shards, schema, stats, report, inputs, digest.hexdigest())
 
 
+def _field_types(spill, names: list[str]) -> dict:
+    """The Arrow type of each kept field, from its values in the spill file (a field never
+    seen is a string column)."""
+    import pyarrow as pa
+
+    samples: dict[str, list] = {n: [] for n in names}
+    for i in range(spill.num_record_batches):
+        if all(len(v) >= 1000 for v in samples.values()):
+            break
+        for raw in spill.get_batch(i).column("extra").to_pylist():
+            record = json.loads(raw) if raw else {}
+            for n in names:
+                if record.get(n) is not None and len(samples[n]) < 1000:
+                    samples[n].append(record[n])
+    types = {}
+    for n, values in samples.items():
+        try:
+            types[n] = pa.array(values).type if values else pa.string()
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise FieldTypeError(f"field {n!r} holds values of different kinds ({e})") from None
+    return types
+
+
+def _add_fields(cols: dict, extras: list, types: dict) -> None:
+    import pyarrow as pa
+
+    records = [json.loads(raw) if raw else {} for raw in extras]
+    for n, t in types.items():
+        values = [r.get(n) for r in records]
+        try:
+            pa.array(values, type=t)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise FieldTypeError(f"field {n!r} holds values of different kinds: "
+                                 f"expected {t} ({e})") from None
+        cols[n] = values
+
+
+class FieldTypeError(ValueError):
+    """A kept field whose values do not share one type (the ingest fails, naming it)."""
+
+
 def _batches(files: list[Path], reports: list[FileReport], reader: FileReader,
              counters: Counters) -> Iterator[list[Doc]]:
     batch: list[Doc] = []
@@ -259,6 +305,9 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
         for a in annotators:
             for name, kind in a.columns.items():
                 fields.append((name, pa.int32() if kind == "int32" else pa.list_(pa.string())))
+        kept_types = _field_types(spill, recipe.fields)
+        counted_tokens = recipe.step(r.Tokenize) is not None
+        fields += list(kept_types.items())
         schema = pa.schema(fields)
         writer = _ShardWriter(workdir / "shards", schema, recipe.shard_mb << 20)
         stats = {"splits": {}}
@@ -278,6 +327,8 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
                 cols["label"] = kept.column("label").to_pylist()
             if langs_present:
                 cols["lang"] = kept.column("lang").to_pylist()
+            if kept_types:
+                _add_fields(cols, kept.column("extra").to_pylist(), kept_types)
             for a in annotators:
                 a.apply(cols["text"], cols)
             split_codes = codes[rows[keep]]
@@ -286,7 +337,7 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
                 if len(sel):
                     part = {k: [v[j] for j in sel] for k, v in cols.items()}
                     writer.add(split, pa.table(part, schema=schema))
-                    _count(stats["splits"], split, part)
+                    _count(stats["splits"], split, part, counted_tokens)
         shards = writer.close()
     schema_out = {f.name: str(f.type) for f in schema}
     totals = {"documents": 0, "text_bytes": 0}
@@ -317,11 +368,11 @@ def _label_codes(spill) -> np.ndarray:
     return np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
 
 
-def _count(split_stats: dict, split: str, part: dict) -> None:
+def _count(split_stats: dict, split: str, part: dict, counted_tokens: bool) -> None:
     s = split_stats.setdefault(split, {"documents": 0, "text_bytes": 0})
     s["documents"] += len(part["text"])
     s["text_bytes"] += sum(len(t.encode("utf-8", "surrogatepass")) for t in part["text"])
-    if "tokens" in part:
+    if counted_tokens:  # the tokenize annotation's counts (not a kept "tokens" field)
         s["tokens"] = s.get("tokens", 0) + int(sum(part["tokens"]))
     if "label" in part:
         labels = s.setdefault("labels", {})

@@ -44,18 +44,19 @@ class BadFile(Exception):
 class Doc:
     """One document on its way through the pipeline."""
 
-    __slots__ = ("text", "source", "label", "is_html", "lang")
+    __slots__ = ("text", "source", "label", "is_html", "lang", "extra")
 
     def __init__(self, text: str, source: str, label: str | None = None,
-                 is_html: bool = False, lang: str | None = None):
+                 is_html: bool = False, lang: str | None = None, extra: str | None = None):
         self.text = text
         self.source = source
         self.label = label
         self.is_html = is_html
         self.lang = lang
+        self.extra = extra  # the recipe's other fields of the record, as a JSON object
 
     def __reduce__(self):
-        return Doc, (self.text, self.source, self.label, self.is_html, self.lang)
+        return Doc, (self.text, self.source, self.label, self.is_html, self.lang, self.extra)
 
 
 @dataclass
@@ -107,9 +108,10 @@ class FileReader:
     """Reads one file at a time into documents; ``tmp_dir`` holds decompressed copies."""
 
     def __init__(self, text_field: str, label_field: str | None, options: Readers,
-                 tmp_dir: Path):
+                 tmp_dir: Path, fields: list[str] = ()):
         self.text_field = text_field
         self.label_field = label_field
+        self.fields = list(fields)
         self.options = options
         self.tmp_dir = Path(tmp_dir)
 
@@ -266,15 +268,13 @@ class FileReader:
         names = pf.schema_arrow.names
         if self.text_field not in names:
             raise BadFile(f"no {self.text_field!r} column (columns: {', '.join(names)})")
-        columns = [self.text_field] + ([self.label_field] if self.label_field in names else [])
+        wanted = [self.text_field, self.label_field, *self.fields]
+        columns = list(dict.fromkeys(c for c in wanted if c in names))
         row = 0
         for batch in pf.iter_batches(columns=columns, batch_size=4096):
             cols = batch.to_pydict()
-            labels = cols.get(self.label_field) if self.label_field else None
-            for i, text in enumerate(cols[self.text_field]):
-                record = {self.text_field: text}
-                if labels is not None:
-                    record[self.label_field] = labels[i]
+            for i in range(batch.num_rows):
+                record = {c: cols[c][i] for c in columns}
                 yield from self._record(record, f"{source}#{row}", report)
                 row += 1
 
@@ -282,11 +282,14 @@ class FileReader:
         if isinstance(record, _BadLine):
             report.bad_record(where, record.reason)
             return
+        extra = None
         if isinstance(record, str):
             text, label = record, None
         elif isinstance(record, dict):
-            text = record.get(self.text_field)
+            text = _as_text(record.get(self.text_field))
             label = record.get(self.label_field) if self.label_field else None
+            if self.fields:
+                extra = json.dumps({f: record.get(f) for f in self.fields}, ensure_ascii=False)
         else:
             report.bad_record(where, "not an object")
             return
@@ -295,13 +298,24 @@ class FileReader:
             return
         if label is not None and not isinstance(label, str):
             label = json.dumps(label) if isinstance(label, (list, dict)) else str(label)
-        yield self._doc(text, where, label, report)
+        yield self._doc(text, where, label, report, extra=extra)
 
     @staticmethod
     def _doc(text: str, source: str, label: str | None, report: FileReport,
-             is_html: bool = False) -> Doc:
+             is_html: bool = False, extra: str | None = None) -> Doc:
         report.documents += 1
-        return Doc(text, source, label, is_html)
+        return Doc(text, source, label, is_html, extra=extra)
+
+
+def _as_text(value):
+    """The text of a record's text field: a string as it is; a list of words (NER data) joined
+    by spaces; a list of chat messages ({role, content}) joined by lines."""
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return " ".join(value)
+        if all(isinstance(v, dict) and isinstance(v.get("content"), str) for v in value):
+            return "\n".join(v["content"] for v in value)
+    return value
 
 
 class _BadLine:

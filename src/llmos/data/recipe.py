@@ -2,6 +2,7 @@
 
     text_field: text            # jsonl / json / csv / parquet: the column holding the text
     label_field: label          # optional: a class label, used for stratified splits
+    fields: [tokens, tags]      # optional: other fields kept as columns, unchanged
     steps:
       - html_to_text
       - fix_unicode
@@ -241,15 +242,45 @@ class Readers(BaseModel):
     max_document_mb: int = Field(64, ge=1, le=1024)
 
 
+RESERVED_COLUMNS = frozenset({"id", "text", "source", "label", "lang"})
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text_field: str = "text"
     label_field: str | None = None
+    # Other fields of each record kept as columns of the same name, unchanged (e.g. the
+    # tokens and BIO tags of NER data, or the messages of chat data).
+    fields: list[str] = Field(default_factory=list, max_length=64)
     steps: list[_Step] = []
     split: Split = Split()
     readers: Readers = Readers()
     shard_mb: int = Field(128, ge=1, le=4096)
     workers: int | None = Field(None, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _fields_clash_with_annotations(self) -> Recipe:
+        written = {"tokens"} if self.step(Tokenize) else set()
+        if self.step(Segment):
+            written |= {"words", "pos"}
+        clash = sorted(written & set(self.fields))
+        if clash:
+            raise ValueError(f"fields: {', '.join(clash)} would clash with the column an "
+                             "annotation step writes; rename the field or drop the step")
+        return self
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", name):
+                raise ValueError(f"{name!r} is not a column name (letters, digits, '_')")
+            if name in RESERVED_COLUMNS:
+                raise ValueError(f"{name!r} is a column llmos writes itself "
+                                 f"({', '.join(sorted(RESERVED_COLUMNS))})")
+        if len(set(names)) != len(names):
+            raise ValueError("a field is named twice")
+        return names
 
     def phase(self, name: str) -> list[_Step]:
         return [s for s in self.steps if s.phase == name]
