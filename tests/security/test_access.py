@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from live import LiveDaemon, program
 from llmos.sdk import Client
+from offline_models import minilm_dir
 
 ROLES = ["viewer", "developer", "maintainer", "admin"]
 PRINCIPALS = ROLES + ["outsider"]
@@ -35,6 +37,7 @@ class World:
     res: dict[str, dict]  # team -> its resources
     fresh: Callable[[str], int]  # team -> a new cancellable job id of that team
     counter: itertools.count
+    makers: dict[str, Client]  # team -> its developer's client
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,7 @@ def world(tmp_path_factory) -> World:
     inbox = tmp_path_factory.mktemp("inbox")
     home.mkdir()
     (inbox / "a.txt").write_text("one short document for the ingest cases\n")
+    tiny_bert(inbox / "tiny-bert")
     live = LiveDaemon(home, env={"LLMOS_INGEST_ROOTS": str(inbox)}).start()
     admin = live.client
     for team in ("red", "blue"):
@@ -71,12 +75,14 @@ def world(tmp_path_factory) -> World:
         token = c.tokens.create(f"{team}-spare")
         res[team] = {"job": job["id"], "anchor": anchor["id"], "artifact": art["id"],
                      "dataset": f"{team}-data", "token": token["id"]}
+        for _ in range(2):
+            register(live, c, f"{team}-model")
 
     def fresh(team: str) -> int:
         return makers[team].jobs.submit("noop", depends_on=[res[team]["anchor"]],
                                         cpu=0.05, memory_mb=64)["id"]
 
-    yield World(live, tokens, res, fresh, itertools.count())
+    yield World(live, tokens, res, fresh, itertools.count(), makers)
     for c in makers.values():
         c.close()
     live.stop()
@@ -178,10 +184,90 @@ CASES = [
          lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1/report", {})),
     Case("GET", "/v1/datasets/{name}/diff", "viewer", lambda w, t, p: (
         f"/v1/datasets/{t}-data/diff", {"params": {"from": 1, "to": 2}})),
+    # -- the model registry
+    Case("POST", "/v1/registry/models/import", "developer", lambda w, t, p: (
+        "/v1/registry/models/import", {"json": {
+            "name": _new(w, f"{t}-imported"), "team": t, "source": _r(w, "inbox", "path") +
+            "/tiny-bert", "resources": {"cpu": 0.2, "memory_mb": 2048}}}), 403),
+    Case("GET", "/v1/registry/models", "any", lambda w, t, p: ("/v1/registry/models", {}),
+         lists="models"),
+    Case("GET", "/v1/registry/models/{name}", "viewer",
+         lambda w, t, p: (f"/v1/registry/models/{t}-model", {})),
+    Case("DELETE", "/v1/registry/models/{name}", "maintainer",
+         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'model')}", {})),
+    Case("POST", "/v1/registry/models/{name}/versions", "developer", lambda w, t, p: (
+        f"/v1/registry/models/{t}-model/versions", {"json": _version_body(w)}), 403),
+    Case("GET", "/v1/registry/models/{name}/versions/{ref}", "viewer",
+         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/latest", {})),
+    Case("DELETE", "/v1/registry/models/{name}/versions/{ref}", "maintainer",
+         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'version')}", {})),
+    Case("GET", "/v1/registry/models/{name}/versions/{ref}/card", "viewer",
+         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/1/card", {})),
+    Case("POST", "/v1/registry/models/{name}/versions/{ref}/metrics", "developer",
+         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/1/metrics",
+                          {"json": {"key": "eval", "metrics": {"accuracy": 0.5}}})),
+    Case("PUT", "/v1/registry/models/{name}/aliases/{alias}", "maintainer",
+         lambda w, t, p: (f"/v1/registry/models/{t}-model/aliases/staging",
+                          {"json": {"version": 1}})),
+    Case("DELETE", "/v1/registry/models/{name}/aliases/{alias}", "maintainer",
+         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'alias')}", {})),
     # -- audit
     Case("GET", "/v1/audit", "sysadmin", lambda w, t, p: ("/v1/audit", {}), 403),
     Case("GET", "/v1/audit/verify", "sysadmin", lambda w, t, p: ("/v1/audit/verify", {}), 403),
 ]
+
+
+def register(live: LiveDaemon, c: Client, name: str) -> int:
+    """A version of model ``name`` made of one small file (what an import job registers)."""
+    data = b'{"model_type": "bert"}'
+    art = c.artifacts.put(data, name="config.json")
+    info = {"architecture": "BertModel", "model_type": "bert", "task": "encoder",
+            "parameters": 0, "dtypes": [], "size_bytes": len(data), "weight_files": [],
+            "tokenizer_files": [], "vocab_size": None, "chat_template": False,
+            "context_length": None, "files": [{"path": "config.json", "size": len(data),
+                                               "sha256": art["sha256"]}]}
+    with live.http(c.token) as http:
+        resp = http.post(f"/v1/registry/models/{name}/versions", json={
+            "files": [{"path": "config.json", "artifact_id": art["id"]}], "info": info})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["version"]
+
+
+def tiny_bert(dest: Path) -> None:
+    """A 2-layer BERT with MiniLM's tokenizer: a real model folder, quick to import."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(dest)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(dest)
+
+
+def _version_body(w: World) -> dict:
+    """A registration whose file is an artifact of red (a blue name is refused first)."""
+    data = b'{"model_type": "bert", "n": %d}' % next(w.counter)
+    art = w.makers["red"].artifacts.put(data, name="config.json")
+    return {"files": [{"path": "config.json", "artifact_id": art["id"]}], "info": {
+        "architecture": "BertModel", "model_type": "bert", "task": "encoder", "parameters": 0,
+        "dtypes": [], "size_bytes": len(data), "weight_files": [], "tokenizer_files": [],
+        "vocab_size": None, "chat_template": False, "context_length": None,
+        "files": [{"path": "config.json", "size": len(data), "sha256": art["sha256"]}]}}
+
+
+def _model_target(w: World, team: str, what: str) -> str:
+    """A red model (or version, or alias) made for this call, or blue's existing one."""
+    if team == "blue":
+        return {"model": "blue-model", "version": "blue-model/versions/1",
+                "alias": "blue-model/aliases/prod"}[what]
+    if what == "model":
+        name = _new(w, "red-doomed")
+        register(w.live, w.makers["red"], name)
+        return name
+    if what == "version":
+        return f"red-model/versions/{register(w.live, w.makers['red'], 'red-model')}"
+    w.live.client.models.set_alias("red-model", "prod", 1)
+    return "red-model/aliases/prod"
 
 
 def _newcomer_in(w: World, team: str) -> str:
@@ -253,7 +339,7 @@ def _only_visible(world: World, key: str, body: dict, principal: str) -> None:
             j["id"] for j in items}
     elif key == "artifacts":
         assert all(a["team"] == "red" for a in items)
-    elif key == "datasets":
+    elif key in ("datasets", "models"):
         assert all(d["team"] == "red" for d in items)
     elif key == "teams":
         assert [t["name"] for t in items] == ([] if principal == "outsider" else ["red"])
@@ -282,3 +368,6 @@ def test_nothing_of_blue_changed_after_the_whole_table(world):
         tokens = http.get("/v1/tokens", params={"user": "blue-developer"}).json()["tokens"]
         assert world.res["blue"]["token"] in {t["id"] for t in tokens}
         assert http.get("/v1/teams/blue").json()["members"] == {"blue-developer": "developer"}
+        model = http.get("/v1/registry/models/blue-model").json()
+        assert [v["version"] for v in model["versions"]] == [1, 2] and model["aliases"] == {}
+        assert http.get("/v1/registry/models/blue-model/versions/1").json()["metrics"] == {}

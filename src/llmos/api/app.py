@@ -9,17 +9,20 @@ from typing import Callable
 from fastapi import FastAPI
 
 from llmos import __version__
-from llmos.api import artifacts, audit, datasets, errors, gate, identity, jobs, system
+from llmos.api import (artifacts, audit, datasets, errors, gate, identity, jobs, registry,
+                       system, training)
 from llmos.config import Settings, get_settings
 from llmos.data.datasets import DatasetService
 from llmos.kernel.daemon import Daemon
 from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
+from llmos.models.registry import ModelRegistry
 from llmos.security.audit import AuditLog
 from llmos.security.crypto import keyring_of
 from llmos.security.identity import Bootstrap, IdentityService
 from llmos.security.throttle import FailureThrottle
 from llmos.security.tokens import TokenService
+from llmos.train.service import TrainService
 from llmos.store import ArtifactStore, open_database
 from llmos.store.artifact_service import ArtifactService
 
@@ -50,6 +53,8 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
             db, ArtifactStore(settings.artifacts_dir, keyring=lambda: keyring_of(settings)),
             settings.max_upload_mb << 20)
         app.state.datasets = DatasetService(app.state.jobs, app.state.artifacts)
+        app.state.registry = ModelRegistry(app.state.artifacts, settings.home_dir / "models")
+        app.state.train = TrainService(app.state.jobs, app.state.registry, app.state.datasets)
         app.state.audit = AuditLog(db)
         first = app.state.identity.bootstrap()
         if first is not None:
@@ -82,5 +87,7 @@ def create_app(settings: Settings | None = None, node: NodeCapacity | None = Non
     app.include_router(artifacts.router)
     app.include_router(artifacts.keys_router)
     app.include_router(datasets.router)
+    app.include_router(registry.router)
+    app.include_router(training.router)
     app.include_router(audit.router)
     return app

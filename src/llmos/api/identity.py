@@ -177,7 +177,7 @@ def whoami(who: Principal = Who) -> WhoAmI:
     """Who the presented token stands for, with its roles and scopes."""
     return WhoAmI(name=who.name, is_admin=who.is_admin,
                   roles={t: r.label for t, r in sorted(who.roles.items())},
-                  scopes=sorted(who.scopes), team=who.team, job_id=who.job_id,
+                  scopes=sorted(who.scopes), team=who.team or who.home, job_id=who.job_id,
                   token_prefix=who.token_prefix, priority=who.priority,
                   rate_limit_rps=who.rate_limit_rps)
 

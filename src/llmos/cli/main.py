@@ -13,8 +13,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from llmos.cli import identity, render
+from llmos.cli import identity, render, train
 from llmos.cli.data import data_app
+from llmos.cli.models import models_app
 from llmos.cli.errors import UsageError
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
 
@@ -25,6 +26,7 @@ artifacts_app = typer.Typer(help="Immutable, content-addressed artifacts.", no_a
 app.add_typer(job_app, name="job")
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="Encryption keys for data at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
@@ -32,6 +34,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(identity.users_app, name="users")
 app.add_typer(identity.teams_app, name="teams")
 app.add_typer(identity.tokens_app, name="tokens")
+app.command()(train.train)
+app.command()(train.evaluate)
 app.command()(identity.login)
 app.command()(identity.logout)
 app.command()(identity.whoami)

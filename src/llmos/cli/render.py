@@ -115,7 +115,7 @@ def artifact_table(console: Console, arts: list[dict]) -> None:
 def progress_text(p: dict) -> str:
     """'1.2 GB/2.0 GB bytes  files 3/10  documents 120000' from a job's progress."""
     unit = p.get("unit")
-    fmt = _size if unit == "bytes" else (lambda v: f"{v:g}")
+    fmt = size_text if unit == "bytes" else (lambda v: f"{v:g}")
     text = fmt(p["done"]) + (f"/{fmt(p['total'])}" if p.get("total") else "")
     if unit and unit != "bytes":
         text += f" {unit}"
@@ -124,7 +124,7 @@ def progress_text(p: dict) -> str:
     return text
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -161,7 +161,7 @@ def dataset_removed(console: Console, stats: dict) -> None:
     """What each step removed or changed, by reason."""
     inp = stats.get("input", {})
     console.print(f"  read {inp.get('documents', 0)} documents from {inp.get('files', 0)} files "
-                  f"({_size(inp.get('bytes', 0))}); {inp.get('bad_files', 0)} bad files, "
+                  f"({size_text(inp.get('bytes', 0))}); {inp.get('bad_files', 0)} bad files, "
                   f"{inp.get('bad_records', 0)} bad records")
     for what in ("removed", "changed"):
         for step, counts in (stats.get(what) or {}).items():
@@ -176,9 +176,9 @@ def dataset_stats(console: Console, v: dict) -> None:
         table.add_column(col)
     for split, s in stats.get("splits", {}).items():
         labels = ", ".join(f"{k} {n}" for k, n in (s.get("labels") or {}).items())
-        table.add_row(split, str(s["documents"]), _size(s["text_bytes"]),
+        table.add_row(split, str(s["documents"]), size_text(s["text_bytes"]),
                       str(s.get("tokens", "-")), labels)
-    table.add_row("all", str(stats.get("documents", 0)), _size(stats.get("text_bytes", 0)),
+    table.add_row("all", str(stats.get("documents", 0)), size_text(stats.get("text_bytes", 0)),
                   str(stats.get("tokens", "-")),
                   ", ".join(f"{k} {n}" for k, n in (stats.get("labels") or {}).items()))
     console.print(table)
@@ -201,7 +201,7 @@ def dataset_version(console: Console, v: dict) -> None:
     for col in ("split", "name", "rows", "text", "artifact", "sha256"):
         shards.add_column(col)
     for s in v["shards"]:
-        shards.add_row(s["split"], s["name"], str(s["rows"]), _size(s["text_bytes"]),
+        shards.add_row(s["split"], s["name"], str(s["rows"]), size_text(s["text_bytes"]),
                        str(s["artifact_id"]), s["sha256"][:12])
     console.print(shards)
     inputs = Table(title="Inputs")
@@ -220,4 +220,32 @@ def audit_table(console: Console, records: list[dict]) -> None:
     for r in records:
         table.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["action"], r["target"],
                       r["outcome"], r["request_id"][:12])
+    console.print(table)
+
+
+def model_version(console: Console, v: dict) -> None:
+    aliases = f"  ({', '.join('@' + a for a in v['aliases'])})" if v["aliases"] else ""
+    console.print(f"[bold]{v['model']}:{v['version']}[/]{aliases}")
+    info = v["info"]
+    rows = [("architecture", v["architecture"] or info.get("model_type")), ("task", v["task"]),
+            ("parameters", f"{v['parameters']:,}"), ("size", size_text(v["size_bytes"])),
+            ("dtype", v["dtype"]), ("context", v["context_length"] or "-"),
+            ("tokenizer", "yes" if info.get("tokenizer_files") else "none"),
+            ("chat template", "yes" if info.get("chat_template") else "no"),
+            ("labels", ", ".join(info.get("labels") or []) or "-"),
+            ("owner", v["owner"]), ("created", time_text(v["created_at"])), ("job", v["job_id"])]
+    for key, value in rows:
+        console.print(f"  {key:<14} {value}")
+    console.print("  lineage")
+    for key, value in v["lineage"].items():
+        console.print(f"    {key:<12} {value}")
+    if v["metrics"]:
+        console.print("  metrics")
+        for key, value in v["metrics"].items():
+            console.print(f"    {key:<12} {value}")
+    table = Table(title="Files")
+    for col in ("file", "size", "sha256", "artifact"):
+        table.add_column(col)
+    for f in v["files"]:
+        table.add_row(f["path"], size_text(f["size"]), f["sha256"][:16], str(f["artifact_id"]))
     console.print(table)

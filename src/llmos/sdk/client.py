@@ -64,6 +64,8 @@ class Client:
         self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify,
                                   timeout=httpx.Timeout(timeout, read=600.0))
         self.jobs = Jobs(self)
+        self.models = Models(self)
+        self.train = Train(self)
         self.users = Users(self)
         self.teams = Teams(self)
         self.tokens = Tokens(self)
@@ -369,6 +371,83 @@ class Keys:
     def rotate(self) -> dict:
         """New encryption key; every encrypted artifact re-encrypted; old keys retired."""
         return self._c.request("POST", "/v1/keys/rotate").json()
+
+
+class Models:
+    """The model registry (``/v1/registry/models``)."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def import_(self, name: str, source: str | Path, *, format: str = "auto",
+                dtype: str = "float32", team: str | None = None, cpu: float = 1,
+                memory_mb: int = 4096, priority: str = "normal") -> dict:
+        """Start importing a Hugging Face folder or a GGUF file (a path on the llmos host)
+        as a new version of ``name``; returns the import job."""
+        body = {"name": name, "source": str(source), "format": format, "dtype": dtype,
+                "priority": priority, "resources": {"cpu": cpu, "memory_mb": memory_mb}}
+        if team:
+            body["team"] = team
+        return self._c.request("POST", "/v1/registry/models/import", json=body).json()
+
+    def list(self) -> list[dict]:
+        return self._c.request("GET", "/v1/registry/models").json()["models"]
+
+    def get(self, name: str) -> dict:
+        return self._c.request("GET", _model(name)).json()
+
+    def version(self, name: str, ref: int | str = "latest") -> dict:
+        """A version by number, 'latest' or alias."""
+        return self._c.request("GET", f"{_model(name)}/versions/{ref}").json()
+
+    def card(self, name: str, ref: int | str = "latest") -> str:
+        return self._c.request("GET", f"{_model(name)}/versions/{ref}/card").text
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict:
+        return self._c.request("PUT", f"{_model(name)}/aliases/{quote(alias, safe='')}",
+                               json={"version": int(version)}).json()
+
+    def remove_alias(self, name: str, alias: str) -> dict:
+        return self._c.request("DELETE", f"{_model(name)}/aliases/{quote(alias, safe='')}").json()
+
+    def delete_version(self, name: str, ref: int | str) -> dict:
+        return self._c.request("DELETE", f"{_model(name)}/versions/{ref}").json()
+
+    def delete(self, name: str) -> dict:
+        return self._c.request("DELETE", _model(name)).json()
+
+
+class Train:
+    """Fine-tuning and evaluation jobs (``/v1/train``, ``/v1/evaluate``)."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def finetune(self, recipe: dict | str, model: str, dataset: str, output: str, *,
+                 tokenizer: str | None = None, cpu: float = 2, memory_mb: int = 4096,
+                 priority: str = "normal", team: str | None = None,
+                 validation_split: str | None = "validation",
+                 test_split: str | None = "test") -> dict:
+        """Start fine-tuning ``model`` (NAME[:VERSION|@ALIAS]) on ``dataset`` (NAME[:VERSION]);
+        the result becomes a new version of ``output``. Returns the job."""
+        body = {"recipe": recipe, "model": model, "dataset": dataset, "output": output,
+                "priority": priority, "resources": {"cpu": cpu, "memory_mb": memory_mb},
+                "validation_split": validation_split, "test_split": test_split}
+        for key, value in (("tokenizer", tokenizer), ("team", team)):
+            if value:
+                body[key] = value
+        return self._c.request("POST", "/v1/train", json=body).json()
+
+    def evaluate(self, model: str, dataset: str, split: str = "test",
+                 fields: dict | None = None, *, cpu: float = 2, memory_mb: int = 4096) -> dict:
+        """Start evaluating ``model`` on a dataset split; the metrics land on the version."""
+        return self._c.request("POST", "/v1/evaluate", json={
+            "model": model, "dataset": dataset, "split": split, "fields": fields or {},
+            "resources": {"cpu": cpu, "memory_mb": memory_mb}}).json()
+
+
+def _model(name: str) -> str:
+    return f"/v1/registry/models/{quote(name, safe='')}"
 
 
 class Users:

@@ -72,6 +72,7 @@ class Principal:
     roles: dict[str, Role] = field(default_factory=dict)  # team -> role
     scopes: frozenset[str] = frozenset(SCOPES)
     team: str | None = None  # the token acts only in this team
+    home: str | None = None  # where new resources go by default (a job's team)
     job_id: int | None = None  # a job's own token
     token_id: int | None = None
     token_prefix: str | None = None
@@ -131,7 +132,7 @@ class Principal:
         """The team a new resource goes to: ``team`` when given, else the token's team,
         else the principal's only (or first) team; checks ``need`` there."""
         if team is None:
-            team = self.team or _first(self.roles)
+            team = self.team or self.home or _first(self.roles)
             if team is None:
                 raise Forbidden(f"{self.name} belongs to no team; ask an administrator to add "
                                 "you to one (llmos teams add TEAM USER --role developer)")

@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
@@ -97,17 +97,16 @@ class TokenService:
                 raise Unauthorized(f"user {tok.user.name} is disabled")
             roles = {m.team.name: Role.parse(m.role) for m in tok.user.memberships}
             is_admin = tok.user.is_admin
+            team, home = tok.team, None
             if tok.job_id is not None:
                 job = s.get(Job, tok.job_id)
                 if job is None or job.state not in LIVE_JOB_STATES:
                     raise Unauthorized(f"token {tok.prefix}… belonged to a job that is no "
                                        "longer running")
-                # A job acts for its owner, in its own team, as a developer at most.
-                roles = {tok.team: min(roles.get(tok.team, Role.ADMIN if is_admin else
-                                                 Role.VIEWER), Role.DEVELOPER)}
-                is_admin = False
+                roles, is_admin = _job_roles(roles, is_admin, tok.team), False
+                team, home = None, tok.team
             return Principal(name=tok.user.name, user_id=tok.user_id, is_admin=is_admin,
-                             roles=roles, scopes=frozenset(tok.scopes), team=tok.team,
+                             roles=roles, scopes=frozenset(tok.scopes), team=team, home=home,
                              job_id=tok.job_id, token_id=tok.id, token_prefix=tok.prefix,
                              priority=tok.priority, rate_limit_rps=tok.rate_limit_rps)
 
@@ -222,5 +221,12 @@ class TokenService:
         return secret
 
 
-def expired(tok: ApiToken, now: datetime | None = None) -> bool:
-    return tok.expires_at is not None and tok.expires_at <= (now or utcnow())
+def _job_roles(owner_roles: dict[str, Role], owner_is_admin: bool, team: str | None
+               ) -> dict[str, Role]:
+    """A job reads what its owner may read, and writes only in its own team, as a developer
+    at most."""
+    roles = {t: Role.VIEWER for t in owner_roles}
+    own = owner_roles.get(team, Role.ADMIN if owner_is_admin else None)
+    if team is not None and own is not None:
+        roles[team] = min(own, Role.DEVELOPER)
+    return roles

@@ -318,3 +318,66 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship()
+
+
+# -- the model registry (models/registry.py) ------------------------------------------------
+
+
+class Model(Base):
+    """A named model; its weights live in immutable, numbered versions."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", order_by="ModelVersion.version", cascade="all, delete-orphan")
+    aliases: Mapped[list[ModelAlias]] = relationship(
+        back_populates="model", order_by="ModelAlias.alias", cascade="all, delete-orphan")
+
+
+class ModelVersion(Base):
+    """One immutable version: files (artifacts), what they hold, lineage, metrics, card."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (Index("ux_model_versions", "model_id", "version", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    architecture: Mapped[str | None] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(50))
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    dtype: Mapped[str] = mapped_column(String(100))
+    context_length: Mapped[int | None] = mapped_column(Integer)
+    info: Mapped[dict] = mapped_column(JSON)  # models.ModelInfo.to_dict()
+    files: Mapped[list] = mapped_column(JSON)  # [{"path", "sha256", "size", "artifact_id"}]
+    lineage: Mapped[dict] = mapped_column(JSON)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    card: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    owner: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    model: Mapped[Model] = relationship(back_populates="versions")
+
+
+class ModelAlias(Base):
+    """A movable name (production, staging ...) for one version of a model."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    alias: Mapped[str] = mapped_column(String(50), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id",
+                                                       ondelete="RESTRICT"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    model: Mapped[Model] = relationship(back_populates="aliases")
+    version: Mapped[ModelVersion] = relationship()

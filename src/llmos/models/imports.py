@@ -1,0 +1,85 @@
+"""Starting a model import: check the request and the source, then submit the
+``models.import`` job (``models/program.py``), which converts or copies the model, stores
+its files and registers the version.
+
+The source is a path on the llmos host — a Hugging Face folder or a GGUF file — read under
+the same rule as dataset ingest (non-administrators only inside ``LLMOS_INGEST_ROOTS``).
+What can be refused without reading weights is refused here, before any job exists: a
+missing path, pickled weights only, no config, a file that is not GGUF.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from sqlalchemy import select
+
+from llmos.errors import Forbidden, InvalidRequest
+from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
+from llmos.kernel.service import JobService
+from llmos.models import loaders
+from llmos.models.registry import check_model_name
+from llmos.schema import RequestBody
+from llmos.security.paths import check_file, check_sources
+from llmos.security.rbac import CREATE, READ, Principal
+from llmos.store.models import Job, Model
+
+Format = Literal["auto", "hf", "gguf"]
+
+
+class ImportRequest(RequestBody):
+    name: str = Field(min_length=1, max_length=100, description="The model to add a version to.")
+    source: str = Field(min_length=1, max_length=4096,
+                        description="A Hugging Face folder or a GGUF file on the llmos host.")
+    format: Format = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Weights of a GGUF import are de-quantized to this.")
+    team: str | None = Field(default=None, min_length=1, max_length=100)
+    resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=1, memory_mb=4096))
+    priority: PriorityClass = "normal"
+
+
+def source_format(path: Path, fmt: Format) -> str:
+    """``hf`` or ``gguf`` for ``path``, after the checks that need no weights."""
+    if not path.exists():
+        raise InvalidRequest(f"no such file or folder on the llmos host: {path}")
+    if fmt == "auto":
+        fmt = "hf" if path.is_dir() else "gguf"
+    if fmt == "gguf":
+        loaders._check_gguf_file(path)
+    else:
+        loaders._read_folder(path)  # config, weights (never pickles), headers, tokenizer
+    return fmt
+
+
+def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
+    check_model_name(req.name)
+    team = _team(who, req, jobs)
+    roots = jobs.settings.ingest_root_dirs
+    check_sources(who, [req.source], roots)
+    path = Path(req.source).expanduser().resolve()
+    check_file(who, path, roots)
+    if path.is_dir():
+        for f in path.rglob("*"):  # a link inside may lead outside the allowed folders
+            check_file(who, f, roots)
+    fmt = source_format(path, req.format)
+    spec = JobSpec(program="models.import", name=f"import {req.name}",
+                   params={"source": str(path), "name": req.name, "format": fmt,
+                           "dtype": req.dtype},
+                   resources=req.resources, priority=req.priority, team=team)
+    return jobs.submit(who, spec)
+
+
+def _team(who: Principal, req: ImportRequest, jobs: JobService) -> str:
+    with jobs.db.session() as s:
+        model = s.scalars(select(Model).where(Model.name == req.name)).first()
+    if model is None:
+        return who.home_team(req.team, CREATE, "models")
+    if not who.can(READ, model.team):
+        raise Forbidden(f"the model name {req.name!r} is taken by another team")
+    if req.team is not None and req.team != model.team:
+        raise InvalidRequest(f"model {req.name} belongs to team {model.team}, not {req.team}")
+    who.check(CREATE, model.team, f"model {req.name}")
+    return model.team

@@ -1,0 +1,146 @@
+"""Starting fine-tuning and evaluation jobs: check the request, then submit the
+``train.finetune`` or ``train.evaluate`` program (``train/program.py``).
+
+Checked here, before any job exists: the recipe (every field), that the base model and
+the dataset version exist and the caller may read them, that the splits exist, that the
+base model's task suits the recipe, and that the output model name may be written. What
+needs the data or the weights — a wrong label column, a tokenizer that does not match the
+model, a loss that turns NaN, files gone missing — fails the job with that reason.
+
+Fine-tuning jobs are checkpointable: a higher-priority job that cannot otherwise fit may
+ask them to yield; they checkpoint, requeue and resume where they stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from sqlalchemy import select
+
+from llmos.data.datasets import DatasetService
+from llmos.errors import Forbidden, InvalidRequest
+from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
+from llmos.kernel.service import JobService
+from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
+from llmos.schema import RequestBody
+from llmos.security.rbac import CREATE, READ, Principal
+from llmos.store.models import Job, Model
+from llmos.train.errors import RecipeError
+from llmos.train.recipe import parse_train_recipe
+
+# Which base models each task can start from.
+BASES = {
+    "sequence_classification": ("encoder", "masked_lm", "sequence_classification"),
+    "token_classification": ("encoder", "masked_lm", "token_classification"),
+    "causal_lm": ("causal_lm",),
+}
+
+
+class FinetuneRequest(RequestBody):
+    recipe: dict[str, Any] | str = Field(description="The training recipe, as an object or "
+                                         "YAML text.")
+    model: str = Field(min_length=1, max_length=200,
+                       description="Base model: NAME, NAME:VERSION or NAME@ALIAS.")
+    dataset: str = Field(min_length=1, max_length=200, description="NAME or NAME:VERSION.")
+    output: str = Field(min_length=1, max_length=100,
+                        description="The model the result is registered as (a new version).")
+    tokenizer: str | None = Field(default=None, min_length=1, max_length=200,
+                                  description="Train with this model's tokenizer instead.")
+    train_split: str = Field(default="train", pattern=r"^(train|validation|test)$")
+    validation_split: str | None = Field(default="validation",
+                                         pattern=r"^(train|validation|test)$")
+    test_split: str | None = Field(default="test", pattern=r"^(train|validation|test)$")
+    team: str | None = Field(default=None, min_length=1, max_length=100)
+    resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=2, memory_mb=4096))
+    priority: PriorityClass = "normal"
+    max_retries: int = Field(default=0, ge=0, le=100)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+
+class EvaluateRequest(RequestBody):
+    model: str = Field(min_length=1, max_length=200)
+    dataset: str = Field(min_length=1, max_length=200)
+    split: str = Field(default="test", pattern=r"^(train|validation|test)$")
+    fields: dict[str, Any] = Field(default_factory=dict, description="Recipe fields that "
+                                   "differ from the defaults: text_field, label_field, ...")
+    resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=2, memory_mb=4096))
+    priority: PriorityClass = "normal"
+
+
+class TrainService:
+    def __init__(self, jobs: JobService, registry: ModelRegistry, datasets: DatasetService):
+        self.jobs, self.registry, self.datasets = jobs, registry, datasets
+
+    def finetune(self, who: Principal, req: FinetuneRequest) -> Job:
+        try:
+            recipe = parse_train_recipe(req.recipe)
+        except RecipeError as e:
+            raise InvalidRequest(str(e)) from None
+        name, ref = parse_ref(req.model)
+        base = self.registry.version(who, name, ref)
+        if base.task not in BASES[recipe.task]:
+            raise InvalidRequest(f"{name}:{base.version} is a {base.task} model; a "
+                                 f"{recipe.task} recipe starts from "
+                                 f"{' or '.join(BASES[recipe.task])}")
+        tokenizer = None
+        if req.tokenizer:
+            t_name, t_ref = parse_ref(req.tokenizer)
+            t = self.registry.version(who, t_name, t_ref)
+            tokenizer = {"model": t_name, "version": t.version}
+        ds_name, _, ds_ref = req.dataset.partition(":")
+        ds = self.datasets.version(who, ds_name, ds_ref or "latest")
+        present = {s["split"] for s in ds.shards}
+        if req.train_split not in present:
+            raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.train_split} "
+                                 f"split (splits: {', '.join(sorted(present)) or 'none'})")
+        team = self._output_team(who, req, base.model.team)
+        splits = {"train": req.train_split,
+                  "validation": req.validation_split if req.validation_split in present else None,
+                  "test": req.test_split if req.test_split in present else None}
+        spec = JobSpec(program="train.finetune", name=f"train {req.output}",
+                       params={"recipe": recipe.to_dict(),
+                               "base": {"model": name, "version": base.version},
+                               "dataset": {"name": ds_name, "version": ds.version},
+                               "splits": splits, "output": req.output, "tokenizer": tokenizer},
+                       resources=req.resources, priority=req.priority, team=team,
+                       checkpointable=True, max_retries=req.max_retries,
+                       timeout_s=req.timeout_s)
+        return self.jobs.submit(who, spec)
+
+    def _output_team(self, who: Principal, req: FinetuneRequest, base_team: str) -> str:
+        check_model_name(req.output)
+        with self.jobs.db.session() as s:
+            model = s.scalars(select(Model).where(Model.name == req.output)).first()
+        if model is None:  # a new model: the asked-for team, else the base model's
+            team = req.team
+            if team is None and who.role_in(base_team) is not None:
+                team = base_team
+            return who.home_team(team, CREATE, "models")
+        if not who.can(READ, model.team):
+            raise Forbidden(f"the model name {req.output!r} is taken by another team")
+        who.check(CREATE, model.team, f"model {req.output}")
+        return model.team
+
+    def evaluate(self, who: Principal, req: EvaluateRequest) -> Job:
+        name, ref = parse_ref(req.model)
+        v = self.registry.version(who, name, ref)
+        task = v.task if v.task in BASES else None
+        if task is None:
+            raise InvalidRequest(f"{name}:{v.version} is a {v.task} model; evaluation is for "
+                                 "sequence_classification, token_classification and causal_lm")
+        try:
+            parse_train_recipe({"task": task, **req.fields})
+        except RecipeError as e:
+            raise InvalidRequest(str(e)) from None
+        ds_name, _, ds_ref = req.dataset.partition(":")
+        ds = self.datasets.version(who, ds_name, ds_ref or "latest")
+        if req.split not in {s["split"] for s in ds.shards}:
+            raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.split} split")
+        who.check(CREATE, v.model.team, f"model {name}")
+        spec = JobSpec(program="train.evaluate", name=f"evaluate {name}:{v.version}",
+                       params={"model": {"name": name, "version": v.version}, "task": task,
+                               "dataset": {"name": ds_name, "version": ds.version},
+                               "split": req.split, "fields": req.fields},
+                       resources=req.resources, priority=req.priority, team=v.model.team)
+        return self.jobs.submit(who, spec)
