@@ -77,6 +77,8 @@ def world(tmp_path_factory) -> World:
                      "dataset": f"{team}-data", "token": token["id"]}
         for _ in range(2):
             register(live, c, f"{team}-model")
+        register(live, c, f"{team}-cls", task="sequence_classification")
+        labeled_dataset(live, c, f"{team}-labeled")
 
     def fresh(team: str) -> int:
         return makers[team].jobs.submit("noop", depends_on=[res[team]["anchor"]],
@@ -211,17 +213,48 @@ CASES = [
                           {"json": {"version": 1}})),
     Case("DELETE", "/v1/registry/models/{name}/aliases/{alias}", "maintainer",
          lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'alias')}", {})),
+    # -- training and evaluation jobs
+    Case("POST", "/v1/train", "developer", lambda w, t, p: ("/v1/train", {"json": {
+        "recipe": {"task": "sequence_classification", "text_field": "text",
+                   "label_field": "label", "max_steps": 1},
+        "model": f"{t}-model", "dataset": f"{t}-labeled", "output": _new(w, f"{t}-trained"),
+        "resources": {"cpu": 0.1, "memory_mb": 1024}}})),
+    Case("POST", "/v1/evaluate", "developer", lambda w, t, p: ("/v1/evaluate", {"json": {
+        "model": f"{t}-cls", "dataset": f"{t}-labeled",
+        "resources": {"cpu": 0.1, "memory_mb": 1024}}})),
     # -- audit
     Case("GET", "/v1/audit", "sysadmin", lambda w, t, p: ("/v1/audit", {}), 403),
     Case("GET", "/v1/audit/verify", "sysadmin", lambda w, t, p: ("/v1/audit/verify", {}), 403),
 ]
 
 
-def register(live: LiveDaemon, c: Client, name: str) -> int:
+def labeled_dataset(live: LiveDaemon, c: Client, name: str) -> None:
+    """A dataset version with one labeled shard in each of train and test."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = []
+    for split in ("train", "test"):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"id": ["1", "2"], "text": ["a b", "c d"],
+                                 "label": ["x", "y"]}), buf)
+        art = c.artifacts.put(buf.getvalue(), name=f"{split}-00000.parquet")
+        shards.append({"artifact_id": art["id"], "split": split, "rows": 2, "text_bytes": 6,
+                       "sha256": art["sha256"], "name": f"{split}-00000.parquet"})
+    with live.http(c.token) as http:
+        assert http.post(f"/v1/datasets/{name}/versions", json={
+            "content_hash": "2" * 64, "schema": {"text": "string", "label": "string"},
+            "stats": {}, "lineage": {}, "shards": shards}).status_code == 201
+
+
+def register(live: LiveDaemon, c: Client, name: str, task: str = "encoder") -> int:
     """A version of model ``name`` made of one small file (what an import job registers)."""
     data = b'{"model_type": "bert"}'
     art = c.artifacts.put(data, name="config.json")
-    info = {"architecture": "BertModel", "model_type": "bert", "task": "encoder",
+    arch = "BertModel" if task == "encoder" else "BertForSequenceClassification"
+    info = {"architecture": arch, "model_type": "bert", "task": task,
             "parameters": 0, "dtypes": [], "size_bytes": len(data), "weight_files": [],
             "tokenizer_files": [], "vocab_size": None, "chat_template": False,
             "context_length": None, "files": [{"path": "config.json", "size": len(data),
