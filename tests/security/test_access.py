@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
+import tiny_models
 from live import LiveDaemon, program
 from llmos.sdk import Client
 from offline_models import minilm_dir
@@ -46,7 +46,7 @@ def world(tmp_path_factory) -> World:
     inbox = tmp_path_factory.mktemp("inbox")
     home.mkdir()
     (inbox / "a.txt").write_text("one short document for the ingest cases\n")
-    tiny_bert(inbox / "tiny-bert")
+    tiny_models.bert(inbox / "tiny-bert", minilm_dir(), hidden=16, layers=1)
     live = LiveDaemon(home, env={"LLMOS_INGEST_ROOTS": str(inbox)}).start()
     admin = live.client
     for team in ("red", "blue"):
@@ -264,17 +264,6 @@ def register(live: LiveDaemon, c: Client, name: str, task: str = "encoder") -> i
             "files": [{"path": "config.json", "artifact_id": art["id"]}], "info": info})
     assert resp.status_code == 201, resp.text
     return resp.json()["version"]
-
-
-def tiny_bert(dest: Path) -> None:
-    """A 2-layer BERT with MiniLM's tokenizer: a real model folder, quick to import."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=32)).save_pretrained(dest)
-    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(dest)
 
 
 def _version_body(w: World) -> dict:

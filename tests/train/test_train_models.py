@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 from offline_models import minilm_dir
-from train_helpers import events, job, make_bert, topic_rows
+import tiny_models
+from train_helpers import events, job, topic_rows
 
 from llmos.train import (
     ModelError,
@@ -67,7 +68,7 @@ def test_no_folder(tmp_path):
 
 
 def test_a_tokenizer_larger_than_the_embeddings(tmp_path):
-    model = make_bert(tmp_path / "small_vocab", minilm_dir(), vocab_size=1000)
+    model = tiny_models.bert(tmp_path / "small_vocab", minilm_dir(), vocab_size=1000)
     assert refused(tmp_path, model) == (
         "the tokenizer of 'small_vocab' does not match its model: it has 30522 tokens but "
         "the model's embeddings have 1000 rows")

@@ -1,4 +1,4 @@
-"""Helpers for the training tests: tiny BERT folders, a job context that is asked to yield
+"""Helpers for the training tests: a job context that is asked to yield
 at a given step, the job's reported events, and small toy data sets a tiny model can learn."""
 
 from __future__ import annotations
@@ -7,22 +7,6 @@ import json
 from pathlib import Path
 
 from llmos.kernel.context import EVENTS_FILE, JobContext
-
-
-def make_bert(dest: Path, tokenizer_dir: Path, dropout: float = 0.1, vocab_size: int | None = None
-              ) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=vocab_size or len(tok), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128, hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout)
-    BertModel(config).save_pretrained(dest)
-    tok.save_pretrained(dest)
-    return dest
 
 
 class YieldAt(JobContext):
