@@ -56,7 +56,7 @@ def latency(daemon: LiveDaemon, jobs: int, clients: int = 2) -> list[float]:
     def client_loop():
         from llmos.sdk import Client
 
-        with Client(daemon.url) as c:
+        with Client(daemon.url, token=daemon.admin_token) as c:
             for _ in range(per_client):
                 job = c.jobs.submit("noop")
                 with lock:
