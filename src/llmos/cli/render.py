@@ -147,7 +147,7 @@ def watch(console: Console, client, job_id: int, quiet: bool = False) -> dict:
                             count=count)
             if job["state"] in TERMINAL:
                 return job
-            time.sleep(0.25)
+            time.sleep(0.5)
 
 
 def time_text(ts: str | None) -> str:
