@@ -39,14 +39,14 @@ def bert(dest: Path, tokenizer_dir: Path, dropout: float = 0.1, vocab_size: int 
 
 
 def llama(dest: Path, tokenizer_dir: Path, hidden: int = 32, layers: int = 2,
-          init_std: float = 0.2, max_positions: int = 256) -> Path:
+          init_std: float = 0.2, max_positions: int = 256, seed: int = 0) -> Path:
     """Weights drawn wider than usual (``init_std``) so that a few training steps, LoRA
     included, visibly move its logits."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=max_positions, tie_word_embeddings=True,

@@ -12,6 +12,8 @@ from starlette.routing import Match
 
 from llmos.errors import DataCorrupted, LLMOSError, TooManyRequests, Unauthorized
 from llmos.security.crypto import CryptoError
+from llmos.serve.openai import PATHS as OPENAI_PATHS
+from llmos.serve.openai import error_body
 from llmos.store.artifacts import CorruptArtifact
 
 log = logging.getLogger("llmos.api")
@@ -69,6 +71,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         message = _describe(exc)
+        if request.url.path in OPENAI_PATHS:  # OpenAI's format: a 400 naming the parameter
+            param = next((str(e["loc"][1]) for e in exc.errors()
+                          if len(e.get("loc", ())) > 1 and e["loc"][0] == "body"), None)
+            return JSONResponse(error_body(message, param=param), status_code=400)
         status = 400 if message.startswith("malformed JSON") else 422
         return error_response(status, message)
 
@@ -83,6 +89,8 @@ def install(app: FastAPI) -> None:
             message = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
             headers = {"Allow": ", ".join(allowed)}
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        if request.url.path in OPENAI_PATHS:
+            return JSONResponse(error_body(message, type_), exc.status_code, headers=headers)
         return error_response(exc.status_code, message, type_, headers)
 
     @app.exception_handler(Exception)

@@ -28,6 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos.errors import Unauthorized
 from llmos.security.rbac import Principal
+from llmos.serve.openai import PATHS as OPENAI_PATHS
+from llmos.serve.openai import error_body
 
 OPEN_PATHS = frozenset({"/healthz"})
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -72,7 +74,8 @@ class Gate:
         if refusal is not None:
             await _audit(scope, f"anonymous@{address}", refusal[0], request_id,
                          {"auth": refusal[2]}, auth_failed=True)
-            return await _refuse(send, request_id, *refusal)
+            return await _refuse(send, request_id, *refusal,
+                                 openai=scope["path"] in OPENAI_PATHS)
         scope.setdefault("state", {})["principal"] = principal
         await self._pass(scope, receive, send, principal, request_id)
 
@@ -118,9 +121,13 @@ async def _audit(scope, actor: str, status: int, request_id: str, detail: dict,
 
 
 async def _refuse(send, request_id: str, status: int, message: str, _why: str,
-                  retry_after: int | None = None) -> None:
+                  retry_after: int | None = None, openai: bool = False) -> None:
     type_ = "authentication_error" if status == 401 else "rate_limit_error"
-    body = json.dumps({"error": {"message": message, "type": type_, "code": status}}).encode()
+    if openai:  # the OpenAI-compatible routes answer in OpenAI's format, here too
+        code = "invalid_api_key" if status == 401 else "rate_limit_exceeded"
+        body = json.dumps(error_body(message, type_, None, code)).encode()
+    else:
+        body = json.dumps({"error": {"message": message, "type": type_, "code": status}}).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()),
                (b"x-request-id", request_id.encode())]

@@ -152,8 +152,8 @@ def delete_version(request: Request, name: str = Name, ref: str = Ref,
     return ModelVersionOut.of(_registry(request).delete_version(who, name, ref))
 
 
-@router.get("/{name}/versions/{ref}/card", response_class=PlainTextResponse,
-            responses={**ERRORS, 200: {"content": {"text/markdown": {}}}})
+@router.get("/{name}/versions/{ref}/card", responses={**ERRORS, 200: {
+    "content": {"text/markdown": {}}, "description": "The model card"}})
 def get_card(request: Request, name: str = Name, ref: str = Ref, who: Principal = Who):
     """The version's generated model card (Markdown)."""
     card = _registry(request).version(who, name, ref).card

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 
 from llmos import __version__
 from llmos.api.gate import current
@@ -15,6 +16,16 @@ router = APIRouter()
 def healthz() -> Health:
     """Liveness: answers while the daemon runs."""
     return Health(status="ok", version=__version__)
+
+
+@router.get("/metrics", tags=["system"], responses={**ERRORS, 200: {
+    "content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    dependencies=[Depends(current)])
+def metrics(request: Request) -> Response:
+    """Prometheus metrics: serving requests, time to first token, inter-token latency,
+    tokens, queue depth, batch size, resident models, loads, evictions; the job queue."""
+    return Response(request.app.state.metrics.render(),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/v1/resources", response_model=ResourcesReport, tags=["system"], responses=ERRORS,

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from llmos.cli import identity, render, train
+from llmos.cli import identity, render, serve, train
 from llmos.cli.data import data_app
 from llmos.cli.models import models_app
 from llmos.cli.errors import UsageError
@@ -34,6 +34,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(identity.users_app, name="users")
 app.add_typer(identity.teams_app, name="teams")
 app.add_typer(identity.tokens_app, name="tokens")
+app.command()(serve.deploy)
+app.add_typer(serve.deployments_app, name="deployments")
 app.command()(train.train)
 app.command()(train.evaluate)
 app.command()(identity.login)

@@ -58,13 +58,17 @@ def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
     check_model_name(req.name)
     team = _team(who, req, jobs)
     roots = jobs.settings.ingest_root_dirs
-    check_sources(who, [req.source], roots)
-    path = Path(req.source).expanduser().resolve()
-    check_file(who, path, roots)
-    if path.is_dir():
-        for f in path.rglob("*"):  # a link inside may lead outside the allowed folders
-            check_file(who, f, roots)
-    fmt = source_format(path, req.format)
+    try:
+        check_sources(who, [req.source], roots)
+        path = Path(req.source).expanduser().resolve()
+        check_file(who, path, roots)
+        if path.is_dir():
+            for f in path.rglob("*"):  # a link inside may lead outside the allowed folders
+                check_file(who, f, roots)
+        fmt = source_format(path, req.format)
+    except OSError as e:  # a name too long, a folder that cannot be listed ...
+        raise InvalidRequest(f"cannot read {req.source[:200]!r} on the llmos host: "
+                             f"{e.strerror or e}") from None
     spec = JobSpec(program="models.import", name=f"import {req.name}",
                    params={"source": str(path), "name": req.name, "format": fmt,
                            "dtype": req.dtype},

@@ -31,7 +31,8 @@ from llmos.models.info import ModelInfo
 from llmos.schema import RequestBody
 from llmos.security.rbac import CREATE, MANAGE, READ, Principal
 from llmos.store.artifact_service import ArtifactService
-from llmos.store.models import Artifact, Job, Model, ModelAlias, ModelVersion, utcnow
+from llmos.store.models import (Artifact, Deployment, Job, Model, ModelAlias, ModelVersion,
+                                utcnow)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,49}$")
@@ -93,7 +94,7 @@ class ModelRegistry:
         info = _parse_info(body.info)
         for attempt in range(10):
             try:
-                return self._version_by_id(self._insert(who, name, body, info))
+                return self.version_by_id(self._insert(who, name, body, info))
             except (IntegrityError, OperationalError):
                 if attempt == 9:
                     raise Conflict(f"could not register a version of {name!r}: too many "
@@ -140,7 +141,7 @@ class ModelRegistry:
             row.metrics = {**row.metrics, key: metrics}
             row.card = model_card(ModelInfo.from_dict(row.info), name, row.version,
                                   row.lineage, row.metrics)
-        return self._version_by_id(v.id)
+        return self.version_by_id(v.id)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -170,21 +171,21 @@ class ModelRegistry:
             raise NotFound(f"model {name!r} has no versions")
         ref = str(ref)
         if ref == "latest":
-            return self._version_by_id(model.versions[-1].id)
+            return self.version_by_id(model.versions[-1].id)
         if ref.isdigit():
             for v in model.versions:
                 if v.version == int(ref):
-                    return self._version_by_id(v.id)
+                    return self.version_by_id(v.id)
             raise NotFound(f"model {name!r} has no version {ref} (versions: "
                            f"{', '.join(str(v.version) for v in model.versions)})")
         for a in model.aliases:
             if a.alias == ref:
-                return self._version_by_id(a.version_id)
+                return self.version_by_id(a.version_id)
         raise NotFound(f"model {name!r} has no alias {ref!r}"
                        + (f" (aliases: {', '.join(a.alias for a in model.aliases)})"
                           if model.aliases else ""))
 
-    def _version_by_id(self, vid: int) -> ModelVersion:
+    def version_by_id(self, vid: int) -> ModelVersion:
         with self.db.session() as s:
             return s.scalars(select(ModelVersion).where(ModelVersion.id == vid).options(
                 selectinload(ModelVersion.model).selectinload(Model.aliases))).one()
@@ -226,6 +227,11 @@ class ModelRegistry:
             raise Conflict(f"{name}:{v.version} is aliased as {', '.join(pointing)}; move or "
                            "remove the alias first")
         with self.db.session() as s:
+            serving = list(s.scalars(select(Deployment.name)
+                                     .where(Deployment.version_id == v.id)))
+            if serving:
+                raise Conflict(f"{name}:{v.version} is being served by deployment(s) "
+                               f"{', '.join(serving)}; remove them first")
             s.delete(s.get(ModelVersion, v.id))
         return v
 
@@ -233,6 +239,11 @@ class ModelRegistry:
         """Remove a model with all its versions; refused while it has aliases."""
         model = self.get(who, name)
         who.check(MANAGE, model.team, f"model {name}")
+        with self.db.session() as s:
+            serving = list(s.scalars(select(Deployment.name).where(Deployment.model == name)))
+        if serving:
+            raise Conflict(f"model {name!r} is being served by deployment(s) "
+                           f"{', '.join(serving)}; remove them first")
         if model.aliases:
             raise Conflict(f"model {name!r} has aliases ({', '.join(a.alias for a in model.aliases)})"
                            "; remove them first")

@@ -66,6 +66,7 @@ class Client:
         self.jobs = Jobs(self)
         self.models = Models(self)
         self.train = Train(self)
+        self.deployments = Deployments(self)
         self.users = Users(self)
         self.teams = Teams(self)
         self.tokens = Tokens(self)
@@ -444,6 +445,41 @@ class Train:
         return self._c.request("POST", "/v1/evaluate", json={
             "model": model, "dataset": dataset, "split": split, "fields": fields or {},
             "resources": {"cpu": cpu, "memory_mb": memory_mb}}).json()
+
+
+class Deployments:
+    """Serving (``/v1/deployments``); call served models with the ``openai`` client."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, model: str, *, name: str | None = None, engine: str | None = None,
+               replicas: int = 1, max_batch: int = 32, max_queue: int = 1024,
+               priority: str = "normal",
+               pool: str | None = None, cpu: float = 1, memory_mb: int = 3072,
+               budget_mb: int | None = None, team: str | None = None) -> dict:
+        """Serve ``model`` (NAME, NAME:VERSION or NAME@ALIAS) as ``name``."""
+        body = {"model": model, "replicas": replicas, "max_batch": max_batch,
+                "max_queue": max_queue, "priority": priority, "cpu": cpu,
+                "memory_mb": memory_mb}
+        for key, value in (("name", name), ("engine", engine), ("pool", pool),
+                           ("budget_mb", budget_mb), ("team", team)):
+            if value is not None:
+                body[key] = value
+        return self._c.request("POST", "/v1/deployments", json=body).json()
+
+    def list(self) -> list[dict]:
+        return self._c.request("GET", "/v1/deployments").json()["deployments"]
+
+    def get(self, name: str) -> dict:
+        return self._c.request("GET", f"/v1/deployments/{quote(name, safe='')}").json()
+
+    def scale(self, name: str, replicas: int) -> dict:
+        return self._c.request("POST", f"/v1/deployments/{quote(name, safe='')}/scale",
+                               json={"replicas": int(replicas)}).json()
+
+    def delete(self, name: str) -> dict:
+        return self._c.request("DELETE", f"/v1/deployments/{quote(name, safe='')}").json()
 
 
 def _model(name: str) -> str:

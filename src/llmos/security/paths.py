@@ -30,7 +30,12 @@ def check_sources(who: Principal, sources: list[str], roots: list[Path]) -> None
 def check_file(who: Principal, path: Path, roots: list[Path], shown: str | None = None) -> None:
     if unrestricted(who):
         return
-    real = path.expanduser().resolve()
+    try:
+        real = path.expanduser().resolve()
+    except (OSError, RuntimeError):  # a name too long, a link loop: never inside a root
+        real = None
+    if real is None:
+        raise Forbidden(f"{shown or path} cannot be resolved on the llmos host")
     if not any(real == root or root in real.parents for root in roots):
         where = ", ".join(str(r) for r in roots) or "none are set"
         raise Forbidden(f"{shown or path} is outside the folders non-administrators may read "

@@ -381,3 +381,49 @@ class ModelAlias(Base):
 
     model: Mapped[Model] = relationship(back_populates="aliases")
     version: Mapped[ModelVersion] = relationship()
+
+
+# -- serving (serve/deployments.py) ----------------------------------------------------------
+
+
+class ServingPool(Base):
+    """Serving workers that share one memory budget: each is a service job hosting every
+    deployment of the pool, loading models on demand (``serve/residency.py``)."""
+
+    __tablename__ = "serving_pools"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    cpu: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpu: Mapped[int] = mapped_column(Integer, default=0)
+    budget_mb: Mapped[int] = mapped_column(Integer)  # for resident models
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Deployment(Base):
+    """A served model: a name in the OpenAI API, the version it serves now (re-resolved
+    when its alias moves), its engine and its pool."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(100))
+    ref: Mapped[str] = mapped_column(String(50))  # a version number, "latest" or an alias
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id",
+                                                       ondelete="RESTRICT"))
+    engine: Mapped[str] = mapped_column(String(50))
+    replicas: Mapped[int] = mapped_column(Integer)
+    max_batch: Mapped[int] = mapped_column(Integer)
+    max_queue: Mapped[int] = mapped_column(Integer)  # waiting requests; more get 429
+    priority: Mapped[str] = mapped_column(String(16))
+    pool: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    version: Mapped[ModelVersion] = relationship()

@@ -1,0 +1,139 @@
+"""/v1/deployments (deploy, list, show, scale, remove) and /v1/serving/workers (serving
+workers register and report here, with their own job's token)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path as PathParam, Request
+from pydantic import BaseModel, Field
+
+from llmos.api.gate import current
+from llmos.api.schemas import ERRORS
+from llmos.errors import Forbidden, NotFound
+from llmos.schema import RequestBody
+from llmos.security.rbac import Principal
+from llmos.serve.deployments import DeploymentService, DeployRequest, ScaleRequest
+from llmos.store.models import Deployment
+
+router = APIRouter(prefix="/v1/deployments", tags=["serving"])
+workers_router = APIRouter(prefix="/v1/serving", tags=["serving"])
+Who = Depends(current)
+Name = PathParam(min_length=1, max_length=100)
+
+
+class WorkerOut(BaseModel):
+    job_id: int
+    resident: list[dict[str, Any]]
+    used_bytes: int
+    budget_bytes: int
+    loads: int
+    evictions: int
+    events: list[dict[str, Any]]
+    records: dict[str, Any]  # per resident model: the engine's own record of its steps
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    team: str | None
+    owner: str
+    model: str
+    ref: str
+    version: int
+    engine: str
+    replicas: int
+    max_batch: int
+    priority: str
+    pool: str
+    created_at: datetime
+    updated_at: datetime
+    ready_workers: int
+    problem: str | None = None
+    workers: list[WorkerOut] | None = None
+
+
+class DeploymentList(BaseModel):
+    deployments: list[DeploymentOut]
+
+
+class Heartbeat(RequestBody):
+    pool: str = Field(min_length=1, max_length=100)
+    url: str = Field(min_length=1, max_length=200, pattern=r"^http://127\.0\.0\.1:[0-9]+$")
+    secret: str = Field(min_length=16, max_length=200)
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+def _service(request: Request) -> DeploymentService:
+    return request.app.state.deployments
+
+
+def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut:
+    state = request.app.state
+    version = state.registry.version_by_id(d.version_id).version
+    workers = state.workers.of_pool(d.pool)
+    out = DeploymentOut(name=d.name, team=d.team, owner=d.owner, model=d.model, ref=d.ref,
+                        version=version, engine=d.engine, replicas=d.replicas,
+                        max_batch=d.max_batch, priority=d.priority, pool=d.pool,
+                        created_at=d.created_at, updated_at=d.updated_at,
+                        ready_workers=len(workers),
+                        problem=(state.controller.problems.get(d.pool)
+                                 or (state.controller.waiting.get(d.pool) if not workers
+                                     else None)))
+    if detail:
+        out.workers = [WorkerOut(job_id=w.job_id, resident=w.stats.get("resident", []),
+                                 used_bytes=w.stats.get("used_bytes", 0),
+                                 budget_bytes=w.stats.get("budget_bytes", 0),
+                                 loads=w.stats.get("loads", 0),
+                                 evictions=w.stats.get("evictions", 0),
+                                 events=w.stats.get("events", []),
+                                 records=w.stats.get("records", {})) for w in workers]
+    return out
+
+
+@router.post("", response_model=DeploymentOut, status_code=201, responses=ERRORS)
+def deploy(body: DeployRequest, request: Request, who: Principal = Who) -> DeploymentOut:
+    """Serve a model version (or the version an alias points at) under a name; deploying an
+    existing name switches it to the new version without dropping requests in flight."""
+    return _out(request, _service(request).deploy(who, body))
+
+
+@router.get("", response_model=DeploymentList, responses=ERRORS)
+def list_deployments(request: Request, who: Principal = Who) -> DeploymentList:
+    """Deployments you may see."""
+    return DeploymentList(deployments=[_out(request, d) for d in _service(request).list(who)])
+
+
+@router.get("/{name}", response_model=DeploymentOut, responses=ERRORS)
+def get_deployment(request: Request, name: str = Name, who: Principal = Who) -> DeploymentOut:
+    """A deployment with its workers: resident models, memory, loads and unloads."""
+    return _out(request, _service(request).get(who, name), detail=True)
+
+
+@router.post("/{name}/scale", response_model=DeploymentOut, responses=ERRORS)
+def scale(body: ScaleRequest, request: Request, name: str = Name,
+          who: Principal = Who) -> DeploymentOut:
+    """Set the number of workers (replicas) of the deployment's pool (maintainers)."""
+    return _out(request, _service(request).scale(who, name, body.replicas))
+
+
+@router.delete("/{name}", response_model=DeploymentOut, responses=ERRORS)
+def remove(request: Request, name: str = Name, who: Principal = Who) -> DeploymentOut:
+    """Stop serving it; a pool left empty stops its workers (maintainers)."""
+    service = _service(request)
+    before = _out(request, service.get(who, name))
+    service.delete(who, name)
+    return before
+
+
+@workers_router.put("/workers/{job_id}", responses=ERRORS)
+def worker_heartbeat(body: Heartbeat, request: Request, job_id: int = PathParam(ge=1, le=2**31 - 1),
+                     who: Principal = Who) -> dict:
+    """A serving worker's address and state (only the worker job itself may say so)."""
+    if who.job_id != job_id:
+        raise Forbidden(f"only serving worker job {job_id} itself reports here")
+    job = request.app.state.jobs.get(who, job_id, with_transitions=False)
+    if job.program != "serve.worker" or job.params.get("pool") != body.pool:
+        raise NotFound(f"job {job_id} is not a worker of pool {body.pool}")
+    request.app.state.workers.heartbeat(job_id, body.pool, body.url, body.secret, body.stats)
+    return {"ok": True}

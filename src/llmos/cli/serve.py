@@ -1,0 +1,122 @@
+"""`llmos deploy` and `llmos deployments ls | show | scale | rm`: serving models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmos.cli import render
+from llmos.cli.errors import UsageError
+from llmos.sdk.client import Client
+
+deployments_app = typer.Typer(help="Served models: list, show, scale, remove.",
+                              no_args_is_help=True)
+out = Console()
+
+
+def _json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def deploy(
+    model: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS (an alias is "
+                                "followed when it moves)."),
+    name: Optional[str] = typer.Option(None, help="The name clients call (default: the "
+                                       "model's)."),
+    replicas: int = typer.Option(1, min=1, max=64, help="Workers serving it."),
+    engine: Optional[str] = typer.Option(None, help="torch (default for text generation), "
+                                         "encoder (embeddings, classification) or llamacpp."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, max=1024,
+                                  help="Requests decoded together at most."),
+    max_queue: int = typer.Option(1024, "--max-queue", min=1, max=100000,
+                                  help="Requests waiting for a slot; more are refused (429)."),
+    priority: str = typer.Option("normal", help="The workers' scheduling class: high, "
+                                 "normal or low."),
+    pool: Optional[str] = typer.Option(None, help="Share workers and their memory budget "
+                                       "with this pool's deployments."),
+    cpu: float = typer.Option(1, help="CPU cores per worker (new pool)."),
+    memory: int = typer.Option(3072, "--memory", help="MB per worker (new pool)."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="MB for resident models "
+                                         "(default: the worker's memory less ~700 MB)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Serve a model behind the OpenAI-compatible API (/v1/chat/completions, /v1/embeddings,
+    ...); deploying an existing name again switches its version without dropping requests."""
+    if priority not in ("high", "normal", "low"):
+        raise UsageError(f"--priority must be high, normal or low, not {priority!r}")
+    with Client() as c:
+        d = c.deployments.create(model, name=name, engine=engine, replicas=replicas,
+                                 max_batch=max_batch, max_queue=max_queue, priority=priority,
+                                 pool=pool, cpu=cpu,
+                                 memory_mb=memory, budget_mb=budget)
+    if as_json:
+        return _json(d)
+    out.print(f"deployment [bold]{d['name']}[/] serves {d['model']}:{d['version']} "
+              f"({d['engine']}, pool {d['pool']}, {d['replicas']} replica(s))")
+    out.print(f"  call it: POST {c.url}/v1/chat/completions with \"model\": \"{d['name']}\"")
+
+
+@deployments_app.command("ls")
+def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Deployments, what they serve and how many workers are ready."""
+    with Client() as c:
+        items = c.deployments.list()
+    if as_json:
+        return _json(items)
+    table = Table(title="Deployments")
+    for col in ("name", "model", "engine", "pool", "replicas", "ready", "priority", "problem"):
+        table.add_column(col, overflow="fold")
+    for d in items:
+        ref = d["ref"] if d["ref"].isdigit() else f"@{d['ref']}"
+        table.add_row(d["name"], f"{d['model']}:{d['version']} ({ref})", d["engine"], d["pool"],
+                      str(d["replicas"]), str(d["ready_workers"]), d["priority"],
+                      d["problem"] or "")
+    out.print(table)
+
+
+@deployments_app.command("show")
+def show(name: str = typer.Argument(..., help="Deployment name."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """A deployment: its version, workers, resident models, loads and evictions."""
+    with Client() as c:
+        d = c.deployments.get(name)
+    if as_json:
+        return _json(d)
+    out.print(f"[bold]{d['name']}[/] → {d['model']}:{d['version']} (follows {d['ref']}), "
+              f"engine {d['engine']}, max batch {d['max_batch']}, pool {d['pool']}, "
+              f"{d['ready_workers']}/{d['replicas']} worker(s) ready")
+    if d["problem"]:
+        out.print(f"  [red]{d['problem']}[/]")
+    for w in d["workers"] or []:
+        out.print(f"  worker job {w['job_id']}: {render.size_text(w['used_bytes'])} of "
+                  f"{render.size_text(w['budget_bytes'])} used; {w['loads']} loads, "
+                  f"{w['evictions']} evictions")
+        for m in w["resident"]:
+            out.print(f"    resident {m['deployment']}:{m['version']} "
+                      f"{render.size_text(m['bytes'])}, {m['in_flight']} in flight, idle "
+                      f"{m['idle_s']} s, loaded in {m['load_s']} s")
+        for e in w["events"][-10:]:
+            out.print(f"    {e['event']:<6} {e['deployment']}:{e['version']} "
+                      f"{e['seconds']} s — {e['reason']}")
+
+
+@deployments_app.command("scale")
+def scale(name: str = typer.Argument(..., help="Deployment name."),
+          replicas: int = typer.Argument(..., min=1, max=64, help="Workers.")) -> None:
+    """Set how many workers serve the deployment's pool."""
+    with Client() as c:
+        d = c.deployments.scale(name, replicas)
+    out.print(f"deployment [bold]{d['name']}[/]: {d['replicas']} replica(s)")
+
+
+@deployments_app.command("rm")
+def rm(name: str = typer.Argument(..., help="Deployment name.")) -> None:
+    """Stop serving a deployment (its pool's workers stop when no deployment is left)."""
+    with Client() as c:
+        c.deployments.delete(name)
+    out.print(f"deployment [bold]{name}[/] removed")

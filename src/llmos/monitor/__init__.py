@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics of the daemon (``metrics``)."""

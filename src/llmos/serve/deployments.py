@@ -1,0 +1,215 @@
+"""Deployments and serving pools: what is served, under which name, by which engine, on
+which workers. Every face (API, CLI, SDK) goes through this service.
+
+A deployment names a model version (``NAME``, ``NAME:3`` or ``NAME@production``) and serves
+it as ``name`` in the OpenAI API. It runs in a *pool*: one or more serving workers (kernel
+service jobs, see ``serve.controller``) that share a memory budget and host every
+deployment of the pool, loading models on demand. A pool is created by the first
+deployment that names it (default: the deployment's own name) with that deployment's cpu
+and memory. Deploying again under the same name, or moving the alias it follows, switches
+its version while requests in flight finish on the old one.
+
+A deployment belongs to a team: viewers see it and call it (with an ``inference`` token),
+developers deploy, maintainers scale and remove.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from sqlalchemy import select
+
+from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from llmos.kernel.jobs import PRIORITY_RANK, PriorityClass
+from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
+from llmos.schema import RequestBody
+from llmos.security.rbac import CREATE, MANAGE, READ, SYSTEM, Principal
+from llmos.store.db import Database
+from llmos.store.models import Deployment, ServingPool, utcnow
+
+# What each kind of model is served as, and by which engines.
+TASKS = {"causal_lm": "generate", "encoder": "embed", "sequence_classification": "classify"}
+ENGINES = {"generate": ("torch", "llamacpp"), "embed": ("encoder",), "classify": ("encoder",)}
+DEFAULT_ENGINE = {"generate": "torch", "embed": "encoder", "classify": "encoder"}
+RUNTIME_MB = 700  # a worker's own memory (Python, torch, the HTTP server), outside the budget
+
+
+class DeployRequest(RequestBody):
+    model: str = Field(min_length=1, max_length=200,
+                       description="NAME, NAME:VERSION or NAME@ALIAS (an alias is followed).")
+    name: str | None = Field(default=None, min_length=1, max_length=100,
+                             description="The name clients use (default: the model's).")
+    engine: str | None = Field(default=None, min_length=1, max_length=50)
+    replicas: int = Field(default=1, ge=1, le=64)
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_queue: int = Field(default=1024, ge=1, le=100_000,
+                           description="Requests waiting for a batch slot; more get 429.")
+    priority: PriorityClass = "normal"
+    pool: str | None = Field(default=None, min_length=1, max_length=100,
+                             description="Share workers and their memory with this pool's "
+                             "deployments (default: a pool of its own).")
+    cpu: float = Field(default=1, gt=0, le=4096, description="Per worker of a new pool.")
+    memory_mb: int = Field(default=3072, ge=256, le=2**31 - 1,
+                           description="Per worker of a new pool.")
+    gpu: int = Field(default=0, ge=0, le=64)
+    budget_mb: int | None = Field(default=None, ge=64, le=2**31 - 1,
+                                  description="Memory for resident models (default: the "
+                                  "worker's memory less its own runtime).")
+    team: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ScaleRequest(RequestBody):
+    replicas: int = Field(ge=1, le=64)
+
+
+Task = Literal["generate", "embed", "classify"]
+
+
+class DeploymentService:
+    def __init__(self, db: Database, registry: ModelRegistry, on_change=lambda: None):
+        self.db = db
+        self.registry = registry
+        self.on_change = on_change  # wakes the serving controller
+
+    def deploy(self, who: Principal, req: DeployRequest) -> Deployment:
+        """Create a deployment, or point an existing one (same name) at a new version."""
+        model, ref = parse_ref(req.model)
+        version = self.registry.version(who, model, ref)
+        task = TASKS.get(version.task)
+        if task is None:
+            raise InvalidRequest(f"{model}:{version.version} is a {version.task} model; llmos "
+                                 f"serves {', '.join(TASKS)} models")
+        if not version.info.get("tokenizer_files"):
+            raise InvalidRequest(f"{model}:{version.version} has no tokenizer; it cannot be "
+                                 "served")
+        engine = req.engine or DEFAULT_ENGINE[task]
+        if engine not in ENGINES[task]:
+            raise InvalidRequest(f"engine {engine!r} cannot serve {task}; use "
+                                 f"{' or '.join(ENGINES[task])}")
+        name = check_model_name(req.name or model)
+        with self.db.session() as s:
+            existing = s.scalars(select(Deployment).where(Deployment.name == name)).first()
+            if existing is not None:
+                return self._update(s, who, existing, req, ref, version, engine)
+            team = who.home_team(req.team or version.model.team, CREATE, "deployments")
+            pool = self._pool(s, who, req, name, team)
+            d = Deployment(name=name, team=team, owner=who.name, model=model, ref=ref,
+                           version_id=version.id, engine=engine, replicas=req.replicas,
+                           max_batch=req.max_batch, max_queue=req.max_queue,
+                           priority=req.priority, pool=pool.name,
+                           created_at=utcnow(), updated_at=utcnow())
+            s.add(d)
+        self.on_change()
+        return self.get(who, name)
+
+    def _update(self, s, who, d: Deployment, req: DeployRequest, ref: str, version,
+                engine: str) -> Deployment:
+        who.check(READ, d.team, f"deployment {d.name}")
+        who.check(CREATE, d.team, f"deployment {d.name}")
+        if req.pool is not None and req.pool != d.pool:
+            raise Conflict(f"deployment {d.name} runs in pool {d.pool}; remove it to move it")
+        d.model, d.ref, d.version_id, d.engine = version.model.name, ref, version.id, engine
+        d.replicas, d.max_batch, d.priority = req.replicas, req.max_batch, req.priority
+        d.max_queue = req.max_queue
+        d.updated_at = utcnow()
+        s.flush()
+        name = d.name
+        s.commit()
+        self.on_change()
+        return self.get(who, name)
+
+    def _pool(self, s, who: Principal, req: DeployRequest, name: str, team: str) -> ServingPool:
+        pool_name = check_model_name(req.pool or name)
+        pool = s.scalars(select(ServingPool).where(ServingPool.name == pool_name)).first()
+        if pool is not None:
+            if not who.can(READ, pool.team) or pool.team != team:
+                raise Forbidden(f"pool {pool_name!r} belongs to another team")
+            return pool
+        budget = req.budget_mb or max(64, req.memory_mb - RUNTIME_MB)
+        if budget > req.memory_mb:
+            raise InvalidRequest(f"budget_mb ({budget}) cannot exceed memory_mb "
+                                 f"({req.memory_mb})")
+        pool = ServingPool(name=pool_name, team=team, owner=who.name, cpu=req.cpu,
+                           memory_mb=req.memory_mb, gpu=req.gpu, budget_mb=budget,
+                           created_at=utcnow())
+        s.add(pool)
+        s.flush()
+        return pool
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def list(self, who: Principal) -> list[Deployment]:
+        q = select(Deployment).order_by(Deployment.name)
+        teams = who.readable_teams()
+        if teams is not None:
+            q = q.where(Deployment.team.in_(sorted(teams)))
+        with self.db.session() as s:
+            return list(s.scalars(q))
+
+    def get(self, who: Principal, name: str) -> Deployment:
+        with self.db.session() as s:
+            d = s.scalars(select(Deployment).where(Deployment.name == name)).first()
+            if d is None:
+                raise NotFound(f"deployment {name!r} not found")
+            who.check(READ, d.team, f"deployment {name!r}")
+            return d
+
+    def pool(self, name: str) -> ServingPool | None:
+        with self.db.session() as s:
+            return s.scalars(select(ServingPool).where(ServingPool.name == name)).first()
+
+    def pools(self) -> list[ServingPool]:
+        with self.db.session() as s:
+            return list(s.scalars(select(ServingPool)))
+
+    def all(self) -> list[Deployment]:
+        return self.list(SYSTEM)
+
+    # -- changing ----------------------------------------------------------------------------
+
+    def scale(self, who: Principal, name: str, replicas: int) -> Deployment:
+        d = self.get(who, name)
+        who.check(MANAGE, d.team, f"deployment {name}")
+        with self.db.session() as s:
+            row = s.get(Deployment, d.id)
+            row.replicas, row.updated_at = replicas, utcnow()
+        self.on_change()
+        return self.get(who, name)
+
+    def delete(self, who: Principal, name: str) -> Deployment:
+        """Stop serving ``name``; a pool left with no deployment is removed with its workers."""
+        d = self.get(who, name)
+        who.check(MANAGE, d.team, f"deployment {name}")
+        with self.db.session() as s:
+            s.delete(s.get(Deployment, d.id))
+            s.flush()
+            left = s.scalars(select(Deployment).where(Deployment.pool == d.pool)).first()
+            if left is None:
+                pool = s.scalars(select(ServingPool).where(ServingPool.name == d.pool)).first()
+                if pool is not None:
+                    s.delete(pool)
+        self.on_change()
+        return d
+
+    def follow_aliases(self) -> list[str]:
+        """Re-resolve deployments that follow an alias or 'latest'; returns the names whose
+        version changed (a hot update: new requests go to the new version)."""
+        changed = []
+        for d in self.all():
+            if d.ref.isdigit():
+                continue
+            try:
+                v = self.registry.version(SYSTEM, d.model, d.ref)
+            except NotFound:
+                continue  # the alias was removed: keep serving what it pointed at
+            if v.id != d.version_id:
+                with self.db.session() as s:
+                    row = s.get(Deployment, d.id)
+                    row.version_id, row.updated_at = v.id, utcnow()
+                changed.append(d.name)
+        return changed
+
+
+def rank(priority: str) -> int:
+    return PRIORITY_RANK[priority]
