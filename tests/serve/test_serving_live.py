@@ -6,7 +6,6 @@ limits, bad input, disconnects and the Prometheus metrics."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import threading
 
 import httpx
@@ -62,7 +61,6 @@ def deploy(live: LiveDaemon, model: str, name: str, **kw) -> dict:
 
 
 def test_the_openai_client_chats_streams_completes_and_embeds(served):
-    c = served.client
     deploy(served, "tiny-llama", "chat")
     deploy(served, "tiny-bert", "embed")
     ready(served, "chat")
@@ -96,7 +94,6 @@ def test_the_openai_client_chats_streams_completes_and_embeds(served):
 
 
 def test_sixteen_streams_share_one_batch_and_match_one_at_a_time(served):
-    c = served.client
     deploy(served, "tiny-llama", "batch16", max_batch=16)
     ready(served, "batch16")
     client = oai(served)
@@ -266,7 +263,6 @@ def test_queue_bounds_and_rate_limits_answer_429_with_retry_after(served):
 
 
 def test_metrics_show_what_users_feel(served):
-    c = served.client
     deploy(served, "tiny-llama", "measured")
     ready(served, "measured")
     stream = oai(served).chat.completions.create(
