@@ -199,6 +199,30 @@ def test_waiting_requests_are_admitted_highest_priority_first(llama, tokenizer, 
     assert admission_order(engine) == ["high", "mid", "low", "low2"]
 
 
+def test_a_higher_priority_request_preempts_a_lower_one_which_resumes_where_it_stopped(
+        llama, tokenizer, engines):
+    engine = engines(llama, tokenizer, max_batch=1)
+    low_ids, high_ids = prompt(tokenizer, 1), prompt(tokenizer, 2)
+    low = engine.submit(req("low", low_ids, max_tokens=200, priority=0))
+    wait_until(lambda: engine.record().counters.tokens >= 5, "the low request to be decoding")
+    with engine.paused():
+        high = engine.submit(req("high", high_ids, max_tokens=8, priority=2))
+    high_out, low_out = high.result(60), low.result(60)
+    assert list(high_out.token_ids) == greedy(llama, high_ids, 8)
+    assert list(low_out.token_ids) == greedy(llama, low_ids, 200)  # recomputed, not changed
+    assert low_out.finish_reason == FinishReason.LENGTH and low_out.usage.completion_tokens == 200
+    record = engine.record()
+    assert record.counters.preemptions == 1
+    steps = [s.request_ids for s in record.steps]
+    high_steps = [i for i, ids in enumerate(steps) if "high" in ids]
+    low_steps = [i for i, ids in enumerate(steps) if "low" in ids]
+    # high ran while low waited, then low went on
+    assert low_steps[0] < high_steps[0] and high_steps[-1] < low_steps[-1]
+    assert not set(high_steps) & set(low_steps)
+    resumed = next(s for s in record.steps if "low" in s.prefill_ids and s.index > high_steps[-1])
+    assert resumed.prefill_tokens > len(low_ids)  # its prompt and its output so far
+
+
 def test_a_tenant_flooding_the_queue_does_not_starve_another(llama, tokenizer, engines):
     engine = engines(llama, tokenizer, max_batch=1)
     with engine.paused():

@@ -31,14 +31,22 @@ class AdmissionQueue(Generic[T]):
     def __contains__(self, key: str) -> bool:
         return key in self._where
 
-    def push(self, key: str, item: T, *, priority: int = 0, tenant: str = "default") -> None:
+    def push(self, key: str, item: T, *, priority: int = 0, tenant: str = "default",
+             front: bool = False) -> None:
+        """Queue ``item``. ``front``: it goes first among its priority (a request the engine
+        took out of the running batch resumes before newer ones) and is never refused."""
         if key in self._where:
             raise ValueError(f"{key!r} is queued already")
-        if len(self._where) >= self.capacity:
+        if len(self._where) >= self.capacity and not front:
             raise QueueFull(f"the engine's waiting queue is full ({self.capacity} requests); "
                             "retry later")
         tenants = self._levels.setdefault(priority, OrderedDict())
-        tenants.setdefault(tenant, deque()).append((key, item))
+        fifo = tenants.setdefault(tenant, deque())
+        if front:
+            fifo.appendleft((key, item))
+            tenants.move_to_end(tenant, last=False)
+        else:
+            fifo.append((key, item))
         self._where[key] = (priority, tenant)
 
     def peek(self) -> T | None:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Counters:
     prefill_tokens: int = 0  # prompt tokens run through the model
     max_batch_seen: int = 0
     requests_finished: int = 0
+    preemptions: int = 0  # running requests sent back to wait for a higher-priority one
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ class EngineRecord:
             step = StepRecord(c.steps + 1, started_at, time.time() - started_at, rows,
                               tuple(request_ids), tuple(prefill_ids), prefill_tokens)
             self._steps.append(step)
-            self._counters = Counters(c.steps + 1, c.tokens + rows,
-                                      c.prefill_tokens + prefill_tokens,
-                                      max(c.max_batch_seen, rows), c.requests_finished)
+            self._counters = replace(c, steps=c.steps + 1, tokens=c.tokens + rows,
+                                     prefill_tokens=c.prefill_tokens + prefill_tokens,
+                                     max_batch_seen=max(c.max_batch_seen, rows))
 
     def first_token(self, request_id: str, seconds: float) -> None:
         with self._lock:
@@ -75,8 +76,12 @@ class EngineRecord:
     def finished(self, count: int = 1) -> None:
         with self._lock:
             c = self._counters
-            self._counters = Counters(c.steps, c.tokens, c.prefill_tokens, c.max_batch_seen,
-                                      c.requests_finished + count)
+            self._counters = replace(c, requests_finished=c.requests_finished + count)
+
+    def preempted(self) -> None:
+        with self._lock:
+            self._counters = replace(self._counters,
+                                     preemptions=self._counters.preemptions + 1)
 
     def snapshot(self) -> RecordSnapshot:
         with self._lock:
