@@ -382,6 +382,8 @@ def test_import_gguf_smollm2_matches_the_gguf_model(tmp_path):
     assert info.gguf.file == gguf_file.name and info.gguf.sha256 == sha256(gguf_file)
     assert (info.gguf.architecture, info.gguf.quantization) == ("llama", "Q4_1")
     assert all(f.sha256 == sha256(dest / f.path) for f in info.files)
+    kept = next(f for f in info.files if f.path == gguf_file.name)  # for the llamacpp engine
+    assert (kept.sha256, kept.size) == (info.gguf.sha256, gguf_file.stat().st_size)
     assert leftovers(tmp_path / "out") == ["smollm2"]
     assert info == ModelInfo.from_dict(json.loads(json.dumps(info.to_dict())))
 

@@ -211,6 +211,9 @@ def test_bad_requests_get_clear_errors_and_a_dropped_stream_frees_its_slot(serve
         n = http.post("/v1/chat/completions", json={"model": "edge", "n": 2, "messages": [
             {"role": "user", "content": "hi"}]})
         assert n.status_code == 400 and "'n' must be 1" in n.json()["error"]["message"]
+        cpp = http.post("/v1/deployments", json={"model": "tiny-llama", "name": "edge-cpp",
+                                                 "engine": "llamacpp"})
+        assert cpp.status_code == 422 and "holds no GGUF file" in cpp.json()["error"]["message"]
     before = engine_record(served, "edge", lambda r: True)["tokens"]
     stream = client.chat.completions.create(
         model="edge", messages=[{"role": "user", "content": "Go on and on."}],

@@ -510,7 +510,8 @@ def _dequantize(gguf_path: Path, out: Path, dtype: str, header: dict) -> None:
 
 def import_gguf(gguf_path: str | Path, dest: str | Path, dtype: str = "float32",
                 progress: ProgressFn | None = None) -> ModelInfo:
-    """Convert a GGUF file once into a new folder ``dest`` of safetensors + tokenizer.
+    """Convert a GGUF file once into a new folder ``dest`` of safetensors + tokenizer, and
+    keep the GGUF file beside them (the ``llamacpp`` serving engine runs it as it is).
 
     De-quantizes with transformers into ``dtype`` (float32, or bfloat16 / float16 at half
     the size), saves the tokenizer and chat template, and records the source file (name,
@@ -524,14 +525,17 @@ def import_gguf(gguf_path: str | Path, dest: str | Path, dtype: str = "float32",
     _check_gguf_file(gguf_path)
     report(0, 4, "reading GGUF header")
     header = _gguf_header(gguf_path)
-    report(1, 4, "hashing GGUF file")
-    digest = _sha256_file(gguf_path)
-    source = GGUFSource(file=gguf_path.name, sha256=digest.sha256, size=digest.size, **header)
     with _staging(Path(dest)) as tmp:
-        report(2, 4, "de-quantizing")
+        report(1, 4, "de-quantizing")
         _dequantize(gguf_path, tmp, dtype, header)
-        report(3, 4, "hashing the converted files")
+        report(2, 4, "hashing the converted files")
         folder = _read_folder(tmp)
-        info = _describe(folder, _hash_all(folder), gguf=source)
+        hashes = _hash_all(folder)
+        report(3, 4, "keeping the GGUF file")
+        kept = _copy_hashed(gguf_path, tmp / gguf_path.name, gguf_path.name)
+        source = GGUFSource(file=gguf_path.name, sha256=kept.sha256, size=kept.size, **header)
+        info = _describe(folder, hashes, gguf=source)
+        info.files = sorted([*info.files, kept], key=lambda f: f.path)
+        info.size_bytes += kept.size
     report(4, 4, "done")
     return info

@@ -87,6 +87,10 @@ class DeploymentService:
         if engine not in ENGINES[task]:
             raise InvalidRequest(f"engine {engine!r} cannot serve {task}; use "
                                  f"{' or '.join(ENGINES[task])}")
+        if engine == "llamacpp" and not any(f["path"].endswith(".gguf")
+                                            for f in version.info.get("files", [])):
+            raise InvalidRequest(f"{model}:{version.version} holds no GGUF file; the llamacpp "
+                                 "engine serves versions imported from GGUF")
         name = check_model_name(req.name or model)
         with self.db.session() as s:
             existing = s.scalars(select(Deployment).where(Deployment.name == name)).first()
