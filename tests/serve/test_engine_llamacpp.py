@@ -139,6 +139,25 @@ def test_a_higher_priority_request_preempts_and_the_lower_one_still_finishes(fol
         assert high_out.usage.completion_tokens == 8
         assert low_out.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
         assert engine.record().counters.preemptions == 1
+        resumed = [s for s in engine.record().steps if "low" in s.prefill_ids][-1]
+        assert resumed.prefill_tokens == 1  # its prompt and output so far stayed in the cache
+    finally:
+        engine.close()
+
+
+def test_a_start_shared_with_an_earlier_request_is_not_prefilled_again(folder):
+    engine = load_engine(folder, engine="llamacpp", max_batch=4, threads=2)
+    try:
+        first, second = chat(engine, "Name three primary colors."), chat(engine,
+                                                                         "Name three fruits.")
+        common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+        assert common > 20  # the chat template's system prompt, and "Name three"
+        engine.submit(GenerationRequest("first", first, max_tokens=4, temperature=0)).result(60)
+        out = engine.submit(GenerationRequest("second", second, max_tokens=8,
+                                              temperature=0)).result(60)
+        step = next(s for s in engine.record().steps if "second" in s.prefill_ids)
+        assert step.prefill_tokens == len(second) - common
+        assert out.text.strip() and out.usage.prompt_tokens == len(second)
     finally:
         engine.close()
 

@@ -34,7 +34,6 @@ from llmos.errors import InvalidRequest
 from llmos.serve.engines.admission import AdmissionQueue
 from llmos.serve.engines.base import (
     ContextLengthExceeded,
-    DuplicateRequest,
     FinishReason,
     GenerationRequest,
     GenerativeEngine,
@@ -66,6 +65,7 @@ class Sequence:
     aborted: bool = False
     cache: Any = field(default=None, repr=False)  # an engine's per-request state, if any
     output_ids: list[int] = field(default_factory=list)  # generated so far
+    reused: int = 0  # context tokens an engine found in its cache at admission: not prefilled
 
     def context_ids(self) -> list[int]:
         """What a prefill runs: the prompt, and the output so far of a resumed request."""
@@ -125,14 +125,7 @@ class BatchingEngine(StepLoop, GenerativeEngine):
                                                 request.seed, self._sampler_device),
                        IncrementalText(self.tokenizer, request.stop, request.prompt_token_ids),
                        time.monotonic())
-        with self._lock:
-            self._check_open()
-            if request.request_id in self._live:
-                raise DuplicateRequest(f"request {request.request_id} is already in the engine")
-            self._waiting.push(request.request_id, seq, priority=request.priority,
-                               tenant=request.tenant)
-            self._live[request.request_id] = seq
-            self._lock.notify_all()
+        self._enqueue(request, seq)
         return stream
 
     def abort(self, request_id: str) -> bool:
@@ -194,7 +187,7 @@ class BatchingEngine(StepLoop, GenerativeEngine):
             decoding = list(self._running)
             joining = self._admit()
         joined = self._prefill_joining(joining) if joining else []
-        prefilled = sum(len(s.context_ids()) for s, _ in joined)
+        prefilled = sum(len(s.context_ids()) - s.reused for s, _ in joined)
         now = time.monotonic()
         for seq, _ in joined:
             if seq.generated == 0:

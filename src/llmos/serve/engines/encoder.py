@@ -32,7 +32,6 @@ from llmos.serve.engines.admission import AdmissionQueue
 from llmos.serve.engines.base import (
     Classification,
     ContextLengthExceeded,
-    DuplicateRequest,
     EncoderEngine,
     EncodeRequest,
     EncodeResult,
@@ -154,14 +153,7 @@ class TorchEncoderEngine(StepLoop, EncoderEngine):
                 f"model's {self.max_length}; shorten it or allow truncation")
         handle = EncodeHandle(request.request_id, self.abort)
         job = _Job(request, handle, [list(ids) for ids in encoded], time.monotonic())
-        with self._lock:
-            self._check_open()
-            if request.request_id in self._live:
-                raise DuplicateRequest(f"request {request.request_id} is already in the engine")
-            self._waiting.push(request.request_id, job, priority=request.priority,
-                               tenant=request.tenant)
-            self._live[request.request_id] = job
-            self._lock.notify_all()
+        self._enqueue(request, job)
         return handle
 
     def abort(self, request_id: str) -> bool:

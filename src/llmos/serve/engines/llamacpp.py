@@ -4,10 +4,15 @@ with the same continuous batching as the ``"torch"`` engine.
 Each running request is a llama.cpp *sequence* in one unified KV cache; a step builds one
 ``llama_batch`` holding the prompts of the requests joining (whole, up to the step's prompt
 budget) and one token of every request already running, decodes it in a single
-``llama_decode``, and samples each sequence's next token from its logits row. A request
-that leaves frees its sequence's cells (``llama_memory_seq_rm``). Tokenization, chat
-templates, detokenization, sampling and stops are the shared ones (the model folder's
+``llama_decode``, and samples each sequence's next token from its logits row. Tokenization,
+chat templates, detokenization, sampling and stops are the shared ones (the model folder's
 tokenizer, converted from the same GGUF file, gives the same ids).
+
+Prefix cache: a request that leaves keeps its cells as an idle sequence; a request that
+joins later and starts with the same tokens (a chat template's system prompt, a
+conversation's earlier turns, a preempted request resuming) shares those cells
+(``llama_memory_seq_cp``) and prefills only the rest. Idle sequences are dropped least
+recently used first when their cells or ids are needed (``llama_memory_seq_rm``).
 
 Optional: ``pip install -e '.[llamacpp]'`` (builds llama.cpp from source). Threads default
 to the cores the job was given (``OMP_NUM_THREADS``).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,9 @@ def _bindings():
     return llama_cpp
 
 
+MAX_SEQUENCES = 256  # llama.cpp's own limit (LLAMA_MAX_SEQ)
+
+
 def find_gguf(folder: Path) -> Path:
     files = sorted(Path(folder).glob("*.gguf"))
     if not files:
@@ -54,7 +63,10 @@ class LlamaCppEngine(BatchingEngine):
     def __init__(self, gguf: Path, tokenizer: Any, *, max_batch: int = 32, max_queue: int = 1024,
                  max_prefill_tokens: int = 2048, max_context: int = 2048,
                  cache_tokens: int | None = None, threads: int | None = None,
-                 repack: bool = False, record_steps: int = 1024):
+                 repack: bool = False, prefix_cache: bool = True, record_steps: int = 1024):
+        if max_batch > MAX_SEQUENCES:
+            raise ModelLoadError(f"llama.cpp runs at most {MAX_SEQUENCES} sequences at once; "
+                                 f"max_batch {max_batch} is more")
         lc = _bindings()
         self._lc = lc
         lc.llama_backend_init()
@@ -73,8 +85,10 @@ class LlamaCppEngine(BatchingEngine):
         threads = threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = self.cache_tokens
-        cparams.n_batch = cparams.n_ubatch = max(max_prefill_tokens + max_batch, 512)
-        cparams.n_seq_max = max_batch
+        cparams.n_batch = max(max_prefill_tokens + max_batch, 512)  # llama_decode splits it
+        cparams.n_ubatch = 512  # into micro-batches: the compute buffer is sized for one
+        n_seq = min(2 * max_batch, MAX_SEQUENCES)  # the running ones, and idle prefixes
+        cparams.n_seq_max = n_seq
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.kv_unified = True
         cparams.no_perf = True
@@ -88,8 +102,15 @@ class LlamaCppEngine(BatchingEngine):
         self._batch = lc.llama_batch_init(cparams.n_batch, 0, 1)
         self._batch_capacity = cparams.n_batch
         self._gguf_bytes = gguf.stat().st_size
-        self._free_seqs = list(range(max_batch))
+        head_dim = lc.llama_model_n_embd(self._model) // max(1, lc.llama_model_n_head(self._model))
+        self._cache_bytes = (2 * 2 * lc.llama_model_n_layer(self._model)  # K and V, float16
+                             * lc.llama_model_n_head_kv(self._model) * head_dim * self.cache_tokens)
+        self._free_seqs = list(range(n_seq))
         self._reserved = 0  # cache cells promised to running requests (prompt + max_tokens)
+        self.prefix_cache = prefix_cache
+        # idle sequence id -> the tokens its cells hold, least recently used first
+        self._prefixes: OrderedDict[int, list[int]] = OrderedDict()
+        self._prefix_tokens = 0
         eos = {lc.llama_vocab_eos(vocab), lc.llama_vocab_eot(vocab)} - {-1}
         if getattr(tokenizer, "eos_token_id", None) is not None:
             eos.add(tokenizer.eos_token_id)
@@ -109,36 +130,77 @@ class LlamaCppEngine(BatchingEngine):
         return cls(gguf, load_tokenizer(folder), **options)
 
     def memory_bytes(self) -> int:
+        """The weights (memory-mapped GGUF) and the KV cache llama.cpp allocated for them."""
         if not getattr(self, "_ctx", None):
             return 0
-        return self._gguf_bytes + self._lc.llama_state_get_size(self._ctx)
+        return self._gguf_bytes + self._cache_bytes
 
     # -- admission within the cache ---------------------------------------------------------
 
+    @staticmethod
+    def _need(seq: Sequence) -> int:
+        return len(seq.request.prompt_token_ids) + seq.request.max_tokens
+
     def _room_for(self, seq: Sequence) -> bool:
         """A request needs room in the unified cache for its prompt and all it may generate
-        (the first one always gets in: a request alone never waits forever)."""
-        need = len(seq.request.prompt_token_ids) + seq.request.max_tokens
+        (idle prefixes make way; the first request always gets in: a request alone never
+        waits forever)."""
+        need = self._need(seq)
+        while self._prefixes and self._reserved + self._prefix_tokens + need > self.cache_tokens:
+            self._drop_prefix(next(iter(self._prefixes)))
         return not self._running or self._reserved + need <= self.cache_tokens
 
     def _joined(self, seq: Sequence) -> None:
-        seq.cache = self._free_seqs.pop()  # its llama.cpp sequence id
-        self._reserved += len(seq.request.prompt_token_ids) + seq.request.max_tokens
+        context = seq.context_ids()
+        source, common = self._longest_prefix(context)
+        if source is not None:
+            self._prefixes.move_to_end(source)  # so that taking an id below keeps it
+        seq.cache = self._take_sequence_id()
+        if source is not None:
+            self._lc.llama_memory_seq_cp(self._memory, source, seq.cache, 0, common)
+        seq.length = seq.reused = common
+        self._reserved += self._need(seq)
+
+    def _longest_prefix(self, context: list[int]) -> tuple[int | None, int]:
+        """The idle sequence sharing the longest start with ``context``, and how many tokens
+        (never all of them: the last one runs for its logits)."""
+        best, best_len = None, 0
+        if self.prefix_cache:
+            for sid, tokens in self._prefixes.items():
+                n = _common_prefix(tokens, context)
+                if n > best_len:
+                    best, best_len = sid, n
+        best_len = min(best_len, len(context) - 1)
+        return (best, best_len) if best_len > 0 else (None, 0)
+
+    def _take_sequence_id(self) -> int:
+        """A free sequence id; else the least recently used idle prefix's. With twice as many
+        ids as batch slots, a joining request always finds one."""
+        if not self._free_seqs:
+            self._drop_prefix(next(iter(self._prefixes)))
+        return self._free_seqs.pop()
+
+    def _drop_prefix(self, sid: int) -> None:
+        self._prefix_tokens -= len(self._prefixes.pop(sid))
+        self._lc.llama_memory_seq_rm(self._memory, sid, -1, -1)
+        self._free_seqs.append(sid)
 
     # -- the model -----------------------------------------------------------------------------
 
     def _prefill_joining(self, joining: list[Sequence]) -> list[tuple[Sequence, int]]:
         entries = []
-        for seq in joining:
-            prompt = seq.context_ids()
-            entries += [(tok, i, seq.cache, i == len(prompt) - 1) for i, tok in enumerate(prompt)]
+        for seq in joining:  # what the cache does not hold yet: from seq.length on
+            context = seq.context_ids()
+            entries += [(context[i], i, seq.cache, i == len(context) - 1)
+                        for i in range(seq.length, len(context))]
         produced = self._decode_entries(joining, entries)
         for seq, _ in produced:
             seq.length = len(seq.context_ids())
         return produced
 
     def _decode(self, rows: list[Sequence]) -> list[tuple[Sequence, int]]:
-        produced = self._decode_entries(rows, [(s.last_token, s.length, s.cache, True) for s in rows])
+        produced = self._decode_entries(rows, [(s.last_token, s.length, s.cache, True)
+                                               for s in rows])
         for seq, _ in produced:
             seq.length += 1
         return produced
@@ -169,14 +231,23 @@ class LlamaCppEngine(BatchingEngine):
                     logits_of[seq_id] = np.ctypeslib.as_array(ptr, (self._n_vocab,)).copy()
             return [(s, s.sampler.sample(torch.from_numpy(logits_of[s.cache]))) for s in seqs]
         except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
+            for seq in seqs:
+                seq.length = 0  # their cells are not to be trusted: freed, not kept
             self._fail(seqs, e)
             return []
 
     def _free_slot(self, seq: Sequence, moved: Sequence | None) -> None:
-        if seq.cache is not None:
+        """A request leaving (finished, aborted or preempted) keeps its cells as an idle
+        prefix; a failed one frees them."""
+        if seq.cache is None:
+            return
+        self._reserved -= self._need(seq)
+        if self.prefix_cache and seq.length > 0:
+            self._prefixes[seq.cache] = seq.context_ids()[:seq.length]
+            self._prefix_tokens += seq.length
+        else:
             self._lc.llama_memory_seq_rm(self._memory, seq.cache, -1, -1)
             self._free_seqs.append(seq.cache)
-            self._reserved -= len(seq.request.prompt_token_ids) + seq.request.max_tokens
 
     def _drain(self) -> None:
         super()._drain()
@@ -185,3 +256,11 @@ class LlamaCppEngine(BatchingEngine):
         lc.llama_free(self._ctx)
         lc.llama_model_free(self._model)
         self._ctx = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -5,7 +5,7 @@ An engine subclasses :class:`StepLoop` and supplies ``_has_work`` (called under 
 (called once the thread has stopped, to end whatever is still open). Callers on any thread
 share ``self._lock``, a Condition; every change that may create work must ``notify`` it.
 
-Knows nothing about models or requests.
+Knows nothing about models; of a request, only its id, priority and tenant (``_enqueue``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import threading
 from contextlib import contextmanager
 
-from llmos.serve.engines.base import EngineClosed
+from llmos.serve.engines.base import DuplicateRequest, EngineClosed
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class StepLoop:
         self._closing = False
         self._closed = False
         self._pause_count = 0
-        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
         self._thread.start()
 
     # ----------------------------------------------------------------- for subclasses
@@ -50,9 +50,21 @@ class StepLoop:
         if self._closing:
             raise EngineClosed(f"the {type(self).__name__} engine is closed")
 
+    def _enqueue(self, request, item) -> None:
+        """Accept ``item`` (the engine's record of ``request``): into the waiting queue
+        (``self._waiting``, an AdmissionQueue) and the live requests (``self._live``)."""
+        with self._lock:
+            self._check_open()
+            if request.request_id in self._live:
+                raise DuplicateRequest(f"request {request.request_id} is already in the engine")
+            self._waiting.push(request.request_id, item, priority=request.priority,
+                               tenant=request.tenant)
+            self._live[request.request_id] = item
+            self._lock.notify_all()
+
     # ----------------------------------------------------------------- the loop
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 while not self._closing and (self._pause_count or not self._has_work()):
