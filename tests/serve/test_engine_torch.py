@@ -223,6 +223,56 @@ def test_a_higher_priority_request_preempts_a_lower_one_which_resumes_where_it_s
     assert resumed.prefill_tokens > len(low_ids)  # its prompt and its output so far
 
 
+def test_a_higher_priority_request_interrupts_the_decode_in_flight(llama, tokenizer, engines):
+    engine = engines(llama, tokenizer, max_batch=4)
+    low_ids, high_ids = [prompt(tokenizer, 0), prompt(tokenizer, 3)], prompt(tokenizer, 5)
+    sent = {}
+
+    def arrive_mid_decode(module, args, output):  # after the first layer of a decode forward
+        if "high" not in sent and engine.record().counters.tokens >= 6:
+            sent["high"] = engine.submit(req("high", high_ids, max_tokens=8, priority=2))
+
+    hook = llama.model.layers[0].register_forward_hook(arrive_mid_decode)
+    try:
+        lows = [engine.submit(req(f"low{i}", ids, max_tokens=40, priority=0))
+                for i, ids in enumerate(low_ids)]
+        wait_until(lambda: "high" in sent, "the high request to arrive mid-forward")
+        high_out, low_outs = sent["high"].result(60), [s.result(60) for s in lows]
+    finally:
+        hook.remove()
+    assert engine.record().counters.interruptions == 1
+    assert list(high_out.token_ids) == greedy(llama, high_ids, 8)
+    for ids, out in zip(low_ids, low_outs):  # the abandoned decode ran again, unchanged
+        assert list(out.token_ids) == greedy(llama, ids, 40)
+
+
+def test_a_higher_priority_request_interrupts_a_prefill_which_runs_again(
+        llama, tokenizer, engines):
+    engine = engines(llama, tokenizer, max_batch=4)
+    low_ids, high_ids = prompt(tokenizer, 1), prompt(tokenizer, 5)
+    sent = {}
+
+    def arrive_mid_prefill(module, args, output):  # the first forward is the low's prefill
+        if "high" not in sent and engine.record().counters.steps == 0:
+            sent["high"] = engine.submit(req("high", high_ids, max_tokens=4, priority=2))
+
+    hook = llama.model.layers[0].register_forward_hook(arrive_mid_prefill)
+    try:
+        low = engine.submit(req("low", low_ids, max_tokens=12, priority=0))
+        low_out = low.result(60)
+        high_out = sent["high"].result(60)
+    finally:
+        hook.remove()
+    record = engine.record()
+    assert record.counters.interruptions == 1
+
+    def prefilled_in(rid):  # the index of the step that prefilled rid (an interrupted one is
+        return next(s.index for s in record.steps if rid in s.prefill_ids)  # not recorded)
+    assert prefilled_in("high") <= prefilled_in("low")
+    assert list(high_out.token_ids) == greedy(llama, high_ids, 4)
+    assert list(low_out.token_ids) == greedy(llama, low_ids, 12)
+
+
 def test_a_tenant_flooding_the_queue_does_not_starve_another(llama, tokenizer, engines):
     engine = engines(llama, tokenizer, max_batch=1)
     with engine.paused():

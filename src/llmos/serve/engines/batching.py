@@ -10,7 +10,11 @@ the streams. Every step, on the engine's own thread:
    that one is *preempted*: it leaves the batch with what it has generated and goes back to
    the front of its queue; when it is admitted again its prompt and its output so far are
    prefilled anew (recomputation, as vLLM preempts) and it goes on where it stopped — its
-   stream only sees a pause;
+   stream only sees a pause. A request that outranks a running one does not even wait for
+   the step in flight in an engine that can stop its forward midway (``_can_interrupt``):
+   the engine raises :class:`StepInterrupted` at its next safe point, the step's decode
+   produces nothing (the rows are unchanged and run again), a prefill sends its requests
+   back to the front of their queue, and the next step admits the newcomer;
 3. waiting requests are admitted while slots are free (``max_batch``) and the step's prompt
    budget (``max_prefill_tokens``) lasts — highest priority first, then round-robin across
    tenants, FIFO within one (:mod:`admission`) — and prefilled (:meth:`_prefill_joining`);
@@ -49,6 +53,10 @@ from llmos.serve.engines.text import IncrementalText
 log = logging.getLogger(__name__)
 
 
+class StepInterrupted(Exception):
+    """Raised inside an engine's forward when a higher-priority request is waiting."""
+
+
 @dataclass(eq=False)
 class Sequence:
     """One request while it is in the engine."""
@@ -73,6 +81,8 @@ class Sequence:
 
 
 class BatchingEngine(StepLoop, GenerativeEngine):
+    _can_interrupt = False  # whether the engine calls _check_interrupt inside its forwards
+
     def _init_batching(self, tokenizer: Any, *, max_batch: int, max_queue: int,
                        max_prefill_tokens: int, max_context: int, vocab_size: int,
                        eos_token_ids: frozenset[int], record_steps: int,
@@ -90,6 +100,7 @@ class BatchingEngine(StepLoop, GenerativeEngine):
         self._running: list[Sequence] = []  # slot i holds _running[i]
         self._live: dict[str, Sequence] = {}
         self._record = EngineRecord(max_steps=record_steps)
+        self._interrupt = False  # a waiting request outranks a running one: stop the step
         self._start_loop()
 
     # -- hooks for engines -----------------------------------------------------------------
@@ -126,7 +137,16 @@ class BatchingEngine(StepLoop, GenerativeEngine):
                        IncrementalText(self.tokenizer, request.stop, request.prompt_token_ids),
                        time.monotonic())
         self._enqueue(request, seq)
+        if self._can_interrupt:
+            with self._lock:
+                if any(s.request.priority < request.priority for s in self._running):
+                    self._interrupt = True
         return stream
+
+    def _check_interrupt(self) -> None:
+        """For engines, at safe points inside a forward (between layers)."""
+        if self._interrupt:
+            raise StepInterrupted
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
@@ -181,6 +201,7 @@ class BatchingEngine(StepLoop, GenerativeEngine):
     def _step(self) -> None:
         started = time.time()
         with self._lock:
+            self._interrupt = False  # whoever asked is admitted in this step
             for seq in [s for s in self._running if s.aborted]:
                 self._leave(seq, FinishReason.ABORT)
             self._preempt_for_priority()
@@ -197,8 +218,10 @@ class BatchingEngine(StepLoop, GenerativeEngine):
                 self._advance(seq, token)
         produced = joined + (self._decode(decoding) if decoding else [])
         # recorded before any stream hears its last token, so a finished stream's steps are there
-        self._record.add_step(started, [s.request.request_id for s, _ in produced], len(produced),
-                              [s.request.request_id for s, _ in joined], prefilled)
+        if produced:
+            self._record.add_step(started, [s.request.request_id for s, _ in produced],
+                                  len(produced), [s.request.request_id for s, _ in joined],
+                                  prefilled)
         for seq, token in produced[len(joined):]:
             self._advance(seq, token)
         for seq, token in joined:  # a one-token request finishes with its step recorded
@@ -214,16 +237,21 @@ class BatchingEngine(StepLoop, GenerativeEngine):
         victim = min(self._running, key=lambda s: (s.request.priority, -s.submitted_at))
         if victim.request.priority >= head.request.priority:
             return
-        last = self._running.pop()
-        moved = last if last is not victim else None
-        self._free_slot(victim, moved)
-        if moved is not None:
-            moved.slot = victim.slot
-            self._running[victim.slot] = moved
-        victim.slot, victim.cache, victim.length = -1, None, 0
-        self._waiting.push(victim.request.request_id, victim, priority=victim.request.priority,
-                           tenant=victim.request.tenant, front=True)
+        self._send_back(victim)
         self._record.preempted()
+
+    def _send_back(self, seq: Sequence) -> None:
+        """Under the lock: ``seq`` leaves the batch (the last row takes its slot) for the
+        front of its queue, keeping what it has generated."""
+        last = self._running.pop()
+        moved = last if last is not seq else None
+        self._free_slot(seq, moved)
+        if moved is not None:
+            moved.slot = seq.slot
+            self._running[seq.slot] = moved
+        seq.slot, seq.cache, seq.length = -1, None, 0
+        self._waiting.push(seq.request.request_id, seq, priority=seq.request.priority,
+                           tenant=seq.request.tenant, front=True)
 
     def _admit(self) -> list[Sequence]:
         """Under the lock: take waiting requests into free slots, within the prompt budget."""

@@ -33,6 +33,7 @@ class Counters:
     max_batch_seen: int = 0
     requests_finished: int = 0
     preemptions: int = 0  # running requests sent back to wait for a higher-priority one
+    interruptions: int = 0  # forwards abandoned midway for a higher-priority request
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,11 @@ class EngineRecord:
         with self._lock:
             self._counters = replace(self._counters,
                                      preemptions=self._counters.preemptions + 1)
+
+    def interrupted(self) -> None:
+        with self._lock:
+            self._counters = replace(self._counters,
+                                     interruptions=self._counters.interruptions + 1)
 
     def snapshot(self) -> RecordSnapshot:
         with self._lock:

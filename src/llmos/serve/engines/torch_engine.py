@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from llmos.serve.engines.base import ModelLoadError
-from llmos.serve.engines.batching import BatchingEngine, Sequence
+from llmos.serve.engines.batching import BatchingEngine, Sequence, StepInterrupted
 from llmos.serve.engines.kv_cache import SlotKVCache, is_plain_dynamic
 from llmos.serve.engines.loading import (
     check_model_dir,
@@ -65,6 +66,14 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _decoder_layers(model: torch.nn.Module, count: int) -> list[torch.nn.Module]:
+    """The model's stack of decoder layers: its first module list of ``count`` modules."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return list(module)
+    return []
+
+
 class TorchEngine(BatchingEngine):
     name = "torch"
     _thread_name = "llmos-engine-torch"
@@ -93,6 +102,11 @@ class TorchEngine(BatchingEngine):
         if self._batched and getattr(model.config, "_attn_implementation", "sdpa") not in (
                 "sdpa", "eager"):
             model.set_attn_implementation("sdpa")  # batched decode passes a 4D additive mask
+        # a forward can stop before any decoder layer: a prefill's cache is thrown away, and a
+        # batched decode's half-written slot positions are written again by the next one
+        layers = _decoder_layers(model, config.num_hidden_layers) if self._batched else []
+        self._hooks = [layer.register_forward_pre_hook(self._before_layer) for layer in layers]
+        self._can_interrupt = bool(layers)
         self._init_batching(tokenizer, max_batch=max_batch, max_queue=max_queue,
                             max_prefill_tokens=max_prefill_tokens, max_context=context,
                             vocab_size=vocab_size, eos_token_ids=_eos_ids(model, tokenizer),
@@ -161,6 +175,12 @@ class TorchEngine(BatchingEngine):
                     self._cache.store_prefill(seq.slot, cache, lengths[i], row=i)
                 else:
                     seq.cache = cache
+        except StepInterrupted:  # they wait again, at the front of their queues
+            self._record.interrupted()
+            with self._lock:
+                for seq in sorted(group, key=lambda s: -s.slot):
+                    self._send_back(seq)
+            return []
         except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
             self._fail(group, e)
             return []
@@ -176,6 +196,9 @@ class TorchEngine(BatchingEngine):
             else:
                 logits = torch.cat([self._decode_one(s) for s in rows])
             tokens = next_tokens(logits, [s.sampler for s in rows])
+        except StepInterrupted:  # no token this step; the rows run again in the next
+            self._record.interrupted()
+            return []
         except Exception as e:  # noqa: BLE001
             self._fail(rows, e)
             return []
@@ -197,6 +220,10 @@ class TorchEngine(BatchingEngine):
                          past_key_values=seq.cache, use_cache=True)
         return out.logits[:, -1]
 
+    def _before_layer(self, module: torch.nn.Module, args: Any) -> None:
+        if threading.current_thread() is self._thread:  # not someone else's use of the model
+            self._check_interrupt()
+
     def _free_slot(self, seq: Sequence, moved: Sequence | None) -> None:
         if moved is not None and self._batched:
             self._cache.move(moved.slot, seq.slot, moved.length)
@@ -207,4 +234,6 @@ class TorchEngine(BatchingEngine):
         super()._drain()
         with self._lock:
             self._cache.release()
+        for hook in self._hooks:
+            hook.remove()
         self.model = None
