@@ -43,7 +43,8 @@ class Limits:
         if token_rps and token_id is not None:
             wait = self.buckets.take(f"token:{token_id}", token_rps)
             if wait:
-                return math.ceil(wait * 1000) / 1000, f"this token's limit of {token_rps:g} requests/s"
+                return (math.ceil(wait * 1000) / 1000,
+                        f"this token's limit of {token_rps:g} requests/s")
         rps = self.team_rps(team) if team else None
         if rps is not None:
             if rps <= 0:

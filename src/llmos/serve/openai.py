@@ -116,20 +116,6 @@ class CompletionRequest(_Sampling):
         return v
 
 
-class EmbeddingRequest(_Body):
-    input: str | list[str] = Field(min_length=1)
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _texts(cls, v):
-        texts = [v] if isinstance(v, str) else v
-        if not texts or len(texts) > 2048:
-            raise ValueError("1 to 2048 inputs")
-        return texts
-
-
 class ClassifyRequest(_Body):
     input: str | list[str] = Field(min_length=1)
 
@@ -140,6 +126,11 @@ class ClassifyRequest(_Body):
         if not texts or len(texts) > 2048:
             raise ValueError("1 to 2048 inputs")
         return texts
+
+
+class EmbeddingRequest(ClassifyRequest):
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -174,19 +165,23 @@ def completion_response(rid: str, model: str, c: Completion) -> dict:
 
 def chat_chunk(rid: str, model: str, created: int, delta: dict, reason: str | None = None,
                usage: Usage | None = None) -> str:
-    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [] if usage is not None and not delta and reason is None else
-             [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}
-    if usage is not None:
-        chunk["usage"] = _usage(usage)
-    return sse(chunk)
+    return _chunk(rid, model, created, "chat.completion.chunk", {"delta": delta},
+                  bool(delta), reason, usage)
 
 
 def completion_chunk(rid: str, model: str, created: int, text: str, reason: str | None = None,
                      usage: Usage | None = None) -> str:
-    chunk = {"id": rid, "object": "text_completion", "created": created, "model": model,
-             "choices": [] if usage is not None and not text and reason is None else
-             [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}]}
+    return _chunk(rid, model, created, "text_completion", {"text": text}, bool(text), reason,
+                  usage)
+
+
+def _chunk(rid: str, model: str, created: int, kind: str, content: dict, has_content: bool,
+           reason: str | None, usage: Usage | None) -> str:
+    """One server-sent event of a stream; the usage-only last one has no choices."""
+    usage_only = usage is not None and not has_content and reason is None
+    chunk = {"id": rid, "object": kind, "created": created, "model": model,
+             "choices": [] if usage_only else
+             [{"index": 0, **content, "finish_reason": reason, "logprobs": None}]}
     if usage is not None:
         chunk["usage"] = _usage(usage)
     return sse(chunk)

@@ -67,9 +67,7 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
     @app.post("/generate/{kind}")
     async def generate(kind: str, request: Request):
         env = await request.json()
-        spec = spec_of(env["deployment"])
-        await _current(residency, spec)
-        lease = await _acquire(residency, spec)
+        lease = await _lease(residency, env)
         if isinstance(lease, JSONResponse):
             return lease
         try:
@@ -105,9 +103,7 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
     @app.post("/encode/{task}")
     async def encode(task: str, request: Request):
         env = await request.json()
-        spec = spec_of(env["deployment"])
-        await _current(residency, spec)
-        lease = await _acquire(residency, spec)
+        lease = await _lease(residency, env)
         if isinstance(lease, JSONResponse):
             return lease
         try:
@@ -141,6 +137,13 @@ async def _current(residency: Residency, spec: ModelSpec) -> None:
     if any(r.spec.deployment == spec.deployment and r.spec.key != spec.key and not r.superseded
            for r in residency.resident.values()):
         await residency.supersede(spec.deployment, spec.key)
+
+
+async def _lease(residency: Residency, env: dict):
+    """The engine of the request's deployment, loaded and leased (or an error response)."""
+    spec = spec_of(env["deployment"])
+    await _current(residency, spec)
+    return await _acquire(residency, spec)
 
 
 async def _acquire(residency: Residency, spec: ModelSpec):
