@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,3 +92,23 @@ def whoami(ctx, out: str) -> None:
     me = ctx.request("GET", "/v1/auth/whoami")
     art = ctx.artifacts.put(b"made by a job", name="job-output.txt")
     Path(out).write_text(json.dumps({"me": me, "artifact": art, "env": dict(os.environ)}))
+
+
+_CHILD = """
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(sys.argv[1], "a") as f:
+    f.write(f"{grandchild.pid}\\n")
+time.sleep(600)
+"""
+
+
+def stubborn(ctx, pids_file: str) -> None:
+    """Ignore SIGTERM (as its child and grandchild do: an ignored signal stays ignored
+    across exec), record the three pids (itself, child, grandchild), sleep until killed."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, pids_file])
+    with open(pids_file, "a") as f:
+        f.write(f"{os.getpid()}\n{child.pid}\n")
+    while True:
+        time.sleep(0.1)

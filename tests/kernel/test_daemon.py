@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from datetime import datetime
 
+import psutil
 import pytest
 
 from live import LiveDaemon, program, wait_for
@@ -94,9 +98,6 @@ def test_kill_9_of_the_daemon_loses_no_job_and_runs_none_twice(tmp_path):
     # While no daemon runs, one job's process dies: it must run again under its retries.
     victim = ids[0]
     marker = next(m for m in markers.iterdir() if m.name.startswith(f"{victim}-1-"))
-    import os
-    import signal
-
     os.kill(int(marker.name.split("-")[2]), signal.SIGKILL)
 
     second = LiveDaemon(home)
@@ -159,19 +160,50 @@ def test_a_failed_dependency_fails_its_dependents(daemon):
         f"dependency job {first['id']} failed; not started")
 
 
-def test_cancel_pending_running_and_ended_jobs(daemon, tmp_path):
-    gate = tmp_path / "gate"
+def _alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` (started at ``started``, when given) still runs."""
+    try:
+        proc = psutil.Process(pid)
+        same = started is None or abs(proc.create_time() - started) < 0.01
+        return same and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cancel_pending_running_and_ended_jobs(daemon):
     running = daemon.client.jobs.submit(program("sleep_long"), cpu=2)
-    daemon.wait_job(running["id"], states=("RUNNING",))
+    pid = daemon.wait_job(running["id"], states=("RUNNING",))["pid"]
+    started = psutil.Process(pid).create_time()
     queued = daemon.client.jobs.submit("noop")
     assert daemon.client.jobs.cancel(queued["id"])["state"] == "CANCELLED"
     daemon.client.jobs.cancel(running["id"])
     ended = daemon.wait_job(running["id"])
     assert ended["state"] == "CANCELLED" and ended["reason"] == "cancelled by the user"
+    assert not _alive(pid, started)
     with pytest.raises(APIError) as err:
         daemon.client.jobs.cancel(running["id"])
     assert err.value.status == 409
-    assert not gate.exists()
+    # The queued job never started: no binding, no attempt, no folder.
+    never = daemon.client.jobs.get(queued["id"])
+    assert [t["to_state"] for t in never["transitions"]] == ["PENDING", "CANCELLED"]
+    assert never["attempt"] == 0 and never["pid"] is None
+    assert not (daemon.home / "jobs" / str(queued["id"])).exists()
+
+
+def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period_with_its_grandchildren(
+        daemon, tmp_path):
+    pids_file = tmp_path / "pids"
+    job = daemon.client.jobs.submit(program("stubborn"), {"pids_file": str(pids_file)})
+    pids = wait_for(lambda: pids_file.exists() and len(p := pids_file.read_text().split()) == 3
+                    and [int(x) for x in p], what="the job, its child and its grandchild")
+    started = {pid: psutil.Process(pid).create_time() for pid in pids}
+    asked = time.time()
+    daemon.client.jobs.cancel(job["id"])
+    ended = daemon.wait_job(job["id"])
+    assert ended["state"] == "CANCELLED" and ended["signal"] == signal.SIGKILL
+    assert _t(ended["ended_at"]) - asked >= 2  # LLMOS_CANCEL_GRACE_S: SIGTERM, 2 s, SIGKILL
+    wait_for(lambda: not any(_alive(pid, t) for pid, t in started.items()),
+             what="the whole process tree to be gone")
 
 
 def test_sandbox_environment(daemon, tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
-"""Scheduler stages and resource accounting as pure functions: no daemon, no clock."""
+"""Scheduler stages (pure functions and the stage objects a profile lists) and resource
+accounting: no daemon, no clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,8 +16,33 @@ from llmos.kernel.resources import (
     Request,
     too_large_reason,
 )
-from llmos.kernel.scheduler import PendingJob, Quota, RunningJob, SchedulerConfig, schedule
-from llmos.kernel.scheduler import stages
+from llmos.kernel.scheduler import (
+    DEFAULT_PROFILE,
+    OK,
+    Code,
+    Cycle,
+    PendingJob,
+    Profile,
+    Quota,
+    Reservation,
+    RunningJob,
+    SchedulerConfig,
+    Stage,
+    Status,
+    schedule,
+    stages,
+)
+from llmos.kernel.scheduler import Preemption as ScheduledPreemption
+from llmos.kernel.scheduler.profiles import (
+    Backfill,
+    BinPack,
+    Binder,
+    Dependencies,
+    Fit,
+    Preemption,
+    PriorityAging,
+    TeamQuota,
+)
 
 NOW = 10_000.0
 LOW, NORMAL, HIGH = 0, 1, 2
@@ -235,3 +262,194 @@ def test_a_pass_over_10000_pending_jobs_binds_exactly_what_fits():
     bound = {b.job_id for b in out.bindings}
     best = stages.queue_order(queue, NOW, SchedulerConfig())[:2]
     assert bound == {j.id for j in best}
+
+
+# -- stage objects, one at a time, and profiles ------------------------------------------------
+
+
+def cycle_of(*stages_, nodes=None, running_=(), config=None) -> Cycle:
+    """A pass's state over ``nodes`` with ``stages_`` begun, as :func:`schedule` makes it."""
+    c = Cycle(NOW, config or SchedulerConfig(), nodes if nodes is not None else [node()],
+              list(running_))
+    for stage in stages_:
+        stage.begin(c)
+    return c
+
+
+def test_one_status_type_says_ok_wait_or_never_with_a_reason():
+    assert OK.ok and OK.code is Code.OK
+    assert Status.wait("after job 3") == Status(Code.WAIT, "after job 3")
+    never = Status.never("request larger than any node")
+    assert not never.ok and never.code is Code.NEVER and never.reason.startswith("request")
+
+
+def test_queue_sort_stage_orders_by_class_then_age():
+    c = cycle_of()
+    queue = [job(1, priority=LOW, queued=NOW - 5), job(2, priority=HIGH), job(3, queued=NOW - 1)]
+    assert [j.id for j in PriorityAging().order(queue, c)] == [2, 3, 1]
+
+
+def test_dependencies_stage_waits_for_unfinished_jobs():
+    stage, c = Dependencies(), cycle_of()
+    assert stage.pre_filter(c, job(1)) is OK
+    assert stage.pre_filter(c, job(2, waiting_for=(4, 5))) == Status.wait("after job 4, 5")
+    many = stage.pre_filter(c, job(3, waiting_for=tuple(range(10, 17))))
+    assert many.reason == "after job 10, 11, 12, 13, 14 and 2 more"
+
+
+def test_quota_stage_is_idle_without_quotas_and_counts_what_it_reserves():
+    stage = TeamQuota()
+    assert stage.begin(Cycle(NOW, SchedulerConfig(), [node()], [])) is False
+    config = SchedulerConfig(quotas={"a": Quota(jobs=1)})
+    fit = Fit()
+    c = cycle_of(fit, stage, config=config)
+    first, second = job(1, team="a"), job(2, team="a")
+    assert stage.pre_filter(c, first) is OK
+    fit.reserve(c, first, c.nodes[0])
+    stage.reserve(c, first, c.nodes[0])
+    assert stage.pre_filter(c, second).reason == (
+        "over team quota: team a may run 1 job(s) at once, 1 running")
+    stage.unreserve(c, first)
+    stage.unreserve(c, first)  # twice is once
+    assert stage.pre_filter(c, second) is OK
+    assert c.state[stage].usage.jobs["a"] == 0 and c.state[stage].usage.cpu["a"] == 0
+
+
+def test_fit_stage_keeps_nodes_with_room_and_says_why_not():
+    stage = Fit()
+    big, small = node(cores=4), NodeState(NodeCapacity("n2", (0,), 8000))
+    c = cycle_of(stage, nodes=[big, small])
+    nodes, status = stage.filter(c, job(1, cpu=2), c.nodes)
+    assert status is OK and nodes == [big]
+    big.allocate(Request(cpu=3, memory_mb=10))
+    c.state[stage].clear()  # a node changed outside the stage: forget what it remembered
+    nodes, status = stage.filter(c, job(2, cpu=2), c.nodes)
+    assert nodes == [] and status == Status.wait("needs 2 cpu, 1 free")
+
+
+def test_a_job_larger_than_every_node_can_never_run():
+    stage = Fit()
+    c = cycle_of(stage)
+    nodes, status = stage.filter(c, job(1, cpu=64), c.nodes)
+    assert nodes == [] and status.code is Code.NEVER
+    assert status.reason == "request larger than any node: needs 64 cpu, node n1 has 2"
+
+
+def test_a_job_that_can_never_run_takes_no_reservation_and_blocks_nobody():
+    n = node(cores=2)
+    r = running(50, n, cpu=1, timeout=100, started=NOW, priority=LOW, checkpointable=True)
+    queue = [job(1, cpu=64, priority=HIGH), job(2, cpu=1, queued=NOW + 1)]
+    out = schedule(queue, [n], [r], NOW)
+    assert out.reasons[1] == "request larger than any node: needs 64 cpu, node n1 has 2"
+    assert out.reservation is None and out.preemptions == []
+    assert [(b.job_id, b.backfilled) for b in out.bindings] == [(2, False)]
+
+
+def test_fit_stage_reserves_room_and_unreserving_twice_is_once():
+    stage = Fit()
+    c = cycle_of(stage)
+    n = c.nodes[0]
+    stage.reserve(c, job(1, cpu=1.5, memory_mb=700), n)
+    assert n.free_millicores == 500 and n.free_memory_mb == 7300
+    assert [r.id for r in c.running] == [1] and 1 in c.allocations
+    stage.unreserve(c, job(1))
+    stage.unreserve(c, job(1))
+    stage.unreserve(c, job(9))  # never reserved: nothing to give back
+    assert n.free_millicores == 2000 and n.free_memory_mb == 8000
+    assert c.running == [] and c.allocations == {}
+
+
+def test_backfill_stage_reserves_for_the_head_and_guards_the_reservation():
+    stage = Backfill()
+    n = node(cores=2)
+    r = running(50, n, cpu=1, timeout=100, started=NOW)
+    c = cycle_of(stage, nodes=[n], running_=[r])
+    assert stage.filter(c, job(2), c.nodes) == ([n], OK)  # no reservation yet: no guard
+    assert stage.post_filter(c, job(1, cpu=2)) is False  # once per pass
+    assert c.out.reservation == Reservation(1, "n1", NOW + 100)
+    endless = job(3, cpu=1)
+    assert stage.filter(c, endless, c.nodes) == (
+        [], Status.wait("waiting for job 1, which holds the reservation"))
+    assert stage.filter(c, job(4, cpu=1, timeout_s=50), c.nodes) == ([n], OK)
+
+
+def test_backfill_stage_gives_back_the_future_room_it_claimed_once():
+    stage = Backfill()
+    n = node(cores=4)
+    r = running(50, n, cpu=2, timeout=100, started=NOW)
+    c = cycle_of(stage, nodes=[n], running_=[r])
+    stage.post_filter(c, job(1, cpu=3))  # at NOW + 100 the head takes 3 of 4 cores
+    future = c.state[stage].futures["n1"]
+    assert future.free_millicores == 1000
+    stage.reserve(c, job(2, cpu=1), n)  # no timeout: keeps its core at that moment too
+    assert future.free_millicores == 0
+    stage.unreserve(c, job(2))
+    stage.unreserve(c, job(2))
+    assert future.free_millicores == 1000
+
+
+def test_preemption_stage_names_victims_for_the_first_blocked_job_only():
+    stage = Preemption()
+    n = node(cores=1)
+    r = running(10, n, cpu=1, priority=LOW, checkpointable=True)
+    c = cycle_of(stage, nodes=[n], running_=[r])
+    assert stage.post_filter(c, job(1, priority=HIGH)) is False
+    assert c.out.preemptions == [ScheduledPreemption(1, "n1", (10,))]
+
+
+def test_bin_pack_stage_prefers_the_node_the_job_fills_most():
+    stage, c = BinPack(), cycle_of()
+    roomy, snug = node(cores=8), NodeState(NodeCapacity("n2", (0, 1), 8000))
+    a = job(1, cpu=2)
+    assert stage.score(c, a, snug) > stage.score(c, a, roomy)
+
+
+def test_binder_stage_binds_what_was_reserved():
+    fit, binder = Fit(), Binder()
+    c = cycle_of(fit)
+    fit.reserve(c, job(1), c.nodes[0])
+    binder.bind(c, job(1), c.nodes[0])
+    assert [(b.job_id, b.allocation.node, b.backfilled) for b in c.out.bindings] == [
+        (1, "n1", False)]
+
+
+class OnlyTeam(Stage):
+    """A permit for tests: refuses every job outside one team."""
+
+    name = "only-team"
+
+    def permit(self, cycle, job, node):
+        return OK if job.team == "a" else Status.wait("not team a")
+
+
+def test_a_profile_with_a_refusing_permit_unreserves_and_frees_the_room():
+    base = DEFAULT_PROFILE
+    profile = Profile("permit", base.queue_sort, base.bind, base.pre_filters, base.filters,
+                      base.post_filters, base.scores, base.reserves, permits=(OnlyTeam(),))
+    n = node(cores=1)
+    queue = [job(1, team="b"), job(2, team="a", queued=NOW + 1)]
+    out = schedule(queue, [n], [], NOW, profile=profile)
+    assert out.reasons == {1: "not team a"}
+    assert [b.job_id for b in out.bindings] == [2]  # job 1's room came back for job 2
+
+
+class Fifo(Stage):
+    name = "fifo"
+
+    def order(self, jobs, cycle):
+        return sorted(jobs, key=lambda j: (j.queued_at, j.id))
+
+
+def test_another_queue_sort_is_another_profile():
+    profile = dataclasses.replace(DEFAULT_PROFILE, name="fifo", queue_sort=Fifo())
+    queue = [job(1, priority=LOW, queued=NOW - 10), job(2, priority=HIGH)]
+    fifo = schedule(queue, [node(cores=1)], [], NOW, profile=profile)
+    default = schedule(queue, [node(cores=1)], [], NOW)
+    assert [b.job_id for b in fifo.bindings] == [1]
+    assert [b.job_id for b in default.bindings] == [2]
+
+
+def test_the_default_profile_lists_its_stages_by_name():
+    assert [s.name for s in DEFAULT_PROFILE.stages()] == [
+        "priority-aging", "dependencies", "team-quota", "fit", "backfill", "preemption",
+        "bin-pack", "binder"]

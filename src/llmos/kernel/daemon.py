@@ -4,7 +4,8 @@ One thread runs :meth:`Daemon.step` whenever something changes (a submission or 
 wakes it) and at least every ``tick_s``. A step
 1. supervises running attempts: reads their reports, notices exits, enforces timeouts
    and memory limits, escalates stops (yield -> SIGTERM -> SIGKILL);
-2. schedules: one pure scheduler pass over the in-memory queue, then binds and launches.
+2. schedules: one pure pass of the scheduler's profile (``self.profile``) over the
+   in-memory queue, then binds and launches.
 
 The daemon is the only writer of job states after submission; every transition is
 stored with its reason. On start it reconciles the store with the processes that are
@@ -14,6 +15,7 @@ loses nothing and never runs an attempt twice.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -29,7 +31,15 @@ from llmos.kernel import events
 from llmos.kernel.executors import Executor, Exit, ExitKind, Handle, LaunchPlan, executor_class
 from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, transition
 from llmos.kernel.resources import Allocation, NodeCapacity, NodeState, discover_node
-from llmos.kernel.scheduler import PendingJob, Quota, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler import (
+    DEFAULT_PROFILE,
+    PendingJob,
+    Profile,
+    Quota,
+    RunningJob,
+    SchedulerConfig,
+    schedule,
+)
 from llmos.store.db import Database
 from llmos.store.models import Job, Team, utcnow
 
@@ -39,13 +49,31 @@ MEMORY_CHECK_S = 0.5
 RESCHEDULE_S = 5.0  # a pass even when nothing changed: aging moves jobs up over time
 
 
+class StopIntent(enum.Enum):
+    """Why the daemon stops an attempt, which decides the job's state afterwards."""
+
+    CANCEL = "cancel"  # CANCELLED
+    TIMEOUT = "timeout"  # FAILED (or retried) with the timeout as the reason
+    MEMORY = "memory"  # FAILED (or retried) for going over its memory limit
+    PREEMPT = "preempt"  # PREEMPTED, then PENDING again (resumes from its checkpoint)
+    SHUTDOWN = "shutdown"  # PENDING again: the daemon is stopping
+
+
+class StopStage(enum.Enum):
+    """How far a stop has escalated: yield -> SIGTERM -> SIGKILL."""
+
+    ASKED_TO_YIELD = 0
+    TERMINATED = 1  # SIGTERM sent to its process group
+    KILLED = 2  # SIGKILL sent to its process group
+
+
 @dataclass
 class Stop:
     """Why the daemon is stopping an attempt, and when it escalates next."""
 
-    intent: str  # cancel | timeout | memory | preempt | shutdown
+    intent: StopIntent
     reason: str
-    stage: int  # 0 asked to yield, 1 SIGTERM sent, 2 SIGKILL sent
+    stage: StopStage
     next_at: float
 
 
@@ -72,6 +100,8 @@ class Daemon:
             cpus=settings.cpus, memory_mb=settings.memory_mb,
             reserved_memory_mb=settings.reserved_memory_mb, gpus=settings.gpus))
         self.config = SchedulerConfig(aging_s=settings.aging_s)
+        # The scheduling policy: another profile (fair share, gangs) plugs in here.
+        self.profile: Profile = DEFAULT_PROFILE
         self.lock = threading.RLock()
         self.pending: dict[int, PendingJob] = {}
         self.running: dict[int, Tracked] = {}
@@ -189,7 +219,7 @@ class Daemon:
                 self._cascade_failure(s, job)
             elif job_id in self.running:
                 job.cancel_requested = True
-                self._begin_stop(self.running[job_id], "cancel", "cancelled by the user",
+                self._begin_stop(self.running[job_id], StopIntent.CANCEL, "cancelled by the user",
                                  time.time(), grace=self.settings.cancel_grace_s)
             return job.state
 
@@ -200,7 +230,7 @@ class Daemon:
             return
         with self.db.session() as s:
             for job_id, tracked in list(self.running.items()):
-                self._ingest(s, job_id, tracked)
+                self._read_events(s, job_id, tracked)
                 ended = self.executor(tracked.executor).poll(tracked.handle)
                 if ended is not None:
                     self._finish(s, s.get(Job, job_id), tracked, ended)
@@ -209,7 +239,8 @@ class Daemon:
                 else:
                     self._enforce_limits(tracked, now)
 
-    def _ingest(self, s: Session, job_id: int, tracked: Tracked) -> None:
+    def _read_events(self, s: Session, job_id: int, tracked: Tracked) -> None:
+        """Apply what the job reported (progress, metrics, artifacts) since the last read."""
         offset = tracked.handle.extra.get("events_offset")
         if offset is None:
             offset = s.get(Job, job_id).events_offset
@@ -223,8 +254,8 @@ class Daemon:
     def _enforce_limits(self, tracked: Tracked, now: float) -> None:
         job = tracked.job
         if job.timeout_s and now - job.started_at >= job.timeout_s:
-            self._begin_stop(tracked, "timeout", f"timed out after {job.timeout_s:g}s", now,
-                             grace=self.settings.cancel_grace_s)
+            self._begin_stop(tracked, StopIntent.TIMEOUT, f"timed out after {job.timeout_s:g}s",
+                             now, grace=self.settings.cancel_grace_s)
             return
         if now >= tracked.memory_check_at:
             tracked.memory_check_at = now + MEMORY_CHECK_S
@@ -232,36 +263,38 @@ class Daemon:
             limit = tracked.handle.memory_mb
             if used is not None and used > limit:
                 self._begin_stop(
-                    tracked, "memory",
+                    tracked, StopIntent.MEMORY,
                     f"exceeded its memory limit: {used:.0f} MB resident > {limit} MB", now, 0)
 
-    def _begin_stop(self, tracked: Tracked, intent: str, reason: str, now: float,
+    def _begin_stop(self, tracked: Tracked, intent: StopIntent, reason: str, now: float,
                     grace: float) -> None:
-        if tracked.stop is not None and tracked.stop.intent != "preempt":
+        if tracked.stop is not None and tracked.stop.intent is not StopIntent.PREEMPT:
             return  # already being stopped for a reason that wins
         ex = self.executor(tracked.executor)
-        if intent == "preempt":
+        if intent is StopIntent.PREEMPT:
             ex.request_yield(tracked.handle)
-            tracked.stop = Stop(intent, reason, 0, now + grace)
+            tracked.stop = Stop(intent, reason, StopStage.ASKED_TO_YIELD, now + grace)
         elif grace > 0:
             ex.request_yield(tracked.handle)
             ex.terminate(tracked.handle)
-            tracked.stop = Stop(intent, reason, 1, now + grace)
+            tracked.stop = Stop(intent, reason, StopStage.TERMINATED, now + grace)
         else:
             ex.kill(tracked.handle)
-            tracked.stop = Stop(intent, reason, 2, now + self.settings.cancel_grace_s)
+            tracked.stop = Stop(intent, reason, StopStage.KILLED,
+                                now + self.settings.cancel_grace_s)
 
     def _escalate(self, tracked: Tracked, now: float) -> None:
         stop = tracked.stop
-        if now < stop.next_at or stop.stage >= 2:
+        if now < stop.next_at or stop.stage is StopStage.KILLED:
             return
         ex = self.executor(tracked.executor)
-        if stop.stage == 0:
+        if stop.stage is StopStage.ASKED_TO_YIELD:
             ex.terminate(tracked.handle)
-            tracked.stop = replace(stop, stage=1, next_at=now + self.settings.cancel_grace_s)
+            tracked.stop = replace(stop, stage=StopStage.TERMINATED,
+                                   next_at=now + self.settings.cancel_grace_s)
         else:
             ex.kill(tracked.handle)
-            tracked.stop = replace(stop, stage=2, next_at=now)
+            tracked.stop = replace(stop, stage=StopStage.KILLED, next_at=now)
 
     # -- endings -------------------------------------------------------------------------
 
@@ -272,15 +305,15 @@ class Daemon:
         self._dirty = True
         job.exit_code = ended.exit_code
         job.signal = ended.signal
-        self._ingest(s, job.id, tracked)
+        self._read_events(s, job.id, tracked)
         intent = tracked.stop.intent if tracked.stop else None
-        if intent == "cancel":
+        if intent is StopIntent.CANCEL:
             transition(s, job, JobState.CANCELLED, "cancelled by the user")
             self._cascade_failure(s, job)
-        elif intent == "shutdown":
+        elif intent is StopIntent.SHUTDOWN:
             transition(s, job, JobState.PENDING, "requeued: the daemon shut down while it ran")
             self.enqueue(s, job)
-        elif intent == "preempt":
+        elif intent is StopIntent.PREEMPT:
             transition(s, job, JobState.PREEMPTED, tracked.stop.reason)
             transition(s, job, JobState.PENDING, "requeued after preemption; resumes from "
                        "its checkpoint")
@@ -289,7 +322,8 @@ class Daemon:
             transition(s, job, JobState.SUCCEEDED, "exited with code 0")
             self._release_dependents(s, job)
         else:
-            reason = tracked.stop.reason if intent in ("timeout", "memory") else ended.message
+            limits = (StopIntent.TIMEOUT, StopIntent.MEMORY)
+            reason = tracked.stop.reason if intent in limits else ended.message
             self.fail_or_retry(s, job, reason)
 
     def fail_or_retry(self, s: Session, job: Job, reason: str) -> None:
@@ -326,7 +360,7 @@ class Daemon:
     def _stop_all_for_shutdown(self) -> None:
         now = time.time()
         for tracked in self.running.values():
-            self._begin_stop(tracked, "shutdown", "the daemon shut down", now,
+            self._begin_stop(tracked, StopIntent.SHUTDOWN, "the daemon shut down", now,
                              grace=self.settings.cancel_grace_s)
         deadline = now + self.settings.cancel_grace_s + 5
         while self.running and time.time() < deadline:
@@ -345,18 +379,19 @@ class Daemon:
             for t in self.running.values()
         ]
         started = time.perf_counter()
-        out = schedule(list(self.pending.values()), [self.node], running, now, self.config)
+        out = schedule(list(self.pending.values()), [self.node], running, now, self.config,
+                       self.profile)
         self.last_pass_ms = (time.perf_counter() - started) * 1000
         if out.bindings:
             self._bind(out.bindings)
         self._write_reasons(out.reasons)
         if out.preemptions and not any(
-            t.stop and t.stop.intent == "preempt" for t in self.running.values()
+            t.stop and t.stop.intent is StopIntent.PREEMPT for t in self.running.values()
         ):
             for plan in out.preemptions:
                 for victim in plan.victims:
                     if victim in self.running:
-                        self._begin_stop(self.running[victim], "preempt",
+                        self._begin_stop(self.running[victim], StopIntent.PREEMPT,
                                          f"preempted by higher-priority job {plan.for_job}",
                                          now, grace=self.settings.preempt_grace_s)
 

@@ -2,9 +2,11 @@
 
 For every job the store says is SCHEDULED or RUNNING, ask its executor what became of
 the attempt: still alive (adopt it and keep watching), ended (record how), or provably
-never started (requeue it). Jobs the store says are PENDING (or caught mid-preemption)
-go back in the queue. Nothing is lost and no attempt is started a second time while
-its first process lives.
+never started (requeue it: the daemon died between binding and launching, so no launch
+file, claim or result of this attempt exists, or its launch file was revoked before a
+runner claimed it). Jobs the store says are PENDING (or caught mid-preemption) go back in
+the queue. Nothing is lost, no attempt is started a second time while its first process
+lives, and none that never ran is recorded as failed.
 """
 
 from __future__ import annotations

@@ -50,14 +50,6 @@ class NodeCapacity:
     memory_mb: int
     gpus: tuple[GPU, ...] = ()
 
-    def as_request(self) -> Request:
-        return Request(
-            cpu=len(self.cores),
-            memory_mb=self.memory_mb,
-            gpu=len(self.gpus),
-            gpu_memory_mb=max((g.memory_mb for g in self.gpus), default=0),
-        )
-
 
 @dataclass(frozen=True)
 class Allocation:

@@ -3,6 +3,12 @@
 It claims the attempt's launch file, confines itself (CPU affinity, address-space limit),
 builds the job context, imports and calls the program, and writes ``result.json`` so
 that even a daemon that was restarted meanwhile learns how the attempt ended.
+
+The files of one attempt, in the job's folder, tell a restarted daemon how far its launch
+got: ``launch.json`` (written by the daemon: not started yet) is renamed either to
+``launch.claimed.json`` by this runner (started) or to ``launch.revoked.json`` by a
+restarted daemon (never to start), and exactly one of the two renames wins; then
+``result.json`` (ended). None of them for the attempt: the daemon died before launching.
 """
 
 from __future__ import annotations

@@ -22,7 +22,13 @@ from pathlib import Path
 import psutil
 
 from llmos.config import SECRET_ENV_NAMES, SECRET_ENV_PREFIXES
-from llmos.kernel.executors._runner import LAUNCH_FILE, MEMORY_EXIT, RESULT_FILE, REVOKED_FILE
+from llmos.kernel.executors._runner import (
+    CLAIMED_FILE,
+    LAUNCH_FILE,
+    MEMORY_EXIT,
+    RESULT_FILE,
+    REVOKED_FILE,
+)
 from llmos.kernel.executors.base import Exit, ExitKind, Handle, LaunchPlan
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -38,25 +44,12 @@ class LocalExecutor:
     # -- start -------------------------------------------------------------------------
 
     def launch(self, plan: LaunchPlan) -> Handle:
-        folder = plan.workdir
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RESULT_FILE).unlink(missing_ok=True)
+        """Write the attempt's launch file, then start the runner that claims it. A daemon
+        killed between the two leaves an unclaimed launch file, which recovery revokes."""
         alloc = plan.allocation
         cgroup = self._cgroups.create(plan.job_id, alloc.memory_mb) if self._cgroups else None
-        launch = {
-            "job_id": plan.job_id,
-            "attempt": plan.attempt,
-            "program": plan.program,
-            "params": plan.params,
-            "cores": sorted(alloc.cores),
-            "cpu": max(1, round(alloc.cpu)),
-            "memory_mb": alloc.memory_mb,
-            "address_space_mb": None if (cgroup or alloc.gpus) else alloc.memory_mb,
-            "api_url": plan.api_url,
-            "api_token": plan.api_token,
-            "api_ca": plan.api_ca,
-        }
-        _write_private(folder / LAUNCH_FILE, json.dumps(launch))
+        self.write_launch(plan, memory_by_cgroup=cgroup is not None)
+        folder = plan.workdir
         header = f"--- llmos: attempt {plan.attempt} of job {plan.job_id} at {time.ctime()} ---\n"
         with open(folder / "stdout.log", "a") as out, open(folder / "stderr.log", "a") as err:
             out.write(header)
@@ -79,12 +72,35 @@ class LocalExecutor:
         return Handle(plan.job_id, plan.attempt, proc.pid, _create_time(proc.pid), folder,
                       alloc.memory_mb, {"cgroup": str(cgroup.path) if cgroup else None})
 
+    @staticmethod
+    def write_launch(plan: LaunchPlan, memory_by_cgroup: bool = False) -> None:
+        """The first step of a launch: the attempt's folder, without an older attempt's
+        result, and its launch file (readable by its owner only: it carries the token)."""
+        folder = plan.workdir
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RESULT_FILE).unlink(missing_ok=True)
+        alloc = plan.allocation
+        launch = {
+            "job_id": plan.job_id,
+            "attempt": plan.attempt,
+            "program": plan.program,
+            "params": plan.params,
+            "cores": sorted(alloc.cores),
+            "cpu": max(1, round(alloc.cpu)),
+            "memory_mb": alloc.memory_mb,
+            "address_space_mb": None if (memory_by_cgroup or alloc.gpus) else alloc.memory_mb,
+            "api_url": plan.api_url,
+            "api_token": plan.api_token,
+            "api_ca": plan.api_ca,
+        }
+        _write_private(folder / LAUNCH_FILE, json.dumps(launch))
+
     def recover(self, job_id: int, attempt: int, workdir: Path, memory_mb: int,
                 pid: int | None, pid_started: float | None) -> Handle | Exit | None:
         if pid and pid_started and _same_process(pid, pid_started):
             return Handle(job_id, attempt, pid, pid_started, workdir, memory_mb, {"adopted": True})
-        if pid is None:
-            try:  # started, or not? Revoke the launch; if that wins, it never ran.
+        if pid is None:  # bound, but was it started? The files of this attempt say.
+            try:  # an unclaimed launch file: revoke it; if that wins, it never ran
                 os.rename(workdir / LAUNCH_FILE, workdir / REVOKED_FILE)
                 return None
             except FileNotFoundError:
@@ -93,6 +109,8 @@ class LocalExecutor:
             if found:
                 return Handle(job_id, attempt, found[0], found[1], workdir, memory_mb,
                               {"adopted": True})
+            if not _claimed(workdir, attempt) and _read_result(workdir, attempt) is None:
+                return None  # no launch file, no claim, no result: it never started
         gone = Handle(job_id, attempt, pid or 0, pid_started or 0.0, workdir, memory_mb)
         return _exit_from(gone, None, _read_result(workdir, attempt), False)
 
@@ -211,6 +229,14 @@ def _read_result(folder: Path, attempt: int) -> dict | None:
     except (OSError, ValueError):
         return None
     return result if result.get("attempt") == attempt else None
+
+
+def _claimed(folder: Path, attempt: int) -> bool:
+    """Whether a runner claimed this attempt's launch file (so the attempt started)."""
+    try:
+        return json.loads((folder / CLAIMED_FILE).read_text()).get("attempt") == attempt
+    except (OSError, ValueError):
+        return False
 
 
 def _create_time(pid: int) -> float:

@@ -1,8 +1,20 @@
-"""The scheduler's plain data: what goes in, what comes out, and the stage status.
+"""The scheduler's plain data, its one status type, and the stage interfaces.
 
 Between the daemon and the scheduler pass only these dataclasses (vLLM's
 ``SchedulerOutput`` habit): the scheduler never touches the database or a process.
 Times are epoch seconds (floats).
+
+A pass runs a :class:`Profile` (the Kubernetes scheduler framework's profile): the stages
+it lists, by extension point, in this order for each job of the sorted queue:
+
+    queue sort -> pre-filter -> filter -> [post-filter when no node passes]
+               -> score -> reserve -> permit -> bind      (unreserve when a later one fails)
+
+Every stage answers with a :class:`Status`: OK, WAIT (not now; the reason says why) or
+NEVER (this job can never run as things are configured; no reservation, no preemption).
+Stages keep what they need between jobs of one pass in the :class:`Cycle`, never in
+themselves, so one profile serves any number of passes. Later policies (fair share,
+gangs, a trace simulator) plug in by giving another profile.
 """
 
 from __future__ import annotations
@@ -10,15 +22,38 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-from llmos.kernel.resources import Allocation, Request
+from llmos.kernel.resources import Allocation, NodeState, Request
 
 
-class Status(enum.Enum):
+class Code(enum.Enum):
+    OK = "ok"  # go on to the next stage
+    WAIT = "wait"  # cannot go on now; may later (room frees, a dependency ends, quota)
+    NEVER = "never"  # can never run as configured (larger than every node)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
     """What a stage says about one job (stages return this instead of raising)."""
 
-    OK = "ok"  # go on to the next stage
-    WAIT = "wait"  # cannot go on now; the accompanying reason says why
+    code: Code
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code is Code.OK
+
+    @staticmethod
+    def wait(reason: str) -> Status:
+        return Status(Code.WAIT, reason)
+
+    @staticmethod
+    def never(reason: str) -> Status:
+        return Status(Code.NEVER, reason)
+
+
+OK = Status(Code.OK)
 
 
 @dataclass(frozen=True)
@@ -100,3 +135,68 @@ class SchedulerConfig:
     aging_s: float = 600.0  # a job waiting this long rises one priority class
     max_rank: int = 2
     quotas: dict[str, Quota] = field(default_factory=dict)  # team -> limit
+
+
+@dataclass
+class Cycle:
+    """One pass's working state (Kubernetes' CycleState): private copies of the nodes,
+    the running jobs (growing as the pass binds), the output so far, each job's
+    allocation while it is reserved, and each stage's own state (``state[stage]``)."""
+
+    now: float
+    config: SchedulerConfig
+    nodes: list[NodeState]
+    running: list[RunningJob]
+    out: SchedulerOutput = field(default_factory=SchedulerOutput)
+    allocations: dict[int, Allocation] = field(default_factory=dict)
+    state: dict[Any, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base of every stage: a name, and a hook at the start of each pass that sets up the
+    stage's state in the cycle and says whether the stage has anything to do in this pass
+    (a quota stage without quotas does not; the pass then skips it for every job)."""
+
+    name = "stage"
+
+    def begin(self, cycle: Cycle) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+# The extension points. A stage implements one or more of these methods and is listed in
+# the profile under each point it serves.
+#   QueueSort.order(jobs, cycle) -> list[PendingJob]
+#   PreFilter.pre_filter(cycle, job) -> Status
+#   Filter.filter(cycle, job, nodes) -> (nodes that pass, Status when none does)
+#   PostFilter.post_filter(cycle, job) -> bool: False when done for the rest of the pass
+#   Score.score(cycle, job, node) -> float (higher is better; summed over scorers)
+#   Reserve.reserve(cycle, job, node) -> Status; Reserve.unreserve(cycle, job): undo,
+#       idempotent (a second call, or a call without reserve, changes nothing)
+#   Permit.permit(cycle, job, node) -> Status (a refusal unreserves)
+#   Bind.bind(cycle, job, node) -> None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A scheduling policy: the stages a pass runs, by extension point, in order."""
+
+    name: str
+    queue_sort: Stage
+    bind: Stage
+    pre_filters: tuple[Stage, ...] = ()
+    filters: tuple[Stage, ...] = ()
+    post_filters: tuple[Stage, ...] = ()
+    scores: tuple[Stage, ...] = ()
+    reserves: tuple[Stage, ...] = ()
+    permits: tuple[Stage, ...] = ()
+
+    def stages(self) -> list[Stage]:
+        """Every distinct stage, once, in the order of first appearance."""
+        seen: dict[int, Stage] = {}
+        for stage in (self.queue_sort, *self.pre_filters, *self.filters, *self.post_filters,
+                      *self.scores, *self.reserves, *self.permits, self.bind):
+            seen.setdefault(id(stage), stage)
+        return list(seen.values())

@@ -1,8 +1,9 @@
-"""The scheduling stages, each a small pure function over plain data.
+"""The scheduling stages' pure functions over plain data (no state, no clock, no database).
 
-queue order -> dependencies -> quota -> filter (fit) -> score -> bind, with a reservation
-for the blocked head of the queue (backfill) and a preemption stage that names the
-victims that would make room. :func:`llmos.kernel.scheduler.core.schedule` runs them.
+queue order, dependencies, quota, filter (fit), score, the reservation for the blocked head
+of the queue (backfill), preemption. The stage objects that a :class:`Profile` lists wrap
+these (:mod:`llmos.kernel.scheduler.profiles`); :func:`llmos.kernel.scheduler.core.schedule`
+runs a profile.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from llmos.kernel.resources import MILLI, NodeState, Request
+from llmos.kernel.resources import MILLI, Allocation, NodeState, Request
 from llmos.kernel.scheduler.framework import (
+    OK,
     PendingJob,
     Preemption,
     Quota,
@@ -33,18 +35,25 @@ def effective_priority(job: PendingJob, now: float, config: SchedulerConfig) -> 
 
 def queue_order(jobs: list[PendingJob], now: float, config: SchedulerConfig) -> list[PendingJob]:
     """Highest effective priority first; FIFO (by time queued, then id) among equals."""
-    return sorted(jobs, key=lambda j: (-effective_priority(j, now, config), j.queued_at, j.id))
+    aging, top = config.aging_s, config.max_rank
+
+    def key(j: PendingJob) -> tuple:  # effective_priority, inlined: this sorts 10,000s
+        rank = j.priority + 1 if now - j.queued_at >= aging else j.priority
+        return (-(rank if rank <= top else top), j.queued_at, j.id)
+
+    return sorted(jobs, key=key)
 
 
 # --- dependencies and quota --------------------------------------------------------------
 
 
-def dependencies(job: PendingJob) -> tuple[Status, str | None]:
+def dependencies(job: PendingJob) -> Status:
+    """WAIT while some job it depends on has not succeeded yet."""
     if job.waiting_for:
         ids = ", ".join(str(i) for i in job.waiting_for[:5])
         more = f" and {len(job.waiting_for) - 5} more" if len(job.waiting_for) > 5 else ""
-        return Status.WAIT, f"after job {ids}{more}"
-    return Status.OK, None
+        return Status.wait(f"after job {ids}{more}")
+    return OK
 
 
 class TeamUsage:
@@ -59,33 +68,35 @@ class TeamUsage:
             self.add(r.team, sum(r.allocation.cores.values()), r.allocation.memory_mb,
                      len(r.allocation.gpus))
 
-    def add(self, team: str | None, millicores: int, memory_mb: int, gpus: int) -> None:
+    def add(self, team: str | None, millicores: int, memory_mb: int, gpus: int,
+            jobs: int = 1) -> None:
         self.cpu[team] += millicores
         self.memory[team] += memory_mb
         self.gpu[team] += gpus
-        self.jobs[team] += 1
+        self.jobs[team] += jobs
 
 
-def quota(job: PendingJob, usage: TeamUsage, config: SchedulerConfig) -> tuple[Status, str | None]:
-    """WAIT while the job's team, with this job added, would hold more than its quota."""
+def quota(job: PendingJob, usage: TeamUsage, config: SchedulerConfig) -> Status:
+    """WAIT while the job's team, with this job added, would hold more than its quota
+    (WAIT, not NEVER, even beyond the quota: an administrator may raise it meanwhile;
+    submission refuses jobs beyond their quota, :func:`beyond_quota`)."""
     limit = config.quotas.get(job.team) if job.team else None
     if limit is None:
-        return Status.OK, None
+        return OK
     r, team = job.request, job.team
-    used = (usage.cpu[team] / 1000, usage.memory[team], usage.gpu[team])
     if limit.jobs is not None and usage.jobs[team] + 1 > limit.jobs:
-        return Status.WAIT, (f"over team quota: team {team} may run {limit.jobs} job(s) at "
-                             f"once, {usage.jobs[team]} running")
-    if limit.millicores is not None and usage.cpu[team] + r.millicores > limit.millicores:
-        return Status.WAIT, (f"over team quota: team {team} may use {limit.cpu:g} cpu, "
-                             f"{used[0]:g} in use")
+        return Status.wait(f"over team quota: team {team} may run {limit.jobs} job(s) at "
+                           f"once, {usage.jobs[team]} running")
+    if limit.cpu is not None and usage.cpu[team] + r.millicores > limit.millicores:
+        return Status.wait(f"over team quota: team {team} may use {limit.cpu:g} cpu, "
+                           f"{usage.cpu[team] / 1000:g} in use")
     if limit.memory_mb is not None and usage.memory[team] + r.memory_mb > limit.memory_mb:
-        return Status.WAIT, (f"over team quota: team {team} may use {limit.memory_mb} MB "
-                             f"memory, {used[1]} MB in use")
+        return Status.wait(f"over team quota: team {team} may use {limit.memory_mb} MB "
+                           f"memory, {usage.memory[team]} MB in use")
     if limit.gpu is not None and usage.gpu[team] + r.gpu > limit.gpu:
-        return Status.WAIT, (f"over team quota: team {team} may use {limit.gpu} gpu, "
-                             f"{used[2]} in use")
-    return Status.OK, None
+        return Status.wait(f"over team quota: team {team} may use {limit.gpu} gpu, "
+                           f"{usage.gpu[team]} in use")
+    return OK
 
 
 def beyond_quota(request: Request, limit: Quota | None) -> str | None:
@@ -127,10 +138,6 @@ def score(request: Request, node: NodeState) -> float:
     return -(cpu_left + mem_left)
 
 
-def pick_node(request: Request, nodes: list[NodeState]) -> NodeState:
-    return max(nodes, key=lambda n: score(request, n))
-
-
 # --- reservation (backfill) --------------------------------------------------------------
 
 
@@ -143,7 +150,7 @@ def reserve(
     best: tuple[float, str] | None = None
     futures: dict[str, NodeState] = {}
     for node in nodes:
-        future = _copy(node)
+        future = copy_node(node)
         at = -math.inf
         on_node = sorted(
             (r for r in running if r.allocation.node == node.name), key=lambda r: r.expected_end
@@ -183,10 +190,12 @@ def backfill_allowed(
 def claim_future_room(
     job: PendingJob, node: NodeState, now: float, reservation: Reservation,
     futures: dict[str, NodeState],
-) -> None:
-    """A backfilled job that may outlive the reservation keeps its room at that moment."""
+) -> Allocation | None:
+    """A backfilled job that may outlive the reservation keeps its room at that moment
+    (the room it took, for an unreserve to give back; None when it ends in time)."""
     if not ends_before(job, now, reservation):
-        futures[node.name].allocate(job.request)
+        return futures[node.name].allocate(job.request)
+    return None
 
 
 # --- preemption ----------------------------------------------------------------------------
@@ -206,7 +215,7 @@ def preemption(
              if r.allocation.node == node.name and r.checkpointable and r.priority < rank),
             key=lambda r: (r.priority, -r.started_at),
         )
-        future = _copy(node)
+        future = copy_node(node)
         victims: list[int] = []
         for r in candidates:
             if future.fits(job.request):
@@ -219,5 +228,6 @@ def preemption(
     return best
 
 
-def _copy(node: NodeState) -> NodeState:
+def copy_node(node: NodeState) -> NodeState:
+    """A private copy of a node's accounting (the pass works on copies)."""
     return NodeState(node.capacity, dict(node.core_used), node.memory_used, set(node.gpus_used))
