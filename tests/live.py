@@ -1,4 +1,5 @@
-"""A real llmos daemon (`llmos up` in a subprocess) for tests, and polling helpers.
+"""A real llmos daemon (`llmos up` in a subprocess, which builds the whole system through
+``llmos.system``, as in production) for tests and benchmarks, and polling helpers.
 
 No sleeps to wait for state: everything polls the API with a deadline. The daemon's first
 start creates the administrator and saves its token in ``home/credentials.json``; the

@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     )
     executor: str = Field(default="local", description="Executor used for new jobs.")
     max_upload_mb: int = Field(default=16384, ge=1, description="Largest artifact upload.")
+    max_body_mb: int = Field(
+        default=32, ge=1,
+        description="Largest request body of every other API route (413 beyond it).")
+    max_job_params_kb: int = Field(
+        default=1024, ge=1,
+        description="Largest params of one job, as JSON (413 beyond it): pass big inputs "
+        "as artifacts.")
+    serve_keep_alive_s: float = Field(
+        default=300.0, gt=0,
+        description="A served model no request used for this long leaves its worker's "
+        "memory (it loads again on the next request).")
     # Encryption at rest (sensitive artifacts and datasets).
     key_file: Path | None = Field(
         default=None,
@@ -152,11 +163,6 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
-
-
-def reset_settings() -> None:
-    """Forget the cached settings (tests change the environment between cases)."""
-    get_settings.cache_clear()
 
 
 # Environment variables a job must never inherit: they carry llmos's own secrets.

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from live import LiveDaemon
-from llmos.security.crypto import CHUNK, CryptoError, Keyring, generate_key
+from llmos.security.crypto import CHUNK, Cipher, CryptoError, Keyring, generate_key
 from llmos.store import ArtifactStore
 
 SECRET = b"patient 4711: diagnosis confidential; card 4111 1111 1111 1111\n"
@@ -26,7 +26,7 @@ def on_disk(root) -> bytes:
 @pytest.mark.parametrize("size", [0, 100, CHUNK, 3 * CHUNK + 17])
 def test_sealed_blobs_round_trip_and_hide_the_plaintext(tmp_path, size):
     keys = ring(tmp_path)
-    store = ArtifactStore(tmp_path / "store", keyring=lambda: keys)
+    store = ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: keys))
     data = (SECRET * (size // len(SECRET) + 1))[:size]
     sha, n = store.put_stream([data[i:i + 4096] for i in range(0, len(data), 4096)],
                               sealed=True)
@@ -39,16 +39,16 @@ def test_sealed_blobs_round_trip_and_hide_the_plaintext(tmp_path, size):
 
 
 def test_a_wrong_or_missing_key_fails_clearly(tmp_path):
-    store = ArtifactStore(tmp_path / "store", keyring=lambda: ring(tmp_path, "a.json"))
+    store = ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: ring(tmp_path, "a.json")))
     sha, _ = store.put_stream([SECRET], sealed=True)
-    other = ArtifactStore(tmp_path / "store", keyring=lambda: ring(tmp_path, "b.json"))
+    other = ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: ring(tmp_path, "b.json")))
     with pytest.raises(CryptoError, match="is not in the keyring"):
         other.verify(sha, sealed=True)
     # Same key id, different key bytes: authentication fails, with the reason.
     a = ring(tmp_path, "a.json")
     impostor = Keyring({a.current: os.urandom(32)}, a.current)
     with pytest.raises(CryptoError, match="fails authentication"):
-        ArtifactStore(tmp_path / "store", keyring=lambda: impostor).verify(sha, sealed=True)
+        ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: impostor)).verify(sha, sealed=True)
     with pytest.raises(CryptoError, match="not base64"):
         Keyring.load(tmp_path / "c.json", env_key="not base64!")
     with pytest.raises(CryptoError, match="decodes to 16 bytes"):
@@ -58,7 +58,7 @@ def test_a_wrong_or_missing_key_fails_clearly(tmp_path):
 @pytest.mark.parametrize("damage", ["flip", "truncate_chunk", "drop_last_chunk", "header"])
 def test_any_change_to_a_sealed_blob_is_caught(tmp_path, damage):
     keys = ring(tmp_path)
-    store = ArtifactStore(tmp_path / "store", keyring=lambda: keys)
+    store = ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: keys))
     sha, _ = store.put_stream([os.urandom(2 * CHUNK + 5)], sealed=True)
     path = store.path(sha, sealed=True)
     blob = bytearray(path.read_bytes())
@@ -79,13 +79,13 @@ def test_any_change_to_a_sealed_blob_is_caught(tmp_path, damage):
 def test_rotation_reencrypts_everything_and_retires_the_old_key(tmp_path):
     keys = ring(tmp_path)
     old = keys.current
-    store = ArtifactStore(tmp_path / "store", keyring=lambda: keys)
+    store = ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: keys))
     shas = [store.put_stream([SECRET + bytes([i])], sealed=True)[0] for i in range(5)]
     keys.add_new_key()
     assert sum(store.reseal(sha) for sha in shas) == 5
     assert keys.retire(keep=set(store.sealed_key_ids())) == [old]
     fresh = Keyring.load(tmp_path / "keys.json")  # what a restarted daemon reads
-    reopened = ArtifactStore(tmp_path / "store", keyring=lambda: fresh)
+    reopened = ArtifactStore(tmp_path / "store", cipher=Cipher(lambda: fresh))
     assert [b"".join(reopened.read_verified(s, True)) for s in shas] == [
         SECRET + bytes([i]) for i in range(5)]
 

@@ -13,9 +13,9 @@ from sqlalchemy import inspect, text
 from llmos.errors import InvalidRequest, NotFound, PayloadTooLarge
 from llmos.kernel.jobs import IllegalTransition, JobSpec, JobState, create_job, transition
 from llmos.kernel.resources import Request
+from llmos.security.artifacts import ArtifactService
 from llmos.security.rbac import Principal, Role
 from llmos.store import ArtifactStore, CorruptArtifact, open_database
-from llmos.store.artifact_service import ArtifactService
 from llmos.store.models import Artifact, Base, Job
 from pg import fresh_database
 

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from llmos.api.gate import current
 from llmos.api.schemas import ERRORS, ArtifactList, ArtifactOut
 from llmos.errors import InvalidRequest, PayloadTooLarge
+from llmos.security.artifacts import ArtifactService
 from llmos.security.rbac import Principal
-from llmos.store.artifact_service import ArtifactService
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 ArtifactId = PathParam(ge=1, le=2**31 - 1, description="Artifact id")

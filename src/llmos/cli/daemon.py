@@ -1,4 +1,5 @@
-"""`llmos up`: run the API server, the scheduler and job supervision in this process."""
+"""`llmos up`: build the system (``llmos.system``) and serve the API over it; the
+scheduler and job supervision run in this process."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def serve(port: int | None, host: str | None, console: Console,
     import uvicorn
 
     from llmos.api import create_app
+    from llmos.system import System
 
     settings = get_settings()
     updates = {k: v for k, v in {"port": port, "host": host, "tls_cert": tls_cert,
@@ -27,6 +29,8 @@ def serve(port: int | None, host: str | None, console: Console,
     _check_port(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request the gateway forwards at INFO: request logs stay off.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     scheme = "https" if settings.tls_cert else "http"
     url = f"{scheme}://{settings.host}:{settings.port}"
     client_url = settings.client_url
@@ -46,10 +50,11 @@ def serve(port: int | None, host: str | None, console: Console,
             "so `llmos` commands on this machine use it. Elsewhere: `llmos login`.",
             title="llmos", expand=False))
 
-    app = create_app(settings, api_url=client_url if settings.url else url,
-                     on_bootstrap=first_start)
     console.print(f"llmos daemon on [bold]{url}[/]  home {settings.home_dir}  "
                   f"store {_safe_url(settings.db_url)}")
+    system = System(settings, api_url=client_url if settings.url else url,
+                    on_bootstrap=first_start)
+    app = create_app(system)
     tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} \
         if settings.tls_cert else {}
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",

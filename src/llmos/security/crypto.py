@@ -11,7 +11,8 @@ a chunk changed, dropped, reordered or moved to another blob fails its tag, and 
 cut short lacks its ``last`` chunk. Keys are 32 random bytes, named by an id so that a key
 can be rotated while blobs sealed with the old one are still being re-encrypted.
 
-This module owns the format and the keyring; the artifact store decides what to seal.
+This module owns the format, the keyring and the :class:`Cipher` the composition root
+hands the artifact store; the store decides what to seal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import secrets
 import struct
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 MAGIC = b"LLMOSENC1"
 CHUNK = 1 << 20
@@ -104,6 +105,35 @@ class Keyring:
         if gone:
             self.save()
         return gone
+
+
+class Cipher:
+    """Seals and opens blobs with a keyring loaded on first use, so a store that never
+    seals anything needs (and creates) no key."""
+
+    def __init__(self, load: Callable[[], Keyring]):
+        self._load = load
+        self._keyring: Keyring | None = None
+
+    @property
+    def keyring(self) -> Keyring:
+        if self._keyring is None:
+            self._keyring = self._load()
+        return self._keyring
+
+    @property
+    def current(self) -> str:
+        return self.keyring.current
+
+    def seal(self, chunks: Iterable[bytes], out: BinaryIO) -> None:
+        seal(chunks, self.keyring, out)
+
+    def unseal(self, f: BinaryIO) -> Iterator[bytes]:
+        return unseal(f, self.keyring)
+
+    @staticmethod
+    def key_id_of(f: BinaryIO) -> str:
+        return key_id_of(f)
 
 
 def keyring_of(settings) -> Keyring:

@@ -199,3 +199,9 @@ class IdentityService:
 
 def quotas_of(team: Team) -> dict[str, float | None]:
     return {key: getattr(team, f"quota_{key}") for key in QUOTA_FIELDS}
+
+
+def serving_rates(db: Database) -> dict[str, float | None]:
+    """Every team's serving quota in requests per second (None: no limit)."""
+    with db.session() as s:
+        return {t.name: t.quota_rps for t in s.scalars(select(Team))}

@@ -53,3 +53,20 @@ class Limits:
             if wait:
                 return math.ceil(wait * 1000) / 1000, f"team {team}'s quota of {rps:g} requests/s"
         return None
+
+
+class TeamRates:
+    """Each team's serving quota (requests per second) for :class:`Limits`, read through
+    ``read`` (team name -> rps, None for no limit) at most every ``every_s`` seconds."""
+
+    def __init__(self, read: Callable[[], dict[str, float | None]], every_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.read, self.every_s, self.clock = read, every_s, clock
+        self._rates: dict[str, float | None] = {}
+        self._at = -math.inf
+
+    def __call__(self, team: str) -> float | None:
+        if self.clock() - self._at > self.every_s:
+            self._rates = self.read()
+            self._at = self.clock()
+        return self._rates.get(team)

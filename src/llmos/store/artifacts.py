@@ -3,13 +3,14 @@
 Owns the bytes only: a blob is written once (temporary file, fsync, rename), never
 changed, and its hash is checked on every read, so a corrupted blob raises
 :class:`CorruptArtifact` instead of handing out wrong data. Artifact *metadata* (name,
-kind, producing job, parents) lives in the database (``store/models.py``) and is managed
-by ``store/artifact_service.py``.
+kind, producing job, parents) lives in the database (``store/models.py``) and is managed,
+role-checked, by the artifact service (``security/artifacts.py``).
 
-A *sealed* blob (a sensitive artifact) is stored encrypted (``security/crypto.py``:
-AES-256-GCM) under ``sealed/``, still addressed by the sha256 of its plaintext, which is
-checked after decryption. The keyring is loaded on first use, so a store that never seals
-anything needs no key.
+A *sealed* blob (a sensitive artifact) is stored encrypted under ``sealed/``, still
+addressed by the sha256 of its plaintext, which is checked after decryption. The store
+knows no cipher of its own: the one that seals and opens blobs is handed to it (llmos's
+composition root gives it ``security.crypto.Cipher``: AES-256-GCM, keys loaded on first
+use, so a store that never seals anything needs no key).
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
-
-if TYPE_CHECKING:
-    from llmos.security.crypto import Keyring
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -36,26 +34,43 @@ class ArtifactTooLarge(Exception):
     """An upload went past the configured size limit."""
 
 
+class NoCipher(Exception):
+    """A sealed blob was asked of a store built without a cipher."""
+
+
+class Cipher(Protocol):
+    """What the store needs to seal blobs and open them again."""
+
+    @property
+    def current(self) -> str:
+        """The id of the key new blobs are sealed with."""
+
+    def seal(self, chunks: Iterable[bytes], out: BinaryIO) -> None:
+        """Write ``chunks`` to ``out`` encrypted."""
+
+    def unseal(self, f: BinaryIO) -> Iterator[bytes]:
+        """The plaintext of the sealed blob ``f``, chunk by chunk; raises on any change."""
+
+    def key_id_of(self, f: BinaryIO) -> str:
+        """The id of the key the sealed blob ``f`` needs (reads its header only)."""
+
+
 class ArtifactStore:
-    def __init__(self, root: Path, keyring: Callable[[], Keyring] | None = None):
+    def __init__(self, root: Path, cipher: Cipher | None = None):
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.sealed = self.root / "sealed"
         self.tmp = self.root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self._keyring_loader = keyring
-        self._keyring: Keyring | None = None
+        self._cipher = cipher
 
     @property
-    def keyring(self) -> Keyring:
-        if self._keyring is None:
-            if self._keyring_loader is None:
-                from llmos.security.crypto import CryptoError
-
-                raise CryptoError("this artifact store has no encryption keys configured")
-            self._keyring = self._keyring_loader()
-        return self._keyring
+    def cipher(self) -> Cipher:
+        if self._cipher is None:
+            raise NoCipher("this artifact store was given no cipher: it cannot seal or open "
+                           "encrypted blobs")
+        return self._cipher
 
     def path(self, sha256: str, sealed: bool = False) -> Path:
         if not _SHA256.match(sha256):
@@ -85,9 +100,7 @@ class ArtifactStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 if sealed:
-                    from llmos.security.crypto import seal
-
-                    seal(counted(), self.keyring, out)
+                    self.cipher.seal(counted(), out)
                 else:
                     for chunk in counted():
                         out.write(chunk)
@@ -107,16 +120,9 @@ class ArtifactStore:
                 os.unlink(tmp_name)
             raise
 
-    def put_bytes(self, data: bytes) -> tuple[str, int]:
-        return self.put_stream([data])
-
-    def put_file(self, src: Path) -> tuple[str, int]:
-        with open(src, "rb") as f:
-            return self.put_stream(iter(lambda: f.read(CHUNK), b""))
-
     def verify(self, sha256: str, sealed: bool = False) -> None:
         """Check the blob against its hash. Raises on damage or absence (and, for a sealed
-        blob, CryptoError when its key is missing or wrong)."""
+        blob, the cipher's error when its key is missing or wrong)."""
         path = self.path(sha256, sealed)
         if not path.is_file():
             raise CorruptArtifact(f"blob {sha256} is missing from the artifact store")
@@ -131,9 +137,7 @@ class ArtifactStore:
     def _chunks(self, sha256: str, sealed: bool) -> Iterator[bytes]:
         with open(self.path(sha256, sealed), "rb") as f:
             if sealed:
-                from llmos.security.crypto import unseal
-
-                yield from unseal(f, self.keyring)
+                yield from self.cipher.unseal(f)
             else:
                 yield from iter(lambda: f.read(CHUNK), b"")
 
@@ -146,23 +150,19 @@ class ArtifactStore:
     def reseal(self, sha256: str) -> bool:
         """Re-encrypt a sealed blob with the current key (key rotation); True if it
         changed. The new blob replaces the old one only once it verifies."""
-        from llmos.security.crypto import key_id_of, seal
-
         path = self.path(sha256, sealed=True)
         with open(path, "rb") as f:
-            if key_id_of(f) == self.keyring.current:
+            if self.cipher.key_id_of(f) == self.cipher.current:
                 return False
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="reseal-")
         try:
             with os.fdopen(fd, "wb") as out:
-                seal(self._chunks(sha256, True), self.keyring, out)
+                self.cipher.seal(self._chunks(sha256, True), out)
                 out.flush()
                 os.fsync(out.fileno())
             digest = hashlib.sha256()
             with open(tmp_name, "rb") as f:
-                from llmos.security.crypto import unseal
-
-                for chunk in unseal(f, self.keyring):
+                for chunk in self.cipher.unseal(f):
                     digest.update(chunk)
             if digest.hexdigest() != sha256:
                 raise CorruptArtifact(f"blob {sha256} did not survive re-encryption")
@@ -176,12 +176,10 @@ class ArtifactStore:
 
     def sealed_key_ids(self) -> dict[str, int]:
         """How many sealed blobs each key id protects."""
-        from llmos.security.crypto import key_id_of
-
         counts: dict[str, int] = {}
         if self.sealed.is_dir():
             for path in self.sealed.glob("*/*"):
                 with open(path, "rb") as f:
-                    kid = key_id_of(f)
+                    kid = self.cipher.key_id_of(f)
                 counts[kid] = counts.get(kid, 0) + 1
         return counts

@@ -1,12 +1,14 @@
-"""Artifacts with their metadata: put, describe, list, read (verified).
+"""The artifact service: put, describe, list and read (verified) artifacts, each call
+checked against the principal's role.
 
-Bytes go to the content-addressed :class:`ArtifactStore`; the row (name, kind, size,
-producing job, parents) to the database. A row is written only after its blob is safely
-stored, so a failed upload leaves nothing behind.
+Bytes go to the store's content-addressed :class:`ArtifactStore`; the row (name, kind,
+size, producing job, parents) to the database. A row is written only after its blob is
+safely stored, so a failed upload leaves nothing behind.
 
 An artifact belongs to a team (its uploader's, or its producing job's); every operation
 takes the principal asking and checks its role there (viewers read, developers upload,
-system administrators rotate keys).
+system administrators rotate keys). The store below knows nothing of roles; this service
+is the only way the rest of llmos reaches artifacts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from llmos.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from llmos.security.crypto import Cipher
 from llmos.security.rbac import CREATE, READ, Principal
 from llmos.store.artifacts import ArtifactStore, ArtifactTooLarge
 from llmos.store.db import Database
@@ -126,7 +129,8 @@ class ArtifactService:
     def rotate_keys(self, who: Principal) -> dict:
         """Seal every encrypted artifact with a fresh key, then retire the old keys."""
         who.require_admin("rotating encryption keys")
-        ring = self.store.keyring
+        cipher: Cipher = self.store.cipher  # the composition root hands the store this one
+        ring = cipher.keyring
         if ring.path is None:
             raise Conflict("the encryption key comes from LLMOS_ENCRYPTION_KEY; rotation needs "
                            "a key file (unset it, or set LLMOS_KEY_FILE)")
