@@ -93,7 +93,7 @@ def run_llmos_job(corpus: Path, home: Path, workers: int, mb: float) -> tuple[fl
 
 
 def llmos_stages(corpus: Path, work: Path, workers: int, mb: float) -> None:
-    from llmos.data.pipeline import run
+    from llmos.data.ingest import run
     from llmos.data.recipe import parse_recipe
 
     ladder = [("ingest only (read, write shards)", recipe()),

@@ -91,6 +91,45 @@ def test_ingest_with_the_cli_then_read_the_version_every_way(shared_daemon, mess
     assert "files 15/15" in detail.stdout and "documents 14" in detail.stdout
 
 
+def test_stats_show_labels_and_languages_per_split_and_familiar_encodings(shared_daemon,
+                                                                          tmp_path):
+    texts = {"en": ["The weather is lovely today and we walk to the park together.",
+                    "The train was late again and everybody on the platform was angry.",
+                    "Our neighbours planted apple trees along the quiet country road."],
+             "fr": ["Le temps est magnifique aujourd'hui et nous allons au parc ensemble.",
+                    "Où est la bibliothèque? Près de la gare, à côté du marché."]}
+    records = [{"text": t, "label": "pos" if i % 2 == 0 else "neg"}
+               for lang in ("en", "fr") for i, t in enumerate(texts[lang])]
+    (tmp_path / "reviews.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (tmp_path / "latin1.txt").write_bytes("El niño comió piñata y canción española.".encode(
+        "latin-1"))
+    (tmp_path / "blank.txt").write_text(" \n\n  \n")
+    (tmp_path / "recipe.yaml").write_text(
+        "label_field: label\nsteps: [{language: {keep: [en, fr, es]}}]\n"
+        "split: {train: 0.5, test: 0.5, seed: 1}\n")
+    result = llmos(shared_daemon, "data", "ingest", ".", "-d", "langs", "-r", "recipe.yaml",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "empty  removed: no_text 1" in result.stdout  # the blank file, not "language_…"
+
+    version = shared_daemon.client.datasets.version("langs")
+    stats = version["stats"]
+    assert stats["languages"] == {"en": 3, "es": 1, "fr": 2}
+    assert stats["labels"] == {"(none)": 1, "neg": 2, "pos": 3}
+    assert sum(s["languages"].get("fr", 0) for s in stats["splits"].values()) == 2
+    encodings = {f["path"].rsplit("/", 1)[-1]: f["encoding"] for f in version["lineage"]["inputs"]}
+    assert encodings["latin1.txt"] == "latin-1"
+
+    shown = llmos(shared_daemon, "data", "stats", f"langs:{version['version']}")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = [" ".join(line.split()) for line in shown.stdout.splitlines()]
+    for key in ("labels", "languages"):
+        for split, s in [*stats["splits"].items(), ("all", stats)]:
+            ranked = sorted(s[key].items(), key=lambda kv: (-kv[1], kv[0]))
+            assert f"{split} " + " ".join(f"{k} {n}" for k, n in ranked) in lines, shown.stdout
+    assert "documents by language" in shown.stdout and "documents by label" in shown.stdout
+
+
 def test_same_input_same_hash_and_diff_between_versions(shared_daemon, messy):
     c = shared_daemon.client
     jobs = [c.datasets.ingest("again", [str(messy / "corpus")], RECIPE),
@@ -141,6 +180,9 @@ def test_a_failing_ingest_registers_nothing(shared_daemon, messy):
     ({"dataset": "x", "sources": ["{corpus}"],
       "recipe": {"steps": [{"tokenize": {"tokenizer": "/no/tokenizer"}}]}}, 422,
      "no tokenizer at /no/tokenizer"),
+    ({"dataset": "x", "sources": ["{corpus}"],
+      "recipe": {"steps": [{"tokenize": {"tokenizer": "./tokenizer"}}]}}, 422,
+     "the tokenizer path ./tokenizer must be absolute"),
 ])
 def test_bad_ingest_requests_are_refused_before_any_job(shared_daemon, messy, body, status,
                                                         message):
@@ -155,10 +197,13 @@ def test_bad_ingest_requests_are_refused_before_any_job(shared_daemon, messy, bo
 @pytest.mark.parametrize("method,path,status,message", [
     ("GET", "/v1/datasets/unknown", 404, "dataset 'unknown' not found"),
     ("GET", "/v1/datasets/unknown/versions/1", 404, "not found"),
-    ("GET", "/v1/datasets/unknown/versions/x", 422, ""),
+    ("GET", "/v1/datasets/unknown/versions/x", 422,
+     "path.version: String should match pattern '^(latest|[0-9]+)$'"),
     ("GET", "/v1/datasets/unknown/diff?from=1&to=2", 404, "not found"),
-    ("GET", "/v1/datasets/unknown/versions/1/head?n=0", 422, ""),
-    ("POST", "/v1/datasets/x/versions", 422, ""),
+    ("GET", "/v1/datasets/unknown/versions/1/head?n=0", 422,
+     "query.n: Input should be greater than or equal to 1"),
+    ("POST", "/v1/datasets/x/versions", 422, "content_hash: Field required; shards: Field "
+     "required; schema: Field required; stats: Field required; lineage: Field required"),
 ])
 def test_bad_dataset_reads_are_4xx(shared_daemon, method, path, status, message):
     with shared_daemon.http() as http:

@@ -23,7 +23,17 @@ def test_examples_exist():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("steps: [clean_html]", "step 1: unknown step 'clean_html'; known steps: html_to_text"),
+    ("steps: [clean_html]", "step 1: unknown step 'clean_html'; known steps: "
+     "collapse_whitespace, exact_dedup, fix_unicode, gopher_quality, gopher_repetition, "
+     "html_to_text, language, length, mask_pii, near_dedup, normalize, regex, segment, "
+     "stopwords, strip_control, tokenize"),
+    ("steps: [lenght]", "step 1: unknown step 'lenght' (did you mean 'length'?); known steps:"),
+    ("steps: [segment, {stopwords: {languages: [en]}}, segment]",
+     "step 'segment' appears twice"),
+    ("steps: [stopwords, segment]", "step 'stopwords' removes words from the 'segment' "
+     "step's words: add 'segment' before it"),
+    ("steps: [{tokenize: {tokenizer: t}}]\nfields: [tokens]",
+     "fields: tokens would clash with the column an annotation step writes"),
     ("steps: [{normalize: {frm: NFC}}]",
      "step 1 (normalize): unknown parameter 'frm' (parameters: form)"),
     ("steps: [{normalize: {form: NFD}}]", "step 1 (normalize): form: Input should be 'NFC' or 'NFKC'"),

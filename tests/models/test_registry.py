@@ -91,6 +91,8 @@ def _folder_with(tmp_path, name: str, files: dict[str, bytes]):
     ("not-gguf", 422, "is not a GGUF file"),
     ("missing", 422, "no such file or folder"),
     ("bad-name", 422, "bad model name"),
+    ("onnx", 422, "unknown model format 'onnx'; available: gguf, hf"),
+    ("gguf-folder", 422, "is a folder; a Hugging Face folder goes through"),
 ])
 def test_what_cannot_be_imported_is_refused_before_any_job(registry, tmp_path, case, status,
                                                             message):
@@ -102,11 +104,14 @@ def test_what_cannot_be_imported_is_refused_before_any_job(registry, tmp_path, c
         "not-gguf": _folder_with(tmp_path, "gg", {"x.gguf": b"GGML not really"}) / "x.gguf",
         "missing": tmp_path / "nowhere",
         "bad-name": minilm_dir(),
+        "onnx": minilm_dir(),
+        "gguf-folder": minilm_dir(),
     }
+    fmt = {"onnx": "onnx", "gguf-folder": "gguf"}.get(case, "auto")
     before = registry.client.jobs.list()["total"]
     with pytest.raises(APIError) as e:
         registry.client.models.import_("Bad Name" if case == "bad-name" else "refused",
-                                       sources[case])
+                                       sources[case], format=fmt)
     assert e.value.status == status and message in e.value.message, e.value.message
     assert registry.client.jobs.list()["total"] == before
 
@@ -148,9 +153,9 @@ def test_the_smollm2_gguf_is_converted_once_and_then_loads_from_safetensors(regi
     folder = registry.home / "models" / "version-1"
     assert not folder.exists()
     from llmos.models.registry import ModelRegistry  # the daemon's own layout code
+    from llmos.security.artifacts import ArtifactService
     from llmos.security.rbac import SYSTEM
     from llmos.store import ArtifactStore, open_database
-    from llmos.store.artifact_service import ArtifactService
 
     db = open_database(f"sqlite:///{registry.home / 'llmos.db'}")
     reg = ModelRegistry(ArtifactService(db, ArtifactStore(registry.home / "artifacts"), 1),
@@ -171,3 +176,25 @@ def test_the_smollm2_gguf_is_converted_once_and_then_loads_from_safetensors(regi
     print(f"SmolLM2 loaded from the registry in {loaded_s:.2f} s")
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
     shutil.rmtree(folder)
+
+
+def test_the_team_of_a_named_dataset_or_model_is_decided_in_one_place():
+    from llmos.errors import Forbidden, InvalidRequest
+    from llmos.security.rbac import Principal, Role
+
+    ann = Principal("ann", 1, roles={"red": Role.DEVELOPER, "blue": Role.VIEWER})
+    assert ann.team_for_name("model", "m", None) == "red"  # a new name: the home team
+    with pytest.raises(Forbidden, match="ann is viewer in team blue; to create datasets in "
+                                        "team blue needs developer"):
+        ann.team_for_name("dataset", "d", None, asked="blue")
+    with pytest.raises(Forbidden, match="viewer in team blue"):  # the default, where a member
+        ann.team_for_name("model", "m", None, default="blue")
+    assert Principal("bob", 2, roles={"green": Role.DEVELOPER}).team_for_name(
+        "model", "m", None, default="red") == "green"  # not a member of the default: home
+    assert ann.team_for_name("dataset", "d", "red") == "red"  # a taken name: its owner's
+    with pytest.raises(InvalidRequest, match="dataset d belongs to team red, not blue"):
+        ann.team_for_name("dataset", "d", "red", asked="blue")
+    with pytest.raises(Forbidden, match="the model name 'm' is taken by another team"):
+        ann.team_for_name("model", "m", "green")
+    with pytest.raises(Forbidden, match="to create model m needs developer"):
+        ann.team_for_name("model", "m", "blue")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -33,6 +34,25 @@ def _json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
+def _with_local_paths(text: str) -> str | dict:
+    """The recipe with its tokenizer path made absolute from the folder the command runs
+    in (as the sources are); the job would otherwise look for it in its own folder. Text
+    that is not a recipe goes to the daemon unchanged, which says what is wrong with it."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    steps = doc.get("steps") if isinstance(doc, dict) else None
+    changed = False
+    for step in steps if isinstance(steps, list) else ():
+        params = step.get("tokenize") if isinstance(step, dict) else None
+        path = params.get("tokenizer") if isinstance(params, dict) else None
+        if isinstance(path, str) and not Path(path).expanduser().is_absolute():
+            params["tokenizer"] = str(Path(path).expanduser().resolve())
+            changed = True
+    return doc if changed else text
+
+
 @data_app.command("ingest")
 def ingest(
     sources: list[str] = typer.Argument(..., help="Files, folders or globs (quote globs)."),
@@ -46,13 +66,14 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Start an ingest job: read SOURCES, run the recipe's steps, store a new version."""
-    text = ""
+    text: str | dict = ""
     if recipe is not None:
         try:
-            text = recipe.read_text(encoding="utf-8")
+            text = _with_local_paths(recipe.read_text(encoding="utf-8"))
         except OSError as e:
             raise UsageError(f"cannot read the recipe: {e.strerror or e}") from None
-    paths = [s if any(ch in s for ch in "*?[") else str(Path(s).resolve()) for s in sources]
+    paths = [str(Path(s).expanduser().absolute()) if any(ch in s for ch in "*?[") else
+             str(Path(s).resolve()) for s in sources]  # a relative glob: from here, too
     with Client() as c:
         job = c.datasets.ingest(dataset, paths, text, cpu=cpu, memory_mb=memory,
                                 priority=priority, sensitive=sensitive)
@@ -125,11 +146,33 @@ def head(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
 @data_app.command("stats")
 def stats(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Statistics of a version: documents, bytes, tokens, labels, removals per step."""
+    """Statistics of a version: documents, bytes, tokens, and counts per label and per
+    language in each split; what each step removed or changed."""
     name, version = _ref(ref)
     with Client() as c:
         v = c.datasets.version(name, version)
-    _json(v["stats"]) if as_json else render.dataset_stats(out, v)
+    if as_json:
+        return _json(v["stats"])
+    stats = v["stats"]
+    splits = render.table(f"{v['dataset']}:{v['version']}", "split", "documents", "text",
+                          "tokens", keep=("split", "documents", "text", "tokens"))
+    for split, s in [*stats.get("splits", {}).items(), ("all", stats)]:
+        splits.add_row(split, str(s.get("documents", 0)), render.size_text(
+            s.get("text_bytes", 0)), str(s.get("tokens", "-")))
+    out.print(splits)
+    for key, noun in (("labels", "label"), ("languages", "language")):
+        if key in stats:
+            out.print(_counts_table(noun, key, stats))
+    render.dataset_removed(out, stats)
+
+
+def _counts_table(noun: str, key: str, stats: dict) -> Table:
+    """Documents per value of ``key`` (labels, languages), most frequent first, by split."""
+    counts = render.table(None, "split", f"documents by {noun}", keep=("split",))
+    for split, s in [*stats.get("splits", {}).items(), ("all", stats)]:
+        ranked = sorted((s.get(key) or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        counts.add_row(split, "  ".join(f"{k} {n}" for k, n in ranked) or "-")
+    return counts
 
 
 @data_app.command("diff")

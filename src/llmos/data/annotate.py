@@ -11,18 +11,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llmos.data import recipe as r
+from llmos.data.steps import Step, StepParams
 
 
 class AnnotationError(ValueError):
     """An annotation step that cannot be set up (a missing tokenizer file...)."""
 
 
-class Tokenize:
+class Tokenize(Step):
+    """Count tokens per document with a local Hugging Face tokenizer (a folder holding
+    tokenizer.json, or the file itself); the ``tokens`` column."""
+
     name = "tokenize"
+    phase = "annotate"
+    once = True
     columns = {"tokens": "int32"}
 
-    def __init__(self, cfg: r.Tokenize):
+    class Params(StepParams):
+        tokenizer: str
+
+    @classmethod
+    def writes(cls, params: StepParams) -> set[str]:
+        return {"tokens"}
+
+    def __init__(self, cfg: Params):
         from tokenizers import Tokenizer
 
         path = Path(cfg.tokenizer).expanduser()
@@ -43,10 +55,22 @@ class Tokenize:
         columns["tokens"] = [len(e.ids) for e in encodings]
 
 
-class Segment:
-    name = "segment"
+class Segment(Step):
+    """Split text into words (jieba: Chinese word segmentation; other scripts split on
+    spaces and punctuation); the ``words`` column, and ``pos`` tags with ``pos: true``."""
 
-    def __init__(self, cfg: r.Segment):
+    name = "segment"
+    phase = "annotate"
+    once = True
+
+    class Params(StepParams):
+        pos: bool = False
+
+    @classmethod
+    def writes(cls, params: StepParams) -> set[str]:
+        return {"words", "pos"}
+
+    def __init__(self, cfg: Params):
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
@@ -74,11 +98,18 @@ def _is_word(w: str) -> bool:
     return any(ch.isalnum() for ch in w)
 
 
-class Stopwords:
+class Stopwords(Step):
+    """Remove stop words (stopwordsiso lists) from the ``words`` column."""
+
     name = "stopwords"
+    phase = "annotate"
+    requires = {"segment": "removes words from the 'segment' step's words"}
     columns: dict[str, str] = {}
 
-    def __init__(self, cfg: r.Stopwords):
+    class Params(StepParams):
+        languages: list[str] = ["en", "zh"]
+
+    def __init__(self, cfg: Params):
         import stopwordsiso
 
         unknown = [lang for lang in cfg.languages if not stopwordsiso.has_lang(lang)]
@@ -95,5 +126,3 @@ class Stopwords:
             columns["pos"] = [[p for p, k in zip(ps, ks) if k]
                               for ps, ks in zip(columns["pos"], keep)]
 
-
-STEPS = {r.Tokenize: Tokenize, r.Segment: Segment, r.Stopwords: Stopwords}

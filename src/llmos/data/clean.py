@@ -1,7 +1,8 @@
 """Cleaning steps: they change a document's text and never remove a document.
 
-Each step is a small class built from its recipe entry, with ``apply(docs, tally)`` over a
-batch; ``tally`` counts what the step changed, for the report. Every step has a fast path
+Each step is a small class (see ``steps``) that declares its recipe parameters and is built
+from them, with ``apply(docs, tally)`` over a batch; ``tally`` counts what the step changed,
+for the report. Every step has a fast path
 for text it cannot change (plain ASCII for ftfy, normalized text for NFC), because most
 text needs nothing.
 """
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Literal
 
-from llmos.data import recipe as r
+from pydantic import Field
+
 from llmos.data.readers import Doc
+from llmos.data.steps import Step, StepParams
 
 # Elements whose content is never the document's text.
 _DROP_TAGS = ["script", "style", "noscript", "nav", "header", "footer", "aside", "form",
@@ -40,10 +44,17 @@ class Tally:
                 self.add(step, key, n)
 
 
-class HtmlToText:
+class HtmlToText(Step):
+    """Extract the readable text of HTML documents (selectolax): drops scripts, styles,
+    navigation, headers and footers; block elements become line breaks."""
+
     name = "html_to_text"
 
-    def __init__(self, cfg: r.HtmlToText):
+    class Params(StepParams):
+        detect: bool = Field(True, description="also convert non-.html documents that look "
+                             "like HTML")
+
+    def __init__(self, cfg: Params):
         self.detect = cfg.detect
 
     def apply(self, docs: list[Doc], tally: Tally) -> list[Doc]:
@@ -75,10 +86,12 @@ def html_to_text(html: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-class FixUnicode:
+class FixUnicode(Step):
+    """Repair mojibake and broken unicode (ftfy)."""
+
     name = "fix_unicode"
 
-    def __init__(self, cfg: r.FixUnicode):
+    def __init__(self, cfg: StepParams):
         import ftfy
 
         # Repair only: width, quotes, ligatures and normalization are other steps' business
@@ -100,10 +113,15 @@ class FixUnicode:
         return docs
 
 
-class Normalize:
+class Normalize(Step):
+    """Unicode normalization."""
+
     name = "normalize"
 
-    def __init__(self, cfg: r.Normalize):
+    class Params(StepParams):
+        form: Literal["NFC", "NFKC"] = "NFC"
+
+    def __init__(self, cfg: Params):
         self.form = cfg.form
 
     def apply(self, docs: list[Doc], tally: Tally) -> list[Doc]:
@@ -118,11 +136,10 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u
                       "\u202a-\u202e\u2060-\u2064\ufeff\u00ad]")
 
 
-class StripControl:
-    name = "strip_control"
+class StripControl(Step):
+    """Remove control characters (except tab and newline) and zero-width characters."""
 
-    def __init__(self, cfg: r.StripControl):
-        pass
+    name = "strip_control"
 
     def apply(self, docs: list[Doc], tally: Tally) -> list[Doc]:
         for doc in docs:
@@ -137,11 +154,11 @@ class StripControl:
         return docs
 
 
-class CollapseWhitespace:
-    name = "collapse_whitespace"
+class CollapseWhitespace(Step):
+    """Runs of spaces and tabs become one space; three or more line breaks become two;
+    lines are stripped."""
 
-    def __init__(self, cfg: r.CollapseWhitespace):
-        pass
+    name = "collapse_whitespace"
 
     def apply(self, docs: list[Doc], tally: Tally) -> list[Doc]:
         for doc in docs:
@@ -191,10 +208,15 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-class MaskPii:
+class MaskPii(Step):
+    """Replace personal data with placeholders such as <EMAIL>."""
+
     name = "mask_pii"
 
-    def __init__(self, cfg: r.MaskPii):
+    class Params(StepParams):
+        kinds: list[Literal["email", "phone", "ip", "card"]] = ["email", "phone", "ip", "card"]
+
+    def __init__(self, cfg: Params):
         self.kinds = set(cfg.kinds)
 
     def apply(self, docs: list[Doc], tally: Tally) -> list[Doc]:
@@ -229,7 +251,3 @@ class MaskPii:
             text = _PHONE.sub(phone, text)
         return text
 
-
-STEPS = {r.HtmlToText: HtmlToText, r.FixUnicode: FixUnicode, r.Normalize: Normalize,
-         r.StripControl: StripControl, r.CollapseWhitespace: CollapseWhitespace,
-         r.MaskPii: MaskPii}

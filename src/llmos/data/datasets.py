@@ -24,14 +24,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
 from llmos.data.readers import expand_sources
-from llmos.data.recipe import RecipeError, Tokenize, load_recipe, parse_recipe
-from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from llmos.data.recipe import RecipeError, load_recipe, parse_recipe
+from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.schema import RequestBody
+from llmos.security.artifacts import ArtifactService
 from llmos.security.paths import check_file, check_sources
-from llmos.security.rbac import CREATE, READ, Principal
-from llmos.store.artifact_service import ArtifactService
+from llmos.security.rbac import READ, Principal
 from llmos.store.models import Artifact, Dataset, DatasetVersion, Job
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -109,9 +109,14 @@ class DatasetService:
             check_file(who, f, roots)
         if not files:
             raise InvalidRequest("the sources hold no files")
-        tokenize = recipe.step(Tokenize)
+        tokenize = recipe.step("tokenize")
         if tokenize is not None:
             path = Path(tokenize.tokenizer).expanduser()
+            if not path.is_absolute():  # it would be read from the job's own folder
+                raise InvalidRequest(f"recipe: the tokenizer path {tokenize.tokenizer} must be "
+                                     "absolute (`llmos data ingest` resolves a relative one "
+                                     "from the folder it runs in)")
+            check_file(who, path, roots)  # the job reads it, as it reads the sources
             if not (path / "tokenizer.json").is_file() and not path.is_file():
                 raise InvalidRequest(f"recipe: no tokenizer at {tokenize.tokenizer} (a folder "
                                      "holding tokenizer.json, or the file itself)")
@@ -127,15 +132,7 @@ class DatasetService:
         """The dataset's team: its existing one, else the requested or the caller's."""
         with self.db.session() as s:
             ds = s.scalars(select(Dataset).where(Dataset.name == req.dataset)).first()
-        if ds is None:
-            return who.home_team(req.team, CREATE, "datasets")
-        if not who.can(READ, ds.team):
-            raise Forbidden(f"the dataset name {req.dataset!r} is taken by another team")
-        who.check(CREATE, ds.team, f"dataset {req.dataset}")
-        if req.team is not None and req.team != ds.team:
-            raise InvalidRequest(f"dataset {req.dataset} belongs to team {ds.team}, "
-                                 f"not {req.team}")
-        return ds.team
+        return who.team_for_name("dataset", req.dataset, ds.team if ds else None, req.team)
 
     # -- versions -------------------------------------------------------------------------
 
@@ -158,10 +155,7 @@ class DatasetService:
             [body.report_artifact_id] if body.report_artifact_id else [])
         with self.db.session() as s:
             ds = s.scalars(select(Dataset).where(Dataset.name == name)).first()
-            if ds is not None and not who.can(READ, ds.team):
-                raise Forbidden(f"the dataset name {name!r} is taken by another team")
-            team = ds.team if ds is not None else who.home_team(None, CREATE, "datasets")
-            who.check(CREATE, team, f"dataset {name}")
+            team = who.team_for_name("dataset", name, ds.team if ds else None)
             rows = s.execute(select(Artifact.id, Artifact.team)
                              .where(Artifact.id.in_(ids))).all() if ids else []
             found = {i for i, t in rows if t == team}

@@ -23,8 +23,9 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from llmos.data import recipe as r
+from llmos.data.steps import Step, StepParams
 
 _U32 = np.uint64(0xFFFFFFFF)
 _BASE = 0x100000001B3  # odd: invertible modulo 2**64
@@ -72,7 +73,7 @@ class Fingerprints:
 class Signer:
     """Computes the fingerprints of batches of texts (runs in the workers)."""
 
-    def __init__(self, near: r.NearDedup | None):
+    def __init__(self, near: NearDedup.Params | None):
         self.near = near
         if near is None:
             return
@@ -287,3 +288,49 @@ def near_clusters(bands: np.ndarray, alive: np.ndarray) -> Clusters:
             if np.array_equal(label, before):
                 break
     return Clusters(removed=label != np.arange(n), keeper=label)
+
+
+# -- the recipe steps ----------------------------------------------------------------------
+
+
+class ExactDedup(Step):
+    """Remove documents whose text is identical to an earlier one (sha256), keep the first."""
+
+    name = "exact_dedup"
+    phase = "dedup"
+    once = True
+
+    def clusters(self, content: np.ndarray, bands: np.ndarray | None,
+                 alive: np.ndarray) -> Clusters:
+        return exact_clusters(content, alive)
+
+
+class NearDedup(Step):
+    """Remove near-duplicates (MinHash over word n-gram shingles, banded LSH), keep the
+    first of each cluster. ``threshold`` is the Jaccard similarity at which two documents
+    count as duplicates."""
+
+    name = "near_dedup"
+    phase = "dedup"
+    once = True
+
+    class Params(StepParams):
+        threshold: float = Field(0.8, gt=0, lt=1)
+        num_perm: int = Field(128, ge=16, le=1024)
+        ngram: int = Field(5, ge=1, le=20)
+        seed: int = 1
+        bands: int | None = Field(None, ge=1, description="LSH bands (default: derived from "
+                                  "threshold)")
+        rows: int | None = Field(None, ge=1, description="rows per band (with bands)")
+
+        @model_validator(mode="after")
+        def _banding(self):
+            if (self.bands is None) != (self.rows is None):
+                raise ValueError("give both bands and rows, or neither")
+            if self.bands and self.bands * self.rows > self.num_perm:
+                raise ValueError(f"bands x rows must be at most num_perm ({self.num_perm})")
+            return self
+
+    def clusters(self, content: np.ndarray, bands: np.ndarray | None,
+                 alive: np.ndarray) -> Clusters:
+        return near_clusters(bands, alive)

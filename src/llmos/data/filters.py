@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from llmos.data import recipe as r
 from llmos.data.clean import Tally
 from llmos.data.readers import Doc
+from llmos.data.steps import Step, StepParams
 
 _STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 _BULLETS = ("•", "●", "-", "*", "‣", "⁃", "◦", "·")
 _PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~“”‘’«»…—–"
 
 
-class _Filter:
-    name = ""
+class _Filter(Step):
+    removes = True
 
     def apply(self, docs: list[Doc], tally: Tally) -> list[Doc]:
         kept = []
@@ -40,9 +42,17 @@ class _Filter:
 
 
 class Length(_Filter):
+    """Keep documents within these bounds (characters and whitespace-separated words)."""
+
     name = "length"
 
-    def __init__(self, cfg: r.Length):
+    class Params(StepParams):
+        min_chars: int = Field(1, ge=0)
+        max_chars: int | None = Field(None, ge=1)
+        min_words: int = Field(0, ge=0)
+        max_words: int | None = Field(None, ge=1)
+
+    def __init__(self, cfg: Params):
         self.cfg = cfg
 
     def reject(self, doc: Doc) -> str | None:
@@ -62,13 +72,27 @@ class Length(_Filter):
 
 
 class Language(_Filter):
-    """Language identification on the first 2,000 characters (enough for a confident
-    answer, and it bounds the cost of long documents)."""
+    """Keep documents in these languages (py3langid, model inside the package); the
+    detected language is stored in the ``lang`` column. Identification reads the first
+    2,000 characters (enough for a confident answer, and it bounds the cost of long
+    documents)."""
 
     name = "language"
     SAMPLE = 2000
 
-    def __init__(self, cfg: r.Language):
+    class Params(StepParams):
+        keep: list[str] = Field(min_length=1)
+        min_score: float = Field(0.0, ge=0, le=1)
+
+        @field_validator("keep")
+        @classmethod
+        def _codes(cls, v: list[str]) -> list[str]:
+            for code in v:
+                if not re.fullmatch(r"[a-z]{2,3}", code):
+                    raise ValueError(f"{code!r} is not an ISO 639-1 language code such as 'en'")
+            return v
+
+    def __init__(self, cfg: Params):
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
         # The model (numpy arrays) is a file inside the py3langid package.
@@ -93,12 +117,24 @@ _STOP_WORD = re.compile(r"\b(?:" + "|".join(sorted(_STOP_WORDS)) + r")\b", re.IG
 
 
 class GopherQuality(_Filter):
-    """Words are runs of characters between spaces and punctuation; the work is done by
+    """The quality heuristics of Gopher (Rae et al. 2021), for space-separated languages.
+    Words are runs of characters between spaces and punctuation; the work is done by
     regular expressions over the whole text (C speed), not word by word in Python."""
 
     name = "gopher_quality"
 
-    def __init__(self, cfg: r.GopherQuality):
+    class Params(StepParams):
+        min_words: int = 50
+        max_words: int = 100_000
+        min_mean_word_length: float = 3
+        max_mean_word_length: float = 10
+        max_symbol_word_ratio: float = 0.1
+        max_bullet_lines_ratio: float = 0.9
+        max_ellipsis_lines_ratio: float = 0.3
+        max_non_alpha_words_ratio: float = 0.8
+        min_stop_words: int = 2
+
+    def __init__(self, cfg: Params):
         self.c = cfg
 
     def reject(self, doc: Doc) -> str | None:
@@ -140,9 +176,21 @@ class GopherQuality(_Filter):
 
 
 class GopherRepetition(_Filter):
+    """The repetition heuristics of Gopher: duplicated lines and paragraphs, top and
+    duplicated n-grams."""
+
     name = "gopher_repetition"
 
-    def __init__(self, cfg: r.GopherRepetition):
+    class Params(StepParams):
+        dup_line_frac: float = 0.3
+        dup_para_frac: float = 0.3
+        dup_line_char_frac: float = 0.2
+        dup_para_char_frac: float = 0.2
+        top_ngram_char_frac: dict[int, float] = {2: 0.2, 3: 0.18, 4: 0.16}
+        dup_ngram_char_frac: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12,
+                                                 9: 0.11, 10: 0.10}
+
+    def __init__(self, cfg: Params):
         self.c = cfg
 
     def reject(self, doc: Doc) -> str | None:
@@ -225,9 +273,25 @@ def _ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 class Regex(_Filter):
+    """Drop documents that match (``action: drop``) or do not match (``keep``) a pattern."""
+
     name = "regex"
 
-    def __init__(self, cfg: r.Regex):
+    class Params(StepParams):
+        pattern: str
+        action: Literal["drop", "keep"] = "drop"
+        ignore_case: bool = False
+
+        @field_validator("pattern")
+        @classmethod
+        def _compiles(cls, v: str) -> str:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+            return v
+
+    def __init__(self, cfg: Params):
         self.pattern = re.compile(cfg.pattern, re.IGNORECASE if cfg.ignore_case else 0)
         self.drop = cfg.action == "drop"
 
@@ -239,6 +303,3 @@ class Regex(_Filter):
             return "regex_not_matched"
         return None
 
-
-STEPS = {r.Length: Length, r.Language: Language, r.GopherQuality: GopherQuality,
-         r.GopherRepetition: GopherRepetition, r.Regex: Regex}

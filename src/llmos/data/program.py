@@ -1,4 +1,5 @@
-"""The ``data.ingest`` program: runs the pipeline as a kernel job and stores the result.
+"""The ``data.ingest`` program: runs an ingest (``ingest``) as a kernel job and stores the
+result.
 
 It talks to llmos only through its job context: progress and metrics as events, shards
 and the report as artifacts, and the new dataset version through ``/v1/datasets``. The
@@ -12,24 +13,25 @@ import json
 import resource
 import shutil
 
-from llmos.data import pipeline
+from llmos.data.ingest import Counters, default_workers
+from llmos.data.ingest import run as run_ingest
 from llmos.data.recipe import parse_recipe
 
 
 def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | None = None,
            sensitive: bool = False) -> dict:
     rec = parse_recipe(recipe)
-    n_workers = workers or rec.workers or pipeline.default_workers()
+    n_workers = workers or rec.workers or default_workers()
     work = ctx.workdir / "ingest"
     shutil.rmtree(work, ignore_errors=True)  # a retried attempt starts clean
 
-    def progress(c: pipeline.Counters) -> None:
+    def progress(c: Counters) -> None:
         ctx.progress(c.bytes_done, c.bytes_total, unit="bytes",
                      files=f"{c.files_done}/{c.files_total}", documents=c.documents_read)
 
     ctx.log(f"ingesting {len(sources)} source(s) into dataset {dataset!r} with "
             f"{n_workers} worker(s)")
-    result = pipeline.run(sources, rec, work, workers=n_workers, progress=progress)
+    result = run_ingest(sources, rec, work, workers=n_workers, progress=progress)
     ctx.log(f"{result.stats['documents']} documents kept of {result.stats['input']['documents']}"
             f" read; uploading {len(result.shards)} shard(s)")
     shards = []

@@ -4,10 +4,12 @@ Formats (by suffix): .txt/.text/.md, .jsonl/.ndjson, .json, .csv/.tsv, .parquet,
 .html/.htm, each optionally compressed as .gz or .zst. Every file is checked whole before
 it yields anything: a compressed file is first decompressed into the work folder (a
 truncated archive is found there), and a text file's encoding is established over all of
-its bytes (strict UTF-8 first, then the byte-order mark, then charset-normalizer's
-candidates). So a bad file contributes no half-read documents; it is recorded in the
-report with its reason, and the rest goes on. A bad record inside a good file (a line that
-is not JSON, a row without the text column) is counted in the file's report.
+its bytes (the byte-order mark, then strict UTF-8, then charset-normalizer's candidates),
+preferring an encoding a user knows when it reads the text as well (``latin-1`` rather
+than ``cp1250`` for a Latin-1 file). So a bad file contributes no half-read documents; it
+is recorded in the report with its reason, and the rest goes on. A bad record inside a good
+file (a line that is not JSON, a row without the text column) is counted in the file's
+report.
 
 The readers know nothing about cleaning, filtering or storage.
 """
@@ -32,6 +34,10 @@ TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl",
                  ".parquet": "parquet", ".html": "html", ".htm": "html"}
 COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _CHUNK = 4 << 20
+# Encodings users know, most familiar first: a file that reads as well under one of these as
+# under the detector's choice (the same text, or text no messier) is read and reported so.
+FAMILIAR_ENCODINGS = ("latin-1", "cp1252", "iso-8859-15")
+MESS_SLACK = 0.1
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
          (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
          (codecs.BOM_UTF16_BE, "utf-16"))
@@ -373,8 +379,34 @@ def detect_encoding(path: Path) -> str:
     for match in matches:
         name = codecs.lookup(match.encoding).name
         if _decodes(path, name):
-            return name
+            return _familiar_name(path, sample, name)
     raise BadFile("could not find a text encoding that decodes the whole file (binary?)")
+
+
+def _familiar_name(path: Path, sample: bytes, name: str) -> str:
+    """``name``, or the first familiar encoding that reads the whole file and reads its head
+    as plausibly (charset-normalizer's mess ratio, within MESS_SLACK): short Latin-1 texts
+    are often taken for cp1250 or mac_latin2, which turns "niño" into "nińo"."""
+    from charset_normalizer.md import mess_ratio
+
+    head = sample[:64 << 10]
+    chosen = _decode_head(head, name)
+    mess = mess_ratio(chosen, 1.0) if chosen else 1.0
+    for familiar in FAMILIAR_ENCODINGS:
+        if codecs.lookup(familiar).name == name:
+            return familiar
+        text = _decode_head(head, familiar)
+        if text is not None and mess_ratio(text, 1.0) <= mess + MESS_SLACK and _decodes(
+                path, familiar):
+            return familiar
+    return name
+
+
+def _decode_head(sample: bytes, encoding: str) -> str | None:
+    try:
+        return codecs.getincrementaldecoder(encoding)(errors="strict").decode(sample)
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _decodes(path: Path, encoding: str) -> bool:

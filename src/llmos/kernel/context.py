@@ -228,6 +228,23 @@ class Artifacts:
         os.replace(tmp, dest)
         return dest
 
+    def download_folder(self, files: Iterable[tuple[int, str]], folder: str | Path) -> Path:
+        """Artifacts ``(id, relative path)`` laid out in ``folder``, once per job: a resumed
+        attempt finds them in place. The folder appears only once every file is verified."""
+        folder = Path(folder)
+        if (folder / ".complete").exists():
+            return folder
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for artifact_id, rel in files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            self.download(artifact_id, tmp / rel)
+        (tmp / ".complete").write_text("")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return folder
+
 
 def _chunks(f):
     with f:

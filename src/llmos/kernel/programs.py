@@ -3,7 +3,8 @@
 A program is one of
 - ``package.module:function``, importable in the job's environment;
 - ``/path/to/file.py:function``;
-- a registered name (built-ins below, plus the ``llmos.programs`` entry-point group).
+- a registered name: the ``programs`` kind of :mod:`llmos.extensions` (the
+  ``llmos.programs`` entry-point group, where the built-ins register too).
 
 The daemon checks a program *without running any of its code*: it finds the module's
 source through the import system's finders and reads it with :mod:`ast`. The job process
@@ -18,35 +19,25 @@ import importlib.machinery
 import importlib.util
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
-# Built-in programs, by registered name.
-BUILTIN_PROGRAMS: dict[str, str] = {
-    "noop": "llmos.kernel.builtin_programs:noop",
-    "sleep": "llmos.kernel.builtin_programs:sleep",
-    "echo": "llmos.kernel.builtin_programs:echo",
-}
+from llmos import extensions
 
 
 class ProgramError(ValueError):
     """The program cannot be found, or does not accept the given parameters."""
 
 
-@lru_cache(maxsize=1)
-def registered_programs() -> dict[str, str]:
-    names = dict(BUILTIN_PROGRAMS)
-    for ep in entry_points(group="llmos.programs"):
-        names.setdefault(ep.name, ep.value)
-    return names
-
-
 def resolve(program: str) -> str:
     """The ``module:function`` or ``file.py:function`` a program name stands for."""
     program = program.strip()
-    return registered_programs().get(program, program)
+    if program not in extensions.programs:
+        return program
+    target = extensions.programs.target(program)
+    if not isinstance(target, str):  # the job process imports it: only a path will do
+        raise ProgramError(f"program {program!r} must be registered as 'module:function'")
+    return target
 
 
 @dataclass(frozen=True)
@@ -62,7 +53,7 @@ def check(program: str, params: dict) -> None:
     if ":" not in target:
         raise ProgramError(
             f"unknown program {program!r}: use module:function, path/to/file.py:function, "
-            f"or one of {', '.join(sorted(registered_programs()))}"
+            f"or one of {', '.join(extensions.programs.names())}"
         )
     where, _, func = target.rpartition(":")
     if not func.isidentifier():

@@ -6,7 +6,7 @@ transformers) are imported only when a function needs them.
 
 from llmos.models.card import model_card
 from llmos.models.info import TASKS, FileInfo, GGUFSource, ModelImportError, ModelInfo
-from llmos.models.loaders import import_gguf, import_hf_dir, inspect_model
+from llmos.models.loaders import ModelLoader, import_gguf, import_hf_dir, inspect_model
 
-__all__ = ["TASKS", "FileInfo", "GGUFSource", "ModelImportError", "ModelInfo", "import_gguf",
-           "import_hf_dir", "inspect_model", "model_card"]
+__all__ = ["TASKS", "FileInfo", "GGUFSource", "ModelImportError", "ModelInfo", "ModelLoader",
+           "import_gguf", "import_hf_dir", "inspect_model", "model_card"]

@@ -16,24 +16,22 @@ from typing import Literal
 from pydantic import Field
 from sqlalchemy import select
 
-from llmos.errors import Forbidden, InvalidRequest
+from llmos.errors import InvalidRequest
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
-from llmos.models import loaders
+from llmos.models.loaders import model_loader
 from llmos.models.registry import check_model_name
 from llmos.schema import RequestBody
 from llmos.security.paths import check_file, check_sources
-from llmos.security.rbac import CREATE, READ, Principal
+from llmos.security.rbac import Principal
 from llmos.store.models import Job, Model
-
-Format = Literal["auto", "hf", "gguf"]
-
 
 class ImportRequest(RequestBody):
     name: str = Field(min_length=1, max_length=100, description="The model to add a version to.")
     source: str = Field(min_length=1, max_length=4096,
                         description="A Hugging Face folder or a GGUF file on the llmos host.")
-    format: Format = "auto"
+    format: str = Field(default="auto", min_length=1, max_length=50, description=(
+        "auto, or a registered model format: hf (a Hugging Face folder), gguf (a GGUF file)."))
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="Weights of a GGUF import are de-quantized to this.")
     team: str | None = Field(default=None, min_length=1, max_length=100)
@@ -41,17 +39,14 @@ class ImportRequest(RequestBody):
     priority: PriorityClass = "normal"
 
 
-def source_format(path: Path, fmt: Format) -> str:
-    """``hf`` or ``gguf`` for ``path``, after the checks that need no weights."""
+def source_format(path: Path, fmt: str) -> str:
+    """The model format (``hf``, ``gguf``, ...) for ``path``, after the checks that need
+    no weights (for a folder: config, weights that are never pickles, headers, tokenizer)."""
     if not path.exists():
         raise InvalidRequest(f"no such file or folder on the llmos host: {path}")
-    if fmt == "auto":
-        fmt = "hf" if path.is_dir() else "gguf"
-    if fmt == "gguf":
-        loaders._check_gguf_file(path)
-    else:
-        loaders._read_folder(path)  # config, weights (never pickles), headers, tokenizer
-    return fmt
+    loader = model_loader(fmt, path)
+    loader.check(path)
+    return loader.name
 
 
 def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
@@ -79,11 +74,4 @@ def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
 def _team(who: Principal, req: ImportRequest, jobs: JobService) -> str:
     with jobs.db.session() as s:
         model = s.scalars(select(Model).where(Model.name == req.name)).first()
-    if model is None:
-        return who.home_team(req.team, CREATE, "models")
-    if not who.can(READ, model.team):
-        raise Forbidden(f"the model name {req.name!r} is taken by another team")
-    if req.team is not None and req.team != model.team:
-        raise InvalidRequest(f"model {req.name} belongs to team {model.team}, not {req.team}")
-    who.check(CREATE, model.team, f"model {req.name}")
-    return model.team
+    return who.team_for_name("model", req.name, model.team if model else None, req.team)

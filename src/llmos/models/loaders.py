@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmos import extensions
 from llmos.models.info import FileInfo, GGUFSource, ModelImportError, ModelInfo
 
 #: Files taken from a Hugging Face folder (besides the safetensors weights and their index).
@@ -539,3 +540,51 @@ def import_gguf(gguf_path: str | Path, dest: str | Path, dtype: str = "float32",
         info.size_bytes += kept.size
     report(4, 4, "done")
     return info
+
+
+# -- the formats, as extensions -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """One way a model enters llmos, registered by name in the ``model_loaders`` kind of
+    :mod:`llmos.extensions` (``llmos.model_loaders`` entry points: ``hf`` and ``gguf``
+    built in). ``matches`` picks it for ``format: auto``; ``check`` refuses what can be
+    refused without reading weights (before any job exists); ``load`` imports into a new
+    folder and returns the info and the lineage of the source."""
+
+    name: str
+    matches: Callable[[Path], bool]
+    check: Callable[[Path], None]
+    load: Callable[[Path, Path, str, ProgressFn | None], tuple[ModelInfo, dict[str, Any]]]
+
+
+def _load_hf(src: Path, dest: Path, dtype: str, progress: ProgressFn | None
+             ) -> tuple[ModelInfo, dict[str, Any]]:
+    return import_hf_dir(src, dest), {"kind": "huggingface", "path": str(src)}
+
+
+def _load_gguf(src: Path, dest: Path, dtype: str, progress: ProgressFn | None
+               ) -> tuple[ModelInfo, dict[str, Any]]:
+    info = import_gguf(src, dest, dtype=dtype, progress=progress)
+    return info, {"kind": "gguf", "file": info.gguf.file, "sha256": info.gguf.sha256,
+                  "quantization": info.gguf.quantization, "dtype": dtype}
+
+
+HF_FOLDER = ModelLoader("hf", Path.is_dir, _read_folder, _load_hf)
+GGUF_FILE = ModelLoader("gguf", Path.is_file, _check_gguf_file, _load_gguf)
+
+
+def model_loader(fmt: str, path: Path) -> ModelLoader:
+    """The loader registered as ``fmt`` (``auto``: the first, by name, that matches
+    ``path``). Raises ModelImportError naming the formats there are."""
+    names = extensions.model_loaders.names()
+    if fmt == "auto":
+        for name in names:
+            loader = extensions.model_loaders.load(name)
+            if loader.matches(path):
+                return loader
+        raise ModelImportError(f"no model format ({', '.join(names)}) reads {path}")
+    try:
+        return extensions.model_loaders.load(fmt)
+    except extensions.UnknownExtension as e:
+        raise ModelImportError(str(e)) from None

@@ -12,24 +12,17 @@ import shutil
 from pathlib import Path
 
 from llmos.models.info import ModelInfo
-from llmos.models.loaders import import_gguf, import_hf_dir
+from llmos.models.loaders import model_loader
 
 
 def import_model(ctx, source: str, name: str, format: str, dtype: str = "float32") -> dict:
     out = ctx.workdir / "model"
     shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
     ctx.log(f"importing {format} model from {source} as {name!r}")
-    if format == "gguf":
-        info = import_gguf(source, out, dtype=dtype,
-                           progress=lambda done, total, stage: ctx.progress(
-                               done, total, unit="stages", stage=stage))
-        lineage = {"source": {"kind": "gguf", "file": info.gguf.file,
-                              "sha256": info.gguf.sha256, "quantization": info.gguf.quantization,
-                              "dtype": dtype}}
-    else:
-        info = import_hf_dir(source, out)
-        lineage = {"source": {"kind": "huggingface", "path": source}}
-    lineage["job"] = ctx.job_id
+    loader = model_loader(format, Path(source))
+    info, origin = loader.load(Path(source), out, dtype, lambda done, total, stage: ctx.progress(
+        done, total, unit="stages", stage=stage))
+    lineage = {"source": origin, "job": ctx.job_id}
     version = register(ctx, name, out, info, lineage)
     shutil.rmtree(out, ignore_errors=True)
     return {"model": name, "version": version["version"], "parameters": info.parameters}

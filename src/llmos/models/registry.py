@@ -25,12 +25,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
-from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.models.card import model_card
 from llmos.models.info import ModelInfo
 from llmos.schema import RequestBody
+from llmos.security.artifacts import ArtifactService
 from llmos.security.rbac import CREATE, MANAGE, READ, Principal
-from llmos.store.artifact_service import ArtifactService
 from llmos.store.models import (Artifact, Deployment, Job, Model, ModelAlias, ModelVersion,
                                 utcnow)
 
@@ -104,10 +104,7 @@ class ModelRegistry:
     def _insert(self, who: Principal, name: str, body: ModelVersionIn, info: ModelInfo) -> int:
         with self.db.session() as s:
             model = s.scalars(select(Model).where(Model.name == name)).first()
-            if model is not None and not who.can(READ, model.team):
-                raise Forbidden(f"the model name {name!r} is taken by another team")
-            team = model.team if model is not None else who.home_team(None, CREATE, "models")
-            who.check(CREATE, team, f"model {name}")
+            team = who.team_for_name("model", name, model.team if model else None)
             files = _check_files(s, body.files, info, team)
             if body.job_id is not None:
                 job = s.get(Job, body.job_id)

@@ -141,6 +141,24 @@ class Principal:
         self.check(need, team, f"{what} in team {team}")
         return team
 
+    def team_for_name(self, kind: str, name: str, owner: str | None, asked: str | None = None,
+                      default: str | None = None) -> str:
+        """The team a new version of the named ``kind`` ("dataset", "model") goes to: the
+        team that owns ``name`` already (``owner``), else ``asked``, else ``default`` when
+        the principal belongs to it, else its home team; checks CREATE there. A name another
+        team owns is *taken*; asking for a team other than its owner's is refused."""
+        if owner is None:
+            team = asked
+            if team is None and default is not None and self.role_in(default) is not None:
+                team = default
+            return self.home_team(team, CREATE, f"{kind}s")
+        if not self.can(READ, owner):
+            raise Forbidden(f"the {kind} name {name!r} is taken by another team")
+        if asked is not None and asked != owner:
+            raise InvalidRequest(f"{kind} {name} belongs to team {owner}, not {asked}")
+        self.check(CREATE, owner, f"{kind} {name}")
+        return owner
+
 
 def _first(roles: dict[str, Role]) -> str | None:
     if not roles:

@@ -3,9 +3,10 @@
 
 Checked here, before any job exists: the recipe (every field), that the base model and
 the dataset version exist and the caller may read them, that the splits exist, that the
-base model's task suits the recipe, and that the output model name may be written. What
-needs the data or the weights — a wrong label column, a tokenizer that does not match the
-model, a loss that turns NaN, files gone missing — fails the job with that reason.
+columns the recipe reads are in the version's stored schema, that the base model's task
+suits the recipe, and that the output model name may be written. What needs the data or
+the weights — a label column holding nothing, a tokenizer that does not match the model, a
+loss that turns NaN, files gone missing — fails the job with that reason.
 
 Fine-tuning jobs are checkpointable: a higher-priority job that cannot otherwise fit may
 ask them to yield; they checkpoint, requeue and resume where they stopped.
@@ -19,15 +20,16 @@ from pydantic import Field
 from sqlalchemy import select
 
 from llmos.data.datasets import DatasetService
-from llmos.errors import Forbidden, InvalidRequest
+from llmos.errors import InvalidRequest
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
 from llmos.schema import RequestBody
-from llmos.security.rbac import CREATE, READ, Principal
+from llmos.security.rbac import CREATE, Principal
 from llmos.store.models import Job, Model
+from llmos.train.data import required_columns
 from llmos.train.errors import RecipeError
-from llmos.train.recipe import parse_train_recipe
+from llmos.train.recipe import TrainRecipe, parse_train_recipe
 
 # Which base models each task can start from.
 BASES = {
@@ -94,6 +96,7 @@ class TrainService:
         if req.train_split not in present:
             raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.train_split} "
                                  f"split (splits: {', '.join(sorted(present)) or 'none'})")
+        check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
         team = self._output_team(who, req, base.model.team)
         splits = {"train": req.train_split,
                   "validation": req.validation_split if req.validation_split in present else None,
@@ -112,15 +115,9 @@ class TrainService:
         check_model_name(req.output)
         with self.jobs.db.session() as s:
             model = s.scalars(select(Model).where(Model.name == req.output)).first()
-        if model is None:  # a new model: the asked-for team, else the base model's
-            team = req.team
-            if team is None and who.role_in(base_team) is not None:
-                team = base_team
-            return who.home_team(team, CREATE, "models")
-        if not who.can(READ, model.team):
-            raise Forbidden(f"the model name {req.output!r} is taken by another team")
-        who.check(CREATE, model.team, f"model {req.output}")
-        return model.team
+        # A new model goes to the asked-for team, else the base model's.
+        return who.team_for_name("model", req.output, model.team if model else None,
+                                 req.team, default=base_team)
 
     def evaluate(self, who: Principal, req: EvaluateRequest) -> Job:
         name, ref = parse_ref(req.model)
@@ -130,13 +127,14 @@ class TrainService:
             raise InvalidRequest(f"{name}:{v.version} is a {v.task} model; evaluation is for "
                                  "sequence_classification, token_classification and causal_lm")
         try:
-            parse_train_recipe({"task": task, **req.fields})
+            recipe = parse_train_recipe({"task": task, **req.fields})
         except RecipeError as e:
             raise InvalidRequest(str(e)) from None
         ds_name, _, ds_ref = req.dataset.partition(":")
         ds = self.datasets.version(who, ds_name, ds_ref or "latest")
         if req.split not in {s["split"] for s in ds.shards}:
             raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.split} split")
+        check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
         who.check(CREATE, v.model.team, f"model {name}")
         spec = JobSpec(program="train.evaluate", name=f"evaluate {name}:{v.version}",
                        params={"model": {"name": name, "version": v.version}, "task": task,
@@ -144,3 +142,16 @@ class TrainService:
                                "split": req.split, "fields": req.fields},
                        resources=req.resources, priority=req.priority, team=v.model.team)
         return self.jobs.submit(who, spec)
+
+
+def check_columns(recipe: TrainRecipe, schema: dict, where: str) -> None:
+    """422 when the dataset version's stored schema lacks a column the recipe reads,
+    naming the column, the recipe field that names it and the columns there are."""
+    if not schema:  # a version stored without its schema: the job checks the shards
+        return
+    for column in required_columns(recipe):
+        if column not in schema:
+            field = next((k for k, v in recipe.to_dict().items()
+                          if k.endswith("_field") and v == column), "field")
+            raise InvalidRequest(f"{where} has no {column!r} column (the recipe's {field}); "
+                                 f"its columns: {', '.join(schema)}")

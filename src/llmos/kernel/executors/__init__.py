@@ -1,4 +1,6 @@
-"""Executors start job attempts: ``local`` (sandboxed subprocesses) built in; others by name."""
+"""Executors start job attempts, picked by name from the ``executors`` kind of
+:mod:`llmos.extensions`: ``local`` (sandboxed subprocesses) built in; others (a Ray
+executor) register the same way."""
 
 from llmos.kernel.executors.base import (
     Executor,

@@ -1,20 +1,20 @@
 """The executor interface, the plain data it exchanges with the daemon, and the registry.
 
 An executor starts one attempt of a job from a :class:`LaunchPlan`, reports how it ended
-as an :class:`Exit`, and can signal or stop it. Executors are picked by name (``local``
-built in; others, such as a Ray executor, register under the ``llmos.executors``
-entry-point group), and import their engines lazily.
+as an :class:`Exit`, and can signal or stop it. Executors are picked by name through the
+``executors`` kind of :mod:`llmos.extensions` (the ``llmos.executors`` entry-point group:
+``local`` built in the same way a Ray executor would register), and import their engines
+lazily.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
+from llmos import extensions
 from llmos.kernel.resources import Allocation
 
 
@@ -95,17 +95,13 @@ class UnknownExecutor(ValueError):
     pass
 
 
-@lru_cache(maxsize=None)
 def executor_class(name: str) -> type:
-    for ep in entry_points(group="llmos.executors"):
-        if ep.name == name:
-            return ep.load()
-    if name == "local":  # built in, also when the package metadata is not installed
-        from llmos.kernel.executors.local import LocalExecutor
-
-        return LocalExecutor
-    raise UnknownExecutor(f"unknown executor {name!r}")
+    """The executor class registered as ``name``; UnknownExecutor lists the others."""
+    try:
+        return extensions.executors.load(name)
+    except extensions.UnknownExtension as e:
+        raise UnknownExecutor(str(e)) from None
 
 
 def available_executors() -> list[str]:
-    return sorted({"local", *(ep.name for ep in entry_points(group="llmos.executors"))})
+    return extensions.executors.names()

@@ -9,7 +9,8 @@ each request's output can be consumed synchronously or as an async iterator
 
 Built-in engines: ``"torch"`` (causal LMs, continuous batching; the default) and ``"encoder"``
 (BERT-like embeddings and classification). Others (``"llamacpp"``, ``"vllm"`` on GPU machines)
-register under the ``llmos.engines`` entry-point group or through :func:`register_engine`.
+register the same way: the ``engines`` kind of :mod:`llmos.extensions` (the ``llmos.engines``
+entry-point group), or in-process through :func:`register_engine`.
 This module imports neither torch nor transformers.
 """
 
@@ -20,11 +21,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import import_module
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from llmos import extensions
 from llmos.errors import Conflict, InvalidRequest, LLMOSError
 
 if TYPE_CHECKING:
@@ -280,44 +280,34 @@ class EncoderEngine(Engine):
 
 # --------------------------------------------------------------------------- registry
 
-# Built-in engines ("torch", "encoder") register under the "llmos.engines" entry points in
-# pyproject.toml, the same registry as third-party engines.
-_registered: dict[str, type[Engine] | str] = {}
+# Built-in engines ("torch", "encoder", "llamacpp") register under the "llmos.engines" entry
+# points in pyproject.toml, the same registry as third-party engines.
 DEFAULT_ENGINE = "torch"
 
 
 def register_engine(name: str, engine: type[Engine] | str, *, replace: bool = False) -> None:
     """Register an engine class (or a lazy ``"module:Class"`` path) under ``name``."""
-    if not replace and name in available_engines():
-        raise Conflict(f"an engine named {name!r} is registered already")
-    _registered[name] = engine
+    try:
+        extensions.engines.register(name, engine, replace=replace)
+    except extensions.ExtensionConflict as e:
+        raise Conflict(str(e)) from None
 
 
 def unregister_engine(name: str) -> None:
-    _registered.pop(name, None)
+    extensions.engines.unregister(name)
 
 
 def available_engines() -> list[str]:
-    names = set(_registered) | {ep.name for ep in entry_points(group="llmos.engines")}
-    return sorted(names)
+    return extensions.engines.names()
 
 
 def engine_class(name: str) -> type[Engine]:
-    """The engine class registered as ``name`` (explicit registrations, then the
+    """The engine class registered as ``name`` (in-process registrations, then the
     ``llmos.engines`` entry points, built-ins among them)."""
-    target: type[Engine] | str | None = _registered.get(name)
-    if target is None:
-        for ep in entry_points(group="llmos.engines"):
-            if ep.name == name:
-                target = ep.value
-                break
-    if target is None:
-        raise UnknownEngine(f"unknown serving engine {name!r}; available: "
-                            f"{', '.join(available_engines())}")
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(import_module(module), attr)
-    return target
+    try:
+        return extensions.engines.load(name)
+    except extensions.UnknownExtension as e:
+        raise UnknownEngine(str(e)) from None
 
 
 def load_engine(model_dir: str | Path, *, engine: str = DEFAULT_ENGINE, device: str = "auto",

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from data import corpus
-from llmos.data.pipeline import run
+from llmos.data.ingest import run
 from llmos.data.recipe import parse_recipe
 
 CLEAN_AND_DEDUP = {"steps": ["html_to_text", "fix_unicode", "normalize", "strip_control",
@@ -56,7 +56,7 @@ def test_messy_corpus_report_counts_and_cleaned_text(messy, tmp_path):
     assert problems["truncated.jsonl.gz"].startswith("truncated or corrupt gzip archive")
     assert files["truncated.jsonl.gz"]["documents"] == 0  # nothing half-read
     assert files["zh_gbk.txt"]["encoding"] in ("gb18030", "gbk")
-    assert files["fr_latin1.txt"]["encoding"] in ("cp1252", "latin_1", "iso8859-15")
+    assert files["fr_latin1.txt"]["encoding"] == "latin-1"
     assert files["utf16.txt"]["encoding"] == "utf-16"
     assert files["reviews.jsonl.gz"]["bad_records"] == 2
     assert [e.split(": ", 1)[1] for e in files["reviews.jsonl.gz"]["bad_record_examples"]] == [
@@ -202,6 +202,59 @@ def test_annotations_tokens_words_pos_and_stopwords(tmp_path):
     assert result.stats["tokens"] == got["en.txt"]["tokens"] + got["zh.txt"]["tokens"]
 
 
+def test_documents_without_text_are_dropped_and_counted_as_empty_in_every_recipe(tmp_path):
+    (tmp_path / "blank.txt").write_text("  \n\t \n")  # whitespace only
+    (tmp_path / "scripts.html").write_text("<html><body><script>var x = 1;</script></body></html>")
+    (tmp_path / "records.jsonl").write_text(
+        '{"text": ""}\n{"text": "   "}\n{"text": "A proper English sentence about the sea."}\n')
+    sources = [str(tmp_path / n) for n in ("blank.txt", "records.jsonl", "scripts.html")]
+    for i, steps in enumerate([[], ["collapse_whitespace"],
+                               ["html_to_text", {"length": {"min_chars": 1}},
+                                {"language": {"keep": ["en"]}}]]):
+        result = run(sources, parse_recipe({"steps": steps}), tmp_path / f"w{i}")
+        assert [r["text"] for r in rows(result)] == (
+            ["A proper English sentence about the sea."] if "html_to_text" in steps else
+            ["A proper English sentence about the sea.",
+             "<html><body><script>var x = 1;</script></body></html>"]), steps
+        empty = 4 if "html_to_text" in steps else 3  # the page is empty once converted
+        assert result.stats["removed"] == {"empty": {"no_text": empty}}, steps
+        assert result.stats["input"]["documents"] == 5
+        assert result.stats["documents"] == 5 - empty
+
+
+ENCODED = [("es.txt", "El niño comió piñata y canción española.", "latin-1", "latin-1"),
+           ("fr.txt", "Où est la bibliothèque? Près de la gare.", "latin-1", "latin-1"),
+           ("euro.txt", "Ça coûte 5€ — « très » cher, naïve œuvre.", "cp1252", "cp1252"),
+           ("pl.txt", "Zażółć gęślą jaźń, powiedział kot do psa w ogrodzie.", "cp1250", "cp1250"),
+           ("ru.txt", "Съешь же ещё этих мягких французских булок", "cp1251", "cp1251")]
+
+
+def test_encodings_are_named_as_users_know_them_and_text_comes_out_intact(tmp_path):
+    for name, text, encoding, _ in ENCODED:
+        (tmp_path / name).write_bytes(text.encode(encoding))
+    result = run([str(tmp_path)], parse_recipe({}), tmp_path / "w")
+    reported = {f["path"].rsplit("/", 1)[-1]: f["encoding"] for f in result.report["files"]}
+    assert reported == {name: shown for name, _, _, shown in ENCODED}
+    assert {name: text for name, text, _, _ in ENCODED} == {
+        r["source"].rsplit("/", 1)[-1]: r["text"] for r in rows(result)}
+
+
+def test_stats_count_languages_and_labels_per_split(tmp_path):
+    lines = [{"text": "The weather is lovely today and we walk to the park together.",
+              "label": "pos"},
+             {"text": "Le temps est magnifique aujourd'hui et nous allons au parc ensemble.",
+              "label": "pos"},
+             {"text": "The train was late again and everybody on the platform was angry.",
+              "label": "neg"}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    result = run([str(tmp_path / "a.jsonl")], parse_recipe(
+        {"label_field": "label", "steps": [{"language": {"keep": ["en", "fr"]}}]}), tmp_path / "w")
+    assert result.stats["splits"]["train"]["languages"] == {"en": 2, "fr": 1}
+    assert result.stats["splits"]["train"]["labels"] == {"pos": 2, "neg": 1}
+    assert result.stats["languages"] == {"en": 2, "fr": 1}
+    assert result.stats["labels"] == {"neg": 1, "pos": 2}
+
+
 def test_every_reader(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
@@ -264,7 +317,7 @@ def test_other_fields_are_kept_as_typed_columns_for_ner_and_chat_data(tmp_path):
 
 
 def test_a_kept_field_of_mixed_kinds_fails_the_ingest_naming_it(tmp_path):
-    from llmos.data.pipeline import FieldTypeError
+    from llmos.data.ingest import FieldTypeError
 
     (tmp_path / "mixed.jsonl").write_text('{"text": "a", "n": [1, 2]}\n{"text": "b", "n": "x"}\n')
     with pytest.raises(FieldTypeError, match="field 'n' holds values of different kinds"):

@@ -1,4 +1,4 @@
-"""The ingest pipeline: files -> documents -> recipe steps -> split Parquet shards.
+"""Ingest: files -> documents -> recipe steps -> split Parquet shards.
 
 Two passes keep memory bounded whatever the input size:
 
@@ -30,15 +30,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from llmos.data import annotate, clean, filters, splits
+from llmos.data import clean, splits
 from llmos.data import recipe as r
-from llmos.data.dedup import Signer, exact_clusters, near_clusters
+from llmos.data.dedup import Signer
 from llmos.data.readers import BadFile, Doc, FileReader, FileReport, expand_sources
+from llmos.data.steps import StepParams
 
 BATCH_BYTES = 1 << 20
 CLUSTERS_IN_REPORT = 100
 MEMBERS_IN_REPORT = 20
-_STEP_CLASSES = {**clean.STEPS, **filters.STEPS}
+EMPTY = "empty"  # documents with no text left (read so, or cleaned so), in the report
 
 
 @dataclass
@@ -74,9 +75,9 @@ class Counters:
 ProgressFn = Callable[[Counters], None]
 
 
-def step_labels(steps: list[r._Step]) -> list[str]:
+def step_labels(steps: list[StepParams]) -> list[str]:
     """Names for the report: a step's name, numbered when the recipe uses it twice."""
-    names = [r.STEP_NAMES[type(s)] for s in steps]
+    names = [s.step for s in steps]
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names, 1)]
 
 
@@ -84,28 +85,39 @@ def step_labels(steps: list[r._Step]) -> list[str]:
 
 
 class _Worker:
-    """Per-process state: the document steps and the fingerprint signer."""
+    """Per-process state: the document steps and the fingerprint signer. Documents with
+    no text (as read, or once a cleaning step has emptied them) are dropped and counted as
+    ``empty`` before any filter sees them, whatever the recipe."""
 
     def __init__(self, recipe: r.Recipe):
         self.steps = []
         for cfg, label in zip(recipe.steps, step_labels(recipe.steps)):
             if cfg.phase == "document":
-                step = _STEP_CLASSES[type(cfg)](cfg)
+                step = cfg.build()
                 step.name = label
                 self.steps.append(step)
-        self.signer = Signer(recipe.step(r.NearDedup))
+        self.signer = Signer(recipe.step("near_dedup"))
 
     def process(self, docs: list[Doc]) -> dict:
         tally = clean.Tally()
         n_in = len(docs)
+        docs = _drop_empty(docs, tally)
         for step in self.steps:
             docs = step.apply(docs, tally)
+            if not step.removes:
+                docs = _drop_empty(docs, tally)
         texts = [d.text for d in docs]
         fp = self.signer.fingerprints(texts)
         return {"n_in": n_in, "text": texts, "source": [d.source for d in docs],
                 "label": [d.label for d in docs], "lang": [d.lang for d in docs],
                 "extra": [d.extra for d in docs],
                 "content": fp.content, "bands": fp.bands, "tally": tally.counts}
+
+
+def _drop_empty(docs: list[Doc], tally: clean.Tally) -> list[Doc]:
+    kept = [d for d in docs if d.text and not d.text.isspace()]
+    tally.add(EMPTY, "no_text", len(docs) - len(kept))
+    return kept
 
 
 _WORKER: _Worker | None = None
@@ -149,7 +161,7 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    annotators = [annotate.STEPS[type(s)](s) for s in recipe.phase("annotate")]
+    annotators = [s.build() for s in recipe.phase("annotate")]
     files = expand_sources(sources)
     counters = Counters(files_total=len(files), bytes_total=sum(f.stat().st_size for f in files))
     reports = [FileReport(path=str(f)) for f in files]
@@ -191,8 +203,7 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
     for cfg, label in zip(recipe.steps, step_labels(recipe.steps)):
         if cfg.phase != "dedup":
             continue
-        clusters = (exact_clusters(content, alive) if isinstance(cfg, r.ExactDedup)
-                    else near_clusters(band_keys, alive))
+        clusters = cfg.build().clusters(content, band_keys, alive)
         removed = clusters.removed & alive
         alive &= ~removed
         counters.tally.add(label, "duplicate", int(removed.sum()))
@@ -207,7 +218,7 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
                       "documents": counters.documents_read}
     # What each step did: removals (filters, dedup) by reason, and changes (cleaning).
     cleaning = {label for cfg, label in zip(recipe.steps, step_labels(recipe.steps))
-                if type(cfg) in clean.STEPS}
+                if cfg.phase == "document" and not cfg.step_class.removes}
     stats["removed"] = {k: v for k, v in counters.tally.counts.items() if k not in cleaning}
     stats["changed"] = {k: v for k, v in counters.tally.counts.items() if k in cleaning}
     inputs = [{"path": f.path, "sha256": _sha256(Path(f.path)), "bytes": f.bytes,
@@ -287,7 +298,7 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
     import pyarrow as pa
 
     labels_present = recipe.label_field is not None
-    langs_present = recipe.step(r.Language) is not None
+    langs_present = recipe.step("language") is not None
     with pa.OSFile(str(spill_path), "rb") as src:
         spill = pa.ipc.open_file(src)
         label_col = _label_codes(spill) if labels_present else None
@@ -306,7 +317,7 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
             for name, kind in a.columns.items():
                 fields.append((name, pa.int32() if kind == "int32" else pa.list_(pa.string())))
         kept_types = _field_types(spill, recipe.fields)
-        counted_tokens = recipe.step(r.Tokenize) is not None
+        counted_tokens = recipe.step("tokenize") is not None
         fields += list(kept_types.items())
         schema = pa.schema(fields)
         writer = _ShardWriter(workdir / "shards", schema, recipe.shard_mb << 20)
@@ -346,12 +357,14 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
             if k in s:
                 totals[k] = totals.get(k, 0) + s[k]
     stats.update(totals)
-    if labels_present:
-        labels: dict[str, int] = {}
-        for s in stats["splits"].values():
-            for k, v in s.get("labels", {}).items():
-                labels[k] = labels.get(k, 0) + v
-        stats["labels"] = dict(sorted(labels.items()))
+    # Counts per label and per detected language, over all splits (each split has its own).
+    for key, present in (("labels", labels_present), ("languages", langs_present)):
+        if present:
+            total: dict[str, int] = {}
+            for s in stats["splits"].values():
+                for k, v in s.get(key, {}).items():
+                    total[k] = total.get(k, 0) + v
+            stats[key] = dict(sorted(total.items()))
     return shards, schema_out, stats
 
 
