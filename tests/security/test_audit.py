@@ -48,6 +48,11 @@ def test_writes_and_failed_logins_are_recorded_with_actor_outcome_and_request_id
         resp = http.post("/v1/jobs", json={"program": "noop"})
     assert daemon.client.audit.list(limit=1)[0]["request_id"] == resp.headers["x-request-id"]
     assert len(daemon.client.audit.list(action="cancel")) == 1
+    # LIKE wildcards are plain characters: '%' matches no action, '_' only the one holding it
+    assert daemon.client.audit.list(action="%") == []
+    assert [r["action"] for r in daemon.client.audit.list(action="_")] == [
+        "POST /v1/jobs/{job_id}/cancel"]
+    assert "POST" not in llmos(daemon, "audit", "ls", "--action", "%").stdout
     ok = llmos(daemon, "audit", "verify")
     assert ok.returncode == 0 and "7 records, chain intact" in ok.stdout
     listed = llmos(daemon, "audit", "ls", "--action", "artifacts")

@@ -14,7 +14,13 @@ from llmos.api.schemas import ERRORS
 from llmos.errors import Forbidden, NotFound
 from llmos.schema import RequestBody
 from llmos.security.rbac import Principal
-from llmos.serve.deployments import DeploymentService, DeployRequest, ScaleRequest
+from llmos.serve.deployments import (
+    ROUTES,
+    TASKS,
+    DeploymentService,
+    DeployRequest,
+    ScaleRequest,
+)
 from llmos.store.models import Deployment
 
 router = APIRouter(prefix="/v1/deployments", tags=["serving"])
@@ -26,6 +32,7 @@ Name = PathParam(min_length=1, max_length=100)
 class WorkerOut(BaseModel):
     job_id: int
     resident: list[dict[str, Any]]
+    loading: list[dict[str, Any]] = []  # loads in progress: deployment, version, seconds
     used_bytes: int
     budget_bytes: int
     loads: int
@@ -41,6 +48,8 @@ class DeploymentOut(BaseModel):
     model: str
     ref: str
     version: int
+    task: str = Field(description="What it serves: generate, embed or classify.")
+    route: str = Field(description="The OpenAI-compatible route that calls it.")
     engine: str
     replicas: int
     max_batch: int
@@ -70,10 +79,12 @@ def _service(request: Request) -> DeploymentService:
 
 def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut:
     state = request.app.state
-    version = state.registry.version_by_id(d.version_id).version
+    version = state.registry.version_by_id(d.version_id)
+    task = TASKS[version.task]
     workers = state.workers.of_pool(d.pool)
     out = DeploymentOut(name=d.name, team=d.team, owner=d.owner, model=d.model, ref=d.ref,
-                        version=version, engine=d.engine, replicas=d.replicas,
+                        version=version.version, task=task, route=ROUTES[task],
+                        engine=d.engine, replicas=d.replicas,
                         max_batch=d.max_batch, priority=d.priority, pool=d.pool,
                         created_at=d.created_at, updated_at=d.updated_at,
                         ready_workers=len(workers),
@@ -82,6 +93,7 @@ def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut
                                      else None)))
     if detail:
         out.workers = [WorkerOut(job_id=w.job_id, resident=w.stats.get("resident", []),
+                                 loading=w.stats.get("loading", []),
                                  used_bytes=w.stats.get("used_bytes", 0),
                                  budget_bytes=w.stats.get("budget_bytes", 0),
                                  loads=w.stats.get("loads", 0),

@@ -1,6 +1,7 @@
 """The gate every request passes: a request id, authentication, and the audit record.
 
-Pure ASGI middleware (bodies stream through untouched). For every route but ``/healthz``:
+Pure ASGI middleware (artifact uploads stream through untouched). For every route but
+``/healthz``:
 
 1. the request gets an id, returned as ``X-Request-ID``;
 2. its ``Authorization: Bearer <token>`` is turned into a principal (``request.state``),
@@ -11,6 +12,12 @@ Pure ASGI middleware (bodies stream through untouched). For every route but ``/h
    failed authentication is appended to the hash-chained audit log, with actor, action
    (method and route), target (the path), outcome (the status code) and the request id,
    committed before the response leaves.
+
+Then the body of a write (:class:`Bodies`, inside the gate, so its refusals are audited
+too): at most ``LLMOS_MAX_BODY_MB`` (413 in JSON beyond it, before a route parses a byte;
+artifact uploads stream under their own ``LLMOS_MAX_UPLOAD_MB``), and on the
+OpenAI-compatible routes read as JSON whatever its ``Content-Type`` (``curl -d`` sends a
+form type; vLLM and Ollama read JSON all the same).
 
 Routes read the principal with the :func:`current` dependency and hand it to services,
 which decide what it may do.
@@ -26,6 +33,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from llmos.config import get_settings
 from llmos.errors import Unauthorized
 from llmos.security.rbac import Principal
 from llmos.serve.openai import PATHS as OPENAI_PATHS
@@ -33,6 +41,7 @@ from llmos.serve.openai import error_body
 
 OPEN_PATHS = frozenset({"/healthz"})
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UPLOADS = frozenset({"/v1/artifacts"})  # raw bodies, streamed under their own limit
 
 bearer = HTTPBearer(auto_error=False, description="An llmos API token (llmos_...).")
 
@@ -44,7 +53,8 @@ def current(request: Request,
 
 
 def install(app: FastAPI) -> None:
-    app.add_middleware(Gate)
+    app.add_middleware(Bodies)
+    app.add_middleware(Gate)  # added last: the outer one, so it audits what Bodies refuses
 
 
 class Gate:
@@ -100,6 +110,54 @@ class Gate:
                 await _audit(scope, principal.actor, 500, request_id, detail)
 
 
+class Bodies:
+    """Bounded request bodies; JSON on the OpenAI-compatible routes (see the module)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope["method"] not in WRITES
+                or scope["path"] in UPLOADS):
+            return await self.app(scope, receive, send)
+        limit = _max_body_mb(scope["app"].state)
+        openai = scope["path"] in OPENAI_PATHS
+        if openai:
+            scope = {**scope, "headers": [*(h for h in scope["headers"]
+                                            if h[0] != b"content-type"),
+                                          (b"content-type", b"application/json")]}
+        too_large = (413, f"the request body is larger than {limit} MB (LLMOS_MAX_BODY_MB)")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit << 20:
+            return await _answer(send, *too_large, openai=openai)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return await _answer(send, 400, "the request body ended early", openai=openai)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit << 20:
+                return await _answer(send, *too_large, openai=openai)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _max_body_mb(state) -> int:
+    system = getattr(state, "system", None)
+    return (system.settings if system is not None else get_settings()).max_body_mb
+
+
 def _bearer(scope) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == b"authorization":
@@ -123,17 +181,24 @@ async def _audit(scope, actor: str, status: int, request_id: str, detail: dict,
 async def _refuse(send, request_id: str, status: int, message: str, _why: str,
                   retry_after: int | None = None, openai: bool = False) -> None:
     type_ = "authentication_error" if status == 401 else "rate_limit_error"
-    if openai:  # the OpenAI-compatible routes answer in OpenAI's format, here too
-        code = "invalid_api_key" if status == 401 else "rate_limit_exceeded"
-        body = json.dumps(error_body(message, type_, None, code)).encode()
-    else:
-        body = json.dumps({"error": {"message": message, "type": type_, "code": status}}).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()),
-               (b"x-request-id", request_id.encode())]
+    code = "invalid_api_key" if status == 401 else "rate_limit_exceeded"
+    headers = [(b"x-request-id", request_id.encode())]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="llmos"'))
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    await _answer(send, status, message, type_, code, headers, openai)
+
+
+async def _answer(send, status: int, message: str, type_: str = "invalid_request_error",
+                  code: str | None = None, headers: list | None = None,
+                  openai: bool = False) -> None:
+    """A JSON error sent straight from the middleware, in OpenAI's format on its routes."""
+    if openai:
+        body = json.dumps(error_body(message, type_, None, code)).encode()
+    else:
+        body = json.dumps({"error": {"message": message, "type": type_, "code": status}}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

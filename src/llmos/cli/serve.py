@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Optional
 
 import typer
@@ -46,7 +47,9 @@ def deploy(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Serve a model behind the OpenAI-compatible API (/v1/chat/completions, /v1/embeddings,
-    ...); deploying an existing name again switches its version without dropping requests."""
+    /v1/classify); its workers load it as they start (the first request does not wait for
+    the load); deploying an existing name again switches its version without dropping
+    requests."""
     if priority not in ("high", "normal", "low"):
         raise UsageError(f"--priority must be high, normal or low, not {priority!r}")
     with Client() as c:
@@ -54,11 +57,28 @@ def deploy(
                                  max_batch=max_batch, max_queue=max_queue, priority=priority,
                                  pool=pool, cpu=cpu,
                                  memory_mb=memory, budget_mb=budget)
-    if as_json:
-        return _json(d)
-    out.print(f"deployment [bold]{d['name']}[/] serves {d['model']}:{d['version']} "
-              f"({d['engine']}, pool {d['pool']}, {d['replicas']} replica(s))")
-    out.print(f"  call it: POST {c.url}/v1/chat/completions with \"model\": \"{d['name']}\"")
+        if as_json:
+            return _json(d)
+        d = _settled(c, d)
+    what = (f"{d['model']}:{d['version']} ({d['engine']}, pool {d['pool']}, "
+            f"{d['replicas']} replica(s))")
+    if d["ready_workers"]:
+        out.print(f"deployment [bold]{d['name']}[/] serves {what}")
+    else:
+        why = d["problem"] or "its worker is starting"
+        out.print(f"deployment [bold]{d['name']}[/] will serve {what} once a worker is ready; "
+                  f"[yellow]waiting: {why}[/]")
+    out.print(f"  call it: POST {c.url}{d['route']} with \"model\": \"{d['name']}\"")
+
+
+def _settled(c: Client, d: dict, within_s: float = 6.0) -> dict:
+    """The deployment once a worker is ready or the reason it waits is known (a few
+    seconds at most: the controller and the scheduler each take a pass)."""
+    deadline = time.monotonic() + within_s
+    while not d["ready_workers"] and not d["problem"] and time.monotonic() < deadline:
+        time.sleep(0.25)
+        d = c.deployments.get(d["name"])
+    return d
 
 
 @deployments_app.command("ls")
@@ -90,12 +110,16 @@ def show(name: str = typer.Argument(..., help="Deployment name."),
     out.print(f"[bold]{d['name']}[/] → {d['model']}:{d['version']} (follows {d['ref']}), "
               f"engine {d['engine']}, max batch {d['max_batch']}, pool {d['pool']}, "
               f"{d['ready_workers']}/{d['replicas']} worker(s) ready")
+    out.print(f"  serves {d['task']}: POST {c.url}{d['route']}")
     if d["problem"]:
         out.print(f"  [red]{d['problem']}[/]")
     for w in d["workers"] or []:
         out.print(f"  worker job {w['job_id']}: {render.size_text(w['used_bytes'])} of "
                   f"{render.size_text(w['budget_bytes'])} used; {w['loads']} loads, "
                   f"{w['evictions']} evictions")
+        for m in w.get("loading", []):
+            out.print(f"    [yellow]loading[/] {m['deployment']}:{m['version']} "
+                      f"({m['seconds']} s so far)")
         for m in w["resident"]:
             out.print(f"    resident {m['deployment']}:{m['version']} "
                       f"{render.size_text(m['bytes'])}, {m['in_flight']} in flight, idle "

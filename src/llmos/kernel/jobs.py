@@ -17,11 +17,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmos.kernel.resources import Request
-from llmos.schema import RequestBody
+from llmos.schema import INT32_MAX, RequestBody, RowId
 from llmos.store.models import Job, JobDependency, JobTransition, utcnow
 
 
@@ -63,9 +62,11 @@ PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
 class ResourceSpec(RequestBody):
 
     cpu: float = Field(default=1.0, gt=0, le=4096, description="CPU cores (fractions allowed).")
-    memory_mb: int | None = Field(default=None, gt=0, description="Memory limit in MB.")
+    memory_mb: int | None = Field(default=None, gt=0, le=INT32_MAX,
+                                  description="Memory limit in MB.")
     gpu: int = Field(default=0, ge=0, le=64, description="Whole GPUs.")
-    gpu_memory_mb: int = Field(default=0, ge=0, description="Memory needed on each GPU.")
+    gpu_memory_mb: int = Field(default=0, ge=0, le=INT32_MAX,
+                               description="Memory needed on each GPU.")
 
     def to_request(self, default_memory_mb: int) -> Request:
         return Request(
@@ -90,7 +91,7 @@ class JobSpec(RequestBody):
     max_retries: int = Field(default=0, ge=0, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     checkpointable: bool = False
-    depends_on: list[int] = Field(default_factory=list, max_length=1000)
+    depends_on: list[RowId] = Field(default_factory=list, max_length=1000)
     executor: str | None = Field(default=None, max_length=50)
 
     @field_validator("depends_on")
@@ -168,13 +169,6 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
                       reason="submitted", attempt=0, at=now)
     )
     return job
-
-
-def missing_jobs(session: Session, ids: list[int]) -> list[int]:
-    if not ids:
-        return []
-    found = set(session.scalars(select(Job.id).where(Job.id.in_(ids))))
-    return [i for i in ids if i not in found]
 
 
 def request_of(job: Job) -> Request:

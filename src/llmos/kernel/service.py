@@ -1,8 +1,10 @@
 """Job operations behind every face (REST API, CLI, SDK): submit, list, get, cancel, logs.
 
-Validation happens here, before anything is written: an unknown program, bad parameters,
-impossible resources, a job its team's quota could never hold, or missing dependencies
-raise an :mod:`llmos.errors` error and leave the store untouched.
+Validation happens here, before anything is written: an unknown program, bad or oversized
+parameters (``LLMOS_MAX_JOB_PARAMS_KB``), impossible resources, a job its team's quota
+could never hold, or missing dependencies raise an :mod:`llmos.errors` error and leave the
+store untouched. :meth:`JobService.never_runs` is the "could never run" check, which
+serving also asks before it accepts a deployment.
 
 Every operation takes the :class:`~llmos.security.rbac.Principal` asking for it and checks
 its role in the job's team here, in the service, so no face can go around the check:
@@ -11,13 +13,14 @@ viewers read, developers submit and cancel their own jobs, maintainers cancel an
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from llmos.errors import Conflict, InvalidRequest, NotFound
+from llmos.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from llmos.kernel import programs
 from llmos.kernel.executors import UnknownExecutor, available_executors, executor_class
 from llmos.kernel.jobs import JobSpec, JobState, create_job
@@ -62,6 +65,12 @@ class JobService:
 
     def _validate(self, who: Principal, spec: JobSpec):
         team = who.home_team(spec.team, CREATE, "jobs")
+        size = len(json.dumps(spec.params, default=str))
+        if size > self.settings.max_job_params_kb << 10:
+            raise PayloadTooLarge(
+                f"the job's params are {size >> 10} KB of JSON; the limit is "
+                f"{self.settings.max_job_params_kb} KB (LLMOS_MAX_JOB_PARAMS_KB): pass large "
+                "inputs as artifacts")
         try:
             programs.check(spec.program, spec.params)
         except programs.ProgramError as e:
@@ -76,13 +85,21 @@ class JobService:
         request = spec.resources.to_request(self.settings.default_job_memory_mb)
         if request.millicores < 1:
             raise InvalidRequest("cpu must be at least 0.001")
+        never = self.never_runs(request, team)
+        if never:
+            raise InvalidRequest(never)
+        return spec, request, executor, team
+
+    def never_runs(self, request, team: str | None) -> str | None:
+        """Why a job asking ``request`` could never run in ``team`` (no node is that large,
+        or the team's quota could never hold it), or None."""
         too_large = too_large_reason(request, [self.daemon.node.capacity])
         if too_large:
-            raise InvalidRequest(too_large)
+            return too_large
         never = beyond_quota(request, self.daemon.config.quotas.get(team))
         if never:
-            raise InvalidRequest(f"this job could never run in team {team}: {never}")
-        return spec, request, executor, team
+            return f"this job could never run in team {team}: {never}"
+        return None
 
     # -- read -------------------------------------------------------------------------
 

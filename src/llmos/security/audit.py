@@ -86,9 +86,9 @@ class AuditLog:
         if actor:
             q = q.where(AuditRecord.actor == actor)
         if action:
-            q = q.where(AuditRecord.action.contains(action))
+            q = q.where(AuditRecord.action.contains(action, autoescape=True))
         if target:
-            q = q.where(AuditRecord.target.contains(target))
+            q = q.where(AuditRecord.target.contains(target, autoescape=True))
         if since:
             q = q.where(AuditRecord.at >= since)
         if until:

@@ -7,6 +7,10 @@ worker is a ``serve.worker`` job submitted for the pool's owner in the pool's te
 pool's cpu and memory, at the highest priority of its deployments, and restarted (by the
 kernel's retries, then by this controller) when it fails. Workers report their address
 and a heartbeat through the API; a worker whose job is no longer running is forgotten.
+
+Each ready worker is asked, once per model, to preload its pool's deployments into free
+room, so the first request does not pay the load. A deployment whose worker could never
+start (larger than any node, or than its team's quota) is refused when it is created.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import httpx
 from sqlalchemy import select
 
 from llmos.errors import LLMOSError
@@ -23,6 +28,8 @@ from llmos.kernel.jobs import PRIORITY_RANK, JobSpec, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.security.rbac import Principal, Role
 from llmos.serve.deployments import DeploymentService
+from llmos.serve.envelope import Versions
+from llmos.serve.worker import SECRET_HEADER
 from llmos.store.models import Job, User
 
 log = logging.getLogger("llmos.serve")
@@ -40,6 +47,7 @@ class Worker:
     stats: dict = field(default_factory=dict)
     seen: float = field(default_factory=time.monotonic)
     inflight: int = 0  # requests the gateway has forwarded and not seen end
+    preloaded: set[str] = field(default_factory=set)  # model keys it was asked to preload
 
 
 class Workers:
@@ -86,6 +94,14 @@ class Controller:
         self._restart_after: dict[str, float] = {}
         self.problems: dict[str, str] = {}  # pool -> why its workers cannot start
         self.waiting: dict[str, str] = {}  # pool -> why a worker job has not started yet
+        self.versions = Versions(deployments.registry)
+        self._http = httpx.Client(timeout=5.0)
+        deployments.never_starts = self.never_starts
+
+    def never_starts(self, team: str, cpu: float, memory_mb: int, gpu: int) -> str | None:
+        """Why a worker with these resources could never run in ``team``, or None."""
+        request = _resources(cpu, memory_mb, gpu).to_request(memory_mb)
+        return self.jobs.never_runs(request, team)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="llmos-serving", daemon=True)
@@ -96,6 +112,7 @@ class Controller:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=10)
+        self._http.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -124,6 +141,24 @@ class Controller:
         for pool_name in set(wanted) | set(running):
             self._reconcile_pool(pool_name, wanted.get(pool_name, []),
                                  running.get(pool_name, []))
+        for w in self.workers.all():
+            self._preload(w, wanted.get(w.pool, []))
+
+    def _preload(self, w: Worker, deployments: list) -> None:
+        """Ask a ready worker to load its pool's models it was not asked for yet (it loads
+        those that fit in free room; a request loads the rest)."""
+        for d in sorted(deployments, key=lambda d: -PRIORITY_RANK[d.priority]):
+            ref = self.versions.ref(d)
+            if ref.key in w.preloaded:
+                continue
+            try:
+                self._http.post(f"{w.url}/load", content=ref.model_dump_json(),
+                                headers={SECRET_HEADER: w.secret,
+                                         "content-type": "application/json"})
+                w.preloaded.add(ref.key)
+            except httpx.HTTPError as e:  # the worker went away: forgotten next pass
+                log.info("pool %s: worker job %s did not take a preload: %s", w.pool,
+                         w.job_id, type(e).__name__)
 
     def _worker_jobs(self) -> dict[str, list[Job]]:
         with self.jobs.db.session() as s:
@@ -154,9 +189,9 @@ class Controller:
         owner = self._owner(pool)
         priority = max((d.priority for d in deployments), key=lambda p: PRIORITY_RANK[p])
         spec = JobSpec(program=WORKER, name=f"serve:{name}",
-                       params={"pool": name, "budget_mb": pool.budget_mb},
-                       resources=ResourceSpec(cpu=pool.cpu, memory_mb=pool.memory_mb,
-                                              gpu=pool.gpu),
+                       params={"pool": name, "budget_mb": pool.budget_mb,
+                               "keep_alive_s": self.jobs.settings.serve_keep_alive_s},
+                       resources=_resources(pool.cpu, pool.memory_mb, pool.gpu),
                        priority=priority, team=pool.team, max_retries=3)
         self._restart_after[name] = time.monotonic() + 10.0  # a crashing worker: not a busy loop
         try:
@@ -175,3 +210,7 @@ class Controller:
         return Principal(name=pool.owner, user_id=user.id if user else None,
                          roles={pool.team: Role.DEVELOPER})
 
+
+def _resources(cpu: float, memory_mb: int, gpu: int) -> ResourceSpec:
+    """What one worker of a pool asks the kernel for."""
+    return ResourceSpec(cpu=cpu, memory_mb=memory_mb, gpu=gpu)

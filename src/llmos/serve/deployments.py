@@ -15,6 +15,7 @@ developers deploy, maintainers scale and remove.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field
@@ -24,12 +25,14 @@ from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from llmos.kernel.jobs import PRIORITY_RANK, PriorityClass
 from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
 from llmos.schema import RequestBody
-from llmos.security.rbac import CREATE, MANAGE, READ, SYSTEM, Principal
+from llmos.security.rbac import CREATE, MANAGE, READ, SYSTEM, Need, Principal
 from llmos.store.db import Database
 from llmos.store.models import Deployment, ServingPool, utcnow
 
-# What each kind of model is served as, and by which engines.
+# What each kind of model is served as, and by which engines, at which route.
 TASKS = {"causal_lm": "generate", "encoder": "embed", "sequence_classification": "classify"}
+ROUTES = {"generate": "/v1/chat/completions", "embed": "/v1/embeddings",
+          "classify": "/v1/classify"}
 ENGINES = {"generate": ("torch", "llamacpp"), "embed": ("encoder",), "classify": ("encoder",)}
 DEFAULT_ENGINE = {"generate": "torch", "embed": "encoder", "classify": "encoder"}
 RUNTIME_MB = 700  # a worker's own memory (Python, torch, the HTTP server), outside the budget
@@ -71,6 +74,9 @@ class DeploymentService:
         self.db = db
         self.registry = registry
         self.on_change = on_change  # wakes the serving controller
+        # Why a worker with these resources could never start in a team (or None): the
+        # serving controller, which submits the workers, installs its check here.
+        self.never_starts: Callable[[str, float, int, int], str | None] | None = None
 
     def deploy(self, who: Principal, req: DeployRequest) -> Deployment:
         """Create a deployment, or point an existing one (same name) at a new version."""
@@ -134,6 +140,9 @@ class DeploymentService:
         if budget > req.memory_mb:
             raise InvalidRequest(f"budget_mb ({budget}) cannot exceed memory_mb "
                                  f"({req.memory_mb})")
+        never = self.never_starts and self.never_starts(team, req.cpu, req.memory_mb, req.gpu)
+        if never:
+            raise InvalidRequest(f"deployment {name} could never start a worker: {never}")
         pool = ServingPool(name=pool_name, team=team, owner=who.name, cpu=req.cpu,
                            memory_mb=req.memory_mb, gpu=req.gpu, budget_mb=budget,
                            created_at=utcnow())
@@ -143,20 +152,23 @@ class DeploymentService:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def list(self, who: Principal) -> list[Deployment]:
+    def list(self, who: Principal, need: Need = READ) -> list[Deployment]:
+        """The deployments ``who`` may read (or, with ``need=INFER``, call: an
+        inference-only token lists the models it can call and nothing else)."""
         q = select(Deployment).order_by(Deployment.name)
-        teams = who.readable_teams()
+        teams = who.readable_teams() if need is READ else None
         if teams is not None:
             q = q.where(Deployment.team.in_(sorted(teams)))
         with self.db.session() as s:
-            return list(s.scalars(q))
+            found = list(s.scalars(q))
+        return found if need is READ else [d for d in found if who.can(need, d.team)]
 
-    def get(self, who: Principal, name: str) -> Deployment:
+    def get(self, who: Principal, name: str, need: Need = READ) -> Deployment:
         with self.db.session() as s:
             d = s.scalars(select(Deployment).where(Deployment.name == name)).first()
             if d is None:
                 raise NotFound(f"deployment {name!r} not found")
-            who.check(READ, d.team, f"deployment {name!r}")
+            who.check(need, d.team, f"deployment {name!r}")
             return d
 
     def pool(self, name: str) -> ServingPool | None:

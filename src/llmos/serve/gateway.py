@@ -3,8 +3,9 @@
 For each request it finds the deployment named by ``model`` (one the caller may use, with
 an ``inference`` token), applies the token's and the team's request-rate limits, picks a
 ready worker of the deployment's pool (one that has the model loaded, then the least busy),
-and forwards the request with what the worker needs: the version's folder and engine, and
-the caller's priority class and tenant name, which the engine's admission uses. Streams
+and forwards the request as a typed envelope (:mod:`llmos.serve.envelope`) with what the
+worker needs: the version's folder and engine, and the caller's priority class and tenant
+name, which the engine's admission uses. Streams
 are relayed chunk by chunk; when the client goes away the upstream stream is closed, and
 the worker aborts the request in its engine.
 
@@ -18,8 +19,6 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
-
 import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -31,6 +30,13 @@ from llmos.security.rbac import INFER, Principal
 from llmos.serve import openai as oa
 from llmos.serve.controller import Controller, Worker, Workers
 from llmos.serve.deployments import TASKS, DeploymentService
+from llmos.serve.envelope import (
+    ChatInput,
+    CompletionInput,
+    EncodeInput,
+    Envelope,
+    Versions,
+)
 from llmos.serve.limits import Limits
 from llmos.serve.worker import SECRET_HEADER
 from llmos.store.models import Deployment
@@ -58,7 +64,7 @@ class Gateway:
         self.workers, self.controller = workers, controller
         self.limits, self.metrics, self.wait_s = limits, metrics, wait_s
         self._http: httpx.AsyncClient | None = None
-        self._folders: dict[int, dict] = {}
+        self.versions = Versions(registry)
 
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -78,30 +84,40 @@ class Gateway:
         try:
             d = await asyncio.to_thread(self._deployment, who, name, route)
             env = await self._envelope(who, d, route, body)
-            worker = await self._pick(d, env["deployment"]["key"])
+            worker = await self._pick(d, env.deployment.key)
         except Refused as r:
             self.metrics.requests.labels(name, route, str(r.response.status_code)).inc()
             self.metrics.rejected.labels(name, r.reason).inc()
             return r.response
         path = (f"/generate/{route}" if ROUTE_TASK[route] == "generate"
                 else f"/encode/{ROUTE_TASK[route]}")
-        if env.get("stream"):
-            return await self._stream(worker, path, env, route, started, body)
-        return await self._once(worker, path, env, route, started)
+        for _ in range(3):
+            try:
+                if env.stream:
+                    return await self._stream(worker, path, env, route, started, body)
+                return await self._once(worker, path, env, route, started)
+            except httpx.ConnectError as e:  # it never reached the worker: gone (a crash)
+                lost = e
+                self.workers.forget({worker.job_id})  # it registers again if it lives
+                self.controller.wake()
+                try:
+                    worker = await self._pick(d, env.deployment.key)
+                except Refused as r:
+                    return r.response
+        return self._lost(name, route, lost)
 
     # -- steps -----------------------------------------------------------------------------
 
     def _deployment(self, who: Principal, name: str, route: str) -> Deployment:
         try:
-            d = self.deployments.get(who, name)
-            who.check(INFER, d.team, f"deployment {name!r}")
+            d = self.deployments.get(who, name, need=INFER)
         except LLMOSError as e:
             if e.status == 404:
                 raise Refused(404, f"The model `{name}` does not exist or you do not have "
                               "access to it.", param="model", code="model_not_found") from None
             raise Refused(e.status, e.message, "permission_error") from None
         task = ROUTE_TASK[route]
-        served = TASKS.get(self._version(d)["task"])
+        served = TASKS.get(self.versions.info(d.version_id)["task"])
         if served != task:
             raise Refused(400, f"`{name}` serves {WHAT[served]}, not {WHAT[task]}",
                           param="model", code="wrong_model_type")
@@ -113,44 +129,26 @@ class Gateway:
                           headers={"Retry-After": str(max(1, round(wait + 0.499)))})
         return d
 
-    def _version(self, d: Deployment) -> dict:
-        """What workers need of a version (cached: versions are immutable)."""
-        v = self._folders.get(d.version_id)
-        if v is None:
-            row = self.registry.version_by_id(d.version_id)
-            v = {"version": row.version, "task": row.task, "size_bytes": row.size_bytes,
-                 "folder": str(self.registry.lay_out(row))}
-            self._folders[d.version_id] = v
-        return v
-
-    async def _envelope(self, who: Principal, d: Deployment, route: str, body) -> dict[str, Any]:
+    async def _envelope(self, who: Principal, d: Deployment, route: str, body) -> Envelope:
         unsupported = oa.check_supported(body)
         if unsupported:
             raise Refused(400, unsupported)
-        v = await asyncio.to_thread(self._version, d)
-        env: dict[str, Any] = {
-            "request_id": uuid.uuid4().hex, "priority": PRIORITY_RANK[who.priority],
-            "tenant": who.name,
-            "deployment": {"name": d.name, "version_id": d.version_id, "version": v["version"],
-                           "folder": v["folder"], "engine": d.engine, "max_batch": d.max_batch,
-                           "max_queue": d.max_queue,
-                           "size_bytes": v["size_bytes"],
-                           "priority_rank": PRIORITY_RANK[d.priority],
-                           "key": f"{d.version_id}:{d.engine}:{d.max_batch}:{d.max_queue}"}}
+        ref = await asyncio.to_thread(self.versions.ref, d)
         if route == "chat":
             try:
-                messages = body.plain_messages()
+                request = ChatInput(**_sampling(body), messages=body.plain_messages())
             except ValueError as e:
                 raise Refused(400, str(e), param="messages") from None
-            env["request"] = {**_sampling(body), "messages": messages}
         elif route == "completion":
-            env["request"] = {**_sampling(body), "prompt": body.prompt}
+            request = CompletionInput(**_sampling(body), prompt=body.prompt)
         else:
-            env["request"] = {"input": body.input,
-                              "encoding_format": getattr(body, "encoding_format", "float")}
+            request = EncodeInput(input=body.input,
+                                  encoding_format=getattr(body, "encoding_format", "float"))
+        env = Envelope(request_id=uuid.uuid4().hex, priority=PRIORITY_RANK[who.priority],
+                       tenant=who.name, deployment=ref, request=request)
         if ROUTE_TASK[route] == "generate":
-            env.update(max_tokens=body.limit(route), stream=body.stream, include_usage=True,
-                       response_id=oa.new_id("chatcmpl" if route == "chat" else "cmpl"))
+            env.max_tokens, env.stream, env.include_usage = body.limit(route), body.stream, True
+            env.response_id = oa.new_id("chatcmpl" if route == "chat" else "cmpl")
         return env
 
     async def _pick(self, d: Deployment, key: str) -> Worker:
@@ -174,13 +172,15 @@ class Gateway:
 
     # -- forwarding --------------------------------------------------------------------------
 
-    async def _once(self, w: Worker, path: str, env: dict, route: str,
+    async def _once(self, w: Worker, path: str, env: Envelope, route: str,
                     started: float) -> Response:
-        name = env["deployment"]["name"]
+        name = env.deployment.name
         w.inflight += 1
         try:
-            resp = await self.http().post(w.url + path, json=env,
-                                          headers={SECRET_HEADER: w.secret})
+            resp = await self.http().post(w.url + path, content=env.model_dump_json(),
+                                          headers=_headers(w))
+        except httpx.ConnectError:
+            raise
         except httpx.TransportError as e:
             return self._lost(name, route, e)
         finally:
@@ -194,16 +194,18 @@ class Gateway:
         headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
         return JSONResponse(data, resp.status_code, headers=headers)
 
-    async def _stream(self, w: Worker, path: str, env: dict, route: str, started: float,
+    async def _stream(self, w: Worker, path: str, env: Envelope, route: str, started: float,
                       body) -> Response:
-        name = env["deployment"]["name"]
+        name = env.deployment.name
         w.inflight += 1
         try:
             upstream = await self.http().send(
-                self.http().build_request("POST", w.url + path, json=env,
-                                          headers={SECRET_HEADER: w.secret}), stream=True)
+                self.http().build_request("POST", w.url + path, content=env.model_dump_json(),
+                                          headers=_headers(w)), stream=True)
         except httpx.TransportError as e:
             w.inflight -= 1
+            if isinstance(e, httpx.ConnectError):
+                raise
             return self._lost(name, route, e)
         if upstream.status_code != 200:
             data = json.loads(await upstream.aread())
@@ -262,8 +264,12 @@ class Gateway:
     def models(self, who: Principal) -> dict:
         data = [{"id": d.name, "object": "model", "created": int(d.created_at.timestamp()),
                  "owned_by": d.team or d.owner}
-                for d in self.deployments.list(who) if who.can(INFER, d.team)]
+                for d in self.deployments.list(who, need=INFER)]
         return {"object": "list", "data": data}
+
+
+def _headers(w: Worker) -> dict[str, str]:
+    return {SECRET_HEADER: w.secret, "content-type": "application/json"}
 
 
 def _sampling(body) -> dict:

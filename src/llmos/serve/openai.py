@@ -36,7 +36,7 @@ class _Sampling(_Body):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(default=1, ge=1, le=128)
@@ -130,7 +130,7 @@ class ClassifyRequest(_Body):
 
 class EmbeddingRequest(ClassifyRequest):
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 # -- responses -------------------------------------------------------------------------------

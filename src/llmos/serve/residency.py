@@ -7,8 +7,10 @@ budget, idle models are unloaded first those superseded by a newer version of th
 deployment, then the least recently used — a higher-priority deployment's model counts as
 used ``PRIORITY_WEIGHT_S`` seconds more recently per class, so low-priority models go
 first. A model with requests in flight is never unloaded: a load that finds no room waits
-for one to finish (bounded). Idle models also leave after ``keep_alive_s``. Every load and
-unload is recorded with its duration and reason.
+for one to finish (bounded). Idle models also leave after ``keep_alive_s``. A model may be
+*preloaded* before any request needs it: only into free room (a preload never evicts and
+never waits). Every load and unload is recorded with its duration and reason; loads in
+progress are reported too.
 
 Owns the decisions and the bookkeeping; engines come from a loader function.
 """
@@ -97,6 +99,7 @@ class Residency:
         self.loads = 0
         self.evictions = 0
         self._loading: dict[str, asyncio.Future] = {}
+        self._loading_since: dict[str, tuple[ModelSpec, float]] = {}
         self._reserved: dict[str, int] = {}  # bytes promised to loads in progress
         self._lock = asyncio.Lock()
         self._freed = asyncio.Event()
@@ -115,9 +118,7 @@ class Residency:
                 if pending is None:
                     victims = self._make_room(spec)
                     if victims is not None:
-                        pending = asyncio.get_running_loop().create_future()
-                        self._loading[spec.key] = pending
-                        self._reserved[spec.key] = int(spec.size_bytes * LOAD_ESTIMATE)
+                        pending = self._start_loading(spec)
                         break
                 waiter = self._freed
             if pending is not None:  # someone else is loading it: wait for their result
@@ -129,11 +130,45 @@ class Residency:
                 await asyncio.wait_for(waiter.wait(), max(0.05, deadline - self.clock()))
             except asyncio.TimeoutError:
                 pass
+        return await self._finish_loading(spec, pending, victims, "requested")
+
+    async def preload(self, spec: ModelSpec) -> bool:
+        """Load ``spec`` now if it fits in the free part of the budget (never evicting);
+        whether it was loaded. It waits for loads in progress first, so that it counts what
+        they really hold, and counts resident models at least at their load estimate (one
+        not used yet has not grown its caches)."""
+        while True:
+            async with self._lock:
+                if spec.key in self.resident or spec.key in self._loading:
+                    return False
+                busy = list(self._loading.values())
+                if not busy:
+                    held = sum(max(r.memory(), int(r.spec.size_bytes * LOAD_ESTIMATE))
+                               for r in self.resident.values())
+                    if held + int(spec.size_bytes * LOAD_ESTIMATE) > self.budget:
+                        return False
+                    pending = self._start_loading(spec)
+                    break
+            await asyncio.gather(*(asyncio.shield(f) for f in busy))
+        (await self._finish_loading(spec, pending, [], "preloaded")).release()
+        return True
+
+    def _start_loading(self, spec: ModelSpec) -> asyncio.Future:
+        pending = asyncio.get_running_loop().create_future()
+        self._loading[spec.key] = pending
+        self._loading_since[spec.key] = (spec, time.time())
+        self._reserved[spec.key] = int(spec.size_bytes * LOAD_ESTIMATE)
+        return pending
+
+    async def _finish_loading(self, spec: ModelSpec, pending: asyncio.Future,
+                              victims: list[Resident], reason: str) -> Lease:
+        """Unload the victims, load ``spec``, and lease it (in the same step as it becomes
+        resident, so no other load can evict it first)."""
         try:
             for victim in victims:
                 await self._unload(victim, f"evicted to make room for {spec.deployment} "
                                            f"version {spec.version}")
-            resident = await self._load(spec)
+            resident = await self._load(spec, reason)
         except BaseException:
             async with self._lock:
                 self._done_loading(spec.key)
@@ -147,6 +182,7 @@ class Residency:
 
     def _done_loading(self, key: str) -> None:
         self._loading.pop(key, None)
+        self._loading_since.pop(key, None)
         self._reserved.pop(key, None)
 
     def _lease(self, r: Resident) -> Lease:
@@ -168,7 +204,7 @@ class Residency:
         if need > self.budget:
             raise NoRoom(f"{spec.deployment} needs about {need >> 20} MB but the pool's memory "
                          f"budget is {self.budget >> 20} MB")
-        used = sum(r.memory() for r in self.resident.values()) + sum(self._reserved.values())
+        used = self._used()
         victims: list[Resident] = []
         for r in sorted((r for r in self.resident.values() if r.in_flight == 0),
                         key=self._eviction_order):
@@ -182,6 +218,10 @@ class Residency:
             del self.resident[v.spec.key]
         return victims
 
+    def _used(self) -> int:
+        """Bytes held by resident models and promised to loads in progress."""
+        return sum(r.memory() for r in self.resident.values()) + sum(self._reserved.values())
+
     def _eviction_order(self, r: Resident) -> tuple:
         return (not r.superseded, r.last_used + PRIORITY_WEIGHT_S * r.spec.priority)
 
@@ -193,7 +233,7 @@ class Residency:
 
     # -- loading and unloading ------------------------------------------------------------
 
-    async def _load(self, spec: ModelSpec) -> Resident:
+    async def _load(self, spec: ModelSpec, reason: str) -> Resident:
         started = time.perf_counter()
         engine = await asyncio.to_thread(self.loader, spec)
         took = time.perf_counter() - started
@@ -202,7 +242,7 @@ class Residency:
         self.loads += 1
         self.events.append({"at": time.time(), "event": "load", "deployment": spec.deployment,
                             "version": spec.version, "key": spec.key,
-                            "seconds": round(took, 3), "bytes": r.memory(), "reason": "requested"})
+                            "seconds": round(took, 3), "bytes": r.memory(), "reason": reason})
         return r
 
     async def _unload(self, r: Resident, reason: str) -> None:
@@ -254,6 +294,13 @@ class Residency:
                  "idle_s": round(now - r.last_used, 1), "load_s": round(r.load_s, 3),
                  "superseded": r.superseded, "occupancy": _occupancy(r.engine)}
                 for r in self.resident.values()]
+
+    def loading(self) -> list[dict]:
+        """Loads in progress: which model, for how long so far."""
+        now = time.time()
+        return [{"deployment": spec.deployment, "version": spec.version, "key": key,
+                 "seconds": round(now - since, 1)}
+                for key, (spec, since) in list(self._loading_since.items())]
 
     def used_bytes(self) -> int:
         return sum(r.memory() for r in self.resident.values())

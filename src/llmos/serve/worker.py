@@ -1,8 +1,10 @@
 """The ``serve.worker`` program: a service job that hosts a pool's deployments.
 
-It listens on 127.0.0.1 (a port of its own) for requests the daemon's gateway forwards —
-each naming the deployment, the model version's folder and engine — loads models on demand
-under the pool's memory budget (:mod:`llmos.serve.residency`), runs them on their engines
+It listens on 127.0.0.1 (a port of its own), answering only the daemon (which knows its
+secret), for requests the gateway forwards — each a typed :class:`~llmos.serve.envelope.Envelope`
+naming the deployment, the model version's folder and engine — and for preloads (a model
+to load into free room before a request needs it). It loads models on demand under the
+pool's memory budget (:mod:`llmos.serve.residency`), runs them on their engines
 and answers in the OpenAI format, streaming over server-sent events. It registers its
 address and a secret with the daemon through its job context, and sends a heartbeat with
 its resident models, occupancy and load/unload events every ``HEARTBEAT_S``.
@@ -23,6 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from llmos.errors import LLMOSError
 from llmos.serve import openai as oa
@@ -33,6 +36,7 @@ from llmos.serve.engines import (
     QueueFull,
     load_engine,
 )
+from llmos.serve.envelope import Envelope, ModelRef
 from llmos.serve.residency import ModelSpec, Residency
 
 HEARTBEAT_S = 2.0
@@ -44,19 +48,28 @@ def load(spec: ModelSpec):
     return load_engine(spec.folder, engine=spec.engine, **spec.options)
 
 
-def spec_of(d: dict) -> ModelSpec:
-    """The model a forwarded request names (the gateway's ``deployment`` envelope)."""
-    options = ({"max_batch": d["max_batch"], "max_queue": d["max_queue"]}
-               if d["engine"] in ("torch", "encoder") else {})
-    return ModelSpec(key=d["key"],
-                     deployment=d["name"], version=d["version"], folder=Path(d["folder"]),
-                     engine=d["engine"], options=options, size_bytes=d["size_bytes"],
-                     priority=d["priority_rank"])
+def spec_of(ref: ModelRef) -> ModelSpec:
+    """The model a forwarded request (or a preload) names."""
+    options = ({"max_batch": ref.max_batch, "max_queue": ref.max_queue}
+               if ref.engine in ("torch", "encoder") else {})
+    return ModelSpec(key=ref.key, deployment=ref.name, version=ref.version,
+                     folder=Path(ref.folder), engine=ref.engine, options=options,
+                     size_bytes=ref.size_bytes, priority=ref.priority_rank)
+
+
+async def _parse(request: Request, model: type):
+    """The request's typed body, or a 400 (the gateway and the worker out of step)."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        why = e.errors()[0]["msg"]
+        return JSONResponse(oa.error_body(f"not a valid {model.__name__}: {why}"), 400)
 
 
 def create_worker_app(residency: Residency, secret: str) -> FastAPI:
     app = FastAPI(title="llmos serving worker", openapi_url=None, docs_url=None)
     app.state.inflight = 0
+    app.state.preloads = set()  # their tasks (held until done)
 
     @app.middleware("http")
     async def check_secret(request: Request, call_next):
@@ -64,21 +77,35 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
             return JSONResponse(oa.error_body("not the daemon", "authentication_error"), 401)
         return await call_next(request)
 
+    @app.post("/load")
+    async def preload(request: Request):
+        """Load a model now if it fits in free room (the first request then finds it
+        loaded); answers at once, the load goes on."""
+        ref = await _parse(request, ModelRef)
+        if isinstance(ref, JSONResponse):
+            return ref
+        task = asyncio.create_task(_preload(residency, spec_of(ref)))
+        app.state.preloads.add(task)
+        task.add_done_callback(app.state.preloads.discard)
+        return JSONResponse({"accepted": True}, 202)
+
     @app.post("/generate/{kind}")
     async def generate(kind: str, request: Request):
-        env = await request.json()
+        env = await _parse(request, Envelope)
+        if isinstance(env, JSONResponse):
+            return env
         lease = await _lease(residency, env)
         if isinstance(lease, JSONResponse):
             return lease
         try:
-            body, engine = env["request"], lease.engine
-            prompt = (engine.chat_prompt(body["messages"]) if kind == "chat"
-                      else engine.tokenize(body["prompt"]))
+            body, engine = env.request, lease.engine
+            prompt = (engine.chat_prompt(body.messages) if kind == "chat"
+                      else engine.tokenize(body.prompt))
             gen = GenerationRequest(
-                request_id=env["request_id"], prompt_token_ids=prompt,
-                max_tokens=env["max_tokens"], temperature=body.get("temperature", 1.0),
-                top_p=body.get("top_p", 1.0), seed=body.get("seed"), stop=body.get("stop") or (),
-                priority=env["priority"], tenant=env["tenant"])
+                request_id=env.request_id, prompt_token_ids=prompt,
+                max_tokens=env.max_tokens, temperature=body.temperature,
+                top_p=body.top_p, seed=body.seed, stop=body.stop or (),
+                priority=env.priority, tenant=env.tenant)
             stream = engine.submit(gen)
         except ContextLengthExceeded as e:
             lease.release()
@@ -91,24 +118,26 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - a template or tokenizer refusing the input
             lease.release()
             return JSONResponse(oa.error_body(f"cannot prepare the prompt: {e}"), 400)
-        if not env["stream"]:
+        if not env.stream:
             try:
                 completion = await stream.aresult()
             finally:
                 lease.release()
             make = oa.chat_response if kind == "chat" else oa.completion_response
-            return JSONResponse(make(env["response_id"], env["deployment"]["name"], completion))
+            return JSONResponse(make(env.response_id, env.deployment.name, completion))
         return StreamingResponse(_stream(kind, env, stream, lease), media_type="text/event-stream")
 
     @app.post("/encode/{task}")
     async def encode(task: str, request: Request):
-        env = await request.json()
+        env = await _parse(request, Envelope)
+        if isinstance(env, JSONResponse):
+            return env
         lease = await _lease(residency, env)
         if isinstance(lease, JSONResponse):
             return lease
         try:
-            handle = lease.engine.submit(EncodeRequest(env["request_id"], env["request"]["input"],
-                                                       env["priority"], env["tenant"]))
+            handle = lease.engine.submit(EncodeRequest(env.request_id, env.request.input,
+                                                       env.priority, env.tenant))
             result = await handle
         except QueueFull as e:
             return JSONResponse(oa.error_body(e.message, "rate_limit_error"), 429,
@@ -117,11 +146,10 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
             return JSONResponse(oa.error_body(e.message), 400)
         finally:
             lease.release()
-        name = env["deployment"]["name"]
+        name = env.deployment.name
         if task == "embed":
             return JSONResponse(oa.embedding_response(
-                name, result.embeddings, result.usage,
-                env["request"].get("encoding_format", "float")))
+                name, result.embeddings, result.usage, env.request.encoding_format))
         return JSONResponse(oa.classify_response(name, result.classifications, result.usage))
 
     @app.get("/stats")
@@ -139,11 +167,19 @@ async def _current(residency: Residency, spec: ModelSpec) -> None:
         await residency.supersede(spec.deployment, spec.key)
 
 
-async def _lease(residency: Residency, env: dict):
+async def _lease(residency: Residency, env: Envelope):
     """The engine of the request's deployment, loaded and leased (or an error response)."""
-    spec = spec_of(env["deployment"])
+    spec = spec_of(env.deployment)
     await _current(residency, spec)
     return await _acquire(residency, spec)
+
+
+async def _preload(residency: Residency, spec: ModelSpec) -> None:
+    await _current(residency, spec)
+    try:
+        await residency.preload(spec)
+    except Exception:  # noqa: BLE001 - the first request meets (and reports) the error
+        pass
 
 
 async def _acquire(residency: Residency, spec: ModelSpec):
@@ -157,10 +193,10 @@ async def _acquire(residency: Residency, spec: ModelSpec):
                                           "server_error"), 503, headers={"Retry-After": "5"})
 
 
-async def _stream(kind: str, env: dict, stream, lease):
+async def _stream(kind: str, env: Envelope, stream, lease):
     """SSE chunks of one generation; if the client goes away, the request is aborted in its
     engine (the generator is cancelled, and ``finally`` runs)."""
-    rid, name, created = env["response_id"], env["deployment"]["name"], int(time.time())
+    rid, name, created = env.response_id, env.deployment.name, int(time.time())
     finished = False
     try:
         if kind == "chat":
@@ -176,7 +212,7 @@ async def _stream(kind: str, env: dict, stream, lease):
                        if kind == "chat" else
                        oa.completion_chunk(rid, name, created, delta.text, reason))
             if reason is not None:
-                if env.get("include_usage"):
+                if env.include_usage:
                     make = oa.chat_chunk if kind == "chat" else oa.completion_chunk
                     yield make(rid, name, created, {} if kind == "chat" else "", None,
                                delta.usage)
@@ -189,7 +225,8 @@ async def _stream(kind: str, env: dict, stream, lease):
 
 
 def stats_of(residency: Residency) -> dict[str, Any]:
-    return {"resident": residency.snapshot(), "used_bytes": residency.used_bytes(),
+    return {"resident": residency.snapshot(), "loading": residency.loading(),
+            "used_bytes": residency.used_bytes(),
             "budget_bytes": residency.budget, "loads": residency.loads,
             "evictions": residency.evictions, "events": list(residency.events)[-50:],
             "records": _records(residency)}
