@@ -75,19 +75,28 @@ def test_a_batch_with_one_bad_job_writes_none(http):
     before = _job_count(http)
     resp = http.post("/v1/jobs/batch", json={"jobs": [{"program": "noop"}, {"program": "nope:x"}]})
     assert resp.status_code == 422
+    assert resp.json()["error"]["message"] == "program 'nope:x': no module named 'nope'"
     assert _job_count(http) == before
 
 
-@pytest.mark.parametrize("path,status", [
-    ("/v1/jobs/999999", 404), ("/v1/jobs/0", 422), ("/v1/jobs/99999999999", 422),
-    ("/v1/jobs/abc", 404), ("/v1/nothing", 404), ("/v1/artifacts/999999", 404),
-    ("/v1/jobs?state=DREAMING", 422), ("/v1/jobs?limit=0", 422),
-    ("/v1/jobs/1/logs?stream=both", 422),
+@pytest.mark.parametrize("path,status,message", [
+    ("/v1/jobs/999999", 404, "job 999999 not found"),
+    ("/v1/jobs/0", 422, "path.job_id: Input should be greater than or equal to 1"),
+    ("/v1/jobs/99999999999", 422, "path.job_id: Input should be less than or equal to "
+     "2147483647"),
+    ("/v1/jobs/abc", 404, "no such route: GET /v1/jobs/abc"),
+    ("/v1/nothing", 404, "no such route: GET /v1/nothing"),
+    ("/v1/artifacts/999999", 404, "artifact 999999 not found"),
+    ("/v1/jobs?state=DREAMING", 422, "unknown state 'DREAMING'; one of PENDING, SCHEDULED, "
+     "RUNNING, SUCCEEDED, FAILED, CANCELLED, PREEMPTED"),
+    ("/v1/jobs?limit=0", 422, "query.limit: Input should be greater than or equal to 1"),
+    ("/v1/jobs/1/logs?stream=both", 422, "query.stream: Input should be 'stdout' or 'stderr'"),
 ])
-def test_lookups_answer_json_errors(http, path, status):
+def test_lookups_answer_json_errors(http, path, status, message):
     resp = http.get(path)
     assert resp.status_code == status
-    assert resp.json()["error"]["message"]
+    assert resp.json()["error"] == {"message": message, "code": status, "type": (
+        "not_found_error" if status == 404 else "invalid_request_error")}
 
 
 def test_cancel_of_an_unknown_job_is_404_and_of_an_ended_one_409(http, daemon):
@@ -115,11 +124,16 @@ def test_artifact_round_trip_with_lineage(http):
     assert got.content == b"clean" and got.headers["x-llmos-sha256"] == second["sha256"]
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "a/b", ".hidden", "x\x00y", ""])
-def test_artifact_names_cannot_traverse_paths(http, name):
+@pytest.mark.parametrize("name,message", [
+    *[(bad, f"bad artifact name {bad!r}: use letters, digits, '.', '_', '-', '+', '@' and "
+       "spaces, no folders") for bad in ("../etc/passwd", "a/b", ".hidden", "x\x00y")],
+    ("", "query.name: String should have at least 1 character"),
+])
+def test_artifact_names_cannot_traverse_paths(http, name, message):
     before = _artifact_count(http)
     resp = http.post("/v1/artifacts", params={"name": name}, content=b"x")
     assert resp.status_code == 422
+    assert resp.json()["error"]["message"] == message
     assert _artifact_count(http) == before
 
 
@@ -157,3 +171,57 @@ def test_job_logs_of_a_running_job_are_readable(http, daemon, tmp_path):
     assert resp.status_code == 200 and f"attempt 1 of job {job['id']}" in resp.text
     (tmp_path / "gate").write_text("open")
     daemon.wait_job(job["id"])
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/jobs", {"program": "noop", "depends_on": [2**63]}),
+    ("/v1/jobs", {"program": "noop", "depends_on": [2**31]}),  # ids are 32-bit columns
+    ("/v1/jobs/batch", {"jobs": [{"program": "noop", "depends_on": [2**63]}]}),
+    ("/v1/jobs", {"program": "noop", "resources": {"gpu_memory_mb": 2**63}}),
+    ("/v1/deployments", {"model": "m", "max_batch": 2**64}),
+    ("/v1/chat/completions", {"model": "m", "seed": 2**64,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_integers_beyond_their_column_are_refused_never_a_500(http, path, body):
+    before = _job_count(http)
+    resp = http.post(path, json=body)
+    assert resp.status_code in (400, 422), resp.text
+    assert "less than or equal to" in resp.json()["error"]["message"]
+    assert _job_count(http) == before
+
+
+def test_bodies_and_job_params_are_capped_with_a_413(http):
+    before = _job_count(http)
+    big = {"program": "noop", "params": {"text": "x" * (2 << 20)}}  # 2 MB of params
+    resp = http.post("/v1/jobs", json=big)
+    assert resp.status_code == 413
+    assert "LLMOS_MAX_JOB_PARAMS_KB" in resp.json()["error"]["message"]
+    huge = b'{"program": "noop", "params": {"text": "' + b"x" * (33 << 20) + b'"}}'
+    for content in (huge, iter([huge[i:i + (1 << 20)] for i in range(0, len(huge), 1 << 20)])):
+        resp = http.post("/v1/jobs", content=content,  # with a length, then streamed without
+                         headers={"content-type": "application/json"})
+        assert resp.status_code == 413
+        assert resp.json()["error"] == {
+            "message": "the request body is larger than 32 MB (LLMOS_MAX_BODY_MB)",
+            "type": "invalid_request_error", "code": 413}
+    assert _job_count(http) == before
+    listed = http.get("/v1/jobs", params={"limit": 10})
+    assert len(listed.content) < 1 << 20
+
+
+def test_openai_routes_read_json_whatever_the_content_type(http):
+    """curl -d sends application/x-www-form-urlencoded; the body is still JSON."""
+    for route, body in (("/v1/chat/completions",
+                         b'{"model": "nobody", "messages": [{"role": "user", "content": "hi"}]}'),
+                        ("/v1/completions", b'{"model": "nobody", "prompt": "hi"}'),
+                        ("/v1/embeddings", b'{"model": "nobody", "input": "hi"}'),
+                        ("/v1/classify", b'{"model": "nobody", "input": "hi"}')):
+        for ctype in ("application/x-www-form-urlencoded", "text/plain", None):
+            headers = {"content-type": ctype} if ctype else {}
+            resp = http.post(route, content=body, headers=headers)
+            assert resp.status_code == 404, (route, ctype, resp.text)  # parsed: no such model
+            assert resp.json()["error"]["code"] == "model_not_found"
+    resp = http.post("/v1/chat/completions", content=b"model=nobody",
+                     headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == "malformed JSON in the request body"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,23 +12,11 @@ import sys
 import pytest
 
 from live import free_port
+from llmos.cli.main import command
 
 @pytest.fixture
 def daemon(shared_daemon):
     return shared_daemon
-
-
-VERBS = [
-    [], ["up"], ["resources"], ["job"], ["job", "submit"], ["job", "list"], ["job", "show"],
-    ["job", "wait"], ["job", "logs"], ["job", "cancel"], ["artifacts"], ["artifacts", "ls"],
-    ["artifacts", "show"], ["artifacts", "put"], ["artifacts", "get"], ["data"],
-    ["data", "ingest"], ["data", "ls"], ["data", "show"], ["data", "head"], ["data", "stats"],
-    ["data", "diff"], ["keys"], ["keys", "rotate"], ["audit"], ["audit", "ls"],
-    ["audit", "verify"], ["login"], ["logout"], ["whoami"], ["users"], ["users", "create"],
-    ["users", "ls"], ["users", "disable"], ["users", "enable"], ["teams"], ["teams", "create"],
-    ["teams", "ls"], ["teams", "add"], ["teams", "remove"], ["teams", "quota"], ["tokens"],
-    ["tokens", "create"], ["tokens", "ls"], ["tokens", "revoke"],
-]
 
 
 def llmos(*args: str, at=None, cwd=None) -> subprocess.CompletedProcess:
@@ -41,15 +31,76 @@ def llmos(*args: str, at=None, cwd=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
-@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "llmos")
-def test_every_verb_has_help(verb):
-    result = llmos(*verb, "--help")
-    assert result.returncode == 0, result.stderr
-    assert "Usage" in result.stdout
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    usage = next(i for i, line in enumerate(lines) if line.startswith("Usage"))
-    description = lines[usage + 1]
-    assert description[0].isalpha(), f"{' '.join(verb) or 'llmos'} has no description"
+def verbs(group, path: tuple[str, ...] = ()):
+    """Every verb of the command tree, groups included, with its click command."""
+    yield path, group
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):  # a group
+            yield from verbs(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+TREE = command()
+VERBS = [(path, cmd) for path, cmd in verbs(TREE) if not cmd.hidden]
+
+
+def help_of(path, monkeypatch) -> tuple[int, str]:
+    """`llmos PATH --help` in this process, on the tree :func:`main` runs, at 100 columns."""
+    monkeypatch.setenv("COLUMNS", "100")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = TREE.main([*path, "--help"], prog_name="llmos", standalone_mode=False)
+    return code, buffer.getvalue()
+
+
+def words(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_the_verbs_the_readme_names_are_in_the_tree():
+    names = {" ".join(path) for path, _ in VERBS}
+    assert {"deploy", "deployments ls", "deployments show", "deployments scale",
+            "deployments rm", "train", "evaluate", "models ls", "models import", "audit ls",
+            "data ingest", "job submit", "tokens create"} <= names
+    assert len(VERBS) >= 59  # the tree as of issue 12; a verb removed must be meant
+
+
+@pytest.mark.parametrize("path,cmd", VERBS, ids=[" ".join(p) or "llmos" for p, _ in VERBS])
+def test_every_verb_has_help_showing_its_docstring(path, cmd, monkeypatch):
+    code, output = help_of(path, monkeypatch)
+    assert code == 0, output
+    assert "Usage: llmos" in output
+    summary = words(cmd.help.split("\n\n")[0])
+    assert summary and summary[0].isalpha(), f"{' '.join(path) or 'llmos'} has no docstring"
+    assert summary in words(output)
+
+
+def test_audit_ls_help_names_its_since_option(monkeypatch):
+    code, output = help_of(["audit", "ls"], monkeypatch)
+    assert code == 0 and "--since" in output and "ISO 8601" in output
+
+
+def test_every_listing_verb_answers_to_ls_and_list_one_of_them_hidden(monkeypatch):
+    groups = [(path, cmd) for path, cmd in verbs(TREE) if hasattr(cmd, "commands")]
+    listing = [(path, g) for path, g in groups if {"ls", "list"} & set(g.commands)]
+    assert {" ".join(p) for p, _ in listing} >= {"job", "artifacts", "data", "models",
+                                                   "deployments", "users", "teams", "tokens",
+                                                   "audit"}
+    for path, group in listing:
+        ls, list_ = group.commands["ls"], group.commands["list"]
+        assert ls.callback is list_.callback, path
+        assert ls.hidden != list_.hidden, path
+        shown = help_of(path, monkeypatch)[1]
+        hidden = "list" if list_.hidden else "ls"
+        assert not any(line.split()[1:2] == [hidden] for line in shown.splitlines()
+                       if line.split()), (path, shown)
+
+
+def test_the_entry_point_prints_help():
+    result = llmos("--help")
+    assert result.returncode == 0 and "Usage: llmos" in result.stdout
+    assert "deployments" in result.stdout and "Traceback" not in result.stderr
 
 
 def test_unreachable_daemon_is_one_line_and_exit_1():
@@ -128,3 +179,78 @@ def test_up_on_a_busy_port_is_a_clear_error(daemon):
     result = llmos("up", "--port", port, at=daemon)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_quiet_prints_only_the_id_for_scripts(daemon, tmp_path):
+    job = llmos("job", "submit", "echo", "-p", '{"message": "hi"}', "-q", "--wait", at=daemon)
+    assert job.returncode == 0, job.stderr
+    job_id = int(job.stdout)  # nothing but the id
+    assert daemon.client.jobs.get(job_id)["state"] == "SUCCEEDED"
+    (tmp_path / "data.txt").write_text("notes")
+    art = llmos("artifacts", "put", str(tmp_path / "data.txt"), "-q", at=daemon)
+    assert daemon.client.artifacts.get(int(art.stdout))["name"] == "data.txt"
+    token = llmos("tokens", "create", "--name", "script", "--scope", "read", "-q", at=daemon)
+    assert token.stdout.strip().startswith("llmos_") and len(token.stdout.split()) == 1
+
+
+def test_listing_verbs_take_both_spellings(daemon):
+    for group in ("job", "artifacts", "models", "deployments", "tokens"):
+        for verb in ("ls", "list"):
+            result = llmos(group, verb, "--json", at=daemon)
+            assert result.returncode == 0, (group, verb, result.stderr)
+            json.loads(result.stdout)
+
+
+def test_a_job_list_at_80_columns_keeps_states_and_dates_whole(daemon, tmp_path):
+    job = daemon.client.jobs.submit("noop", name="a-rather-long-job-name-for-the-table")
+    daemon.wait_job(job["id"])
+    env = {**daemon.cli_env(), "COLUMNS": "80"}
+    result = subprocess.run([sys.executable, "-m", "llmos.cli.main", "job", "list"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    row = next(line for line in lines if line.split()[:1] == [str(job["id"])])
+    created = daemon.client.jobs.get(job["id"])["created_at"].replace("T", " ")[:16]
+    assert "SUCCEEDED" in row and created in row
+
+
+PROGRESS = """import sys, time
+def main(ctx):
+    for step in range(1, 4):
+        ctx.metric("loss", 1.0 / step, step=step)
+    sys.stderr.write("\\r  0%|          |\\r 50%|#####     |\\r100%|##########|\\n")
+    print("params", ctx.job_id)
+"""
+
+
+def test_show_has_a_sparkline_and_one_metric_series_and_logs_read_well(daemon, tmp_path):
+    (tmp_path / "progress.py").write_text(PROGRESS)
+    job = llmos("job", "submit", "progress.py:main", "-p", '{}', "-q", "--wait", at=daemon,
+                cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip()
+    shown = llmos("job", "show", job_id, at=daemon).stdout
+    assert "Metrics (3 points)" in shown and "█▃▁" in shown
+    series = llmos("job", "show", job_id, "--metric", "loss", at=daemon).stdout
+    assert [line.split()[:2] for line in series.splitlines() if line[:2].strip().isdigit()] \
+        == [["1", "1"], ["2", "0.5"], ["3", "0.333333"]]
+    points = json.loads(llmos("job", "show", job_id, "--metric", "loss", "--json",
+                              at=daemon).stdout)
+    assert [p["step"] for p in points] == [1, 2, 3]
+    missing = llmos("job", "show", job_id, "--metric", "nope", at=daemon)
+    assert missing.returncode == 2 and "its metrics: loss" in missing.stderr
+    for follow in ([], ["-f"]):
+        logs = llmos("job", "logs", job_id, *follow, at=daemon)
+        text = logs.stdout + logs.stderr
+        assert text.count(f"--- llmos: attempt 1 of job {job_id}") == 1, text
+        assert "100%|##########|" in text and "\r" not in text and " 50%" not in text
+
+
+def test_params_and_progress_show_as_yaml_and_lines_off_a_terminal(daemon):
+    result = llmos("job", "submit", "sleep", "-p", '{"seconds": 3}', "--wait", at=daemon)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.split()[-2]
+    assert f"job {job_id} RUNNING" in result.stdout  # progress lines, not silence
+    shown = llmos("job", "show", job_id, at=daemon).stdout
+    assert "    seconds: 3" in shown and "{'seconds'" not in shown

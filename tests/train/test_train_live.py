@@ -11,6 +11,7 @@ import os
 import pytest
 import tiny_models
 from live import LiveDaemon, wait_for
+from llmos.sdk import APIError
 from offline_models import minilm_dir
 from topic_corpus import held_out_rows, train_rows
 
@@ -84,8 +85,22 @@ def test_a_preempted_training_job_resumes_and_ends_with_the_same_loss(lab):
     assert rates and all(m["value"] > 0 for m in rates)
 
 
+def test_a_recipe_column_missing_from_the_dataset_is_refused_at_submit(lab):
+    c = lab.client
+    for recipe in (dict(RECIPE, label_field="category"), dict(RECIPE, text_field="body")):
+        with pytest.raises(APIError) as refused:
+            train(lab, "never-made", recipe, cpu=1, memory_mb=3072)
+        column = recipe["label_field"] if recipe["label_field"] != "label" else "body"
+        field = "label_field" if column == "category" else "text_field"
+        assert refused.value.status == 422
+        assert refused.value.message.startswith(
+            f"dataset topics:1 has no {column!r} column (the recipe's {field}); its columns: ")
+        assert "label" in refused.value.message and "text" in refused.value.message
+    assert "never-made" not in {m["name"] for m in c.models.list()}
+    assert not [j for j in c.jobs.list(limit=1000)["jobs"] if j["name"] == "train never-made"]
+
+
 @pytest.mark.parametrize("case,reason", [
-    ("wrong label column", "DataError: "),
     ("tokenizer of another model", "ModelError: "),
     ("NaN loss", "TrainingDiverged: loss became nan at step 1"),
     ("missing weights", "missing"),
@@ -94,9 +109,7 @@ def test_a_failing_training_job_says_why_and_registers_nothing(lab, case, reason
     c = lab.client
     kw: dict = {"cpu": 1, "memory_mb": 3072}
     recipe = dict(RECIPE, max_steps=5)
-    if case == "wrong label column":
-        recipe["label_field"] = "category"
-    elif case == "tokenizer of another model":
+    if case == "tokenizer of another model":
         kw["tokenizer"] = "tiny-llama"
     elif case == "NaN loss":
         kw["model"] = "nan-bert"
@@ -112,8 +125,6 @@ def test_a_failing_training_job_says_why_and_registers_nothing(lab, case, reason
     job = train(lab, out, recipe, **kw)
     ended = lab.wait_job(job["id"], timeout=300)
     assert ended["state"] == "FAILED" and reason in ended["reason"], ended["reason"]
-    if case == "wrong label column":
-        assert "'category'" in ended["reason"] and "columns:" in ended["reason"]
     if case == "tokenizer of another model":
         assert "tokenizer" in ended["reason"]
     assert out not in {m["name"] for m in c.models.list()}
@@ -134,6 +145,10 @@ def test_minilm_fine_tuned_through_llmos_generalises_and_keeps_its_metrics(lab, 
               "optimizer": {"name": "adamw", "lr": 2e-4, "weight_decay": 0.01}, "seed": 13}
     trained = c.train.finetune(recipe, "minilm", "topics", "topic-classifier", cpu=2)
     assert lab.wait_job(trained["id"], timeout=900)["state"] == "SUCCEEDED"
+    with pytest.raises(APIError) as refused:  # a column the dataset lacks: refused at once
+        c.train.evaluate("topic-classifier", "held-out", "test", {"label_field": "category"})
+    assert refused.value.status == 422
+    assert refused.value.message.startswith("dataset held-out:1 has no 'category' column")
     evaluation = c.train.evaluate("topic-classifier", "held-out", "test")
     assert lab.wait_job(evaluation["id"], timeout=300)["state"] == "SUCCEEDED"
     v = c.models.version("topic-classifier")

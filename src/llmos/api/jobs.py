@@ -125,7 +125,7 @@ async def _follow(request: Request, service: JobService, who: Principal, job_id:
     offsets = {}
     for name, path in paths.items():
         text = _read(path, tail)
-        for line in text.splitlines():
+        for line in text.removesuffix("\n").split("\n") if text else ():  # keeps \r in lines
             yield _sse(name, line)
         offsets[name] = path.stat().st_size if path.exists() else 0
     partial = {name: b"" for name in paths}

@@ -9,9 +9,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
-
 from llmos.cli.errors import UsageError
+from llmos.cli.render import table
 from llmos.config import get_settings
 from llmos.sdk.client import Client
 from llmos.sdk.credentials import forget_token, save_token
@@ -103,14 +102,14 @@ def users_ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
         users = c.users.list()
     if as_json:
         return _json(users)
-    table = Table(title="Users")
-    for col in ("name", "admin", "disabled", "roles", "created"):
-        table.add_column(col)
+    listed = table("Users", "name", "admin", "disabled", "roles", "created",
+                   keep=("admin", "disabled", "created"))
     for u in users:
-        table.add_row(u["name"], "yes" if u["is_admin"] else "", "yes" if u["disabled"] else "",
-                      ", ".join(f"{r} in {t}" for t, r in u["roles"].items()),
-                      u["created_at"][:19].replace("T", " "))
-    out.print(table)
+        listed.add_row(u["name"], "yes" if u["is_admin"] else "",
+                       "yes" if u["disabled"] else "",
+                       ", ".join(f"{r} in {t}" for t, r in u["roles"].items()),
+                       u["created_at"][:19].replace("T", " "))
+    out.print(listed)
 
 
 @users_app.command("disable")
@@ -147,13 +146,11 @@ def teams_ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
         teams = c.teams.list()
     if as_json:
         return _json(teams)
-    table = Table(title="Teams")
-    for col in ("team", "members", "quotas"):
-        table.add_column(col, overflow="fold")
+    listed = table("Teams", "team", "members", "quotas")
     for t in teams:
-        table.add_row(t["name"], ", ".join(f"{u} ({r})" for u, r in t["members"].items()),
-                      _quotas(t["quotas"]))
-    out.print(table)
+        listed.add_row(t["name"], ", ".join(f"{u} ({r})" for u, r in t["members"].items()),
+                       _quotas(t["quotas"]))
+    out.print(listed)
 
 
 def _quotas(q: dict) -> str:
@@ -216,6 +213,8 @@ def tokens_create(
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit",
                                                help="Serving requests per second."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the secret (for "
+                               "scripts: TOKEN=$(llmos tokens create ... -q))."),
 ) -> None:
     """Create an API token; prints its secret (once)."""
     bad = [s for s in scope if s not in SCOPES]
@@ -229,6 +228,8 @@ def tokens_create(
                               rate_limit_rps=rate_limit)
     if as_json:
         return _json(tok)
+    if quiet:
+        return print(tok["token"])
     out.print(f"token [bold]{tok['id']}[/] ({tok['name']}) for {tok['user']}, scopes "
               f"{', '.join(tok['scopes'])}")
     _secret("token", tok["token"])
@@ -245,15 +246,14 @@ def tokens_ls(
         tokens = c.tokens.list(user, include_revoked=all_)
     if as_json:
         return _json(tokens)
-    table = Table(title="Tokens")
-    for col in ("id", "user", "name", "prefix", "scopes", "team", "expires", "last used",
-                "revoked"):
-        table.add_column(col, overflow="fold")
+    listed = table("Tokens", "id", "user", "name", "prefix", "scopes", "team", "expires",
+                   "last used", "revoked", keep=("id", "prefix", "expires", "last used",
+                                                 "revoked"))
     for t in tokens:
-        table.add_row(str(t["id"]), t["user"], t["name"], t["prefix"] + "…",
-                      ",".join(t["scopes"]), t["team"] or "", _t(t["expires_at"]),
-                      _t(t["last_used_at"]), _t(t["revoked_at"]))
-    out.print(table)
+        listed.add_row(str(t["id"]), t["user"], t["name"], t["prefix"] + "…",
+                       ",".join(t["scopes"]), t["team"] or "", _t(t["expires_at"]),
+                       _t(t["last_used_at"]), _t(t["revoked_at"]))
+    out.print(listed)
 
 
 def _t(ts: str | None) -> str:

@@ -5,6 +5,7 @@ can cause prints one line and exits non-zero (1: the request failed, 2: bad usag
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from llmos.cli import identity, render, serve, train
+from llmos.cli import identity, jobview, render, serve, train
 from llmos.cli.data import data_app
 from llmos.cli.models import models_app
 from llmos.cli.errors import UsageError
@@ -44,6 +45,8 @@ app.command()(identity.whoami)
 
 out = Console()
 err = Console(stderr=True)
+QUIET = typer.Option(False, "--quiet", "-q", help="Print only the id (for scripts: "
+                     "ID=$(llmos ... -q)); progress, if any, goes to stderr.")
 
 
 def _client() -> Client:
@@ -104,6 +107,7 @@ def job_submit(
     team: Optional[str] = typer.Option(None, help="Run it for this team (default: yours)."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show live progress until it ends."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = QUIET,
 ) -> None:
     """Submit a job; prints its id (and follows it with --wait)."""
     if priority not in ("high", "normal", "low"):
@@ -118,9 +122,11 @@ def job_submit(
                             priority=priority, max_retries=retries, timeout_s=timeout,
                             checkpointable=checkpointable, depends_on=after, team=team)
         if wait:
-            job = render.watch(out, c, job["id"], quiet=as_json)
+            job = render.watch(err if quiet else out, c, job["id"], quiet=as_json)
     if as_json:
         _json(job)
+    elif quiet:
+        print(job["id"])
     else:
         out.print(f"job [bold]{job['id']}[/] {render.state(job['state'])}")
     if wait and job["state"] != "SUCCEEDED":
@@ -153,16 +159,25 @@ def job_list(
 @job_app.command("show")
 def job_show(
     job_id: int = typer.Argument(..., min=1, help="Job id."),
+    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Print this metric's "
+                                         "every point (step, value, time) instead."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """One job: its spec, state, why it waits or how it ended, history and metrics."""
+    """One job: its spec, state, why it waits or how it ended, history, and each metric's
+    latest value with a sparkline of its history."""
     with _client() as c:
         job = c.jobs.get(job_id)
-        metrics = c.jobs.metrics(job_id)
+        metrics = c.jobs.metrics(job_id, name=metric)
+        if metric is not None and not metrics:
+            names = sorted({m["name"] for m in c.jobs.metrics(job_id)})
+            raise UsageError(f"job {job_id} reported no metric {metric!r} (its metrics: "
+                             f"{', '.join(names) or 'none'})")
     if as_json:
-        _json({**job, "metrics": metrics})
+        _json(metrics if metric is not None else {**job, "metrics": metrics})
+    elif metric is not None:
+        jobview.metric_series(out, job_id, metric, metrics)
     else:
-        render.job_detail(out, job, metrics)
+        jobview.detail(out, job, metrics)
 
 
 @job_app.command("wait")
@@ -182,13 +197,20 @@ def job_logs(
     stream: Optional[str] = typer.Option(None, help="stdout or stderr (default: both)."),
     tail: Optional[int] = typer.Option(None, min=1, help="Only the last N lines."),
 ) -> None:
-    """The job's stdout and stderr."""
+    """The job's stdout and stderr, attempt by attempt (a progress bar drawn with carriage
+    returns shows as its last state)."""
     if stream not in (None, "stdout", "stderr"):
         raise UsageError("--stream must be stdout or stderr")
     with _client() as c:
         if not follow:
-            sys.stdout.write(c.jobs.logs(job_id, stream=stream, tail=tail))
+            if stream:
+                text = "\n".join(jobview.clean_lines(c.jobs.logs(job_id, stream, tail)))
+            else:
+                text = jobview.merged_logs(c.jobs.logs(job_id, "stdout", tail),
+                                           c.jobs.logs(job_id, "stderr", tail))
+            sys.stdout.write(text)
             return
+        seen = jobview.FollowedLogs()
         for event, line in c.jobs.follow(job_id, stream=stream, tail=tail):
             if event == "end":
                 end = json.loads(line)
@@ -196,6 +218,9 @@ def job_logs(
                 if end["state"] != "SUCCEEDED":
                     raise typer.Exit(1)
                 return
+            line = seen.line(line)
+            if line is None:
+                continue
             target = sys.stderr if event == "stderr" else sys.stdout
             target.write(line + "\n")
             target.flush()
@@ -253,6 +278,7 @@ def artifacts_put(
     sensitive: bool = typer.Option(False, "--sensitive", help="Encrypt it at rest "
                                    "(AES-256-GCM, the daemon's key)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = QUIET,
 ) -> None:
     """Store a file as a new immutable artifact; prints its id."""
     if not path.is_file():
@@ -261,6 +287,8 @@ def artifacts_put(
         art = c.artifacts.put(path, name=name, kind=kind, parents=parent, sensitive=sensitive)
     if as_json:
         _json(art)
+    elif quiet:
+        print(art["id"])
     else:
         out.print(f"artifact [bold]{art['id']}[/] {art['name']} {art['size']} bytes "
                   f"sha256:{art['sha256'][:12]}" + ("  encrypted" if art["encrypted"] else ""))
@@ -325,10 +353,35 @@ def audit_verify() -> None:
         raise typer.Exit(1)
 
 
+LISTING = ("ls", "list")
+
+
+def command():
+    """The `llmos` command tree (what :func:`main` runs and the help test walks). Every
+    listing verb answers to both `ls` and `list`; the spelling not shown is hidden. A
+    verb's summary in its group's list is its docstring's first paragraph, on one line."""
+    group = typer.main.get_command(app)
+    _finish(group)
+    return group
+
+
+def _finish(group) -> None:
+    for name, cmd in list(group.commands.items()):
+        cmd.short_help = " ".join((cmd.help or "").split("\n\n")[0].split())
+        if hasattr(cmd, "commands"):  # a group
+            _finish(cmd)
+        elif name in LISTING:
+            other = LISTING[1 - LISTING.index(name)]
+            if other not in group.commands:
+                alias = copy.copy(cmd)
+                alias.hidden = True
+                group.add_command(alias, other)
+
+
 def main() -> None:
     """Entry point: run the app, turning every user-caused error into one line."""
     try:
-        code = app(standalone_mode=False)
+        code = command().main(prog_name="llmos", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))

@@ -10,7 +10,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.table import Table
 
 from llmos.cli import render
 from llmos.cli.errors import UsageError
@@ -19,6 +18,7 @@ from llmos.sdk.client import Client
 models_app = typer.Typer(help="The model registry: import, versions, aliases, cards.",
                          no_args_is_help=True)
 out = Console()
+err = Console(stderr=True)
 
 
 def _json(data) -> None:
@@ -50,20 +50,25 @@ def import_(
     memory: int = typer.Option(4096, "--memory", help="MB for the import job."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the import to its end."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only NAME:VERSION (the "
+                               "job id with --no-wait); progress goes to stderr."),
 ) -> None:
     """Import a model as a new version (a job: GGUF is de-quantized once into safetensors,
-    so later loads take about a second). Pickled checkpoints are refused."""
+    so later loads take about a second). Pickled checkpoints are refused. Progress shows
+    live on a terminal, and as a line every few seconds elsewhere."""
     if format not in ("auto", "hf", "gguf"):
         raise UsageError(f"--format must be auto, hf or gguf, not {format!r}")
     with Client() as c:
         job = c.models.import_(name, source.expanduser().resolve(), format=format, dtype=dtype,
                                team=team, memory_mb=memory)
         if wait:
-            job = render.watch(out, c, job["id"], quiet=as_json)
+            job = render.watch(err if quiet else out, c, job["id"], quiet=as_json)
         version = c.models.version(name) if wait and job["state"] == "SUCCEEDED" else None
     if as_json:
         return _json(version or job)
-    if version:
+    if quiet and (version or not wait):
+        print(f"{name}:{version['version']}" if version else job["id"])
+    elif version:
         out.print(f"model [bold]{name}:{version['version']}[/] {version['architecture']} "
                   f"{version['parameters']:,} parameters, {render.size_text(version['size_bytes'])}")
     else:
@@ -80,9 +85,8 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         models = c.models.list()
     if as_json:
         return _json(models)
-    table = Table(title="Models")
-    for col in ("model", "team", "versions", "latest", "task", "parameters", "aliases"):
-        table.add_column(col, overflow="fold")
+    table = render.table("Models", "model", "team", "versions", "latest", "task", "parameters",
+                         "aliases", keep=("versions", "latest", "parameters"))
     for m in models:
         latest = m["versions"][-1] if m["versions"] else None
         table.add_row(m["name"], m["team"] or "", str(len(m["versions"])),

@@ -1,9 +1,13 @@
-"""How the CLI shows things: rich tables, a job's detail, live progress."""
+"""How the CLI shows things: rich tables (never wrapping an id, a state or a date), nested
+values as YAML, datasets, models and the audit log, and a job's live progress (plain lines
+when the output is not a terminal). One job's detail and logs: ``jobview``."""
 
 from __future__ import annotations
 
 import time
 
+import yaml
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -11,6 +15,30 @@ from rich.table import Table
 COLORS = {"PENDING": "yellow", "SCHEDULED": "cyan", "RUNNING": "blue", "SUCCEEDED": "green",
           "FAILED": "red", "CANCELLED": "magenta", "PREEMPTED": "yellow"}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def table(title: str | None, *columns: str, keep: tuple[str, ...] = ()) -> Table:
+    """A table whose ``keep`` columns (ids, states, dates, numbers) are never wrapped, so
+    that "SUCCEEDED" or a date stays whole at 80 columns; the other columns fold."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col in columns:
+        if col in keep:
+            t.add_column(col, no_wrap=True)
+        else:
+            t.add_column(col, overflow="fold", min_width=len(col))
+    return t
+
+
+def yaml_text(value) -> str:
+    """Nested data (a recipe, a lineage, metrics) as YAML a person reads, not a dict."""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                          width=76).rstrip("\n")
+
+
+def print_yaml(console: Console, value, indent: int = 4) -> None:
+    pad = " " * indent
+    for line in yaml_text(value).splitlines():
+        console.print(pad + line, markup=False, highlight=False, soft_wrap=True)
 
 
 def state(name: str) -> str:
@@ -21,7 +49,7 @@ def _time(ts: str | None) -> str:
     return ts.replace("T", " ")[:19] if ts else "-"
 
 
-def _res(r: dict) -> str:
+def resources_text(r: dict) -> str:
     text = f"{r['cpu']:g} cpu, {r['memory_mb']} MB"
     if r.get("gpu"):
         text += f", {r['gpu']} gpu"
@@ -29,15 +57,14 @@ def _res(r: dict) -> str:
 
 
 def resources(console: Console, data: dict) -> None:
-    table = Table(title="Nodes")
-    for col in ("node", "cpu free/total", "memory free/total MB", "gpu free/total", "cores"):
-        table.add_column(col)
+    nodes = table("Nodes", "node", "cpu free/total", "memory free/total MB", "gpu free/total",
+                  "cores")
     for n in data["nodes"]:
         cap, free = n["capacity"], n["free"]
-        table.add_row(n["name"], f"{free['cpu']:g}/{cap['cpu']:g}",
+        nodes.add_row(n["name"], f"{free['cpu']:g}/{cap['cpu']:g}",
                       f"{free['memory_mb']:g}/{cap['memory_mb']:g}",
                       f"{free['gpu']:g}/{cap['gpu']:g}", ",".join(map(str, n["cores"])))
-    console.print(table)
+    console.print(nodes)
     for n in data["nodes"]:
         for g in n["gpus"]:
             console.print(f"  gpu {g['index']}: {g['name']} {g['memory_mb']} MB "
@@ -48,68 +75,24 @@ def resources(console: Console, data: dict) -> None:
 
 
 def job_table(console: Console, data: dict) -> None:
-    table = Table(title=f"Jobs ({len(data['jobs'])} of {data['total']})")
-    for col in ("id", "name", "program", "state", "priority", "resources", "created", "reason"):
-        table.add_column(col, overflow="fold")
+    jobs = table(f"Jobs ({len(data['jobs'])} of {data['total']})", "id", "name", "program",
+                 "state", "prio", "resources", "created", "reason",
+                 keep=("id", "state", "prio", "created"))
     for j in data["jobs"]:
-        table.add_row(str(j["id"]), j["name"] or "", j["program"], state(j["state"]),
-                      j["priority"], _res(j["resources"]), _time(j["created_at"]),
-                      j["reason"] or "")
-    console.print(table)
-
-
-def job_detail(console: Console, job: dict, metrics: list[dict]) -> None:
-    console.print(f"[bold]job {job['id']}[/] {job['name'] or ''}  {state(job['state'])}")
-    rows = [
-        ("program", job["program"]),
-        ("params", str(job["params"])),
-        ("resources", _res(job["resources"])),
-        ("priority", job["priority"]),
-        ("owner", job["owner"]),
-        ("reason", job["reason"] or ""),
-        ("attempt", f"{job['attempt']} (failures {job['failures']}, retries allowed "
-                    f"{job['max_retries']})"),
-        ("timeout", f"{job['timeout_s']:g}s" if job["timeout_s"] else "none"),
-        ("depends on", ", ".join(map(str, job["depends_on"])) or "nothing"),
-        ("node", job["node"] or "-"),
-        ("exit", f"code {job['exit_code']}" if job["exit_code"] is not None else
-                 (f"signal {job['signal']}" if job["signal"] else "-")),
-        ("created / started / ended",
-         f"{_time(job['created_at'])} / {_time(job['started_at'])} / {_time(job['ended_at'])}"),
-    ]
-    if job.get("progress"):
-        rows.append(("progress", progress_text(job["progress"])))
-    for key, value in rows:
-        console.print(f"  [dim]{key:>26}[/]  {value}")
-    history = Table(title="History")
-    for col in ("at", "from", "to", "attempt", "reason"):
-        history.add_column(col, overflow="fold")
-    for t in job.get("transitions") or []:
-        history.add_row(_time(t["at"]), t["from_state"] or "", state(t["to_state"]),
-                        str(t["attempt"]), t["reason"] or "")
-    console.print(history)
-    if metrics:
-        latest: dict[str, dict] = {}
-        for m in metrics:
-            latest[m["name"]] = m
-        table = Table(title=f"Metrics ({len(metrics)} points; latest shown)")
-        for col in ("name", "value", "step", "at"):
-            table.add_column(col)
-        for name, m in latest.items():
-            table.add_row(name, f"{m['value']:.6g}", str(m["step"] if m["step"] is not None else ""),
-                          _time(m["at"]))
-        console.print(table)
+        jobs.add_row(str(j["id"]), j["name"] or "", j["program"], state(j["state"]),
+                     j["priority"], resources_text(j["resources"]),
+                     _time(j["created_at"])[:16], j["reason"] or "")
+    console.print(jobs)
 
 
 def artifact_table(console: Console, arts: list[dict]) -> None:
-    table = Table(title="Artifacts")
-    for col in ("id", "name", "kind", "size", "sha256", "job", "parents", "created"):
-        table.add_column(col)
+    arts_table = table("Artifacts", "id", "name", "kind", "size", "sha256", "job", "parents",
+                       "created", keep=("id", "size", "sha256", "job", "created"))
     for a in arts:
-        table.add_row(str(a["id"]), a["name"], a["kind"], str(a["size"]), a["sha256"][:12],
-                      str(a["job_id"] or ""), ",".join(map(str, a["parents"])),
-                      _time(a["created_at"]))
-    console.print(table)
+        arts_table.add_row(str(a["id"]), a["name"], a["kind"], str(a["size"]),
+                           a["sha256"][:12], str(a["job_id"] or ""),
+                           ",".join(map(str, a["parents"])), _time(a["created_at"]))
+    console.print(arts_table)
 
 
 def progress_text(p: dict) -> str:
@@ -132,11 +115,18 @@ def size_text(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def watch(console: Console, client, job_id: int, quiet: bool = False) -> dict:
-    """Live progress of a job until it ends; returns the ended job."""
+def watch(console: Console, client, job_id: int, quiet: bool = False,
+          every_s: float = 5.0) -> dict:
+    """Follow a job until it ends; returns the ended job. On a terminal: a live progress
+    bar. Elsewhere (a log file, a pipe): a plain line when the state changes, progress
+    passes another tenth, or ``every_s`` seconds pass, so a long job is never silent."""
+    if quiet:
+        return client.jobs.wait(job_id, poll=0.5)
+    if not console.is_terminal:
+        return _watch_lines(console, client, job_id, every_s)
     columns = (TextColumn("job {task.fields[job]} {task.fields[state]}"), BarColumn(),
                TextColumn("{task.fields[count]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("job", total=None, job=job_id, state="", count="")
         while True:
             job = client.jobs.get(job_id)
@@ -148,6 +138,25 @@ def watch(console: Console, client, job_id: int, quiet: bool = False) -> dict:
             if job["state"] in TERMINAL:
                 return job
             time.sleep(0.5)
+
+
+def _watch_lines(console: Console, client, job_id: int, every_s: float) -> dict:
+    started = time.monotonic()
+    shown: tuple = ()
+    shown_at = started
+    while True:
+        job = client.jobs.get(job_id)
+        p = job.get("progress") or {}
+        tenth = int(10 * p["done"] / p["total"]) if p.get("total") else None
+        now = time.monotonic()
+        if (job["state"], tenth) != shown or now - shown_at >= every_s:
+            text = progress_text(p) if p else ""
+            console.print(f"job {job_id} {job['state']}  {text}  {now - started:.0f} s",
+                          markup=False, highlight=False, soft_wrap=True)
+            shown, shown_at = (job["state"], tenth), now
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(0.5)
 
 
 def time_text(ts: str | None) -> str:
@@ -169,22 +178,6 @@ def dataset_removed(console: Console, stats: dict) -> None:
             console.print(f"  [dim]{step:>22}[/]  {what}: {text}")
 
 
-def dataset_stats(console: Console, v: dict) -> None:
-    stats = v["stats"]
-    table = Table(title=f"{v['dataset']}:{v['version']}")
-    for col in ("split", "documents", "text", "tokens", "labels"):
-        table.add_column(col)
-    for split, s in stats.get("splits", {}).items():
-        labels = ", ".join(f"{k} {n}" for k, n in (s.get("labels") or {}).items())
-        table.add_row(split, str(s["documents"]), size_text(s["text_bytes"]),
-                      str(s.get("tokens", "-")), labels)
-    table.add_row("all", str(stats.get("documents", 0)), size_text(stats.get("text_bytes", 0)),
-                  str(stats.get("tokens", "-")),
-                  ", ".join(f"{k} {n}" for k, n in (stats.get("labels") or {}).items()))
-    console.print(table)
-    dataset_removed(console, stats)
-
-
 def dataset_version(console: Console, v: dict) -> None:
     rows = [("dataset", f"{v['dataset']}:{v['version']}"),
             ("content hash", v["content_hash"]),
@@ -197,16 +190,14 @@ def dataset_version(console: Console, v: dict) -> None:
         console.print(f"  [dim]{key:>14}[/]  {value}", highlight=False)
     steps = [next(iter(s)) for s in v["lineage"].get("recipe", {}).get("steps", [])]
     console.print(f"  [dim]{'steps':>14}[/]  {' → '.join(steps) or '(none)'}")
-    shards = Table(title="Shards")
-    for col in ("split", "name", "rows", "text", "artifact", "sha256"):
-        shards.add_column(col)
+    shards = table("Shards", "split", "name", "rows", "text", "artifact", "sha256",
+                   keep=("split", "rows", "text", "artifact", "sha256"))
     for s in v["shards"]:
         shards.add_row(s["split"], s["name"], str(s["rows"]), size_text(s["text_bytes"]),
                        str(s["artifact_id"]), s["sha256"][:12])
     console.print(shards)
-    inputs = Table(title="Inputs")
-    for col in ("file", "bytes", "encoding", "sha256", "problem"):
-        inputs.add_column(col, overflow="fold")
+    inputs = table("Inputs", "file", "bytes", "encoding", "sha256", "problem",
+                   keep=("bytes", "sha256"))
     for f in v["lineage"].get("inputs", []):
         inputs.add_row(f["path"], str(f["bytes"]), f.get("encoding") or "-",
                        (f.get("sha256") or "")[:12], f.get("error") or "")
@@ -214,13 +205,12 @@ def dataset_version(console: Console, v: dict) -> None:
 
 
 def audit_table(console: Console, records: list[dict]) -> None:
-    table = Table()
-    for col in ("id", "at", "actor", "action", "target", "outcome", "request"):
-        table.add_column(col, overflow="fold")
+    audit = table(None, "id", "at", "actor", "action", "target", "outcome", "request",
+                  keep=("id", "at", "outcome", "request"))
     for r in records:
-        table.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["action"], r["target"],
+        audit.add_row(str(r["id"]), _time(r["at"]), r["actor"], r["action"], r["target"],
                       r["outcome"], r["request_id"][:12])
-    console.print(table)
+    console.print(audit)
 
 
 def model_version(console: Console, v: dict) -> None:
@@ -235,17 +225,13 @@ def model_version(console: Console, v: dict) -> None:
             ("labels", ", ".join(info.get("labels") or []) or "-"),
             ("owner", v["owner"]), ("created", time_text(v["created_at"])), ("job", v["job_id"])]
     for key, value in rows:
-        console.print(f"  {key:<14} {value}")
-    console.print("  lineage")
-    for key, value in v["lineage"].items():
-        console.print(f"    {key:<12} {value}")
-    if v["metrics"]:
-        console.print("  metrics")
-        for key, value in v["metrics"].items():
-            console.print(f"    {key:<12} {value}")
-    table = Table(title="Files")
-    for col in ("file", "size", "sha256", "artifact"):
-        table.add_column(col)
+        console.print(f"  {key:<14} {value}", highlight=False)
+    for what in ("lineage", "metrics"):
+        if v[what]:
+            console.print(f"  {what}")
+            print_yaml(console, v[what], indent=4)
+    files = table("Files", "file", "size", "sha256", "artifact",
+                  keep=("size", "sha256", "artifact"))
     for f in v["files"]:
-        table.add_row(f["path"], size_text(f["size"]), f["sha256"][:16], str(f["artifact_id"]))
-    console.print(table)
+        files.add_row(f["path"], size_text(f["size"]), f["sha256"][:16], str(f["artifact_id"]))
+    console.print(files)

@@ -15,6 +15,9 @@ from llmos.cli.errors import UsageError
 from llmos.sdk.client import Client
 
 out = Console()
+err = Console(stderr=True)
+QUIET = typer.Option(False, "--quiet", "-q", help="Print only the job id (for scripts: "
+                     "JOB=$(llmos ... -q)); progress goes to stderr.")
 
 
 def _json(data) -> None:
@@ -35,6 +38,7 @@ def train(
     team: Optional[str] = typer.Option(None, help="Team of a new output model."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job to its end."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = QUIET,
 ) -> None:
     """Fine-tune a registered model on a dataset version (full or LoRA) as a preemptible job;
     live loss, learning rate and samples/s show in `llmos job show`."""
@@ -45,7 +49,7 @@ def train(
     with Client() as c:
         job = c.train.finetune(recipe.read_text(), model, data, output, tokenizer=tokenizer,
                                cpu=cpu, memory_mb=memory, priority=priority, team=team)
-        _follow(c, job, wait, as_json, lambda: c.models.version(output))
+        _follow(c, job, wait, as_json, lambda: c.models.version(output), quiet)
 
 
 def evaluate(
@@ -58,6 +62,7 @@ def evaluate(
     memory: int = typer.Option(4096, "--memory", help="MB for the job."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job to its end."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quiet: bool = QUIET,
 ) -> None:
     """Evaluate a model version on a dataset split (accuracy, precision, recall, F1, confusion
     matrix; entity F1 for NER; perplexity for causal models); stored on the version."""
@@ -69,14 +74,20 @@ def evaluate(
         fields[key] = value
     with Client() as c:
         job = c.train.evaluate(model, data, split, fields, cpu=cpu, memory_mb=memory)
-        _follow(c, job, wait, as_json, None)
+        _follow(c, job, wait, as_json, None, quiet)
 
 
-def _follow(c: Client, job: dict, wait: bool, as_json: bool, result) -> None:
+def _follow(c: Client, job: dict, wait: bool, as_json: bool, result, quiet: bool) -> None:
     if wait:
-        job = render.watch(out, c, job["id"], quiet=as_json)
+        job = render.watch(err if quiet else out, c, job["id"], quiet=as_json)
     if as_json:
         return _json(job)
+    if quiet:
+        print(job["id"])
+        if wait and job["state"] != "SUCCEEDED":
+            err.print(f"job {job['id']} {render.state(job['state'])}: {job['reason'] or ''}")
+            raise typer.Exit(1)
+        return
     if job["state"] == "SUCCEEDED" and result is not None:
         v = result()
         out.print(f"registered [bold]{v['model']}:{v['version']}[/]")
