@@ -3,10 +3,11 @@
 Team "red" has one user per role (viewer, developer, maintainer, admin) and "outsider"
 belongs to no team; team "blue" has its own jobs, artifacts and datasets. For each route
 the table says what it needs; each principal then calls it on a red resource (its own
-team) and on a blue one (another team). Allowed calls succeed; refusals are 403 or 404
-with a message, never a 500; nothing of blue is ever read or changed from red, and lists
-show only what the caller may see. A route missing from the table fails the test, so
-every new route must say who may call it.
+team) and on a blue one (another team). Allowed calls answer their exact status and show
+what they read or did; refusals are 403 or 404 with a message, never a 500; nothing of
+blue is ever read or changed from red, and lists show only what the caller may see. A
+route missing from the table fails the test, so every new route must say who may call it
+and what it answers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import httpx
 import pytest
 
 import tiny_models
@@ -106,6 +108,40 @@ class Case:
     call: Callable[[World, str, str], tuple[str, dict]]
     other_status: int = 404  # what a red principal gets for blue's resource
     lists: str | None = None  # a list route: the JSON key holding the items
+    ok: int = 200  # the status of an allowed call
+    # What an allowed call must show (every case that some principal may call has one).
+    shows: Callable[[Seen], bool] | None = None
+
+
+@dataclass
+class Seen:
+    """An allowed call and its answer, for its case's ``shows``."""
+
+    world: World
+    principal: str
+    path: str
+    kwargs: dict
+    resp: httpx.Response
+
+    @property
+    def body(self):
+        return self.resp.json()
+
+    @property
+    def user(self) -> str:
+        """The user name of the principal that called."""
+        return self.principal if self.principal == "outsider" else f"red-{self.principal}"
+
+    @property
+    def last(self) -> str:
+        """The last segment of the path called."""
+        return self.path.rsplit("/", 1)[1]
+
+    def red(self, key: str):
+        return self.world.res["red"][key]
+
+    def listed(self, key: str, field: str = "id") -> set:
+        return {item[field] for item in self.body[key]}
 
 
 def _r(w: World, team: str, key: str):
@@ -116,144 +152,219 @@ def _new(w: World, prefix: str) -> str:
     return f"{prefix}-{next(w.counter)}"
 
 
+def _outsider_or(s: Seen, visible: bool) -> bool:
+    """Lists: the outsider sees nothing of red (checked apart); a member sees red's."""
+    return s.principal == "outsider" or visible
+
+
 CASES = [
-    Case("GET", "/v1/resources", "any", lambda w, t, p: ("/v1/resources", {})),
-    Case("GET", "/v1/auth/whoami", "any", lambda w, t, p: ("/v1/auth/whoami", {})),
+    Case("GET", "/v1/resources", "any", lambda w, t, p: ("/v1/resources", {}),
+         shows=lambda s: len(s.body["nodes"]) == 1 and "pending" in s.body["scheduler"]),
+    Case("GET", "/v1/auth/whoami", "any", lambda w, t, p: ("/v1/auth/whoami", {}),
+         shows=lambda s: (s.body["name"], s.body["roles"]) == (
+             s.user, {} if s.principal == "outsider" else {"red": s.principal})),
     # -- users, teams, tokens
     Case("POST", "/v1/users", "sysadmin",
          lambda w, t, p: ("/v1/users", {"json": {"name": _new(w, "u"), "team": t}}), 403),
     Case("GET", "/v1/users", "sysadmin", lambda w, t, p: ("/v1/users", {}), 403),
     Case("GET", "/v1/users/{name}", "self", lambda w, t, p: (
         f"/v1/users/{'red-' + p if p != 'outsider' else p}" if t == "red"
-        else "/v1/users/blue-developer", {}), 403),
+        else "/v1/users/blue-developer", {}), 403,
+        shows=lambda s: (s.body["name"], s.body["is_admin"]) == (s.user, False)),
     Case("POST", "/v1/users/{name}/disable", "sysadmin",
          lambda w, t, p: (f"/v1/users/{t}-developer/disable", {}), 403),
     Case("POST", "/v1/users/{name}/enable", "sysadmin",
          lambda w, t, p: (f"/v1/users/{t}-developer/enable", {}), 403),
     Case("POST", "/v1/teams", "sysadmin",
          lambda w, t, p: ("/v1/teams", {"json": {"name": _new(w, "team")}}), 403),
-    Case("GET", "/v1/teams", "any", lambda w, t, p: ("/v1/teams", {}), lists="teams"),
-    Case("GET", "/v1/teams/{name}", "viewer", lambda w, t, p: (f"/v1/teams/{t}", {})),
+    Case("GET", "/v1/teams", "any", lambda w, t, p: ("/v1/teams", {}), lists="teams",
+         shows=lambda s: _outsider_or(s, s.listed("teams", "name") == {"red"})),
+    Case("GET", "/v1/teams/{name}", "viewer", lambda w, t, p: (f"/v1/teams/{t}", {}),
+         shows=lambda s: s.body["name"] == "red" and s.body["members"]["red-admin"] == "admin"),
     Case("PUT", "/v1/teams/{name}/members/{user}", "admin",
-         lambda w, t, p: (f"/v1/teams/{t}/members/newcomer", {"json": {"role": "viewer"}})),
+         lambda w, t, p: (f"/v1/teams/{t}/members/newcomer", {"json": {"role": "viewer"}}),
+         shows=lambda s: s.body["members"]["newcomer"] == "viewer"),
     Case("DELETE", "/v1/teams/{name}/members/{user}", "admin",
-         lambda w, t, p: (_newcomer_in(w, t), {})),
+         lambda w, t, p: (_newcomer_in(w, t), {}),
+         shows=lambda s: s.body["name"] == "red" and "newcomer" not in s.body["members"]),
     Case("PUT", "/v1/teams/{name}/quota", "sysadmin",
          lambda w, t, p: (f"/v1/teams/{t}/quota", {"json": {"cpu": 2}}), 403),
     Case("POST", "/v1/tokens", "self", lambda w, t, p: (
         "/v1/tokens", {"json": {"name": "x"} if t == "red" else
-                       {"name": "x", "user": "blue-developer"}}), 403),
+                       {"name": "x", "user": "blue-developer"}}), 403, ok=201,
+        shows=lambda s: (s.body["user"], s.body["name"]) == (s.user, "x")
+        and s.body["token"].startswith("llmos_")),
     Case("GET", "/v1/tokens", "self", lambda w, t, p: (
         "/v1/tokens", {} if t == "red" else {"params": {"user": "blue-developer"}}), 403,
-        lists="tokens"),
+        lists="tokens", shows=lambda s: "first token" in s.listed("tokens", "name")),
     Case("DELETE", "/v1/tokens/{token_id}", "self", lambda w, t, p: (
-        f"/v1/tokens/{_own_token(w, p) if t == 'red' else _r(w, 'blue', 'token')}", {})),
+        f"/v1/tokens/{_own_token(w, p) if t == 'red' else _r(w, 'blue', 'token')}", {}),
+        shows=lambda s: (s.body["id"], s.body["user"]) == (int(s.last), s.user)
+        and s.body["revoked_at"] is not None),
     # -- jobs
     Case("POST", "/v1/jobs", "developer",
-         lambda w, t, p: ("/v1/jobs", {"json": {"program": "noop", "team": t}}), 403),
+         lambda w, t, p: ("/v1/jobs", {"json": {"program": "noop", "team": t}}), 403, ok=201,
+         shows=lambda s: (s.body["program"], s.body["team"], s.body["owner"]) == (
+             "noop", "red", s.user)),
     Case("POST", "/v1/jobs/batch", "developer", lambda w, t, p: (
-        "/v1/jobs/batch", {"json": {"jobs": [{"program": "noop", "team": t}]}}), 403),
+        "/v1/jobs/batch", {"json": {"jobs": [{"program": "noop", "team": t}]}}), 403, ok=201,
+        shows=lambda s: [(j["program"], j["team"], j["owner"]) for j in s.body["jobs"]] == [
+            ("noop", "red", s.user)]),
     Case("GET", "/v1/jobs", "any", lambda w, t, p: ("/v1/jobs", {"params": {"limit": 1000}}),
-         lists="jobs"),
+         lists="jobs", shows=lambda s: _outsider_or(s, s.red("job") in s.listed("jobs"))),
     Case("GET", "/v1/jobs/{job_id}", "viewer",
-         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}", {})),
+         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}", {}),
+         shows=lambda s: (s.body["id"], s.body["state"]) == (s.red("job"), "SUCCEEDED")),
     Case("POST", "/v1/jobs/{job_id}/cancel", "developer",
-         lambda w, t, p: (f"/v1/jobs/{w.fresh(t)}/cancel", {})),
+         lambda w, t, p: (f"/v1/jobs/{w.fresh(t)}/cancel", {}),
+         shows=lambda s: (s.body["id"], s.body["state"]) == (
+             int(s.path.split("/")[3]), "CANCELLED")),
     Case("GET", "/v1/jobs/{job_id}/metrics", "viewer",
-         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}/metrics", {})),
+         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}/metrics", {}),
+         shows=lambda s: s.body == {"metrics": []}),
     Case("GET", "/v1/jobs/{job_id}/logs", "viewer",
-         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}/logs", {})),
+         lambda w, t, p: (f"/v1/jobs/{_r(w, t, 'job')}/logs", {}),
+         shows=lambda s: f"attempt 1 of job {s.red('job')}" in s.resp.text),
     # -- artifacts and keys
     Case("POST", "/v1/artifacts", "developer", lambda w, t, p: (
-        "/v1/artifacts", {"params": {"name": "up.txt", "team": t}, "content": b"x"}), 403),
+        "/v1/artifacts", {"params": {"name": "up.txt", "team": t}, "content": b"x"}), 403,
+        ok=201, shows=lambda s: (s.body["name"], s.body["team"], s.body["owner"],
+                                 s.body["size"]) == ("up.txt", "red", s.user, 1)),
     Case("GET", "/v1/artifacts", "any",
-         lambda w, t, p: ("/v1/artifacts", {"params": {"limit": 1000}}), lists="artifacts"),
+         lambda w, t, p: ("/v1/artifacts", {"params": {"limit": 1000}}), lists="artifacts",
+         shows=lambda s: _outsider_or(s, s.red("artifact") in s.listed("artifacts"))),
     Case("GET", "/v1/artifacts/{artifact_id}", "viewer",
-         lambda w, t, p: (f"/v1/artifacts/{_r(w, t, 'artifact')}", {})),
+         lambda w, t, p: (f"/v1/artifacts/{_r(w, t, 'artifact')}", {}),
+         shows=lambda s: (s.body["id"], s.body["name"]) == (s.red("artifact"), "red.txt")),
     Case("GET", "/v1/artifacts/{artifact_id}/content", "viewer",
-         lambda w, t, p: (f"/v1/artifacts/{_r(w, t, 'artifact')}/content", {})),
+         lambda w, t, p: (f"/v1/artifacts/{_r(w, t, 'artifact')}/content", {}),
+         shows=lambda s: s.resp.content == b"bytes of red"),
     Case("POST", "/v1/keys/rotate", "sysadmin", lambda w, t, p: ("/v1/keys/rotate", {}), 403),
     # -- datasets
     Case("POST", "/v1/datasets/ingest", "developer", lambda w, t, p: (
         "/v1/datasets/ingest", {"json": {"dataset": _new(w, f"{t}-ingest"), "team": t,
                                          "sources": [_r(w, "inbox", "path")],
-                                         "resources": {"cpu": 0.1, "memory_mb": 512}}}), 403),
-    Case("GET", "/v1/datasets", "any", lambda w, t, p: ("/v1/datasets", {}), lists="datasets"),
+                                         "resources": {"cpu": 0.1, "memory_mb": 512}}}), 403,
+        ok=201, shows=lambda s: (s.body["team"], s.body["owner"]) == ("red", s.user)
+        and s.body["params"]["dataset"] == s.kwargs["json"]["dataset"]),
+    Case("GET", "/v1/datasets", "any", lambda w, t, p: ("/v1/datasets", {}), lists="datasets",
+         shows=lambda s: _outsider_or(s, "red-data" in s.listed("datasets", "name"))),
     Case("GET", "/v1/datasets/{name}", "viewer",
-         lambda w, t, p: (f"/v1/datasets/{t}-data", {})),
+         lambda w, t, p: (f"/v1/datasets/{t}-data", {}),
+         shows=lambda s: (s.body["name"], s.body["team"]) == ("red-data", "red")
+         and [v["version"] for v in s.body["versions"]][:2] == [1, 2]),
     Case("POST", "/v1/datasets/{name}/versions", "developer", lambda w, t, p: (
         f"/v1/datasets/{t}-data/versions", {"json": {
             "content_hash": "1" * 64, "schema": {}, "stats": {}, "lineage": {}, "shards": []}}),
-        403),
+        403, ok=201, shows=lambda s: (s.body["dataset"], s.body["content_hash"]) == (
+            "red-data", "1" * 64) and s.body["version"] > 2),
     Case("GET", "/v1/datasets/{name}/versions/{version}", "viewer",
-         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1", {})),
+         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1", {}),
+         shows=lambda s: (s.body["dataset"], s.body["version"]) == ("red-data", 1)),
     Case("GET", "/v1/datasets/{name}/versions/{version}/head", "viewer",
-         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/latest/head", {})),
+         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/latest/head", {}),
+         shows=lambda s: s.body == {"rows": []}),
     Case("GET", "/v1/datasets/{name}/versions/{version}/report", "viewer",
-         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1/report", {})),
+         lambda w, t, p: (f"/v1/datasets/{t}-data/versions/1/report", {}),
+         shows=lambda s: s.body == {}),
     Case("GET", "/v1/datasets/{name}/diff", "viewer", lambda w, t, p: (
-        f"/v1/datasets/{t}-data/diff", {"params": {"from": 1, "to": 2}})),
+        f"/v1/datasets/{t}-data/diff", {"params": {"from": 1, "to": 2}}),
+        shows=lambda s: (s.body["from"]["version"], s.body["to"]["version"]) == (1, 2)),
     # -- the model registry
     Case("POST", "/v1/registry/models/import", "developer", lambda w, t, p: (
         "/v1/registry/models/import", {"json": {
             "name": _new(w, f"{t}-imported"), "team": t, "source": _r(w, "inbox", "path") +
-            "/tiny-bert", "resources": {"cpu": 0.2, "memory_mb": 2048}}}), 403),
+            "/tiny-bert", "resources": {"cpu": 0.2, "memory_mb": 2048}}}), 403, ok=201,
+        shows=lambda s: (s.body["team"], s.body["owner"]) == ("red", s.user)),
     Case("GET", "/v1/registry/models", "any", lambda w, t, p: ("/v1/registry/models", {}),
-         lists="models"),
+         lists="models",
+         shows=lambda s: _outsider_or(s, "red-model" in s.listed("models", "name"))),
     Case("GET", "/v1/registry/models/{name}", "viewer",
-         lambda w, t, p: (f"/v1/registry/models/{t}-model", {})),
+         lambda w, t, p: (f"/v1/registry/models/{t}-model", {}),
+         shows=lambda s: (s.body["name"], s.body["team"]) == ("red-model", "red")
+         and s.body["versions"][0]["version"] == 1),
     Case("DELETE", "/v1/registry/models/{name}", "maintainer",
-         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'model')}", {})),
+         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'model')}", {}),
+         shows=lambda s: (s.body["name"], s.body["team"]) == (s.last, "red")),
     Case("POST", "/v1/registry/models/{name}/versions", "developer", lambda w, t, p: (
-        f"/v1/registry/models/{t}-model/versions", {"json": _version_body(w)}), 403),
+        f"/v1/registry/models/{t}-model/versions", {"json": _version_body(w)}), 403, ok=201,
+        shows=lambda s: (s.body["model"], s.body["owner"]) == ("red-model", s.user)
+        and s.body["version"] > 2),
     Case("GET", "/v1/registry/models/{name}/versions/{ref}", "viewer",
-         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/latest", {})),
+         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/latest", {}),
+         shows=lambda s: (s.body["model"], s.body["task"]) == ("red-model", "encoder")),
     Case("DELETE", "/v1/registry/models/{name}/versions/{ref}", "maintainer",
-         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'version')}", {})),
+         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'version')}", {}),
+         shows=lambda s: (s.body["model"], s.body["version"]) == ("red-model", int(s.last))),
     Case("GET", "/v1/registry/models/{name}/versions/{ref}/card", "viewer",
-         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/1/card", {})),
+         lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/1/card", {}),
+         shows=lambda s: "# red-model (version 1)" in s.resp.text),
     Case("POST", "/v1/registry/models/{name}/versions/{ref}/metrics", "developer",
          lambda w, t, p: (f"/v1/registry/models/{t}-model/versions/1/metrics",
-                          {"json": {"key": "eval", "metrics": {"accuracy": 0.5}}})),
+                          {"json": {"key": "eval", "metrics": {"accuracy": 0.5}}}),
+         shows=lambda s: (s.body["model"], s.body["version"]) == ("red-model", 1)
+         and s.body["metrics"]["eval"] == {"accuracy": 0.5}),
     Case("PUT", "/v1/registry/models/{name}/aliases/{alias}", "maintainer",
          lambda w, t, p: (f"/v1/registry/models/{t}-model/aliases/staging",
-                          {"json": {"version": 1}})),
+                          {"json": {"version": 1}}),
+         shows=lambda s: s.body["name"] == "red-model" and s.body["aliases"]["staging"] == 1),
     Case("DELETE", "/v1/registry/models/{name}/aliases/{alias}", "maintainer",
-         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'alias')}", {})),
+         lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'alias')}", {}),
+         shows=lambda s: s.body["name"] == "red-model" and "prod" not in s.body["aliases"]),
     # -- training and evaluation jobs
     Case("POST", "/v1/train", "developer", lambda w, t, p: ("/v1/train", {"json": {
         "recipe": {"task": "sequence_classification", "text_field": "text",
                    "label_field": "label", "max_steps": 1},
         "model": f"{t}-model", "dataset": f"{t}-labeled", "output": _new(w, f"{t}-trained"),
-        "resources": {"cpu": 0.1, "memory_mb": 1024}}})),
+        "resources": {"cpu": 0.1, "memory_mb": 1024}}}), ok=201,
+        shows=lambda s: (s.body["team"], s.body["owner"]) == ("red", s.user)),
     Case("POST", "/v1/evaluate", "developer", lambda w, t, p: ("/v1/evaluate", {"json": {
         "model": f"{t}-cls", "dataset": f"{t}-labeled",
-        "resources": {"cpu": 0.1, "memory_mb": 1024}}})),
+        "resources": {"cpu": 0.1, "memory_mb": 1024}}}), ok=201,
+        shows=lambda s: (s.body["team"], s.body["owner"]) == ("red", s.user)),
     # -- serving
     Case("POST", "/v1/deployments", "developer", lambda w, t, p: ("/v1/deployments", {
-        "json": {"model": f"{t}-bert", "name": _new(w, f"{t}-dep"), "pool": f"{t}-pool"}})),
+        "json": {"model": f"{t}-bert", "name": _new(w, f"{t}-dep"), "pool": f"{t}-pool"}}),
+        ok=201, shows=lambda s: (s.body["name"], s.body["team"], s.body["model"]) == (
+            s.kwargs["json"]["name"], "red", "red-bert")),
     Case("GET", "/v1/deployments", "any", lambda w, t, p: ("/v1/deployments", {}),
-         lists="deployments"),
+         lists="deployments",
+         shows=lambda s: _outsider_or(s, "red-chat" in s.listed("deployments", "name"))),
     Case("GET", "/v1/deployments/{name}", "viewer",
-         lambda w, t, p: (f"/v1/deployments/{t}-chat", {})),
+         lambda w, t, p: (f"/v1/deployments/{t}-chat", {}),
+         shows=lambda s: (s.body["name"], s.body["team"], s.body["model"]) == (
+             "red-chat", "red", "red-llama")),
     Case("POST", "/v1/deployments/{name}/scale", "maintainer",
-         lambda w, t, p: (f"/v1/deployments/{t}-embed/scale", {"json": {"replicas": 1}})),
+         lambda w, t, p: (f"/v1/deployments/{t}-embed/scale", {"json": {"replicas": 1}}),
+         shows=lambda s: (s.body["name"], s.body["replicas"]) == ("red-embed", 1)),
     Case("DELETE", "/v1/deployments/{name}", "maintainer",
-         lambda w, t, p: (f"/v1/deployments/{_doomed_deployment(w, t)}", {})),
+         lambda w, t, p: (f"/v1/deployments/{_doomed_deployment(w, t)}", {}),
+         shows=lambda s: (s.body["name"], s.body["team"]) == (s.last, "red")),
     Case("PUT", "/v1/serving/workers/{job_id}", "sysadmin", lambda w, t, p: (
         f"/v1/serving/workers/{_r(w, t, 'job')}", {"json": {
             "pool": f"{t}-pool", "url": "http://127.0.0.1:9", "secret": "s" * 20}}), 403),
     Case("POST", "/v1/chat/completions", "viewer", lambda w, t, p: ("/v1/chat/completions", {
         "json": {"model": f"{t}-chat", "max_tokens": 2,
-                 "messages": [{"role": "user", "content": "hi"}]}})),
+                 "messages": [{"role": "user", "content": "hi"}]}}),
+        shows=lambda s: (s.body["object"], s.body["model"]) == ("chat.completion", "red-chat")
+        and s.body["choices"][0]["message"]["role"] == "assistant"),
     Case("POST", "/v1/completions", "viewer", lambda w, t, p: ("/v1/completions", {
-        "json": {"model": f"{t}-chat", "prompt": "hi", "max_tokens": 2}})),
+        "json": {"model": f"{t}-chat", "prompt": "hi", "max_tokens": 2}}),
+        shows=lambda s: (s.body["object"], s.body["model"]) == ("text_completion", "red-chat")
+        and len(s.body["choices"]) == 1),
     Case("POST", "/v1/embeddings", "viewer", lambda w, t, p: ("/v1/embeddings", {
-        "json": {"model": f"{t}-embed", "input": "hi"}})),
+        "json": {"model": f"{t}-embed", "input": "hi"}}),
+        shows=lambda s: s.body["model"] == "red-embed"
+        and [len(d["embedding"]) for d in s.body["data"]] == [16]),
     Case("POST", "/v1/classify", "viewer", lambda w, t, p: ("/v1/classify", {
-        "json": {"model": f"{t}-classify", "input": "hi"}})),
-    Case("GET", "/v1/models", "any", lambda w, t, p: ("/v1/models", {}), lists="data"),
-    Case("GET", "/metrics", "any", lambda w, t, p: ("/metrics", {})),
+        "json": {"model": f"{t}-classify", "input": "hi"}}),
+        shows=lambda s: s.body["model"] == "red-classify"
+        and [set(d["scores"]) for d in s.body["data"]] == [{"no", "yes"}]),
+    Case("GET", "/v1/models", "any", lambda w, t, p: ("/v1/models", {}), lists="data",
+         shows=lambda s: _outsider_or(s, {"red-chat", "red-embed", "red-classify"} <= s.listed(
+             "data"))),
+    Case("GET", "/metrics", "any", lambda w, t, p: ("/metrics", {}),
+         shows=lambda s: "# HELP llmos_serving_requests" in s.resp.text),
     # -- audit
     Case("GET", "/v1/audit", "sysadmin", lambda w, t, p: ("/v1/audit", {}), 403),
     Case("GET", "/v1/audit/verify", "sysadmin", lambda w, t, p: ("/v1/audit/verify", {}), 403),
@@ -389,6 +500,8 @@ def test_the_table_covers_every_route(world):
     table = {(c.method, c.route) for c in CASES}
     assert routes - table == set(), "routes with no access rule in this test"
     assert table - routes == set(), "rules for routes that no longer exist"
+    assert [c.route for c in CASES if c.need != "sysadmin" and c.shows is None] == [], \
+        "routes some principal may call with nothing said of what they answer"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.method} {c.route}")
@@ -400,7 +513,9 @@ def test_every_route_for_every_role_in_own_and_other_team(world, case):
         who = f"{principal} on {team}: {case.method} {path}"
         assert resp.status_code < 500, f"{who} -> {resp.status_code} {resp.text}"
         if _allowed(case.need, principal, team):
-            assert resp.status_code < 300, f"{who} -> {resp.status_code} {resp.text}"
+            assert resp.status_code == case.ok, f"{who} -> {resp.status_code} {resp.text}"
+            assert case.shows(Seen(world, principal, path, kwargs, resp)), \
+                f"{who} -> {resp.text[:2000]}"
             if case.lists:
                 _only_visible(world, case.lists, resp.json(), principal)
         else:

@@ -6,21 +6,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import stat
 import subprocess
 import sys
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from live import LiveDaemon, program, wait_for
 from llmos.sdk import APIError
+from llmos.store import open_database
+from llmos.store.models import Base
 
 
 def llmos(env: dict, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmos.cli.main", *args], env=env,
                           input=input, capture_output=True, text=True, timeout=120)
+
+
+def stored_tokens_and_dump(daemon) -> tuple[list[tuple], str]:
+    """The (prefix, hash) of every stored token, and every row of every table as text, read
+    from the daemon's store (SQLite in its home, or its LLMOS_DATABASE_URL)."""
+    url = daemon.env.get("LLMOS_DATABASE_URL") or f"sqlite:///{daemon.home / 'llmos.db'}"
+    db = open_database(url, migrate=False)
+    try:
+        with db.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(text("SELECT prefix, hash FROM api_tokens"))]
+            dump = "\n".join(str(tuple(r)) for table in Base.metadata.sorted_tables
+                             for r in conn.execute(table.select()))
+    finally:
+        db.close()
+    return rows, dump
 
 
 def test_the_first_start_makes_an_administrator_whose_token_is_stored_only_hashed(daemon):
@@ -30,15 +47,13 @@ def test_the_first_start_makes_an_administrator_whose_token_is_stored_only_hashe
     creds = daemon.home / "credentials.json"
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
     assert token not in daemon.log()  # the daemon's output is a log file here, not a terminal
-    db = sqlite3.connect(daemon.home / "llmos.db")
-    rows = db.execute("SELECT prefix, hash FROM api_tokens").fetchall()
-    dump = "\n".join(db.iterdump())
-    db.close()
+    rows, dump = stored_tokens_and_dump(daemon)
     assert rows == [(token[:12], hashlib.sha256(token.encode()).hexdigest())]
     assert token not in dump and len(token) >= 6 + 43  # 256 random bits, url-safe base64
     # A second start of the same store makes no new administrator.
     daemon.stop()
-    again = LiveDaemon(daemon.home).start()
+    again = LiveDaemon(daemon.home, env={k: v for k, v in daemon.env.items()
+                                         if k == "LLMOS_DATABASE_URL"}).start()
     try:
         assert len(again.client.users.list()) == 1
         assert again.log().count("First start") == 1

@@ -101,7 +101,15 @@ def test_metrics_and_progress_reach_the_event_file(tmp_path, tiny_bert):
     assert progress[-1]["info"]["epoch"] == 2.0  # 12 rows in batches of 4: 3 steps an epoch
     assert [e["step"] for e in events(tmp_path) if e["type"] == "checkpoint"] == [1]
     assert res.steps == res.total_steps == 6 and not res.yielded
-    assert res.final_loss == pytest.approx(metric_values(tmp_path, "loss")[-1][1], rel=1)
+    # The same run reporting every step: each report above is the mean of the steps since
+    # the one before, and the final loss is the last step's own.
+    twin = run_training(job(tmp_path / "twin"), {**recipe, "log_every": 1}, tiny_bert,
+                        topic_rows(4), topic_rows(1), tmp_path / "twin" / "out")
+    each = dict(metric_values(tmp_path / "twin", "loss"))
+    assert sorted(each) == [1, 2, 3, 4, 5, 6]
+    assert metric_values(tmp_path, "loss") == [
+        (s, pytest.approx((each[s - 1] + each[s]) / 2, rel=1e-6)) for s in (2, 4, 6)]
+    assert res.final_loss == pytest.approx(each[6], rel=1e-6) == twin.final_loss
 
 
 def poisoned_bert(src: Path, dest: Path, word: str) -> Path:

@@ -42,7 +42,9 @@ class UTCDateTime(TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value
+        # PostgreSQL answers in the session's time zone: read back in UTC, as written (the
+        # audit chain hashes the time's text).
+        return value.astimezone(timezone.utc) if value is not None else value
 
 
 class Base(DeclarativeBase):
