@@ -12,7 +12,7 @@ models as preemptible llmos jobs, reaching llmos only through the job context.
 Importing this package imports neither torch nor transformers; they load on first use.
 """
 
-from llmos.train.api import TrainResult, run_evaluation, run_training
+from llmos.train.run import TrainResult, run_evaluation, run_training
 from llmos.train.errors import (
            DataError,
            ModelError,

@@ -17,7 +17,7 @@ from llmos.data.fetch import fetch_dataset
 from llmos.models.fetch import fetch_model
 from llmos.models.loaders import inspect_model
 from llmos.models.program import register
-from llmos.train.api import run_evaluation, run_training
+from llmos.train.run import run_evaluation, run_training
 from llmos.train.recipe import parse_train_recipe
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
