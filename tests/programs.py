@@ -112,3 +112,22 @@ def stubborn(ctx, pids_file: str) -> None:
         f.write(f"{os.getpid()}\n{child.pid}\n")
     while True:
         time.sleep(0.1)
+
+
+def forge_files(ctx, result: str, fake_log: bool = False) -> None:
+    """A hostile job: print a line that would end a followed log's event stream and forge
+    an `end` event, leave ``result`` ("list", "fifo", "link") as its own result.json,
+    and die before the runner can write the real one."""
+    folder = os.getcwd()
+    if fake_log:
+        print('gone\revent: end\rdata: {"state": "SUCCEEDED", "reason": "forged"}\r\r',
+              flush=True)
+    path = os.path.join(folder, "result.json")
+    if result == "list":
+        with open(path, "w") as f:
+            f.write("[]")
+    elif result == "fifo":
+        os.mkfifo(path)
+    elif result == "link":
+        os.symlink("/etc/hostname", path)
+    os._exit(3)

@@ -101,3 +101,18 @@ def test_a_registered_step_is_checked_by_recipes_and_runs_in_an_ingest(shout, tm
     result = run_ingest([str(tmp_path / "a.txt")], recipe, tmp_path / "w")
     assert result.stats["changed"] == {"shout": {"changed": 1}}
     assert result.stats["documents"] == 1
+
+
+def test_another_package_cannot_shadow_a_builtin(tmp_path, monkeypatch):
+    """A package installed beside llmos that declares an executor named `local` is left
+    out (the built-in stays, whatever the order packages are found in); its other names
+    are added."""
+    info = tmp_path / "shadow-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[llmos.executors]\nlocal = shadow:Stealer\nremote = shadow:Remote\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh = extensions.Registry("llmos.executors", "executor")
+    assert fresh.target("local") == "llmos.kernel.executors.local:LocalExecutor"
+    assert fresh.target("remote") == "shadow:Remote"

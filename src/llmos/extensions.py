@@ -25,9 +25,12 @@ This module sits at the bottom of the import graph: it imports the standard libr
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib.metadata import entry_points
 from threading import Lock
 from typing import Any
+
+log = logging.getLogger("llmos.extensions")
 
 
 class UnknownExtension(LookupError):
@@ -57,8 +60,20 @@ class Registry:
         self._lock = Lock()
 
     def _entry_points(self) -> dict[str, str]:
+        """Entry points by name. llmos's own come first and cannot be shadowed: another
+        package's entry point with a built-in's name is left out (whichever of two
+        packages was found first would otherwise win), and so is a second one of a name."""
         if self._points is None:
-            self._points = {ep.name: ep.value for ep in entry_points(group=self.group)}
+            found = sorted(entry_points(group=self.group),
+                           key=lambda ep: ep.dist is None or ep.dist.name != "llmos")
+            points: dict[str, str] = {}
+            for ep in found:
+                if ep.name in points:
+                    log.warning("%s %r of %s ignored: the name is taken", self.noun, ep.name,
+                                ep.dist.name if ep.dist else "an unknown package")
+                    continue
+                points[ep.name] = ep.value
+            self._points = points
         return self._points
 
     def names(self) -> list[str]:

@@ -240,6 +240,8 @@ def test_show_has_a_sparkline_and_one_metric_series_and_logs_read_well(daemon, t
     assert [p["step"] for p in points] == [1, 2, 3]
     missing = llmos("job", "show", job_id, "--metric", "nope", at=daemon)
     assert missing.returncode == 2 and "its metrics: loss" in missing.stderr
+    empty = llmos("job", "show", job_id, "--metric", "", at=daemon)
+    assert empty.returncode == 2 and "--metric needs a metric's name" in empty.stderr
     for follow in ([], ["-f"]):
         logs = llmos("job", "logs", job_id, *follow, at=daemon)
         text = logs.stdout + logs.stderr
@@ -254,3 +256,11 @@ def test_params_and_progress_show_as_yaml_and_lines_off_a_terminal(daemon):
     assert f"job {job_id} RUNNING" in result.stdout  # progress lines, not silence
     shown = llmos("job", "show", job_id, at=daemon).stdout
     assert "    seconds: 3" in shown and "{'seconds'" not in shown
+
+
+def test_what_a_job_or_its_submitter_wrote_is_shown_as_text_not_markup(daemon):
+    job = daemon.client.jobs.submit("noop", name="[/red] not [bold]markup")
+    daemon.wait_job(job["id"])
+    shown = llmos("job", "show", str(job["id"]), at=daemon)
+    assert shown.returncode == 0, shown.stderr
+    assert "[/red] not [bold]markup" in shown.stdout

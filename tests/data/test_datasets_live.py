@@ -183,6 +183,11 @@ def test_a_failing_ingest_registers_nothing(shared_daemon, messy):
     ({"dataset": "x", "sources": ["{corpus}"],
       "recipe": {"steps": [{"tokenize": {"tokenizer": "./tokenizer"}}]}}, 422,
      "the tokenizer path ./tokenizer must be absolute"),
+    ({"dataset": "x", "sources": ["{corpus}"],
+      "recipe": {"steps": [{"tokenize": {"tokenizer": "~nosuchuser/tok"}}]}}, 422,
+     "the tokenizer path ~nosuchuser/tok must be absolute"),
+    ({"dataset": "x", "sources": ["~nosuchuser/corpus"]}, 422,
+     "a source starts with '~' of a user this host does not have"),
 ])
 def test_bad_ingest_requests_are_refused_before_any_job(shared_daemon, messy, body, status,
                                                         message):

@@ -305,3 +305,25 @@ def test_jobs_that_are_not_checkpointable_are_never_preempted(daemon, tmp_path):
     gate.write_text("open")
     assert daemon.wait_job(high["id"])["state"] == "SUCCEEDED"
     assert daemon.wait_job(low["id"])["transitions"][-1]["to_state"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("result", ["list", "fifo", "link"])
+def test_a_job_forging_its_result_file_fails_alone_and_the_daemon_watches_on(daemon, result):
+    """A job's folder is its own: a result.json that is no object, a FIFO or a link must
+    neither crash nor hang the daemon's supervision of every other job."""
+    forged = daemon.client.jobs.submit(program("forge_files"), {"result": result})
+    ended = daemon.wait_job(forged["id"])
+    assert ended["state"] == "FAILED" and ended["reason"] == "exited with code 3"
+    after = daemon.client.jobs.submit("echo", {"message": "still watched"})
+    assert daemon.wait_job(after["id"])["state"] == "SUCCEEDED"
+
+
+def test_a_job_cannot_forge_the_end_of_its_followed_log(daemon):
+    """A carriage return in a log line is a line break to SSE clients: it must start a
+    new data line, never an `event: end` the job wrote."""
+    job = daemon.client.jobs.submit(program("forge_files"), {"result": "none",
+                                                            "fake_log": True})
+    events = list(daemon.client.jobs.follow(job["id"]))
+    ends = [json.loads(data) for event, data in events if event == "end"]
+    assert ends == [{"state": "FAILED", "reason": "exited with code 3"}]
+    assert any(event == "stdout" and "event: end" in data for event, data in events)

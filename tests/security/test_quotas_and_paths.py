@@ -74,3 +74,23 @@ def test_inside_the_allowed_folders_ingest_works_and_administrators_read_anywher
     assert live.wait_job(job["id"], timeout=120)["state"] == "SUCCEEDED"
     admin_job = live.client.datasets.ingest("admins", [str(outside)], memory_mb=1024)
     assert live.wait_job(admin_job["id"], timeout=120)["state"] == "SUCCEEDED"
+
+
+def test_a_recipes_tokenizer_is_held_to_the_allowed_folders_too(rooted):
+    """The job reads the tokenizer the recipe names, so it is checked like a source: a
+    folder outside, or a tokenizer.json inside that links outside, is refused."""
+    live, root, outside = rooted
+    (outside / "tokenizer.json").write_text("{}")
+    (root / "tok").mkdir(exist_ok=True)
+    if not (root / "tok" / "tokenizer.json").is_symlink():
+        os.symlink(outside / "tokenizer.json", root / "tok" / "tokenizer.json")
+    dev = live.user("tokenizer-thief")
+    before = dev.jobs.list()["total"]  # the team's jobs, earlier tests' among them
+    for tokenizer in (outside, root / "tok"):
+        with pytest.raises(APIError) as e:
+            dev.datasets.ingest("leak", [str(root / "ok.txt")],
+                                {"steps": [{"tokenize": {"tokenizer": str(tokenizer)}}]})
+        assert e.value.status == 403, e.value.message
+        assert (f"{tokenizer} is outside the folders non-administrators may read"
+                in e.value.message)
+    assert dev.jobs.list()["total"] == before

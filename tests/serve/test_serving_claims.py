@@ -228,3 +228,19 @@ def test_an_inference_only_token_calls_and_lists_models_but_reads_nothing_else(s
         resp = http.get("/v1/deployments/infer-only")
         assert resp.status_code == 403
         assert "lacks the 'read' scope" in resp.json()["error"]["message"]
+
+
+def test_a_worker_job_of_another_team_never_joins_a_pool(served):
+    """A developer of another team who submits `serve.worker` naming a pool (its name is
+    the deployment's) must never receive that pool's requests: its heartbeat is refused
+    and the controller does not count it."""
+    deploy(served, "tl", "coveted")
+    ready(served, "coveted")
+    mallory = served.user("mallory", team="intruders")
+    fake = mallory.jobs.submit("serve.worker", {"pool": "coveted", "budget_mb": 256},
+                               cpu=0.25, memory_mb=1024)
+    ended = served.wait_job(fake["id"], timeout=180)
+    assert ended["state"] == "FAILED"
+    assert "is not a worker of pool coveted" in ended["reason"]
+    d = served.client.deployments.get("coveted")
+    assert fake["id"] not in {w["job_id"] for w in d["workers"]} and d["ready_workers"] == 1

@@ -145,7 +145,10 @@ def worker_heartbeat(body: Heartbeat, request: Request, job_id: int = PathParam(
     if who.job_id != job_id:
         raise Forbidden(f"only serving worker job {job_id} itself reports here")
     job = request.app.state.jobs.get(who, job_id, with_transitions=False)
-    if job.program != "serve.worker" or job.params.get("pool") != body.pool:
+    pool = request.app.state.deployments.pool(body.pool)
+    # A worker job of another team naming this pool must never receive its requests.
+    if (job.program != "serve.worker" or job.params.get("pool") != body.pool
+            or pool is None or job.team != pool.team):
         raise NotFound(f"job {job_id} is not a worker of pool {body.pool}")
     request.app.state.workers.heartbeat(job_id, body.pool, body.url, body.secret, body.stats)
     return {"ok": True}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -160,5 +161,8 @@ def _read_from(path: Path, offset: int) -> bytes:
 
 
 def _sse(event: str, data: str) -> str:
-    payload = "\n".join(f"data: {part}" for part in data.split("\n"))
+    """One server-sent event. Every line break in ``data`` (a progress bar's carriage
+    return too, which SSE clients also read as one) starts a ``data:`` line of its own,
+    so a job's log can never end an event or forge another (``event: end``)."""
+    payload = "\n".join(f"data: {part}" for part in re.split(r"\r\n|\r|\n", data))
     return f"event: {event}\n{payload}\n\n"

@@ -47,8 +47,11 @@ def _with_local_paths(text: str) -> str | dict:
     for step in steps if isinstance(steps, list) else ():
         params = step.get("tokenize") if isinstance(step, dict) else None
         path = params.get("tokenizer") if isinstance(params, dict) else None
-        if isinstance(path, str) and not Path(path).expanduser().is_absolute():
-            params["tokenizer"] = str(Path(path).expanduser().resolve())
+        if isinstance(path, str) and not Path(path).is_absolute():  # relative, or '~'
+            try:
+                params["tokenizer"] = str(Path(path).expanduser().resolve())
+            except (OSError, RuntimeError):  # '~nosuchuser': the daemon says what is wrong
+                continue
             changed = True
     return doc if changed else text
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from rich.console import Console
+from rich.markup import escape
 
 from llmos.cli.render import (print_yaml, progress_text, resources_text, state, table,
                               time_text)
@@ -19,7 +20,10 @@ HEADER = re.compile(r"^--- llmos: attempt \d+ of job \d+ at .* ---$")
 
 def detail(console: Console, job: dict, metrics: list[dict]) -> None:
     """`llmos job show`: the spec, why it waits or how it ended, history and metrics."""
-    console.print(f"[bold]job {job['id']}[/] {job['name'] or ''}  {state(job['state'])}")
+    # What a job or its submitter wrote (name, reason, progress, metric names) is text,
+    # never rich markup: escape() keeps a stray '[/x]' from breaking the screen.
+    console.print(f"[bold]job {job['id']}[/] {escape(job['name'] or '')}  "
+                  f"{state(job['state'])}")
     exit_ = (f"code {job['exit_code']}" if job["exit_code"] is not None else
              (f"signal {job['signal']}" if job["signal"] else "-"))
     rows = [
@@ -41,7 +45,7 @@ def detail(console: Console, job: dict, metrics: list[dict]) -> None:
     if job.get("progress"):
         rows.append(("progress", progress_text(job["progress"])))
     for key, value in rows:
-        console.print(f"  [dim]{key:>10}[/]  {value}", highlight=False)
+        console.print(f"  [dim]{key:>10}[/]  {escape(str(value))}", highlight=False)
     console.print(f"  [dim]{'params':>10}[/]" + ("" if job["params"] else "  none"))
     if job["params"]:
         print_yaml(console, job["params"], indent=4)
@@ -49,7 +53,7 @@ def detail(console: Console, job: dict, metrics: list[dict]) -> None:
                     keep=("at", "from", "to", "attempt"))
     for t in job.get("transitions") or []:
         history.add_row(time_text(t["at"]), t["from_state"] or "", state(t["to_state"]),
-                        str(t["attempt"]), t["reason"] or "")
+                        str(t["attempt"]), escape(t["reason"] or ""))
     console.print(history)
     if metrics:
         console.print(metric_table(metrics))
@@ -84,7 +88,7 @@ def metric_table(metrics: list[dict]):
     for name, points in series(metrics).items():
         values = [p["value"] for p in points]
         last = points[-1]
-        t.add_row(name, f"{last['value']:.4g}",
+        t.add_row(escape(name), f"{last['value']:.4g}",
                   str(last["step"]) if last["step"] is not None else "",
                   f"{min(values):.4g}", f"{max(values):.4g}", sparkline(values))
     return t
@@ -92,7 +96,7 @@ def metric_table(metrics: list[dict]):
 
 def metric_series(console: Console, job_id: int, name: str, points: list[dict]) -> None:
     """`llmos job show ID --metric NAME`: every point, one per line."""
-    t = table(f"{name} of job {job_id} ({len(points)} points)", "step", "value", "at",
+    t = table(f"{escape(name)} of job {job_id} ({len(points)} points)", "step", "value", "at",
               keep=("step", "value", "at"))
     for p in points:
         t.add_row(str(p["step"]) if p["step"] is not None else "", f"{p['value']:.6g}",

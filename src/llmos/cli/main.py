@@ -167,6 +167,8 @@ def job_show(
     latest value with a sparkline of its history."""
     with _client() as c:
         job = c.jobs.get(job_id)
+        if metric is not None and not metric.strip():
+            raise UsageError("--metric needs a metric's name (e.g. --metric loss)")
         metrics = c.jobs.metrics(job_id, name=metric)
         if metric is not None and not metrics:
             names = sorted({m["name"] for m in c.jobs.metrics(job_id)})

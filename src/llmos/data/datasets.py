@@ -82,6 +82,27 @@ class VersionIn(RequestBody):
     job_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
+def _tokenizer_file(who: Principal, given: str, roots: list[Path]) -> Path:
+    """The tokenizer.json a recipe's ``tokenize`` step names, resolved (links and '..')
+    and checked against the ingest roots as the sources are. The job is handed this
+    resolved file, so what it reads is what was checked."""
+    shown = f"recipe: the tokenizer path {given[:200]}"
+    if not Path(given).is_absolute():  # '~' or relative: whose home, which folder?
+        raise InvalidRequest(f"{shown} must be absolute (`llmos data ingest` resolves a "
+                             "relative one from the folder it runs in)")
+    try:
+        path = Path(given).resolve()
+        path = path / "tokenizer.json" if path.is_dir() else path
+        found = path.is_file()
+    except (OSError, ValueError) as e:
+        raise InvalidRequest(f"{shown} cannot be read on the llmos host: {e}") from None
+    check_file(who, path, roots, shown=given)
+    if not found:
+        raise InvalidRequest(f"recipe: no tokenizer at {given[:200]} (a folder holding "
+                             "tokenizer.json, or the file itself)")
+    return path
+
+
 class DatasetService:
     def __init__(self, jobs: JobService, artifacts: ArtifactService):
         self.jobs = jobs
@@ -103,7 +124,10 @@ class DatasetService:
             raise InvalidRequest(f"recipe: {e}") from None
         try:
             files = expand_sources(req.sources)
-        except (FileNotFoundError, OSError) as e:
+        except RuntimeError:  # Path.expanduser of '~nosuchuser'
+            raise InvalidRequest("a source starts with '~' of a user this host does not "
+                                 "have") from None
+        except (OSError, ValueError) as e:
             raise InvalidRequest(str(e)) from None
         for f in files:  # a link inside a root may point outside it
             check_file(who, f, roots)
@@ -111,15 +135,9 @@ class DatasetService:
             raise InvalidRequest("the sources hold no files")
         tokenize = recipe.step("tokenize")
         if tokenize is not None:
-            path = Path(tokenize.tokenizer).expanduser()
-            if not path.is_absolute():  # it would be read from the job's own folder
-                raise InvalidRequest(f"recipe: the tokenizer path {tokenize.tokenizer} must be "
-                                     "absolute (`llmos data ingest` resolves a relative one "
-                                     "from the folder it runs in)")
-            check_file(who, path, roots)  # the job reads it, as it reads the sources
-            if not (path / "tokenizer.json").is_file() and not path.is_file():
-                raise InvalidRequest(f"recipe: no tokenizer at {tokenize.tokenizer} (a folder "
-                                     "holding tokenizer.json, or the file itself)")
+            checked = str(_tokenizer_file(who, tokenize.tokenizer, roots))
+            recipe.steps[recipe.steps.index(tokenize)] = tokenize.model_copy(
+                update={"tokenizer": checked})
         workers = recipe.workers or max(1, int(req.resources.cpu))
         spec = JobSpec(program="data.ingest", name=f"ingest {req.dataset}",
                        params={"sources": [str(s) for s in req.sources],

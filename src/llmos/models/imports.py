@@ -61,9 +61,10 @@ def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
             for f in path.rglob("*"):  # a link inside may lead outside the allowed folders
                 check_file(who, f, roots)
         fmt = source_format(path, req.format)
-    except OSError as e:  # a name too long, a folder that cannot be listed ...
+    except (OSError, RuntimeError, ValueError) as e:  # too long, unlistable, '~nobody', NUL
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise InvalidRequest(f"cannot read {req.source[:200]!r} on the llmos host: "
-                             f"{e.strerror or e}") from None
+                             f"{why}") from None
     spec = JobSpec(program="models.import", name=f"import {req.name}",
                    params={"source": str(path), "name": req.name, "format": fmt,
                            "dtype": req.dtype},

@@ -208,8 +208,6 @@ class Jobs:
                     event = line[6:].strip()
                 elif line.startswith("data:"):
                     data.append(line[6:] if line.startswith("data: ") else line[5:])
-                elif line and data:  # the rest of a data line cut at a carriage return
-                    data[-1] += "\r" + line
                 elif line == "" and data:
                     yield event, "\n".join(data)
                     event, data = "message", []

@@ -32,7 +32,7 @@ def check_file(who: Principal, path: Path, roots: list[Path], shown: str | None 
         return
     try:
         real = path.expanduser().resolve()
-    except (OSError, RuntimeError):  # a name too long, a link loop: never inside a root
+    except (OSError, RuntimeError, ValueError):  # too long, a link loop, '~nobody', a NUL
         real = None
     if real is None:
         raise Forbidden(f"{shown or path} cannot be resolved on the llmos host")
@@ -44,7 +44,10 @@ def check_file(who: Principal, path: Path, roots: list[Path], shown: str | None 
 
 def _static_part(src: str) -> Path:
     """The part of a path before its first glob character."""
-    parts = Path(src).expanduser().parts
+    try:
+        parts = Path(src).expanduser().parts
+    except RuntimeError:  # '~nosuchuser': check_file refuses what cannot be resolved
+        return Path(src)
     static = []
     for part in parts:
         if glob.has_magic(part):

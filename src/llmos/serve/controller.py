@@ -161,11 +161,16 @@ class Controller:
                          w.job_id, type(e).__name__)
 
     def _worker_jobs(self) -> dict[str, list[Job]]:
+        """Live worker jobs by pool. A job of another team that names an existing pool
+        is not its worker; those of a removed pool are kept, to be stopped."""
+        teams = {p.name: p.team for p in self.deployments.pools()}
         with self.jobs.db.session() as s:
             rows = s.scalars(select(Job).where(Job.program == WORKER, Job.state.in_(LIVE)))
             out: dict[str, list[Job]] = {}
             for j in rows:
-                out.setdefault(j.params.get("pool"), []).append(j)
+                pool = j.params.get("pool")
+                if pool not in teams or j.team == teams[pool]:
+                    out.setdefault(pool, []).append(j)
             return out
 
     def _reconcile_pool(self, name: str, deployments: list, jobs: list[Job]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -223,20 +224,42 @@ def _exit_from(handle: Handle, code: int | None, result: dict | None, oom: bool)
     return Exit(ExitKind.FAILED, code, None, message, result)
 
 
-def _read_result(folder: Path, attempt: int) -> dict | None:
+JOB_FILE_MAX = 64 << 10  # a result or claim file is a few hundred bytes
+
+
+def _job_json(path: Path) -> dict | None:
+    """A JSON object from a file in a job's folder, which the job itself can write: a
+    link, a FIFO, a huge file or anything but an object reads as nothing (a job must not
+    hang or crash the daemon that watches every team's jobs)."""
     try:
-        result = json.loads((folder / RESULT_FILE).read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > JOB_FILE_MAX:
+            return None
+        value = json.loads(os.read(fd, JOB_FILE_MAX + 1))
     except (OSError, ValueError):
         return None
-    return result if result.get("attempt") == attempt else None
+    finally:
+        os.close(fd)
+    return value if isinstance(value, dict) else None
+
+
+def _read_result(folder: Path, attempt: int) -> dict | None:
+    result = _job_json(folder / RESULT_FILE)
+    if result is None or result.get("attempt") != attempt:
+        return None
+    if result.get("error") is not None:  # becomes the job's reason: text, bounded
+        result["error"] = str(result["error"])[:2000]
+    return result
 
 
 def _claimed(folder: Path, attempt: int) -> bool:
     """Whether a runner claimed this attempt's launch file (so the attempt started)."""
-    try:
-        return json.loads((folder / CLAIMED_FILE).read_text()).get("attempt") == attempt
-    except (OSError, ValueError):
-        return False
+    claim = _job_json(folder / CLAIMED_FILE)
+    return claim is not None and claim.get("attempt") == attempt
 
 
 def _create_time(pid: int) -> float:
