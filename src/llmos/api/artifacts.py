@@ -13,10 +13,11 @@ from llmos.api.gate import current
 from llmos.api.schemas import ERRORS, ArtifactList, ArtifactOut
 from llmos.errors import InvalidRequest, PayloadTooLarge
 from llmos.security.artifacts import ArtifactService
+from llmos.schema import INT32_MAX
 from llmos.security.rbac import Principal
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
-ArtifactId = PathParam(ge=1, le=2**31 - 1, description="Artifact id")
+ArtifactId = PathParam(ge=1, le=INT32_MAX, description="Artifact id")
 Who = Depends(current)
 
 
@@ -31,7 +32,7 @@ def _ids(text: str | None) -> list[int]:
         ids = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InvalidRequest("parents must be comma-separated artifact ids") from None
-    if any(i < 1 or i >= 2**31 for i in ids):
+    if any(i < 1 or i > INT32_MAX for i in ids):
         raise InvalidRequest("artifact ids are positive integers")
     return ids
 
@@ -45,7 +46,7 @@ async def upload(
     who: Principal = Who,
     name: str = Query(min_length=1, max_length=255),
     kind: str = Query(default="file", min_length=1, max_length=100),
-    job_id: int | None = Query(default=None, ge=1, le=2**31 - 1),
+    job_id: int | None = Query(default=None, ge=1, le=INT32_MAX),
     parents: str | None = Query(default=None, max_length=10_000,
                                 description="Comma-separated parent artifact ids."),
     sensitive: bool = Query(default=False,
@@ -80,10 +81,10 @@ def list_artifacts(
     request: Request,
     who: Principal = Who,
     kind: str | None = Query(default=None, max_length=100),
-    job_id: int | None = Query(default=None, ge=1, le=2**31 - 1),
+    job_id: int | None = Query(default=None, ge=1, le=INT32_MAX),
     name: str | None = Query(default=None, max_length=255),
     limit: int = Query(default=100, ge=1, le=10_000),
-    offset: int = Query(default=0, ge=0, le=2**31 - 1),
+    offset: int = Query(default=0, ge=0, le=INT32_MAX),
 ) -> ArtifactList:
     """Artifacts, newest first."""
     arts = _artifacts(request).list(who, kind, job_id, name, limit, offset)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path as PathParam, Request
 from pydantic import BaseModel, Field
 
 from llmos.api.gate import current
+from llmos.api.jobs import JobId
 from llmos.api.schemas import ERRORS
 from llmos.errors import Forbidden, NotFound
 from llmos.schema import RequestBody
@@ -139,7 +140,7 @@ def remove(request: Request, name: str = Name, who: Principal = Who) -> Deployme
 
 
 @workers_router.put("/workers/{job_id}", responses=ERRORS)
-def worker_heartbeat(body: Heartbeat, request: Request, job_id: int = PathParam(ge=1, le=2**31 - 1),
+def worker_heartbeat(body: Heartbeat, request: Request, job_id: int = JobId,
                      who: Principal = Who) -> dict:
     """A serving worker's address and state (only the worker job itself may say so)."""
     if who.job_id != job_id:

@@ -33,7 +33,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from llmos.config import get_settings
 from llmos.errors import Unauthorized
 from llmos.security.rbac import Principal
 from llmos.serve.openai import PATHS as OPENAI_PATHS
@@ -154,8 +153,7 @@ class Bodies:
 
 
 def _max_body_mb(state) -> int:
-    system = getattr(state, "system", None)
-    return (system.settings if system is not None else get_settings()).max_body_mb
+    return state.system.settings.max_body_mb
 
 
 def _bearer(scope) -> str | None:

@@ -16,11 +16,11 @@ from llmos.api.gate import current
 from llmos.api.schemas import ERRORS, JobBatch, JobList, JobOut, MetricList, MetricOut
 from llmos.kernel.jobs import JobSpec, JobState
 from llmos.kernel.service import LOG_STREAMS, JobService
-from llmos.schema import IsoTime
+from llmos.schema import INT32_MAX, IsoTime
 from llmos.security.rbac import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JobId = PathParam(ge=1, le=2**31 - 1, description="Job id")
+JobId = PathParam(ge=1, le=INT32_MAX, description="Job id")
 Who = Depends(current)
 MAX_LOG_BYTES = 8 << 20
 
@@ -53,7 +53,7 @@ def list_jobs(
     team: str | None = Query(default=None, max_length=100),
     since: IsoTime | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
-    offset: int = Query(default=0, ge=0, le=2**31 - 1),
+    offset: int = Query(default=0, ge=0, le=INT32_MAX),
 ) -> JobList:
     """Jobs you may see, newest first, filtered by state (repeatable), owner, priority,
     name, team, time."""

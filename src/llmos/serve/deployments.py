@@ -24,7 +24,7 @@ from sqlalchemy import select
 from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from llmos.kernel.jobs import PRIORITY_RANK, PriorityClass
 from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
-from llmos.schema import RequestBody
+from llmos.schema import INT32_MAX, RequestBody
 from llmos.security.rbac import CREATE, MANAGE, READ, SYSTEM, Need, Principal
 from llmos.store.db import Database
 from llmos.store.models import Deployment, ServingPool, utcnow
@@ -53,10 +53,10 @@ class DeployRequest(RequestBody):
                              description="Share workers and their memory with this pool's "
                              "deployments (default: a pool of its own).")
     cpu: float = Field(default=1, gt=0, le=4096, description="Per worker of a new pool.")
-    memory_mb: int = Field(default=3072, ge=256, le=2**31 - 1,
+    memory_mb: int = Field(default=3072, ge=256, le=INT32_MAX,
                            description="Per worker of a new pool.")
     gpu: int = Field(default=0, ge=0, le=64)
-    budget_mb: int | None = Field(default=None, ge=64, le=2**31 - 1,
+    budget_mb: int | None = Field(default=None, ge=64, le=INT32_MAX,
                                   description="Memory for resident models (default: the "
                                   "worker's memory less its own runtime).")
     team: str | None = Field(default=None, min_length=1, max_length=100)
