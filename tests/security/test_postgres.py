@@ -42,12 +42,12 @@ THREADS, EACH = 8, 25
 daemon = postgres_daemon_fixture(scope="function")
 
 
-def test_threads_appending_at_once_keep_one_chain_with_every_record():
+def test_threads_appending_at_once_keep_one_chain_with_every_record(tmp_path):
     admin = Principal(name="admin", user_id=1, is_admin=True)
     with fresh_database("llmos_audit", timezone="Asia/Kolkata") as url:
         db = open_database(url)
         try:
-            audit = AuditLog(db)
+            audit = AuditLog(db, tmp_path / "audit.key", tmp_path / "audit.head")
 
             def write(worker: int) -> list[int]:
                 return [audit.append(f"user-{worker}", "POST /v1/jobs", f"/v1/jobs/{i}",

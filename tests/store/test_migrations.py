@@ -198,7 +198,7 @@ def fill_audit(conn: Connection) -> None:
     insert(conn, "audit_head", False, id=1, hash=prev, count=2)
 
 
-def test_the_previous_schema_with_rows_of_every_kind_upgrades_to_head(empty):
+def test_the_previous_schema_with_rows_of_every_kind_upgrades_to_head(empty, tmp_path):
     migrate(empty, PREVIOUS)
     with empty.engine.begin() as conn:
         ids = fill_previous(conn)
@@ -229,11 +229,16 @@ def test_the_previous_schema_with_rows_of_every_kind_upgrades_to_head(empty):
         assert {a.alias: a.version.version for a in model.aliases} == {"production": 1}
         assert ModelInfo.from_dict(model.versions[0].info).context_length == 512
         assert s.get(Team, ids["lab"]).quota_rps == 2.5
-    _the_app_reads_identities_and_audit(empty, ids)
-    _new_rows_join_the_old_ones(empty, ids)
+    _the_app_reads_identities_and_audit(empty, ids, tmp_path)
+    _new_rows_join_the_old_ones(empty, ids, tmp_path)
 
 
-def _the_app_reads_identities_and_audit(db: Database, ids: dict) -> None:
+def audit_log(db: Database, home) -> AuditLog:
+    """The app's audit log: its key and head file live outside the database."""
+    return AuditLog(db, home / "audit.key", home / "audit.head")
+
+
+def _the_app_reads_identities_and_audit(db: Database, ids: dict, home) -> None:
     tokens = TokenService(db)
     alice = tokens.authenticate(SECRET)
     assert (alice.name, alice.roles, alice.priority) == ("alice", {"lab": Role.DEVELOPER},
@@ -242,12 +247,14 @@ def _the_app_reads_identities_and_audit(db: Database, ids: dict) -> None:
     teams = IdentityService(db, tokens).teams(admin)
     assert {t.name: {m.user.name: m.role for m in t.memberships} for t in teams} == {
         "default": {"admin": "admin"}, "lab": {"alice": "developer"}}
-    verdict = AuditLog(db).verify(admin)
+    # The old unkeyed chain is checked once and adopted: the keyed chain continues from it.
+    verdict = audit_log(db, home).verify(admin)
     assert (verdict.ok, verdict.records, verdict.message) == (
         True, 2, "2 records, chain intact")
+    assert '"legacy":2' in (home / "audit.head").read_text().splitlines()[0]
 
 
-def _new_rows_join_the_old_ones(db: Database, ids: dict) -> None:
+def _new_rows_join_the_old_ones(db: Database, ids: dict, home) -> None:
     """The app keeps writing after the upgrade: new ids follow the old ones, the chain
     grows from the old head, and the tables new in head can point at old rows."""
     with db.session() as s:
@@ -262,7 +269,7 @@ def _new_rows_join_the_old_ones(db: Database, ids: dict) -> None:
                              replicas=1, max_batch=8, max_queue=64, priority="normal",
                              pool="lab-pool"))
     admin = Principal(name="admin", user_id=ids["admin"], is_admin=True)
-    audit = AuditLog(db)
+    audit = audit_log(db, home)
     audit.append("alice", "POST /v1/deployments", "/v1/deployments", "201")
     assert audit.verify(admin).message == "3 records, chain intact"
 

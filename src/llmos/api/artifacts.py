@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmos.api.gate import current
+from llmos.api.gate import current, needs
 from llmos.api.schemas import ERRORS, ArtifactList, ArtifactOut
 from llmos.errors import InvalidRequest, PayloadTooLarge
 from llmos.security.artifacts import ArtifactService
@@ -43,7 +43,7 @@ def _ids(text: str | None) -> list[int]:
                                                          "format": "binary"}}}}})
 async def upload(
     request: Request,
-    who: Principal = Who,
+    who: Principal = needs("write", "read", what="upload artifacts"),
     name: str = Query(min_length=1, max_length=255),
     kind: str = Query(default="file", min_length=1, max_length=100),
     job_id: int | None = Query(default=None, ge=1, le=INT32_MAX),
@@ -54,7 +54,8 @@ async def upload(
     team: str | None = Query(default=None, min_length=1, max_length=100,
                              description="The team it belongs to (default: yours)."),
 ) -> ArtifactOut:
-    """Store the request body as a new immutable artifact."""
+    """Store the request body as a new immutable artifact (the token needs ``write`` to
+    upload and ``read`` for the answer, checked before a byte is taken)."""
     service = _artifacts(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > service.max_bytes:
@@ -115,7 +116,8 @@ keys_router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 @keys_router.post("/rotate", responses=ERRORS)
-def rotate_keys(request: Request, who: Principal = Who) -> dict:
+def rotate_keys(request: Request,
+                who: Principal = needs("admin", what="rotate encryption keys")) -> dict:
     """Make a fresh encryption key current, re-encrypt every encrypted artifact with it,
     then retire the keys nothing needs any more (system administrators)."""
     return _artifacts(request).rotate_keys(who)

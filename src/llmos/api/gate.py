@@ -5,13 +5,16 @@ Pure ASGI middleware (artifact uploads stream through untouched). For every rout
 
 1. the request gets an id, returned as ``X-Request-ID``;
 2. its ``Authorization: Bearer <token>`` is turned into a principal (``request.state``),
-   or it is refused with 401 — after repeated failures from one address, with 429 and
-   Retry-After before the token is even looked at (``security/throttle.py``), unless it
-   is a token that worked recently (an address may be shared with real users and jobs);
-3. every state-changing request (POST, PUT, PATCH, DELETE — refused ones too) and every
-   failed authentication is appended to the hash-chained audit log, with actor, action
-   (method and route), target (the path), outcome (the status code) and the request id,
-   committed before the response leaves.
+   or it is refused with 401 — after repeated failures from one address (or with one
+   token prefix from it), with 429 and Retry-After instead (``security/throttle.py``).
+   The token is looked up first: a valid token is always served and never counts as a
+   failure, so a flood of bad tokens cannot keep out the users and jobs that share its
+   address (a proxy, 127.0.0.1);
+3. every state-changing request (POST, PUT, PATCH, DELETE — refused ones too; not a
+   serving worker's successful heartbeat), every read of a sensitive artifact, every use
+   of administrator power and every failed authentication is appended to the keyed audit
+   chain, with actor, action (method and route), target (the path), outcome (the status
+   code), the request id and what a 201 created, committed before the response leaves.
 
 Then the body of a write (:class:`Bodies`, inside the gate, so its refusals are audited
 too): at most ``LLMOS_MAX_BODY_MB`` (413 in JSON beyond it, before a route parses a byte;
@@ -20,7 +23,9 @@ OpenAI-compatible routes read as JSON whatever its ``Content-Type`` (``curl -d``
 form type; vLLM and Ollama read JSON all the same).
 
 Routes read the principal with the :func:`current` dependency and hand it to services,
-which decide what it may do.
+which decide what it may do. A route that changes something names every scope it needs
+with :func:`needs` (e.g. ``write`` to create a job and ``read`` to answer with it), so
+a token short of one is refused before anything is written — never "created, then 403".
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from llmos.errors import Unauthorized
+from llmos.security import audit as audit_policy
 from llmos.security.rbac import Principal
+from llmos.security.tokens import SHOWN
 from llmos.serve.openai import PATHS as OPENAI_PATHS
 from llmos.serve.openai import error_body
 
@@ -49,6 +56,20 @@ def current(request: Request,
             _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
     """The authenticated principal (the gate has already refused requests without one)."""
     return request.state.principal
+
+
+def needs(*scopes: str, what: str = "do this"):
+    """A route dependency: the principal, once its token holds every one of ``scopes`` —
+    checked before the route's body runs, so a refusal comes before any side effect.
+    ``what`` completes the refusal's message ("... needed to create jobs")."""
+
+    def principal(request: Request,
+                  _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        who: Principal = request.state.principal
+        who.require_scopes(scopes, what)
+        return who
+
+    return Depends(principal)
 
 
 def install(app: FastAPI) -> None:
@@ -71,15 +92,11 @@ class Gate:
         if token is None:
             refusal = (401, "this route needs an API token: send 'Authorization: Bearer "
                        "llmos_...' (llmos login, or LLMOS_TOKEN)", "no token")
-        elif (wait := state.throttle.wait_s(address)) > 0 and not state.tokens.known_good(token):
-            refusal = (429, f"too many failed authentications from {address}; try again in "
-                       f"{math.ceil(wait)} s", "throttled", math.ceil(wait))
         else:
-            try:
+            try:  # a valid token is served whatever the address's failures
                 principal = await run_in_threadpool(state.tokens.authenticate, token)
             except Unauthorized as e:
-                state.throttle.failed(address)
-                refusal = (401, e.message, e.message)
+                refusal = _failed(state.throttle, address, token[:SHOWN], e.message)
         if refusal is not None:
             await _audit(scope, f"anonymous@{address}", refusal[0], request_id,
                          {"auth": refusal[2]}, auth_failed=True)
@@ -89,24 +106,45 @@ class Gate:
         await self._pass(scope, receive, send, principal, request_id)
 
     async def _pass(self, scope, receive, send, principal: Principal, request_id: str):
+        """Run the route, and record it in the audit log before the response leaves when
+        ``security.audit.should_record`` says so (writes, reads of sensitive artifacts,
+        uses of administrator power; not a serving worker's heartbeat). The start of a
+        201 is held until its (JSON) body is there, so the record names what was made."""
         recorded = False
         detail = {"token": principal.token_prefix} if principal.token_prefix else {}
+        notes = audit_policy.begin_request()  # services note sensitive reads, admin power
+        held = None
+
+        async def record(status: int, created=None) -> None:
+            nonlocal recorded
+            recorded = True
+            if audit_policy.should_record(scope["method"], _action(scope), status, notes):
+                extra = audit_policy.notes_detail(notes)
+                if created:
+                    extra["created"] = created
+                await _audit(scope, principal.actor, status, request_id, {**detail, **extra})
 
         async def send_with_id(message):
-            nonlocal recorded
+            nonlocal held
             if message["type"] == "http.response.start":
-                recorded = True
-                if scope["method"] in WRITES:
-                    await _audit(scope, principal.actor, message["status"], request_id, detail)
                 message["headers"] = [*message.get("headers", []),
                                       (b"x-request-id", request_id.encode())]
+                if message["status"] == 201 and scope["method"] in WRITES:
+                    held = message
+                    return
+                await record(message["status"])
+            elif held is not None:
+                start, held = held, None
+                body = b"" if message.get("more_body") else message.get("body", b"")
+                await record(201, audit_policy.created_ids(body) if body else None)
+                await send(start)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if not recorded and scope["method"] in WRITES:  # the app raised before answering
-                await _audit(scope, principal.actor, 500, request_id, detail)
+            if not recorded:  # the app raised before answering
+                await record(500)
 
 
 class Bodies:
@@ -152,6 +190,18 @@ class Bodies:
         await self.app(scope, replay, send)
 
 
+def _failed(throttle, address: str, prefix: str, reason: str) -> tuple:
+    """The refusal of a token that did not authenticate: 401 with its reason, or, while
+    this address (or this token prefix from it) must wait, 429 with Retry-After and no
+    reason. Only answered failures count: one that waits adds nothing to the wait."""
+    wait = throttle.wait_s(address, prefix)
+    if wait > 0:
+        return (429, f"too many failed authentications from {address}; try again in "
+                f"{math.ceil(wait)} s", "throttled", math.ceil(wait))
+    throttle.failed(address, prefix)
+    return (401, reason, reason)
+
+
 def _max_body_mb(state) -> int:
     return state.system.settings.max_body_mb
 
@@ -166,11 +216,15 @@ def _bearer(scope) -> str | None:
     return None
 
 
+def _action(scope) -> str:
+    """How the audit log names a request: its method and route template."""
+    template = getattr(scope.get("route"), "path_format", None) or scope["path"]
+    return f"{scope['method']} {template}"
+
+
 async def _audit(scope, actor: str, status: int, request_id: str, detail: dict,
                  auth_failed: bool = False) -> None:
-    route = scope.get("route")
-    template = getattr(route, "path_format", None) or scope["path"]
-    action = f"{scope['method']} {template}" if not auth_failed else (
+    action = _action(scope) if not auth_failed else (
         f"auth failed: {scope['method']} {scope['path']}")
     await run_in_threadpool(scope["app"].state.audit.append, actor, action[:200],
                             scope["path"], str(status), request_id, detail)

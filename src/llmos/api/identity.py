@@ -161,9 +161,11 @@ class NewToken(RequestBody):
                              description="Whose token (administrators); default: yours.")
     scopes: list[Scope] | None = Field(default=None, max_length=4,
                                        description="Default: every scope your token has.")
-    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+    expires_in_days: float | None = Field(
+        default=None, gt=0, le=3650,
+        description="Default: never, or your token's own expiry when it has one.")
     team: str | None = Field(default=None, min_length=1, max_length=63,
-                             description="Act only in this team.")
+                             description="Act only in this team (default: your token's).")
     priority: Priority = Field(default="normal", description="Serving priority class.")
     rate_limit_rps: float | None = Field(default=None, gt=0, le=1e6,
                                          description="Serving requests per second.")
@@ -252,7 +254,9 @@ def set_quota(body: Quotas, request: Request, name: str = NamePath,
 
 @tokens_router.post("", response_model=TokenCreated, status_code=201, responses=ERRORS)
 def create_token(body: NewToken, request: Request, who: Principal = Who) -> TokenCreated:
-    """A new API token; its secret is in this response only."""
+    """A new API token, never wider than the token asking (its scopes, team, expiry,
+    priority and rate limit at most; needs ``write`` or ``admin``); its secret is in this
+    response only."""
     row, secret = _tokens(request).create(
         who, user=body.user, name=body.name, scopes=body.scopes,
         expires_in_days=body.expires_in_days, team=body.team, priority=body.priority,
@@ -273,5 +277,6 @@ def list_tokens(request: Request, who: Principal = Who,
 @tokens_router.delete("/{token_id:int}", response_model=TokenOut, responses=ERRORS)
 def revoke_token(request: Request, token_id: int = PathParam(ge=1, le=2**31 - 1),
                  who: Principal = Who) -> TokenOut:
-    """Revoke a token: it stops working at once."""
+    """Revoke a token: it stops working on the next request (a token may revoke itself;
+    others need ``write`` or ``admin``)."""
     return TokenOut.of(_tokens(request).revoke(who, token_id))

@@ -3,15 +3,16 @@ exists); their progress, live metrics and results are the job's (/v1/jobs/{id}).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from llmos.api.gate import current
+from llmos.api.gate import needs
 from llmos.api.schemas import ERRORS, JobOut
 from llmos.security.rbac import Principal
 from llmos.train.service import EvaluateRequest, FinetuneRequest, TrainService
 
 router = APIRouter(prefix="/v1", tags=["training"])
-Who = Depends(current)
+# Starting a job writes, and the answer is the job: both scopes, checked first.
+Starts = needs("write", "read", what="start training and evaluation jobs")
 
 
 def _train(request: Request) -> TrainService:
@@ -19,13 +20,13 @@ def _train(request: Request) -> TrainService:
 
 
 @router.post("/train", response_model=JobOut, status_code=201, responses=ERRORS)
-def finetune(body: FinetuneRequest, request: Request, who: Principal = Who) -> JobOut:
+def finetune(body: FinetuneRequest, request: Request, who: Principal = Starts) -> JobOut:
     """Fine-tune a registered model on a dataset version (full or LoRA, as the recipe says);
     the result is registered as a new version of ``output`` with its lineage and metrics."""
     return JobOut.of(_train(request).finetune(who, body), transitions=True)
 
 
 @router.post("/evaluate", response_model=JobOut, status_code=201, responses=ERRORS)
-def evaluate(body: EvaluateRequest, request: Request, who: Principal = Who) -> JobOut:
+def evaluate(body: EvaluateRequest, request: Request, who: Principal = Starts) -> JobOut:
     """Evaluate a model version on a dataset split; the metrics are stored on the version."""
     return JobOut.of(_train(request).evaluate(who, body), transitions=True)

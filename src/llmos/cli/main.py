@@ -345,7 +345,8 @@ def audit_ls(
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain; exit 1 naming the first record changed, removed or reordered."""
+    """Check the keyed chain against its head file; exit 1 naming the first record
+    changed, removed or reordered, or the records cut from its end."""
     with _client() as c:
         verdict = c.audit.verify()
     if verdict["ok"]:

@@ -5,4 +5,4 @@ memberships, quotas, the first start's administrator), ``tokens`` (API tokens an
 one into a principal), ``throttle`` (slowing failed authentications), ``paths`` (host files
 a principal may have read), ``artifacts`` (the artifact service, role-checked), ``crypto``
 (encryption at rest: the cipher handed to the artifact store) and ``audit`` (the
-hash-chained audit log). Imports only the store, the config and the shared errors."""
+HMAC-chained audit log). Imports only the store, the config and the shared errors."""

@@ -14,12 +14,13 @@ is the only way the rest of llmos reaches artifacts.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from llmos.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from llmos.security.audit import note_read
 from llmos.security.crypto import Cipher
 from llmos.security.rbac import CREATE, READ, Principal
 from llmos.store.artifacts import ArtifactStore, ArtifactTooLarge
@@ -45,6 +46,14 @@ class ArtifactService:
         self.db = db
         self.store = store
         self.max_bytes = max_bytes
+        self._resealers: list[Callable[[], set[str]]] = []
+
+    def on_rotate(self, reseal: Callable[[], set[str]]) -> None:
+        """Register a service that seals values with the store's cipher outside blobs (a
+        sensitive dataset's labels in the database): on key rotation, ``reseal`` seals
+        them again under the new current key and returns the key ids they still need,
+        so no key is retired while something sealed under it remains."""
+        self._resealers.append(reseal)
 
     def put(self, who: Principal, chunks: Iterable[bytes], name: str, kind: str = "file",
             job_id: int | None = None, parents: list[int] | None = None,
@@ -124,7 +133,18 @@ class ArtifactService:
     def open(self, who: Principal, artifact_id: int) -> tuple[Artifact, Iterator[bytes]]:
         """The artifact and its bytes; the blob is verified before the first byte is given."""
         art = self.get(who, artifact_id)
+        if art.encrypted:  # every read of a sensitive artifact's content is audited
+            note_read(f"artifact {art.id}")
         return art, self.store.read_verified(art.sha256, sealed=art.encrypted)
+
+    def rename_legacy_sealed(self) -> int:
+        """Give sealed blobs of a store from before keyed names their keyed names (once;
+        at start, by the composition root)."""
+        def shas() -> list[str]:
+            with self.db.session() as s:
+                return sorted(set(s.scalars(select(Artifact.sha256)
+                                            .where(Artifact.encrypted))))
+        return self.store.rename_legacy_sealed(shas)
 
     def rotate_keys(self, who: Principal) -> dict:
         """Seal every encrypted artifact with a fresh key, then retire the old keys."""
@@ -138,6 +158,9 @@ class ArtifactService:
         with self.db.session() as s:
             shas = sorted(set(s.scalars(select(Artifact.sha256).where(Artifact.encrypted))))
         changed = sum(self.store.reseal(sha) for sha in shas)
-        retired = ring.retire(keep=set(self.store.sealed_key_ids()))
+        needed = set(self.store.sealed_key_ids())
+        for reseal in self._resealers:
+            needed |= reseal()
+        retired = ring.retire(keep=needed)
         return {"key_id": new, "reencrypted": changed, "artifacts": len(shas),
                 "retired_keys": retired}

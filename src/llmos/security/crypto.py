@@ -13,11 +13,26 @@ can be rotated while blobs sealed with the old one are still being re-encrypted.
 
 This module owns the format, the keyring and the :class:`Cipher` the composition root
 hands the artifact store; the store decides what to seal.
+
+Two more secrets live with the keys, never in the database:
+
+* a *naming key* (in the key file; derived from the key when it comes from
+  ``LLMOS_ENCRYPTION_KEY``): a sealed blob is stored under ``HMAC(naming key, sha256 of its
+  plaintext)``, so listing the store does not let anyone confirm a guessed plaintext;
+* *check values* go the other way: the database keeps, per key id, an HMAC of a constant
+  under that key (:class:`KeyChecks`), so a wrong key for a known id is refused at start
+  and nothing is ever sealed under a key that fails its check (data sealed under a wrong
+  key would be lost the day the right key came back).
+
+:func:`secret_file` makes and reads the small 0600 files of other secrets (the audit
+chain's HMAC key).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -29,6 +44,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 MAGIC = b"LLMOSENC1"
 CHUNK = 1 << 20
 _TAG = 16
+_CHECK = b"llmos key check v1"  # what a check value MACs
+_NAMING = b"llmos sealed blob names v1"  # derives a naming key where none is stored
 
 
 class CryptoError(Exception):
@@ -39,11 +56,16 @@ class Keyring:
     """Named 256-bit keys and the one new blobs are sealed with.
 
     From ``LLMOS_ENCRYPTION_KEY`` (base64 of 32 bytes; id ``env``), or from a key file:
-    ``{"current": "<id>", "keys": {"<id>": "<base64 of 32 bytes>", ...}}`` (created with
-    mode 0600 on first use when neither is given).
+    ``{"current": "<id>", "keys": {"<id>": "<base64 of 32 bytes>", ...}, "naming": "<base64>"}``
+    (created with mode 0600 on first use when neither is given).
+
+    ``naming`` is the key sealed blobs are named with. It never changes with rotation;
+    a keyring without one (the environment's, or a key file from before it existed)
+    derives it from its current key, and a key file keeps it from its next save on.
     """
 
-    def __init__(self, keys: dict[str, bytes], current: str, path: Path | None = None):
+    def __init__(self, keys: dict[str, bytes], current: str, path: Path | None = None,
+                 naming: bytes | None = None):
         if current not in keys:
             raise CryptoError(f"the current key {current!r} is not in the keyring")
         for kid, key in keys.items():
@@ -52,6 +74,16 @@ class Keyring:
         self.keys = keys
         self.current = current
         self.path = path
+        self.naming = naming or hmac.new(keys[current], _NAMING, hashlib.sha256).digest()
+
+    @property
+    def source(self) -> str:
+        """Where the keys come from, for messages."""
+        return str(self.path) if self.path is not None else "LLMOS_ENCRYPTION_KEY"
+
+    def name_of(self, sha256: str) -> str:
+        """The name a sealed blob of plaintext ``sha256`` is stored under (keyed)."""
+        return hmac.new(self.naming, sha256.encode(), hashlib.sha256).hexdigest()
 
     @classmethod
     def load(cls, key_file: Path, env_key: str | None = None) -> Keyring:
@@ -66,7 +98,9 @@ class Keyring:
         try:
             data = json.loads(key_file.read_text())
             keys = {kid: _b64(v, f"key {kid!r} in {key_file}") for kid, v in data["keys"].items()}
-            return cls(keys, data["current"], key_file)
+            naming = _b64(data["naming"], f"the naming key in {key_file}") \
+                if data.get("naming") else None
+            return cls(keys, data["current"], key_file, naming)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CryptoError(f"cannot read the key file {key_file}: {e}") from None
 
@@ -79,7 +113,8 @@ class Keyring:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"current": self.current,
-                       "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()}},
+                       "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+                       "naming": base64.b64encode(self.naming).decode()},
                       f)
             f.flush()
             os.fsync(f.fileno())
@@ -107,26 +142,92 @@ class Keyring:
         return gone
 
 
+def check_value(key: bytes) -> str:
+    """A key's check value: an HMAC of a constant under it (reveals nothing of the key)."""
+    return hmac.new(key, _CHECK, hashlib.sha256).hexdigest()
+
+
+class KeyChecks:
+    """The check value of every key id ever used, kept in the database (``key_checks``).
+
+    The first use of an id records its value; every later use must match it. The keys
+    stay outside the database; a check value only tells a right key from a wrong one.
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def confirm(self, key_id: str, key: bytes, source: str) -> None:
+        """Record ``key_id``'s check value on first use; raise CryptoError, saying what to
+        do, when ``key`` is not the key that id named before."""
+        from sqlalchemy.exc import IntegrityError
+
+        from llmos.store.models import KeyCheck
+
+        value = check_value(key)
+        for _ in range(2):  # a concurrent first use of the same id: read what it wrote
+            try:
+                with self.db.session() as s:
+                    row = s.get(KeyCheck, key_id)
+                    if row is None:
+                        s.add(KeyCheck(key_id=key_id, check_value=value))
+                        return
+                    known = row.check_value
+                break
+            except IntegrityError:
+                continue
+        else:
+            raise CryptoError(f"cannot record the check value of key {key_id!r}")
+        if not hmac.compare_digest(known, value):
+            raise CryptoError(
+                f"key {key_id!r} from {source} is not the key that id named before (its "
+                "check value differs from the one recorded when it was first used): what "
+                f"was sealed under {key_id!r} cannot be opened with it, and nothing may be "
+                f"sealed with it. Put the right key back in {source}")
+
+
 class Cipher:
     """Seals and opens blobs with a keyring loaded on first use, so a store that never
-    seals anything needs (and creates) no key."""
+    seals anything needs (and creates) no key.
 
-    def __init__(self, load: Callable[[], Keyring]):
+    With ``checks``, every key of the keyring is confirmed against its recorded check
+    value when the keyring loads, and the current key again before anything is sealed
+    (a key added by rotation is recorded then), so nothing is sealed under a wrong key.
+    """
+
+    def __init__(self, load: Callable[[], Keyring], checks: KeyChecks | None = None):
         self._load = load
         self._keyring: Keyring | None = None
+        self._checks = checks
+        self._confirmed: dict[str, bytes] = {}
 
     @property
     def keyring(self) -> Keyring:
         if self._keyring is None:
-            self._keyring = self._load()
+            ring = self._load()
+            for kid, key in ring.keys.items():
+                self._confirm(ring, kid, key)
+            self._keyring = ring
         return self._keyring
+
+    def _confirm(self, ring: Keyring, kid: str, key: bytes) -> None:
+        if self._checks is None or self._confirmed.get(kid) == key:
+            return
+        self._checks.confirm(kid, key, ring.source)
+        self._confirmed[kid] = key
 
     @property
     def current(self) -> str:
         return self.keyring.current
 
+    def name_of(self, sha256: str) -> str:
+        """The keyed name of the sealed blob whose plaintext has ``sha256``."""
+        return self.keyring.name_of(sha256)
+
     def seal(self, chunks: Iterable[bytes], out: BinaryIO) -> None:
-        seal(chunks, self.keyring, out)
+        ring = self.keyring
+        self._confirm(ring, ring.current, ring.keys[ring.current])
+        seal(chunks, ring, out)
 
     def unseal(self, f: BinaryIO) -> Iterator[bytes]:
         return unseal(f, self.keyring)
@@ -140,6 +241,33 @@ def keyring_of(settings) -> Keyring:
     """The keyring llmos's settings name: LLMOS_ENCRYPTION_KEY, else the key file."""
     secret = settings.encryption_key.get_secret_value() if settings.encryption_key else None
     return Keyring.load(settings.key_path, secret)
+
+
+def secret_file(path: Path) -> bytes:
+    """The 32-byte secret in ``path`` (base64), made with mode 0600 (whatever the umask)
+    on first use. For secrets kept beside the encryption keys, e.g. the audit chain's
+    HMAC key."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, base64.b64encode(secrets.token_bytes(32)) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces a secret another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    try:
+        return _b64(path.read_text().strip(), f"the secret in {path}")
+    except OSError as e:
+        raise CryptoError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _b64(text: str, what: str) -> bytes:

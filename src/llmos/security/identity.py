@@ -124,7 +124,7 @@ class IdentityService:
             if s.scalars(select(Team).where(Team.name == name)).first():
                 raise Conflict(f"team {name} already exists")
             s.add(Team(name=name))
-        return self.team(principal, name)
+        return self._changed(name)
 
     def team(self, principal: Principal, name: str) -> Team:
         principal.check(READ, name, f"team {name}")
@@ -155,7 +155,7 @@ class IdentityService:
             else:
                 m.role = level.label
         self.tokens.invalidate()
-        return self.team(principal, team)
+        return self._changed(team)
 
     def remove_member(self, principal: Principal, team: str, user: str) -> Team:
         principal.check(ADMINISTER, team, f"team {team}")
@@ -167,7 +167,7 @@ class IdentityService:
                 raise NotFound(f"user {user} is not a member of team {team}")
             s.delete(m)
         self.tokens.invalidate()
-        return self.team(principal, team)
+        return self._changed(team)
 
     def set_quota(self, principal: Principal, team: str, **limits: float | None) -> Team:
         """Set (a number) or lift (None) the team's quotas: cpu, memory_mb, gpu, jobs, rps."""
@@ -184,7 +184,14 @@ class IdentityService:
                 setattr(t, f"quota_{key}", value)
         if self.on_quota_change:
             self.on_quota_change()
-        return self.team(principal, team)
+        return self._changed(team)
+
+    def _changed(self, name: str) -> Team:
+        """The team an administrator just changed, for the answer: administering a team
+        (checked before the change) shows it, so an ``admin``-scoped token without
+        ``read`` is never refused after its change was made."""
+        with self.db.session() as s:
+            return self._team(s, name, members=True)
 
     @staticmethod
     def _team(s, name: str, members: bool = False) -> Team:

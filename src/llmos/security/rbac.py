@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from llmos.errors import Forbidden, InvalidRequest, NotFound
+from llmos.security.audit import note_admin
 
 
 class Role(enum.IntEnum):
@@ -78,6 +80,7 @@ class Principal:
     token_prefix: str | None = None
     priority: str = "normal"  # serving: the tenant's priority class
     rate_limit_rps: float | None = None
+    expires_at: datetime | None = None  # the token's own expiry (tokens it mints end sooner)
 
     @property
     def actor(self) -> str:
@@ -112,6 +115,21 @@ class Principal:
             raise Forbidden(f"this token lacks the {need.scope!r} scope needed to "
                             f"{need.verb} {what}")
 
+    def require_scopes(self, scopes: tuple[str, ...], what: str) -> None:
+        """Refuse unless the token holds every one of ``scopes`` (routes check this before
+        they change anything, so a refusal never follows a write)."""
+        for scope in scopes:
+            if scope not in self.scopes:
+                raise Forbidden(f"this token lacks the {scope!r} scope needed to {what} "
+                                f"(it needs {' and '.join(map(repr, scopes))})")
+
+    @property
+    def is_system_admin(self) -> bool:
+        """A system administrator's unrestricted token: no team restriction, not a job's,
+        with the ``admin`` scope (what :meth:`require_admin` lets through)."""
+        return (self.is_admin and self.job_id is None and self.team is None
+                and "admin" in self.scopes)
+
     def readable_teams(self) -> set[str] | None:
         """The teams whose resources this principal may list; None means every team."""
         if "read" not in self.scopes:
@@ -127,6 +145,7 @@ class Principal:
         if not self.is_admin or self.job_id is not None or self.team is not None:
             raise Forbidden(f"{what} needs a system administrator")
         self._check_scope(Need(Role.ADMIN, "admin", "do"), what)
+        note_admin(what)  # every use of administrator power is audited, reads too
 
     def home_team(self, team: str | None, need: Need = CREATE, what: str = "it") -> str:
         """The team a new resource goes to: ``team`` when given, else the token's team,
@@ -140,24 +159,6 @@ class Principal:
             raise Forbidden(f"{self.name} is not a member of team {team}")
         self.check(need, team, f"{what} in team {team}")
         return team
-
-    def team_for_name(self, kind: str, name: str, owner: str | None, asked: str | None = None,
-                      default: str | None = None) -> str:
-        """The team a new version of the named ``kind`` ("dataset", "model") goes to: the
-        team that owns ``name`` already (``owner``), else ``asked``, else ``default`` when
-        the principal belongs to it, else its home team; checks CREATE there. A name another
-        team owns is *taken*; asking for a team other than its owner's is refused."""
-        if owner is None:
-            team = asked
-            if team is None and default is not None and self.role_in(default) is not None:
-                team = default
-            return self.home_team(team, CREATE, f"{kind}s")
-        if not self.can(READ, owner):
-            raise Forbidden(f"the {kind} name {name!r} is taken by another team")
-        if asked is not None and asked != owner:
-            raise InvalidRequest(f"{kind} {name} belongs to team {owner}, not {asked}")
-        self.check(CREATE, owner, f"{kind} {name}")
-        return owner
 
 
 def _first(roles: dict[str, Role]) -> str | None:

@@ -7,6 +7,14 @@ random bits, a plain sha256 is all the storage needs: there is nothing to guess.
 
 A job gets a token of its own when it starts (owner's identity, the job's team, at most
 developer); it stops working as soon as the job is no longer running.
+
+A token is *confined*: it can only mint tokens that are no wider than itself — a subset
+of its scopes, its own team restriction, an expiry no later than its own (one with an
+expiry cannot mint one without), a priority no higher and a rate limit no looser — and
+managing tokens needs the ``write`` (or ``admin``) scope. A job's token mints nothing.
+Authentication is cached for a few seconds, but never past a token's expiry, and every
+change to users, memberships or tokens clears the cache, so a revocation or a disabled
+user takes effect on the next request.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import hashlib
 import secrets
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
@@ -28,10 +36,11 @@ from llmos.store.models import ApiToken, Job, Membership, User, utcnow
 TOKEN_PREFIX = "llmos_"
 SHOWN = 12  # characters of a token kept in clear
 CACHE_S = 5.0  # how long an authenticated token is remembered (changes clear it at once)
+CACHE_MAX = 10_000
 LAST_USED_EVERY_S = 60.0
-KNOWN_GOOD_S = 900.0  # a token that worked this recently is never throttled
-KNOWN_GOOD_MAX = 10_000
 PRIORITIES = ("high", "normal", "low")
+RANK = {"low": 0, "normal": 1, "high": 2}
+MANAGING = ("write", "admin")  # either scope lets a token manage tokens
 LIVE_JOB_STATES = ("SCHEDULED", "RUNNING")
 
 
@@ -48,39 +57,30 @@ class TokenService:
         self.db = db
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._used: dict[int, float] = {}
-        self._known: dict[str, float] = {}  # digest -> when it last authenticated
         self._lock = threading.Lock()
 
     # -- authentication ------------------------------------------------------------------
 
     def authenticate(self, token: str) -> Principal:
-        """The principal a presented token stands for, or Unauthorized."""
+        """The principal a presented token stands for, or Unauthorized. A cached principal
+        is used only until its token's expiry: expiry is checked on every request."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise Unauthorized("invalid token")
         key = digest(token)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and not _expired(hit[0]):
             principal = hit[0]
         else:
             principal = self._load(key)
             if principal.job_id is None:  # a job's token dies with the job: check each time
                 with self._lock:
+                    if len(self._cache) >= CACHE_MAX:
+                        self._cache.clear()
                     self._cache[key] = (principal, now + CACHE_S)
-        with self._lock:
-            if len(self._known) >= KNOWN_GOOD_MAX:
-                self._known.clear()
-            self._known[key] = now
         self._touch(principal.token_id, now)
         return principal
-
-    def known_good(self, token: str) -> bool:
-        """Whether ``token`` authenticated in the last 15 minutes (the failure throttle lets
-        such tokens through: the addresses it slows down may be shared with real users and
-        jobs)."""
-        seen = self._known.get(digest(token))
-        return seen is not None and time.monotonic() - seen < KNOWN_GOOD_S
 
     def _load(self, key: str) -> Principal:
         with self.db.session() as s:
@@ -108,7 +108,8 @@ class TokenService:
             return Principal(name=tok.user.name, user_id=tok.user_id, is_admin=is_admin,
                              roles=roles, scopes=frozenset(tok.scopes), team=team, home=home,
                              job_id=tok.job_id, token_id=tok.id, token_prefix=tok.prefix,
-                             priority=tok.priority, rate_limit_rps=tok.rate_limit_rps)
+                             priority=tok.priority, rate_limit_rps=tok.rate_limit_rps,
+                             expires_at=tok.expires_at)
 
     def _touch(self, token_id: int | None, now: float) -> None:
         if token_id is None or now - self._used.get(token_id, -1e9) < LAST_USED_EVERY_S:
@@ -122,7 +123,6 @@ class TokenService:
         """Forget cached principals (after any change to users, teams or tokens)."""
         with self._lock:
             self._cache.clear()
-            self._known.clear()
 
     # -- management -------------------------------------------------------------------
 
@@ -130,10 +130,13 @@ class TokenService:
                scopes: list[str] | None = None, expires_in_days: float | None = None,
                team: str | None = None, priority: str = "normal",
                rate_limit_rps: float | None = None) -> tuple[ApiToken, str]:
-        """A new token for ``user`` (default: the caller). Returns the row and the secret,
-        which is shown this once and never stored."""
+        """A new token for ``user`` (default: the caller), confined to what the caller's
+        own token may do (see the module). Returns the row and the secret, which is shown
+        this once and never stored. Defaults: the caller's scopes, team restriction, expiry
+        and rate limit."""
         if principal.job_id is not None:
             raise Forbidden("a job's token cannot create tokens")
+        _require_managing(principal, "create tokens")
         wanted = list(dict.fromkeys(scopes or [s for s in SCOPES if s in principal.scopes]))
         bad = [s for s in wanted if s not in SCOPES]
         if bad:
@@ -146,13 +149,18 @@ class TokenService:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}")
         if expires_in_days is not None and not 0 < expires_in_days <= 3650:
             raise InvalidRequest("expires_in_days is between 0 and 3650")
+        team = _confined_team(principal, team)
+        expires = _confined_expiry(principal, expires_in_days)
+        rate_limit_rps = _confined_rate(principal, rate_limit_rps)
+        if RANK[priority] > RANK[principal.priority] and not principal.is_system_admin:
+            raise Forbidden(f"this token has priority {principal.priority}; it cannot create "
+                            f"a token of a higher priority ({priority})")
         with self.db.session() as s:
             owner = self._user(s, principal, user)
             if team is not None and not (owner.is_admin or any(
                     m.team.name == team for m in owner.memberships)):
                 raise InvalidRequest(f"user {owner.name} is not a member of team {team}")
             secret = new_secret()
-            expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
             row = ApiToken(user_id=owner.id, name=name, prefix=secret[:SHOWN],
                            hash=digest(secret), scopes=wanted, team=team, priority=priority,
                            rate_limit_rps=rate_limit_rps, expires_at=expires,
@@ -175,23 +183,31 @@ class TokenService:
 
     def list(self, principal: Principal, user: str | None = None,
              include_revoked: bool = False) -> list[ApiToken]:
+        """The caller's tokens (a system administrator's unrestricted token: anyone's)."""
+        if not {"read", "admin"} & principal.scopes:
+            raise Forbidden("listing tokens needs the 'read' or 'admin' scope")
         q = select(ApiToken).where(ApiToken.job_id.is_(None)).options(
             selectinload(ApiToken.user)).order_by(ApiToken.id)
         with self.db.session() as s:
-            if user is not None or not principal.is_admin:
+            if user is not None or not principal.is_system_admin:
                 q = q.where(ApiToken.user_id == self._user(s, principal, user).id)
             if not include_revoked:
                 q = q.where(ApiToken.revoked_at.is_(None))
             return list(s.scalars(q))
 
     def revoke(self, principal: Principal, token_id: int) -> ApiToken:
+        """Revoke a token of the caller's (a system administrator: anyone's); it stops
+        working on the next request. A token may always revoke itself; revoking another
+        needs the ``write`` or ``admin`` scope."""
+        if principal.job_id is not None:
+            raise Forbidden("a job's token cannot revoke tokens")
         with self.db.session() as s:
             tok = s.get(ApiToken, token_id)
             if tok is None or tok.job_id is not None or (
-                    tok.user_id != principal.user_id and not principal.is_admin):
+                    tok.user_id != principal.user_id and not principal.is_system_admin):
                 raise NotFound(f"token {token_id} not found")
-            if principal.job_id is not None:
-                raise Forbidden("a job's token cannot revoke tokens")
+            if tok.id != principal.token_id:
+                _require_managing(principal, "revoke tokens")
             if tok.user_id != principal.user_id:
                 principal.require_admin(f"revoking token {token_id}")
             if tok.revoked_at is None:
@@ -221,12 +237,59 @@ class TokenService:
         return secret
 
 
+def _expired(principal: Principal) -> bool:
+    return principal.expires_at is not None and principal.expires_at <= utcnow()
+
+
+def _require_managing(principal: Principal, what: str) -> None:
+    if not set(MANAGING) & principal.scopes:
+        raise Forbidden(f"this token lacks the 'write' (or 'admin') scope needed to {what}")
+
+
+def _confined_team(principal: Principal, team: str | None) -> str | None:
+    """A token restricted to a team mints only tokens restricted to that same team."""
+    if principal.team is None:
+        return team
+    if team is not None and team != principal.team:
+        raise Forbidden(f"this token acts only in team {principal.team}; it cannot create a "
+                        f"token for team {team}")
+    return principal.team
+
+
+def _confined_expiry(principal: Principal, days: float | None) -> datetime | None:
+    """The new token's expiry: ``days`` from now, never later than the caller's own token
+    (a token with an expiry cannot mint one without; by default it inherits it)."""
+    expires = utcnow() + timedelta(days=days) if days else None
+    limit = principal.expires_at
+    if limit is None:
+        return expires
+    if expires is None:
+        return limit
+    if expires > limit:
+        raise Forbidden(f"this token expires at {limit:%Y-%m-%d %H:%M:%S} UTC; it cannot "
+                        "create a token that outlives it")
+    return expires
+
+
+def _confined_rate(principal: Principal, rps: float | None) -> float | None:
+    """A rate-limited token mints only tokens limited as tightly (by default, the same)."""
+    limit = principal.rate_limit_rps
+    if limit is None:
+        return rps
+    if rps is None:
+        return limit
+    if rps > limit:
+        raise Forbidden(f"this token is limited to {limit:g} requests per second; it cannot "
+                        f"create a token allowed {rps:g}")
+    return rps
+
+
 def _job_roles(owner_roles: dict[str, Role], owner_is_admin: bool, team: str | None
                ) -> dict[str, Role]:
-    """A job reads what its owner may read, and writes only in its own team, as a developer
-    at most."""
-    roles = {t: Role.VIEWER for t in owner_roles}
+    """A job acts in its own team only, as a developer at most — whatever its owner may
+    do in other teams: a job is code run for one team, and its token must not carry the
+    owner's reach into the others."""
     own = owner_roles.get(team, Role.ADMIN if owner_is_admin else None)
-    if team is not None and own is not None:
-        roles[team] = min(own, Role.DEVELOPER)
-    return roles
+    if team is None or own is None:
+        return {}
+    return {team: min(own, Role.DEVELOPER)}

@@ -6,11 +6,14 @@ changed, and its hash is checked on every read, so a corrupted blob raises
 kind, producing job, parents) lives in the database (``store/models.py``) and is managed,
 role-checked, by the artifact service (``security/artifacts.py``).
 
-A *sealed* blob (a sensitive artifact) is stored encrypted under ``sealed/``, still
-addressed by the sha256 of its plaintext, which is checked after decryption. The store
-knows no cipher of its own: the one that seals and opens blobs is handed to it (llmos's
-composition root gives it ``security.crypto.Cipher``: AES-256-GCM, keys loaded on first
-use, so a store that never seals anything needs no key).
+A *sealed* blob (a sensitive artifact) is stored encrypted under ``sealed/``, asked for
+by the sha256 of its plaintext (checked after decryption) but *named* by the cipher's
+keyed hash of it (``Cipher.name_of``): whoever can list the store cannot confirm a
+guessed plaintext by its sha256. Sealed blobs of stores from before keyed names are
+renamed once (:meth:`ArtifactStore.rename_legacy_sealed`). The store knows no cipher of
+its own: the one that seals and opens blobs is handed to it (llmos's composition root
+gives it ``security.crypto.Cipher``: AES-256-GCM, keys loaded on first use, so a store
+that never seals anything needs no key).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,6 +57,10 @@ class Cipher(Protocol):
     def key_id_of(self, f: BinaryIO) -> str:
         """The id of the key the sealed blob ``f`` needs (reads its header only)."""
 
+    def name_of(self, sha256: str) -> str:
+        """The keyed name (64 hex digits) the sealed blob of plaintext ``sha256`` is
+        stored under."""
+
 
 class ArtifactStore:
     def __init__(self, root: Path, cipher: Cipher | None = None):
@@ -73,9 +80,42 @@ class ArtifactStore:
         return self._cipher
 
     def path(self, sha256: str, sealed: bool = False) -> Path:
+        """Where the blob of plaintext ``sha256`` lives: under its sha256, or, sealed,
+        under its keyed name."""
         if not _SHA256.match(sha256):
             raise ValueError(f"not a sha256 digest: {sha256!r}")
-        return (self.sealed if sealed else self.blobs) / sha256[:2] / sha256[2:]
+        if sealed:
+            name = self.cipher.name_of(sha256)
+            return self.sealed / name[:2] / name[2:]
+        return self.blobs / sha256[:2] / sha256[2:]
+
+    def rename_legacy_sealed(self, shas: Callable[[], Iterable[str]]) -> int:
+        """Move sealed blobs still named by their plaintext's sha256 (stores from before
+        keyed names) to their keyed names; return how many moved. ``shas`` gives the
+        plaintext sha256 of every sealed artifact. Done once: a marker file records it;
+        safe to repeat after a crash (a blob already at its keyed name only loses its old
+        name)."""
+        marker = self.sealed / ".keyed-names"
+        if marker.exists():
+            return 0
+        moved = 0
+        for sha in shas():
+            old = self.sealed / sha[:2] / sha[2:]
+            if not old.is_file():
+                continue
+            new = self.path(sha, sealed=True)
+            if new.is_file():
+                old.unlink()
+                continue
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old, new)
+            moved += 1
+        for folder in self.sealed.glob("*"):  # folders the old names left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self.sealed.mkdir(parents=True, exist_ok=True)
+        marker.write_text("sealed blobs are named by a keyed hash of their plaintext sha256\n")
+        return moved
 
     def exists(self, sha256: str, sealed: bool = False) -> bool:
         return self.path(sha256, sealed).is_file()
@@ -125,6 +165,11 @@ class ArtifactStore:
         blob, the cipher's error when its key is missing or wrong)."""
         path = self.path(sha256, sealed)
         if not path.is_file():
+            if sealed:  # its name is keyed: another keyring names it differently
+                raise CorruptArtifact(
+                    f"sealed blob {sha256} is not in the artifact store under the name this "
+                    "keyring gives it: the key file (or LLMOS_ENCRYPTION_KEY) is not the one "
+                    "it was sealed with, or the blob is missing")
             raise CorruptArtifact(f"blob {sha256} is missing from the artifact store")
         if not self._intact(sha256, sealed):
             raise CorruptArtifact(f"blob {sha256} is corrupted: its bytes no longer match its sha256")

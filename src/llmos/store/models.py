@@ -69,6 +69,10 @@ class Job(Base):
     timeout_s: Mapped[float | None] = mapped_column(Float)
     checkpointable: Mapped[bool] = mapped_column(Boolean, default=False)
     executor: Mapped[str] = mapped_column(String(50), default="local")
+    # Folders on the host the job may read (dataset ingest, model import, its program
+    # file), fixed at submit from its submitter's rights: ["/"] for an unrestricted
+    # administrator; null (rows older than this column) means the daemon's ingest roots.
+    read_roots: Mapped[list | None] = mapped_column(JSON)
 
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -179,9 +183,11 @@ class Dataset(Base):
     """A named dataset; its content lives in immutable versions."""
 
     __tablename__ = "datasets"
+    # Names are unique within a team, not across teams (``security/names.py``).
+    __table_args__ = (Index("ux_datasets_name_team", "name", "team", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     owner: Mapped[str] = mapped_column(String(200), default="local")
     team: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -240,6 +246,18 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     hash: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeyCheck(Base):
+    """A check value per key id (``security/crypto.py``): an HMAC of a constant under the
+    key, so a wrong key for a known id is refused instead of sealing data no one can open
+    once the right key returns. The keys themselves never enter the database."""
+
+    __tablename__ = "key_checks"
+
+    key_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    check_value: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 # -- identities (security/identity.py, security/tokens.py) ---------------------------------
@@ -329,9 +347,10 @@ class Model(Base):
     """A named model; its weights live in immutable, numbered versions."""
 
     __tablename__ = "models"
+    __table_args__ = (Index("ux_models_name_team", "name", "team", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
     team: Mapped[str | None] = mapped_column(String(100), index=True)
     owner: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -393,9 +412,10 @@ class ServingPool(Base):
     deployment of the pool, loading models on demand (``serve/residency.py``)."""
 
     __tablename__ = "serving_pools"
+    __table_args__ = (Index("ux_serving_pools_name_team", "name", "team", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
     team: Mapped[str | None] = mapped_column(String(100), index=True)
     owner: Mapped[str] = mapped_column(String(200))
     cpu: Mapped[float] = mapped_column(Float)
@@ -410,9 +430,10 @@ class Deployment(Base):
     when its alias moves), its engine and its pool."""
 
     __tablename__ = "deployments"
+    __table_args__ = (Index("ux_deployments_name_team", "name", "team", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
     team: Mapped[str | None] = mapped_column(String(100), index=True)
     owner: Mapped[str] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(100))
