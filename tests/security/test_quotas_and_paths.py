@@ -7,8 +7,21 @@ import os
 
 import pytest
 
-from live import LiveDaemon, program, wait_for
+from live import PROGRAMS, LiveDaemon, program, wait_for
 from llmos.sdk import APIError
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A live daemon whose developers may run the test programs: a program file is held to
+    the ingest roots like any host file a non-administrator names; the test's folder is
+    one too, so that their jobs see the gate it opens."""
+    (tmp_path / "home").mkdir()
+    live = LiveDaemon(tmp_path / "home",
+                      env={"LLMOS_INGEST_ROOTS": f"{PROGRAMS.parent}:{tmp_path}"})
+    yield live.start()
+    live.stop()
+    live.client.close()
 
 
 def test_a_team_over_its_quota_waits_and_says_so_while_other_teams_run(daemon, tmp_path):
@@ -17,7 +30,7 @@ def test_a_team_over_its_quota_waits_and_says_so_while_other_teams_run(daemon, t
     admin.teams.set_quota("small", jobs=1, cpu=1.5)
     dev = daemon.user("sam", team="small")
     gate = tmp_path / "gate"
-    args = {"marker_dir": str(tmp_path), "gate": str(gate)}
+    args = {"marker_dir": "", "gate": str(gate)}  # markers in each job's own folder
     first = dev.jobs.submit(program("gated"), args, cpu=0.5)
     second = dev.jobs.submit(program("gated"), args, cpu=0.5)
     other = admin.jobs.submit(program("gated"), args, cpu=0.5)  # team default: no quota

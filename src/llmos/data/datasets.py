@@ -13,6 +13,8 @@ files on the llmos host, so non-administrators may only name files inside the fo
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from pathlib import Path
@@ -29,11 +31,15 @@ from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.schema import RequestBody
+from llmos.security import names
 from llmos.security.artifacts import ArtifactService
-from llmos.security.paths import check_file, check_sources
-from llmos.security.rbac import READ, Principal
+from llmos.security.audit import note_read
+from llmos.security.paths import check_sources, within
+from llmos.security.rbac import CREATE, READ, Principal
 from llmos.store.models import Artifact, Dataset, DatasetVersion, Job
 
+SEALED = "sealed"  # the key of a sensitive version's sealed part, in stats and lineage
+SEALED_STATS = ("labels", "languages")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 HEAD_MAX = 1000
 
@@ -48,7 +54,7 @@ def check_dataset_name(name: str) -> str:
 class IngestRequest(RequestBody):
     """Start an ingest job."""
 
-    dataset: str = Field(min_length=1, max_length=100)
+    dataset: str = Field(min_length=1, max_length=200, description="NAME or TEAM/NAME.")
     sources: list[str] = Field(min_length=1, max_length=1000,
                                description="Files, folders or globs on the llmos host.")
     recipe: dict[str, Any] | str = Field(
@@ -82,21 +88,22 @@ class VersionIn(RequestBody):
     job_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
-def _tokenizer_file(who: Principal, given: str, roots: list[Path]) -> Path:
+def _tokenizer_file(given: str, roots: list[Path]) -> Path:
     """The tokenizer.json a recipe's ``tokenize`` step names, resolved (links and '..')
-    and checked against the ingest roots as the sources are. The job is handed this
-    resolved file, so what it reads is what was checked."""
+    and checked against the ingest roots as the sources are — before anything looks at
+    it, so a path outside gets the same refusal whether it exists or not. The job is
+    handed this resolved file (and checks it again), so what it reads is what was checked."""
     shown = f"recipe: the tokenizer path {given[:200]}"
     if not Path(given).is_absolute():  # '~' or relative: whose home, which folder?
         raise InvalidRequest(f"{shown} must be absolute (`llmos data ingest` resolves a "
                              "relative one from the folder it runs in)")
+    path = within(given, roots)
     try:
-        path = Path(given).resolve()
-        path = path / "tokenizer.json" if path.is_dir() else path
+        if path.is_dir():  # its tokenizer.json may be a link that leads outside
+            path = within(path / "tokenizer.json", roots, shown=given)
         found = path.is_file()
     except (OSError, ValueError) as e:
         raise InvalidRequest(f"{shown} cannot be read on the llmos host: {e}") from None
-    check_file(who, path, roots, shown=given)
     if not found:
         raise InvalidRequest(f"recipe: no tokenizer at {given[:200]} (a folder holding "
                              "tokenizer.json, or the file itself)")
@@ -108,49 +115,61 @@ class DatasetService:
         self.jobs = jobs
         self.artifacts = artifacts
         self.db = artifacts.db
+        artifacts.on_rotate(self._reseal_all)
 
     # -- ingest ---------------------------------------------------------------------------
 
     def ingest(self, who: Principal, req: IngestRequest) -> Job:
         """Check the recipe and the sources, then submit the ingest job."""
-        check_dataset_name(req.dataset)
-        team = self._ingest_team(who, req)
-        roots = self.jobs.settings.ingest_root_dirs
-        check_sources(who, req.sources, roots)
+        team, name = self._ingest_team(who, req)
+        # The folders the job will be held to as well (``data/program.py``).
+        roots = [Path(r) for r in self.jobs.read_roots(who)]
+        check_sources(roots, req.sources)
         try:
             recipe = load_recipe(req.recipe) if isinstance(req.recipe, str) else parse_recipe(
                 req.recipe)
         except RecipeError as e:
             raise InvalidRequest(f"recipe: {e}") from None
-        try:
-            files = expand_sources(req.sources)
+        try:  # only inside the roots; links are checked where they lead
+            files = expand_sources(req.sources, roots)
         except RuntimeError:  # Path.expanduser of '~nosuchuser'
             raise InvalidRequest("a source starts with '~' of a user this host does not "
                                  "have") from None
         except (OSError, ValueError) as e:
             raise InvalidRequest(str(e)) from None
-        for f in files:  # a link inside a root may point outside it
-            check_file(who, f, roots)
         if not files:
             raise InvalidRequest("the sources hold no files")
         tokenize = recipe.step("tokenize")
         if tokenize is not None:
-            checked = str(_tokenizer_file(who, tokenize.tokenizer, roots))
+            checked = str(_tokenizer_file(tokenize.tokenizer, roots))
             recipe.steps[recipe.steps.index(tokenize)] = tokenize.model_copy(
                 update={"tokenizer": checked})
         workers = recipe.workers or max(1, int(req.resources.cpu))
-        spec = JobSpec(program="data.ingest", name=f"ingest {req.dataset}",
-                       params={"sources": [str(s) for s in req.sources],
-                               "recipe": recipe.to_dict(), "dataset": req.dataset,
-                               "workers": workers, "sensitive": req.sensitive},
+        request = {"sources": [str(s) for s in req.sources], "recipe": recipe.to_dict()}
+        if req.sensitive:  # the job's params (a database row) name no input path
+            request = {"request_artifact": self._sealed_request(who, team, name, request)}
+        spec = JobSpec(program="data.ingest", name=f"ingest {name}",
+                       params={**request, "dataset": name, "workers": workers,
+                               "sensitive": req.sensitive},
                        resources=req.resources, priority=req.priority, team=team)
         return self.jobs.submit(who, spec)
 
-    def _ingest_team(self, who: Principal, req: IngestRequest) -> str:
-        """The dataset's team: its existing one, else the requested or the caller's."""
+    def _sealed_request(self, who: Principal, team: str, name: str, request: dict) -> int:
+        """A sensitive ingest's sources and recipe, as an artifact sealed at rest that its
+        job reads back through the API (``data/program.py``)."""
+        who.check(CREATE, team, f"dataset {name!r}")  # before anything is written
+        art = self.artifacts.put(who, [json.dumps(request).encode()], f"{name}-ingest.json",
+                                 kind="ingest-request", sensitive=True, team=team)
+        return art.id
+
+    def _ingest_team(self, who: Principal, req: IngestRequest) -> tuple[str, str]:
+        """The dataset's team and bare name: ``team/name`` or the asked team, else the one
+        of the caller's teams that has the name, else the caller's (``security/names.py``).
+        The job gets the bare name: its token acts in that team only."""
         with self.db.session() as s:
-            ds = s.scalars(select(Dataset).where(Dataset.name == req.dataset)).first()
-        return who.team_for_name("dataset", req.dataset, ds.team if ds else None, req.team)
+            team, name, _ = names.for_create(s, who, Dataset, "dataset", req.dataset,
+                                             asked=req.team)
+        return team, check_dataset_name(name)
 
     # -- versions -------------------------------------------------------------------------
 
@@ -158,7 +177,7 @@ class DatasetService:
         """Register ``body`` as the next version of ``name`` (creating the dataset in the
         caller's team). Two ingests finishing at once both get a version: a lost race for
         the number is retried."""
-        check_dataset_name(name)
+        check_dataset_name(names.split(name)[1])
         for attempt in range(10):
             try:
                 return self._version_by_id(self._insert_version(who, name, body))
@@ -172,11 +191,15 @@ class DatasetService:
         ids = [s.artifact_id for s in body.shards] + (
             [body.report_artifact_id] if body.report_artifact_id else [])
         with self.db.session() as s:
-            ds = s.scalars(select(Dataset).where(Dataset.name == name)).first()
-            team = who.team_for_name("dataset", name, ds.team if ds else None)
-            rows = s.execute(select(Artifact.id, Artifact.team)
+            team, name, ds = names.for_create(s, who, Dataset, "dataset", name)
+            rows = s.execute(select(Artifact.id, Artifact.team, Artifact.encrypted)
                              .where(Artifact.id.in_(ids))).all() if ids else []
-            found = {i for i, t in rows if t == team}
+            found = {i for i, t, _ in rows if t == team}
+            # A sensitive dataset (its shards sealed) keeps its label values and input
+            # paths sealed in the database too.
+            sensitive = any(enc for _, t, enc in rows if t == team)
+            if SEALED in body.stats or SEALED in body.lineage:
+                raise InvalidRequest(f"{SEALED!r} is a reserved key of stats and lineage")
             missing = [i for i in ids if i not in found]
             if missing:
                 raise NotFound(f"artifact(s) not found: {', '.join(map(str, missing))}")
@@ -192,7 +215,9 @@ class DatasetService:
             v = DatasetVersion(dataset_id=ds.id, version=latest + 1,
                                content_hash=body.content_hash,
                                shards=[sh.model_dump() for sh in body.shards],
-                               schema=body.schema_, stats=body.stats, lineage=body.lineage,
+                               schema=body.schema_,
+                               **(self._sealed(body.stats, body.lineage) if sensitive else
+                                  {"stats": body.stats, "lineage": body.lineage}),
                                report_artifact_id=body.report_artifact_id, job_id=body.job_id)
             s.add(v)
             s.flush()
@@ -200,8 +225,56 @@ class DatasetService:
 
     def _version_by_id(self, vid: int) -> DatasetVersion:
         with self.db.session() as s:
-            return s.scalars(select(DatasetVersion).where(DatasetVersion.id == vid)
-                             .options(selectinload(DatasetVersion.dataset))).one()
+            v = s.scalars(select(DatasetVersion).where(DatasetVersion.id == vid)
+                          .options(selectinload(DatasetVersion.dataset))).one()
+        if SEALED in v.lineage:  # detached: opening it here changes nothing stored
+            v.stats, v.lineage = self._opened(v.stats, v.lineage)
+        return v
+
+    # -- sealed statistics and lineage ----------------------------------------------------
+
+    def _sealed(self, stats: dict, lineage: dict) -> dict:
+        """The columns of a sensitive version: the counts in clear (listings show them),
+        the label and language values (per split too) and the whole lineage — input
+        paths, sources, recipe — sealed with the daemon's cipher."""
+        stats = json.loads(json.dumps(stats))
+        hidden: dict[str, Any] = {k: stats.pop(k) for k in SEALED_STATS if k in stats}
+        for split, counts in (stats.get("splits") or {}).items():
+            if isinstance(counts, dict):
+                part = {k: counts.pop(k) for k in SEALED_STATS if k in counts}
+                if part:
+                    hidden.setdefault("splits", {})[split] = part
+        stats[SEALED] = self._seal(hidden)
+        return {"stats": stats, "lineage": {SEALED: self._seal(lineage)}}
+
+    def _opened(self, stats: dict, lineage: dict) -> tuple[dict, dict]:
+        stats = dict(stats)
+        hidden = self._open(stats.pop(SEALED)) if SEALED in stats else {}
+        for split, part in hidden.pop("splits", {}).items():
+            stats.setdefault("splits", {}).setdefault(split, {}).update(part)
+        stats.update(hidden)
+        return stats, self._open(lineage[SEALED])
+
+    def _reseal_all(self) -> set[str]:
+        """After a key rotation: seal every sensitive version's labels and lineage again
+        under the new current key; the key ids they still need (none: all moved)."""
+        with self.db.session() as s:
+            for v in s.scalars(select(DatasetVersion)):
+                if SEALED not in (v.lineage or {}):
+                    continue
+                stats, lineage = self._opened(v.stats, v.lineage)
+                fresh = self._sealed(stats, lineage)
+                v.stats, v.lineage = fresh["stats"], fresh["lineage"]
+        return set()
+
+    def _seal(self, value: Any) -> str:
+        out = io.BytesIO()
+        self.artifacts.store.cipher.seal([json.dumps(value).encode()], out)
+        return base64.b64encode(out.getvalue()).decode()
+
+    def _open(self, text: str) -> Any:
+        sealed = io.BytesIO(base64.b64decode(text))
+        return json.loads(b"".join(self.artifacts.store.cipher.unseal(sealed)))
 
     def list(self, who: Principal) -> list[Dataset]:
         q = select(Dataset).options(selectinload(Dataset.versions)).order_by(Dataset.name)
@@ -212,11 +285,11 @@ class DatasetService:
             return list(s.scalars(q))
 
     def get(self, who: Principal, name: str) -> Dataset:
+        """The dataset named ``name`` (bare, or ``team/name``) in a team ``who`` sees;
+        another team's is not found, exactly as a missing one."""
         with self.db.session() as s:
-            ds = s.scalars(select(Dataset).where(Dataset.name == name)
-                           .options(selectinload(Dataset.versions))).first()
-            if ds is None:
-                raise NotFound(f"dataset {name!r} not found")
+            ds = names.find(s, who, Dataset, "dataset", name,
+                            (selectinload(Dataset.versions),))
             who.check(READ, ds.team, f"dataset {name!r}")
             return ds
 
@@ -281,6 +354,7 @@ class DatasetService:
         art = self.artifacts.get(who, shard["artifact_id"])
         store = self.artifacts.store
         if art.encrypted:  # decrypted in memory only (shards are at most shard_mb)
+            note_read(f"artifact {art.id}")  # a sensitive read: the request's audit record
             return pq.ParquetFile(io.BytesIO(b"".join(store.read_verified(art.sha256, True))))
         store.verify(art.sha256)
         return pq.ParquetFile(store.path(art.sha256))

@@ -10,6 +10,13 @@ Two passes keep memory bounded whatever the input size:
    and the spill file is read back batch by batch: annotation steps run on the documents
    kept, which are written into ``{split}-{n:05d}.parquet`` shards.
 
+Every file the ingest writes (spill, decompressed inputs, shards) is a scratch file
+(``scratch``): for a sensitive dataset (``sealed``) each is sealed as it is written with a
+key held only in this process's memory, so no document is ever on disk in clear, and the
+work folder is removed when the ingest fails, whatever the exception (``SystemExit`` from a
+cancel's SIGTERM included). Sources are held to ``read_roots`` when given
+(``readers.expand_sources``).
+
 The order of documents is the order of the files and of the records within them, whatever
 the number of workers, so a recipe run twice on the same input writes the same bytes.
 This module knows nothing of jobs or the store: ``program`` connects it to them.
@@ -34,6 +41,7 @@ from llmos.data import clean, splits
 from llmos.data import recipe as r
 from llmos.data.dedup import Signer
 from llmos.data.readers import BadFile, Doc, FileReader, FileReport, expand_sources
+from llmos.data.scratch import Scratch
 from llmos.data.steps import StepParams
 
 BATCH_BYTES = 1 << 20
@@ -59,6 +67,7 @@ class Result:
     report: dict
     inputs: list[dict]
     content_hash: str
+    scratch: Scratch  # where the shards are (sealed or not); cleared once uploaded
 
 
 @dataclass
@@ -155,18 +164,31 @@ def _ordered_map(fn_inline: Callable, batches: Iterator, workers: int, recipe: r
 
 
 def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
-        progress: ProgressFn | None = None) -> Result:
-    """Ingest ``sources`` with ``recipe``; shards and spill files go under ``workdir``."""
+        progress: ProgressFn | None = None, read_roots: list[Path] | None = None,
+        sealed: bool = False) -> Result:
+    """Ingest ``sources`` with ``recipe``; shards and spill files go under ``workdir``
+    (sealed as written when ``sealed``). Only files inside ``read_roots`` are read (None:
+    any). On failure nothing is left in ``workdir``."""
+    scratch = Scratch(workdir, sealed)
+    try:
+        return _run(sources, recipe, Path(workdir), workers, progress, read_roots, scratch)
+    except BaseException:
+        scratch.clear()
+        raise
+
+
+def _run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int,
+         progress: ProgressFn | None, read_roots: list[Path] | None, scratch: Scratch
+         ) -> Result:
     import pyarrow as pa
 
-    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     annotators = [s.build() for s in recipe.phase("annotate")]
-    files = expand_sources(sources)
+    files = expand_sources(sources, read_roots)
     counters = Counters(files_total=len(files), bytes_total=sum(f.stat().st_size for f in files))
     reports = [FileReport(path=str(f)) for f in files]
     reader = FileReader(recipe.text_field, recipe.label_field, recipe.readers, workdir / "tmp",
-                        recipe.fields)
+                        recipe.fields, scratch)
     worker = _Worker(recipe) if workers <= 1 else None
 
     spill_path = workdir / "spill.arrow"
@@ -175,7 +197,7 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
                               ("extra", pa.string())])
     contents, bands = [], []
     last_report = 0.0
-    with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, spill_schema) as spill:
+    with _sink(scratch, spill_path) as sink, pa.ipc.new_file(sink, spill_schema) as spill:
         batches = _batches(files, reports, reader, counters)
         for out in _ordered_map(lambda b: worker.process(b), batches, workers, recipe):
             counters.tally.merge(out["tally"])
@@ -209,9 +231,10 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
         counters.tally.add(label, "duplicate", int(removed.sum()))
         dedup_report.append((label, clusters))
 
-    shards, schema, stats = _write(spill_path, workdir, recipe, content, alive, annotators)
-    report = _report(reports, counters, recipe, dedup_report, spill_path)
-    spill_path.unlink(missing_ok=True)
+    shards, schema, stats = _write(scratch, spill_path, workdir, recipe, content, alive,
+                                   annotators)
+    report = _report(reports, counters, recipe, dedup_report, scratch, spill_path)
+    scratch.remove(spill_path)
     stats["input"] = {"files": len(files), "bytes": counters.bytes_total,
                       "bad_files": sum(1 for f in reports if f.error),
                       "bad_records": sum(f.bad_records for f in reports),
@@ -227,10 +250,34 @@ def run(sources: list[str], recipe: r.Recipe, workdir: Path, workers: int = 1,
     digest = hashlib.sha256()
     for s in shards:
         digest.update(f"{s.split}\t{s.path.name}\t{s.sha256}\n".encode())
-    return Result(shards, schema, stats, report, inputs, digest.hexdigest())
+    return Result(shards, schema, stats, report, inputs, digest.hexdigest(), scratch)
 
 
-def _field_types(spill, names: list[str]) -> dict:
+def _sink(scratch: Scratch, path: Path):
+    """An Arrow output stream onto a new scratch file."""
+    import pyarrow as pa
+
+    if not scratch.sealed:
+        return pa.OSFile(str(path), "wb")
+    return pa.PythonFile(scratch.create(path), mode="w")
+
+
+def _source(scratch: Scratch, path: Path):
+    """An Arrow random-access input onto a scratch file."""
+    import pyarrow as pa
+
+    if not scratch.sealed:
+        return pa.OSFile(str(path), "rb")
+    return pa.PythonFile(scratch.open(path), mode="r")
+
+
+def _detail(e: Exception, sealed: bool) -> str:
+    """Arrow's words for a type error quote the value: not for sensitive data, whose
+    errors end up in the job's log and record."""
+    return "" if sealed else f" ({e})"
+
+
+def _field_types(spill, names: list[str], sealed: bool = False) -> dict:
     """The Arrow type of each kept field, from its values in the spill file (a field never
     seen is a string column)."""
     import pyarrow as pa
@@ -249,11 +296,12 @@ def _field_types(spill, names: list[str]) -> dict:
         try:
             types[n] = pa.array(values).type if values else pa.string()
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise FieldTypeError(f"field {n!r} holds values of different kinds ({e})") from None
+            raise FieldTypeError(f"field {n!r} holds values of different kinds"
+                                 f"{_detail(e, sealed)}") from None
     return types
 
 
-def _add_fields(cols: dict, extras: list, types: dict) -> None:
+def _add_fields(cols: dict, extras: list, types: dict, sealed: bool = False) -> None:
     import pyarrow as pa
 
     records = [json.loads(raw) if raw else {} for raw in extras]
@@ -263,7 +311,7 @@ def _add_fields(cols: dict, extras: list, types: dict) -> None:
             pa.array(values, type=t)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise FieldTypeError(f"field {n!r} holds values of different kinds: "
-                                 f"expected {t} ({e})") from None
+                                 f"expected {t}{_detail(e, sealed)}") from None
         cols[n] = values
 
 
@@ -292,14 +340,15 @@ def _batches(files: list[Path], reports: list[FileReport], reader: FileReader,
         yield batch
 
 
-def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarray,
-           alive: np.ndarray, annotators: list) -> tuple[list[Shard], dict, dict]:
+def _write(scratch: Scratch, spill_path: Path, workdir: Path, recipe: r.Recipe,
+           content: np.ndarray, alive: np.ndarray, annotators: list
+           ) -> tuple[list[Shard], dict, dict]:
     """Read the spill file back, annotate the documents kept and write the shards."""
     import pyarrow as pa
 
     labels_present = recipe.label_field is not None
     langs_present = recipe.step("language") is not None
-    with pa.OSFile(str(spill_path), "rb") as src:
+    with _source(scratch, spill_path) as src:
         spill = pa.ipc.open_file(src)
         label_col = _label_codes(spill) if labels_present else None
         idx = np.flatnonzero(alive)
@@ -316,11 +365,11 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
         for a in annotators:
             for name, kind in a.columns.items():
                 fields.append((name, pa.int32() if kind == "int32" else pa.list_(pa.string())))
-        kept_types = _field_types(spill, recipe.fields)
+        kept_types = _field_types(spill, recipe.fields, scratch.sealed)
         counted_tokens = recipe.step("tokenize") is not None
         fields += list(kept_types.items())
         schema = pa.schema(fields)
-        writer = _ShardWriter(workdir / "shards", schema, recipe.shard_mb << 20)
+        writer = _ShardWriter(scratch, workdir / "shards", schema, recipe.shard_mb << 20)
         stats = {"splits": {}}
         start = 0
         for i in range(spill.num_record_batches):
@@ -339,7 +388,7 @@ def _write(spill_path: Path, workdir: Path, recipe: r.Recipe, content: np.ndarra
             if langs_present:
                 cols["lang"] = kept.column("lang").to_pylist()
             if kept_types:
-                _add_fields(cols, kept.column("extra").to_pylist(), kept_types)
+                _add_fields(cols, kept.column("extra").to_pylist(), kept_types, scratch.sealed)
             for a in annotators:
                 a.apply(cols["text"], cols)
             split_codes = codes[rows[keep]]
@@ -403,7 +452,8 @@ class _ShardWriter:
 
     ROW_GROUP_BYTES = 32 << 20
 
-    def __init__(self, folder: Path, schema, limit: int):
+    def __init__(self, scratch: Scratch, folder: Path, schema, limit: int):
+        self.scratch = scratch
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.schema = schema
@@ -431,10 +481,11 @@ class _ShardWriter:
             n = self.count.get(split, 0)
             self.count[split] = n + 1
             path = self.folder / f"{split}-{n:05d}.parquet"
-            writer = pq.ParquetWriter(path, self.schema, compression="zstd",
+            sink = _sink(self.scratch, path)
+            writer = pq.ParquetWriter(sink, self.schema, compression="zstd",
                                       write_statistics=False, store_schema=True)
-            self.open[split] = (writer, Shard(path, split, 0, 0))
-        writer, shard = self.open[split]
+            self.open[split] = (writer, sink, Shard(path, split, 0, 0))
+        writer, _, shard = self.open[split]
         writer.write_table(table, row_group_size=max(1, table.num_rows))
         shard.rows += table.num_rows
         shard.text_bytes += pc.sum(pc.binary_length(table.column("text"))).as_py() or 0
@@ -442,9 +493,10 @@ class _ShardWriter:
             self._close(split)
 
     def _close(self, split: str) -> None:
-        writer, shard = self.open.pop(split)
+        writer, sink, shard = self.open.pop(split)
         writer.close()
-        shard.sha256 = _sha256(shard.path)
+        sink.close()
+        shard.sha256 = self.scratch.sha256(shard.path)
         self.done.append(shard)
 
     def close(self) -> list[Shard]:
@@ -457,13 +509,13 @@ class _ShardWriter:
 
 
 def _report(reports: list[FileReport], counters: Counters, recipe: r.Recipe,
-            dedup: list, spill_path: Path) -> dict:
+            dedup: list, scratch: Scratch, spill_path: Path) -> dict:
     """What happened to every file and every document removed, with duplicate clusters
     (up to CLUSTERS_IN_REPORT per step; documents named by their source)."""
     found = {label: clusters.groups(CLUSTERS_IN_REPORT) for label, clusters in dedup}
     wanted = {i for _, groups in found.values() for k, m in groups
               for i in [k, *m[:MEMBERS_IN_REPORT]]}
-    source = _sources(spill_path, wanted)
+    source = _sources(scratch, spill_path, wanted)
     out_dedup = {}
     for label, clusters in dedup:
         total, groups = found[label]
@@ -476,7 +528,7 @@ def _report(reports: list[FileReport], counters: Counters, recipe: r.Recipe,
             "recipe": recipe.to_dict()}
 
 
-def _sources(spill_path: Path, wanted: set[int]) -> dict[int, str]:
+def _sources(scratch: Scratch, spill_path: Path, wanted: set[int]) -> dict[int, str]:
     """The source column of the spilled documents at indices ``wanted``."""
     import pyarrow as pa
 
@@ -484,7 +536,7 @@ def _sources(spill_path: Path, wanted: set[int]) -> dict[int, str]:
     if not wanted:
         return out
     targets = np.array(sorted(wanted))
-    with pa.OSFile(str(spill_path), "rb") as src:
+    with _source(scratch, spill_path) as src:
         spill = pa.ipc.open_file(src)
         start = 0
         for i in range(spill.num_record_batches):

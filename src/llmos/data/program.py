@@ -5,6 +5,12 @@ It talks to llmos only through its job context: progress and metrics as events, 
 and the report as artifacts, and the new dataset version through ``/v1/datasets``. The
 version is registered last, after every shard is safely stored, so a job that fails
 leaves no half-made version behind.
+
+The program checks its own inputs, whatever route started it (the dataset service, or a
+plain ``POST /v1/jobs``): the sources and the recipe's tokenizer must lie inside the
+folders its job context received from the kernel (``ctx.read_roots``: the ingest roots, or
+None when an administrator submitted it). A sensitive ingest keeps its documents sealed
+in its work folder (``ingest``) and removes the folder on every exit.
 """
 
 from __future__ import annotations
@@ -16,11 +22,28 @@ import shutil
 from llmos.data.ingest import Counters, default_workers
 from llmos.data.ingest import run as run_ingest
 from llmos.data.recipe import parse_recipe
+from llmos.security import paths
 
 
-def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | None = None,
-           sensitive: bool = False) -> dict:
-    rec = parse_recipe(recipe)
+def ingest(ctx, dataset: str, sources: list[str] | None = None, recipe: dict | None = None,
+           workers: int | None = None, sensitive: bool = False,
+           request_artifact: int | None = None) -> dict:
+    """Ingest ``sources`` with ``recipe`` into a new version of ``dataset``. A sensitive
+    ingest started by the dataset service gets them in a sealed artifact
+    (``request_artifact``) instead, so no database row names its inputs."""
+    if request_artifact is not None:
+        request = json.loads(ctx.artifacts.get(request_artifact))
+        sources, recipe = request["sources"], request["recipe"]
+    if not sources:
+        raise ValueError("data.ingest needs sources (files, folders or globs)")
+    rec = parse_recipe(recipe or {})
+    roots = ctx.read_roots
+    tokenize = rec.step("tokenize")
+    if tokenize is not None:  # the file the step will open, resolved and checked
+        tok = paths.within(tokenize.tokenizer, roots)
+        if tok.is_dir():
+            tok = paths.within(tok / "tokenizer.json", roots, shown=tokenize.tokenizer)
+        rec.steps[rec.steps.index(tokenize)] = tokenize.model_copy(update={"tokenizer": str(tok)})
     n_workers = workers or rec.workers or default_workers()
     work = ctx.workdir / "ingest"
     shutil.rmtree(work, ignore_errors=True)  # a retried attempt starts clean
@@ -31,17 +54,27 @@ def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | N
 
     ctx.log(f"ingesting {len(sources)} source(s) into dataset {dataset!r} with "
             f"{n_workers} worker(s)")
-    result = run_ingest(sources, rec, work, workers=n_workers, progress=progress)
+    try:
+        return _ingest(ctx, sources, rec, dataset, n_workers, sensitive, work, progress, roots)
+    finally:  # success, failure, or SystemExit from a cancel: no scratch file stays
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ingest(ctx, sources, rec, dataset, n_workers, sensitive, work, progress, roots) -> dict:
+    result = run_ingest(sources, rec, work, workers=n_workers, progress=progress,
+                        read_roots=roots, sealed=sensitive)
     ctx.log(f"{result.stats['documents']} documents kept of {result.stats['input']['documents']}"
             f" read; uploading {len(result.shards)} shard(s)")
     shards = []
     for shard in result.shards:
-        artifact = ctx.artifacts.put(shard.path, name=f"{dataset}-{shard.path.name}",
+        body = (shard.path if not sensitive  # sealed on disk: stream the plaintext instead
+                else lambda path=shard.path: result.scratch.chunks(path))
+        artifact = ctx.artifacts.put(body, name=f"{dataset}-{shard.path.name}",
                                      kind="dataset-shard", sensitive=sensitive)
         shards.append({"artifact_id": artifact, "split": shard.split, "rows": shard.rows,
                        "text_bytes": shard.text_bytes, "sha256": shard.sha256,
                        "name": shard.path.name})
-        shard.path.unlink()
+        result.scratch.remove(shard.path)
     report = ctx.artifacts.put(json.dumps(result.report, ensure_ascii=False).encode(),
                                name=f"{dataset}-report.json", kind="dataset-report",
                                sensitive=sensitive)
@@ -57,6 +90,5 @@ def ingest(ctx, sources: list[str], recipe: dict, dataset: str, workers: int | N
     ctx.metric("documents_read", result.stats["input"]["documents"])
     ctx.metric("peak_rss_mb_main", main_mb)
     ctx.metric("peak_rss_mb_worker", worker_mb)
-    shutil.rmtree(work, ignore_errors=True)
     return {"dataset": dataset, "version": version["version"],
             "content_hash": result.content_hash, "documents": result.stats["documents"]}

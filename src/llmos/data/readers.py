@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import codecs
 import csv
+import fnmatch
 import glob
 import gzip
+import io
 import json
 import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from llmos.data.recipe import Readers
+from llmos.data.scratch import Scratch
+from llmos.security import paths
 
 TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl",
                  ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -83,25 +87,21 @@ class FileReport:
             self.bad_record_examples.append(f"{where}: {why}")
 
 
-def expand_sources(sources: list[str]) -> list[Path]:
+def expand_sources(sources: list[str], roots: Sequence[Path] | None = None) -> list[Path]:
     """Files named by ``sources`` (files, folders walked recursively, globs), sorted within
     each source and without repeats. Raises FileNotFoundError naming a source that matches
-    nothing."""
+    nothing.
+
+    With ``roots`` (the folders the caller may read; None: anywhere) every source is held
+    to them: its fixed part is checked before anything is listed, a glob is matched only
+    below it (never through '..'), and a link met on the way is checked where it leads —
+    so what lies outside the roots is never listed, and a refusal
+    (:func:`llmos.security.paths.refusal`) is the same whether it exists or not."""
     out: list[Path] = []
     seen: set[Path] = set()
     for src in sources:
-        p = Path(src).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file())
-        elif p.is_file():
-            found = [p]
-        elif glob.has_magic(src):
-            found = sorted(Path(f) for f in glob.glob(os.path.expanduser(src), recursive=True)
-                           if os.path.isfile(f))
-            if not found:
-                raise FileNotFoundError(f"no file matches {src!r}")
-        else:
-            raise FileNotFoundError(f"no such file or folder: {src}")
+        anywhere = roots is None or paths.ANYWHERE in roots
+        found = _expand(src) if anywhere else _expand_within(src, roots)
         for f in found:
             f = f.resolve()
             if f not in seen:
@@ -110,16 +110,103 @@ def expand_sources(sources: list[str]) -> list[Path]:
     return out
 
 
+def _expand(src: str) -> list[Path]:
+    p = Path(src).expanduser()
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    if p.is_file():
+        return [p]
+    if glob.has_magic(src):
+        found = sorted(Path(f) for f in glob.glob(os.path.expanduser(src), recursive=True)
+                       if os.path.isfile(f))
+        if not found:
+            raise FileNotFoundError(f"no file matches {src!r}")
+        return found
+    raise FileNotFoundError(f"no such file or folder: {src}")
+
+
+def _expand_within(src: str, roots: Sequence[Path]) -> list[Path]:
+    base = paths.within(paths.static_part(src), roots, shown=src)
+    try:
+        pattern = Path(src).expanduser().parts[len(paths.static_part(src).parts):]
+    except RuntimeError:  # '~nosuchuser' (within() has refused it already)
+        raise paths.refusal(src, roots) from None
+    if ".." in pattern:  # a glob may not climb back out of its fixed part
+        raise paths.refusal(src, roots)
+    if not pattern:
+        if base.is_file():
+            return [base]
+        if not base.is_dir():
+            raise FileNotFoundError(f"no such file or folder: {src}")
+        entries = _walk(base)
+    else:
+        entries = sorted(_match(base, list(pattern), roots)) if base.is_dir() else []
+    found = []
+    for entry in entries:
+        real = paths.within(entry, roots) if entry.is_symlink() else entry
+        if real.is_file():
+            found.append(entry)
+    if pattern and not found:
+        raise FileNotFoundError(f"no file matches {src!r}")
+    return found
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every entry below ``folder`` (files and links, links to folders not followed)."""
+    out = []
+    for where, dirs, files in os.walk(folder, followlinks=False):
+        out += [Path(where) / n for n in files]
+        out += [Path(where) / n for n in dirs if (Path(where) / n).is_symlink()]
+    return sorted(out)
+
+
+def _match(folder: Path, pattern: list[str], roots: Sequence[Path]) -> Iterator[Path]:
+    """Entries below ``folder`` matching the glob components ``pattern`` ('**': any depth),
+    as glob matches them (a leading '.' only by a pattern that starts with one). A link to
+    a folder is followed only when it leads inside the roots, and never by '**'."""
+    part, rest = pattern[0], pattern[1:]
+    if part == "**":
+        if not rest:
+            yield from _walk(folder)
+            return
+        yield from _match(folder, rest, roots)
+        for where, dirs, _ in os.walk(folder, followlinks=False):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for d in dirs:
+                yield from _match(Path(where) / d, rest, roots)
+        return
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".") and not part.startswith("."):
+            continue
+        if not fnmatch.fnmatchcase(name, part):
+            continue
+        entry = folder / name
+        if not rest:
+            yield entry
+        elif entry.is_symlink():
+            real = paths.within(entry, roots)
+            if real.is_dir():
+                yield from _match(real, rest, roots)
+        elif entry.is_dir():
+            yield from _match(entry, rest, roots)
+
+
 class FileReader:
     """Reads one file at a time into documents; ``tmp_dir`` holds decompressed copies."""
 
     def __init__(self, text_field: str, label_field: str | None, options: Readers,
-                 tmp_dir: Path, fields: list[str] = ()):
+                 tmp_dir: Path, fields: list[str] = (), scratch: Scratch | None = None):
         self.text_field = text_field
         self.label_field = label_field
         self.fields = list(fields)
         self.options = options
         self.tmp_dir = Path(tmp_dir)
+        # Decompressed copies go through the scratch files (sealed for sensitive data).
+        self.scratch = scratch or Scratch(self.tmp_dir)
 
     def read(self, path: Path, report: FileReport) -> Iterator[Doc]:
         """Documents of ``path``; raises BadFile before yielding anything if the file is
@@ -138,17 +225,19 @@ class FileReader:
         if compression:
             plain = self._decompress(path, compression)
             try:
-                yield from self._read_plain(plain, fmt, str(path), report)
+                yield from self._read_plain(_Source(lambda: self.scratch.open(plain),
+                                                    self.scratch.size(plain)),
+                                            fmt, str(path), report)
             finally:
-                plain.unlink(missing_ok=True)
+                self.scratch.remove(plain)
         else:
-            yield from self._read_plain(path, fmt, str(path), report)
+            yield from self._read_plain(_Source(lambda: open(path, "rb"), report.bytes),
+                                        fmt, str(path), report)
 
     def _decompress(self, path: Path, compression: str) -> Path:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         out = self.tmp_dir / f"decompressed-{os.getpid()}.tmp"
         try:
-            with open(out, "wb") as dst:
+            with self.scratch.create(out) as dst:
                 if compression == "gzip":
                     with gzip.open(path, "rb") as src:
                         while chunk := src.read(_CHUNK):
@@ -157,20 +246,20 @@ class FileReader:
                     with open(path, "rb") as src:
                         _unzstd(src, dst)
         except (EOFError, OSError, zlib.error) as e:
-            out.unlink(missing_ok=True)
+            self.scratch.remove(out)
             raise BadFile(f"truncated or corrupt {compression} archive: {e}") from None
         except BadFile:
-            out.unlink(missing_ok=True)
+            self.scratch.remove(out)
             raise
         except Exception as e:  # zstandard.ZstdError
-            out.unlink(missing_ok=True)
+            self.scratch.remove(out)
             raise BadFile(f"corrupt {compression} archive: {e}") from None
-        if out.stat().st_size == 0:
-            out.unlink(missing_ok=True)
+        if self.scratch.size(out) == 0:
+            self.scratch.remove(out)
             raise BadFile("empty file (after decompression)")
         return out
 
-    def _read_plain(self, path: Path, fmt: str, source: str, report: FileReport
+    def _read_plain(self, path: _Source, fmt: str, source: str, report: FileReport
                     ) -> Iterator[Doc]:
         if fmt == "parquet":
             yield from self._parquet(path, source, report)
@@ -180,7 +269,7 @@ class FileReader:
         if fmt in ("txt", "html"):
             yield from self._text(path, encoding, fmt, source, report)
         elif fmt == "jsonl":
-            with open(path, encoding=encoding, newline="") as f:
+            with path.text(encoding, newline="") as f:
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         yield from self._record(_json_or_error(line), f"{source}#L{n}", report)
@@ -189,18 +278,18 @@ class FileReader:
         else:
             yield from self._csv(path, encoding, source, report)
 
-    def _text(self, path: Path, encoding: str, fmt: str, source: str, report: FileReport
+    def _text(self, path: _Source, encoding: str, fmt: str, source: str, report: FileReport
               ) -> Iterator[Doc]:
         mode = "file" if fmt == "html" else self.options.txt
         if mode == "file":
             limit = self.options.max_document_mb << 20
-            if path.stat().st_size > limit:
+            if path.size > limit:
                 raise BadFile(f"larger than one document may be ({self.options.max_document_mb}"
                               " MB); read it by line or paragraph (readers: {txt: line})")
-            with open(path, encoding=encoding, newline=None) as f:
+            with path.text(encoding, newline=None) as f:
                 yield self._doc(f.read(), source, None, report, is_html=fmt == "html")
             return
-        with open(path, encoding=encoding, newline=None) as f:
+        with path.text(encoding, newline=None) as f:
             if mode == "line":
                 for n, line in enumerate(f, 1):
                     if line.strip():
@@ -220,11 +309,12 @@ class FileReader:
             if block:
                 yield self._doc("".join(block).rstrip("\n"), f"{source}#L{start}", None, report)
 
-    def _json(self, path: Path, encoding: str, source: str, report: FileReport) -> Iterator[Doc]:
-        if path.stat().st_size > self.options.max_document_mb << 20:
+    def _json(self, path: _Source, encoding: str, source: str, report: FileReport
+              ) -> Iterator[Doc]:
+        if path.size > self.options.max_document_mb << 20:
             raise BadFile(f"a .json file over {self.options.max_document_mb} MB must be JSON "
                           "Lines (.jsonl), which is streamed")
-        with open(path, encoding=encoding) as f:
+        with path.text(encoding) as f:
             try:
                 data = json.load(f)
             except ValueError as e:
@@ -237,9 +327,10 @@ class FileReader:
         for i, item in enumerate(data):
             yield from self._record(item, f"{source}#{i}", report)
 
-    def _csv(self, path: Path, encoding: str, source: str, report: FileReport) -> Iterator[Doc]:
+    def _csv(self, path: _Source, encoding: str, source: str, report: FileReport
+             ) -> Iterator[Doc]:
         csv.field_size_limit(self.options.max_document_mb << 20)
-        with open(path, encoding=encoding, newline="") as f:
+        with path.text(encoding, newline="") as f:
             sample = f.read(64 << 10)
             f.seek(0)
             delimiter = "\t" if ".tsv" in Path(source).name.lower() else ","
@@ -264,13 +355,17 @@ class FileReader:
                 errors_in_a_row = 0
                 yield from self._record(row, f"{source}#L{rows.line_num}", report)
 
-    def _parquet(self, path: Path, source: str, report: FileReport) -> Iterator[Doc]:
+    def _parquet(self, path: _Source, source: str, report: FileReport) -> Iterator[Doc]:
         import pyarrow.parquet as pq
 
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:
-            raise BadFile(f"not a readable Parquet file: {e}") from None
+        with path.open() as f:
+            try:
+                pf = pq.ParquetFile(f)
+            except Exception as e:
+                raise BadFile(f"not a readable Parquet file: {e}") from None
+            yield from self._parquet_rows(pf, source, report)
+
+    def _parquet_rows(self, pf, source: str, report: FileReport) -> Iterator[Doc]:
         names = pf.schema_arrow.names
         if self.text_field not in names:
             raise BadFile(f"no {self.text_field!r} column (columns: {', '.join(names)})")
@@ -358,9 +453,23 @@ def _unzstd(src, dst) -> None:
         raise BadFile("truncated zstd archive: the last frame is cut short")
 
 
-def detect_encoding(path: Path) -> str:
+class _Source:
+    """A file to read: how to open its bytes (a plain file, or a scratch copy that may be
+    sealed) and its size."""
+
+    def __init__(self, open_binary, size: int):
+        self.open = open_binary
+        self.size = size
+
+    def text(self, encoding: str, newline: str | None = None):
+        return io.TextIOWrapper(self.open(), encoding=encoding, newline=newline)
+
+
+def detect_encoding(path: Path | _Source) -> str:
     """The text encoding of the whole file, or BadFile for binary or undecodable bytes."""
-    with open(path, "rb") as f:
+    if not isinstance(path, _Source):
+        path = _Source(lambda p=path: open(p, "rb"), Path(path).stat().st_size)
+    with path.open() as f:
         head = f.read(64 << 10)
     for bom, name in _BOMS:
         if head.startswith(bom):
@@ -373,7 +482,7 @@ def detect_encoding(path: Path) -> str:
         return "utf-8"
     from charset_normalizer import from_bytes
 
-    with open(path, "rb") as f:
+    with path.open() as f:
         sample = f.read(1 << 20)
     matches = from_bytes(sample, cp_isolation=None)
     for match in matches:
@@ -383,7 +492,7 @@ def detect_encoding(path: Path) -> str:
     raise BadFile("could not find a text encoding that decodes the whole file (binary?)")
 
 
-def _familiar_name(path: Path, sample: bytes, name: str) -> str:
+def _familiar_name(path: _Source, sample: bytes, name: str) -> str:
     """``name``, or the first familiar encoding that reads the whole file and reads its head
     as plausibly (charset-normalizer's mess ratio, within MESS_SLACK): short Latin-1 texts
     are often taken for cp1250 or mac_latin2, which turns "niño" into "nińo"."""
@@ -409,10 +518,10 @@ def _decode_head(sample: bytes, encoding: str) -> str | None:
         return None
 
 
-def _decodes(path: Path, encoding: str) -> bool:
+def _decodes(path: _Source, encoding: str) -> bool:
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     try:
-        with open(path, "rb") as f:
+        with path.open() as f:
             while chunk := f.read(_CHUNK):
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)

@@ -28,17 +28,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 EVENTS_FILE = "events.jsonl"
 
 
 class JobContext:
     def __init__(self, job_id: int, attempt: int, workdir: Path, api_url: str | None = None,
-                 api_token: str | None = None, api_ca: str | None = None):
+                 api_token: str | None = None, api_ca: str | None = None,
+                 read_roots: Iterable[str] = ()):
         self.job_id = job_id
         self.attempt = attempt
         self.workdir = Path(workdir)
+        # The host folders this job may read, set by the kernel from its submitter's
+        # rights ("/" for anywhere); programs that open host paths check them.
+        self.read_roots = tuple(Path(r) for r in read_roots)
         self._lock = threading.Lock()
         self._events = open(self.workdir / EVENTS_FILE, "a", encoding="utf-8")
         self._yield = threading.Event()
@@ -173,9 +177,10 @@ class Artifacts:
         self._api = api
         self._job_id = job_id
 
-    def put(self, data: bytes | str | Path, name: str, kind: str = "file",
-            parents: Iterable[int] = (), sensitive: bool = False) -> int:
-        """Store ``data`` (bytes, or a file path) as a new artifact; return its id.
+    def put(self, data: bytes | str | Path | Callable[[], Iterable[bytes]], name: str,
+            kind: str = "file", parents: Iterable[int] = (), sensitive: bool = False) -> int:
+        """Store ``data`` (bytes, a file path, or a function that yields the bytes in
+        pieces — called again if the upload is retried) as a new artifact; return its id.
         The artifact records this job as its producer; ``sensitive`` ones are encrypted
         at rest."""
         params: dict[str, Any] = {"name": name, "kind": kind, "job_id": self._job_id}
@@ -187,6 +192,8 @@ class Artifacts:
         def body():
             if isinstance(data, bytes):
                 return data
+            if callable(data):
+                return data()
             f = open(data, "rb")  # closed when exhausted (a retry opens it again)
             return _chunks(f)
 
@@ -270,9 +277,12 @@ class _Api:
         if not self.url:
             raise RuntimeError("this job has no llmos API to reach")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        timeout = httpx.Timeout(30.0, read=600.0)
+        if self.url.startswith("unix:"):  # a sandboxed job without a network: the socket
+            return httpx.Client(base_url="http://llmos", headers=headers, timeout=timeout,
+                                transport=httpx.HTTPTransport(uds=self.url[len("unix:"):]))
         verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
-        return httpx.Client(base_url=self.url, headers=headers, verify=verify,
-                            timeout=httpx.Timeout(30.0, read=600.0))
+        return httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout)
 
     def send(self, method: str, path: str, content=None, **kwargs):
         """One request; a 429 or 503 is tried again after its Retry-After (a few times).

@@ -9,6 +9,11 @@ A program is one of
 The daemon checks a program *without running any of its code*: it finds the module's
 source through the import system's finders and reads it with :mod:`ast`. The job process
 itself imports it (:func:`load_program`).
+
+A program file is a file on the llmos host, so it is held to the folders its submitter may
+have read (``read_roots``: the ingest roots for non-administrators): a path outside them is
+refused *before* the daemon looks at it, with one answer whether it exists, is a folder, or
+holds a syntax error — so submitting programs is no way to learn what lies outside.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from llmos import extensions
 
 
 class ProgramError(ValueError):
     """The program cannot be found, or does not accept the given parameters."""
+
+
+class ProgramOutsideRoots(ProgramError):
+    """A program file outside the folders its submitter may read (a 403, not a 422)."""
 
 
 def resolve(program: str) -> str:
@@ -47,8 +56,9 @@ class Signature:
     takes_kwargs: bool
 
 
-def check(program: str, params: dict) -> None:
-    """Raise ProgramError when the program cannot be found or its params do not fit."""
+def check(program: str, params: dict, read_roots: Sequence[str | Path] | None = None) -> None:
+    """Raise ProgramError when the program cannot be found or its params do not fit.
+    ``read_roots``: the folders a program file may lie in ("/" or None: anywhere)."""
     target = resolve(program)
     if ":" not in target:
         raise ProgramError(
@@ -58,7 +68,7 @@ def check(program: str, params: dict) -> None:
     where, _, func = target.rpartition(":")
     if not func.isidentifier():
         raise ProgramError(f"program {program!r}: {func!r} is not a function name")
-    source = _source_of(where, program)
+    source = _source_of(where, program, read_roots)
     if source is None:  # compiled extension: exists, cannot be read
         return
     sig = _signature(source, func, program)
@@ -67,20 +77,44 @@ def check(program: str, params: dict) -> None:
     _check_params(sig, params, program)
 
 
-def _source_of(where: str, program: str) -> str | None:
+def _source_of(where: str, program: str, read_roots: Sequence[str | Path] | None
+               ) -> str | None:
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_absolute():
             raise ProgramError(f"program {program!r}: the file path must be absolute")
+        path = _within(path, program, read_roots)
         if not path.is_file():
             raise ProgramError(f"program {program!r}: no such file {where}")
-        return path.read_text(encoding="utf-8", errors="replace")
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise ProgramError(f"program {program!r}: cannot read {where}: "
+                               f"{e.strerror or e}") from None
     spec = _find_spec(where)
     if spec is None:
         raise ProgramError(f"program {program!r}: no module named {where!r}")
     if spec.origin and spec.origin.endswith(".py"):
         return Path(spec.origin).read_text(encoding="utf-8", errors="replace")
     return None
+
+
+def _within(path: Path, program: str, read_roots: Sequence[str | Path] | None) -> Path:
+    """``path`` resolved, when it lies inside ``read_roots``; else the one refusal (the
+    same sentence as ``llmos.security.paths`` gives for data files)."""
+    roots = None if read_roots is None else [Path(r) for r in read_roots]
+    if roots is None or Path("/") in roots:
+        return path
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL
+        real = None
+    if real is None or not any(real == r or r in real.parents for r in roots):
+        where = ", ".join(str(r) for r in roots) or "none are set"
+        raise ProgramOutsideRoots(
+            f"program {program[:300]!r}: {str(path)[:300]} is outside the folders "
+            f"non-administrators may read from ({where}; LLMOS_INGEST_ROOTS)")
+    return real
 
 
 def _find_spec(dotted: str):

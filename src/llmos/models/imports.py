@@ -5,7 +5,9 @@ its files and registers the version.
 The source is a path on the llmos host — a Hugging Face folder or a GGUF file — read under
 the same rule as dataset ingest (non-administrators only inside ``LLMOS_INGEST_ROOTS``).
 What can be refused without reading weights is refused here, before any job exists: a
-missing path, pickled weights only, no config, a file that is not GGUF.
+path outside the folders the caller may read (the one answer whether it exists or not),
+a missing path, pickled weights only, no config, a file that is not GGUF. The job checks
+the source against its own read roots again, whatever route started it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from sqlalchemy import select
 
 from llmos.errors import InvalidRequest
 from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
@@ -22,7 +23,8 @@ from llmos.kernel.service import JobService
 from llmos.models.loaders import model_loader
 from llmos.models.registry import check_model_name
 from llmos.schema import RequestBody
-from llmos.security.paths import check_file, check_sources
+from llmos.security import names
+from llmos.security.paths import check_tree
 from llmos.security.rbac import Principal
 from llmos.store.models import Job, Model
 
@@ -52,14 +54,10 @@ def source_format(path: Path, fmt: str) -> str:
 def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
     check_model_name(req.name)
     team = _team(who, req, jobs)
-    roots = jobs.settings.ingest_root_dirs
-    try:
-        check_sources(who, [req.source], roots)
-        path = Path(req.source).expanduser().resolve()
-        check_file(who, path, roots)
-        if path.is_dir():
-            for f in path.rglob("*"):  # a link inside may lead outside the allowed folders
-                check_file(who, f, roots)
+    # The folders the job is held to as well (``models/program.py``).
+    roots = [Path(r) for r in jobs.read_roots(who)]
+    try:  # checked before anything looks at it: one refusal whether it exists or not
+        path = check_tree(req.source, roots)  # links inside are checked where they lead
         fmt = source_format(path, req.format)
     except (OSError, RuntimeError, ValueError) as e:  # too long, unlistable, '~nobody', NUL
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
@@ -73,6 +71,8 @@ def start_import(who: Principal, req: ImportRequest, jobs: JobService) -> Job:
 
 
 def _team(who: Principal, req: ImportRequest, jobs: JobService) -> str:
+    """The model's team: the asked one, else the caller's team that has the name, else the
+    caller's (names are per team: another team's model of this name does not matter)."""
     with jobs.db.session() as s:
-        model = s.scalars(select(Model).where(Model.name == req.name)).first()
-    return who.team_for_name("model", req.name, model.team if model else None, req.team)
+        team, _, _ = names.for_create(s, who, Model, "model", req.name, asked=req.team)
+    return team

@@ -185,6 +185,13 @@ def _read_headers(root: Path, shards: list[str], index: str | None,
     tensors: dict[str, tuple[tuple[int, ...], str]] = {}
     where: dict[str, str] = {}
     for shard in shards:
+        if (root / shard).exists() and not os.access(root / shard, os.R_OK):
+            # a job runs as its team's own user (the sandbox), not as the file's owner;
+            # safetensors writes its files 0600, readable by their owner only
+            raise ModelImportError(
+                f"{shard} in {root} is not readable by this job's user (uid {os.getuid()}; "
+                f"the file is mode {oct((root / shard).stat().st_mode & 0o777)}): make the "
+                f"folder readable to it, e.g. chmod -R a+rX {root}")
         try:
             with safe_open(root / shard, framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
