@@ -176,25 +176,3 @@ def test_the_smollm2_gguf_is_converted_once_and_then_loads_from_safetensors(regi
     print(f"SmolLM2 loaded from the registry in {loaded_s:.2f} s")
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
     shutil.rmtree(folder)
-
-
-def test_the_team_of_a_named_dataset_or_model_is_decided_in_one_place():
-    from llmos.errors import Forbidden, InvalidRequest
-    from llmos.security.rbac import Principal, Role
-
-    ann = Principal("ann", 1, roles={"red": Role.DEVELOPER, "blue": Role.VIEWER})
-    assert ann.team_for_name("model", "m", None) == "red"  # a new name: the home team
-    with pytest.raises(Forbidden, match="ann is viewer in team blue; to create datasets in "
-                                        "team blue needs developer"):
-        ann.team_for_name("dataset", "d", None, asked="blue")
-    with pytest.raises(Forbidden, match="viewer in team blue"):  # the default, where a member
-        ann.team_for_name("model", "m", None, default="blue")
-    assert Principal("bob", 2, roles={"green": Role.DEVELOPER}).team_for_name(
-        "model", "m", None, default="red") == "green"  # not a member of the default: home
-    assert ann.team_for_name("dataset", "d", "red") == "red"  # a taken name: its owner's
-    with pytest.raises(InvalidRequest, match="dataset d belongs to team red, not blue"):
-        ann.team_for_name("dataset", "d", "red", asked="blue")
-    with pytest.raises(Forbidden, match="the model name 'm' is taken by another team"):
-        ann.team_for_name("model", "m", "green")
-    with pytest.raises(Forbidden, match="to create model m needs developer"):
-        ann.team_for_name("model", "m", "blue")

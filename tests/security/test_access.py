@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 import tiny_models
-from live import LiveDaemon, program, wait_for
+from live import PROGRAMS, LiveDaemon, program, wait_for
 from llmos.sdk import Client
 from llmos.serve.openai import PATHS as OPENAI_PATHS
 from offline_models import minilm_dir
@@ -55,7 +55,7 @@ def world(tmp_path_factory) -> World:
                      labels=["no", "yes"])
     tiny_models.llama(inbox / "tiny-llama", tiny_models.smollm2_tokenizer(inbox / "smol"),
                       hidden=16, layers=1)
-    live = LiveDaemon(home, env={"LLMOS_INGEST_ROOTS": str(inbox)}).start()
+    live = LiveDaemon(home, env={"LLMOS_INGEST_ROOTS": f"{inbox}:{PROGRAMS.parent}"}).start()
     admin = live.client
     for team in ("red", "blue"):
         admin.teams.create(team)
@@ -253,8 +253,10 @@ CASES = [
          lambda w, t, p: (f"/v1/datasets/{t}-data", {}),
          shows=lambda s: (s.body["name"], s.body["team"]) == ("red-data", "red")
          and [v["version"] for v in s.body["versions"]][:2] == [1, 2]),
+    # (names are per team: "blue-data" alone would be a new dataset of red's; the
+    # qualified name of blue's is refused for want of a role in blue)
     Case("POST", "/v1/datasets/{name}/versions", "developer", lambda w, t, p: (
-        f"/v1/datasets/{t}-data/versions", {"json": {
+        f"/v1/datasets/{t}/{t}-data/versions", {"json": {
             "content_hash": "1" * 64, "schema": {}, "stats": {}, "lineage": {}, "shards": []}}),
         403, ok=201, shows=lambda s: (s.body["dataset"], s.body["content_hash"]) == (
             "red-data", "1" * 64) and s.body["version"] > 2),
@@ -287,7 +289,7 @@ CASES = [
          lambda w, t, p: (f"/v1/registry/models/{_model_target(w, t, 'model')}", {}),
          shows=lambda s: (s.body["name"], s.body["team"]) == (s.last, "red")),
     Case("POST", "/v1/registry/models/{name}/versions", "developer", lambda w, t, p: (
-        f"/v1/registry/models/{t}-model/versions", {"json": _version_body(w)}), 403, ok=201,
+        f"/v1/registry/models/{t}/{t}-model/versions", {"json": _version_body(w)}), 403, ok=201,
         shows=lambda s: (s.body["model"], s.body["owner"]) == ("red-model", s.user)
         and s.body["version"] > 2),
     Case("GET", "/v1/registry/models/{name}/versions/{ref}", "viewer",

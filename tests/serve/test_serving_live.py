@@ -285,11 +285,15 @@ def test_metrics_show_what_users_feel(served):
             text = http.get("/metrics").text
         return "llmos_serving_resident_models{" in text and text
     text = wait_for(scraped, timeout=30, what="a heartbeat in the metrics")
-    for name in ('llmos_serving_requests_total{deployment="measured",route="chat",status="200"}',
-                 'llmos_serving_time_to_first_token_seconds_count{deployment="measured"}',
-                 'llmos_serving_inter_token_latency_seconds_count{deployment="measured"}',
-                 'llmos_serving_completion_tokens_total{deployment="measured"} 6.0',
+    # every series carries its team (labels print in name order)
+    for name in ('llmos_serving_requests_total{deployment="measured",route="chat",status="200",'
+                 'team="default"}',
+                 'llmos_serving_time_to_first_token_seconds_count{deployment="measured",'
+                 'team="default"}',
+                 'llmos_serving_inter_token_latency_seconds_count{deployment="measured",'
+                 'team="default"}',
+                 'llmos_serving_completion_tokens_total{deployment="measured",team="default"} 6.0',
                  "llmos_serving_queue_depth{", "llmos_serving_batch_size{",
                  "llmos_serving_model_loads_total{", "llmos_serving_model_evictions_total{",
-                 'llmos_jobs{state="running"}'):
+                 'llmos_jobs{state="running",team="default"}'):
         assert name in text, name

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from pydantic import BaseModel, Field
 
-from llmos.api.gate import current
+from llmos.api.gate import current, needs
+from llmos.api.names import name_param
 from llmos.api.schemas import ERRORS, JobOut
 from llmos.data.datasets import DatasetService, IngestRequest, VersionIn
 from llmos.security.rbac import Principal
@@ -16,7 +17,7 @@ from llmos.store.models import Dataset, DatasetVersion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 Who = Depends(current)
-Name = PathParam(min_length=1, max_length=100, description="Dataset name")
+Name = name_param("Dataset")
 Version = PathParam(min_length=1, max_length=20, pattern=r"^(latest|[0-9]+)$",
                     description="A version number, or 'latest'")
 
@@ -80,7 +81,8 @@ def _datasets(request: Request) -> DatasetService:
 
 
 @router.post("/ingest", response_model=JobOut, status_code=201, responses=ERRORS)
-def ingest(body: IngestRequest, request: Request, who: Principal = Who) -> JobOut:
+def ingest(body: IngestRequest, request: Request,
+           who: Principal = needs("write", "read", what="ingest datasets")) -> JobOut:
     """Check the recipe and sources, and start an ingest job; its result is a new version."""
     return JobOut.of(_datasets(request).ingest(who, body), transitions=True)
 
@@ -91,28 +93,29 @@ def list_datasets(request: Request, who: Principal = Who) -> DatasetList:
     return DatasetList(datasets=[DatasetOut.of(d) for d in _datasets(request).list(who)])
 
 
-@router.get("/{name}", response_model=DatasetOut, responses=ERRORS)
+@router.get("/{name:qname}", response_model=DatasetOut, responses=ERRORS)
 def get_dataset(request: Request, name: str = Name, who: Principal = Who) -> DatasetOut:
     """A dataset and its versions."""
     return DatasetOut.of(_datasets(request).get(who, name))
 
 
-@router.post("/{name}/versions", response_model=VersionOut, status_code=201, responses=ERRORS)
+@router.post("/{name:qname}/versions", response_model=VersionOut, status_code=201, responses=ERRORS)
 def create_version(body: VersionIn, request: Request, name: str = Name,
-                   who: Principal = Who) -> VersionOut:
+                   who: Principal = needs("write", "read", what="create dataset versions")
+                   ) -> VersionOut:
     """Register a finished ingest's shards as a new immutable version (ingest jobs call
     this once every shard is stored)."""
     return VersionOut.of(_datasets(request).create_version(who, name, body))
 
 
-@router.get("/{name}/versions/{version}", response_model=VersionOut, responses=ERRORS)
+@router.get("/{name:qname}/versions/{version}", response_model=VersionOut, responses=ERRORS)
 def get_version(request: Request, name: str = Name, version: str = Version,
                 who: Principal = Who) -> VersionOut:
     """A version: shards, schema, statistics and lineage."""
     return VersionOut.of(_datasets(request).version(who, name, version))
 
 
-@router.get("/{name}/versions/{version}/head", response_model=Rows, responses=ERRORS)
+@router.get("/{name:qname}/versions/{version}/head", response_model=Rows, responses=ERRORS)
 def head(request: Request, name: str = Name, version: str = Version, who: Principal = Who,
          n: int = Query(default=10, ge=1, le=1000),
          split: str | None = Query(default=None, pattern=r"^(train|validation|test)$")) -> Rows:
@@ -120,7 +123,7 @@ def head(request: Request, name: str = Name, version: str = Version, who: Princi
     return Rows(rows=_datasets(request).head(who, name, version, n, split))
 
 
-@router.get("/{name}/versions/{version}/report", responses=ERRORS)
+@router.get("/{name:qname}/versions/{version}/report", responses=ERRORS)
 def report(request: Request, name: str = Name, version: str = Version,
            who: Principal = Who) -> dict[str, Any]:
     """The ingest report: every file's fate, removals per step and reason, duplicate
@@ -128,12 +131,13 @@ def report(request: Request, name: str = Name, version: str = Version,
     return _datasets(request).report(who, name, version)
 
 
-@router.get("/{name}/diff", responses=ERRORS)
+@router.get("/{name:qname}/diff", responses=ERRORS)
 def diff(request: Request, name: str = Name, who: Principal = Who,
          a: str = Query(pattern=r"^(latest|[0-9]+)$", max_length=20, alias="from"),
          b: str = Query(pattern=r"^(latest|[0-9]+)$", max_length=20, alias="to"),
-         other: str | None = Query(default=None, min_length=1, max_length=100,
-                                   description="Compare with a version of this dataset")
+         other: str | None = Query(default=None, min_length=1, max_length=200,
+                                   description="Compare with a version of this dataset "
+                                   "(NAME or TEAM/NAME)")
          ) -> dict[str, Any]:
     """How version ``to`` differs from version ``from``."""
     return _datasets(request).diff(who, name, a, b, other)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from llmos.api.gate import current
+from llmos.api.gate import current, needs
+from llmos.api.names import name_param
 from llmos.api.jobs import JobId
 from llmos.api.schemas import ERRORS
 from llmos.errors import Forbidden, NotFound
@@ -21,13 +22,16 @@ from llmos.serve.deployments import (
     DeploymentService,
     DeployRequest,
     ScaleRequest,
+    pool_key,
 )
 from llmos.store.models import Deployment
 
 router = APIRouter(prefix="/v1/deployments", tags=["serving"])
 workers_router = APIRouter(prefix="/v1/serving", tags=["serving"])
 Who = Depends(current)
-Name = PathParam(min_length=1, max_length=100)
+# Every change answers with the deployment: "write" and "read", checked before it is made.
+Changes = needs("write", "read", what="change deployments")
+Name = name_param("Deployment")
 
 
 class WorkerOut(BaseModel):
@@ -82,15 +86,16 @@ def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut
     state = request.app.state
     version = state.registry.version_by_id(d.version_id)
     task = TASKS[version.task]
-    workers = state.workers.of_pool(d.pool)
+    pool = pool_key(d.team, d.pool)  # pools are named within their team
+    workers = state.workers.of_pool(pool)
     out = DeploymentOut(name=d.name, team=d.team, owner=d.owner, model=d.model, ref=d.ref,
                         version=version.version, task=task, route=ROUTES[task],
                         engine=d.engine, replicas=d.replicas,
                         max_batch=d.max_batch, priority=d.priority, pool=d.pool,
                         created_at=d.created_at, updated_at=d.updated_at,
                         ready_workers=len(workers),
-                        problem=(state.controller.problems.get(d.pool)
-                                 or (state.controller.waiting.get(d.pool) if not workers
+                        problem=(state.controller.problems.get(pool)
+                                 or (state.controller.waiting.get(pool) if not workers
                                      else None)))
     if detail:
         out.workers = [WorkerOut(job_id=w.job_id, resident=w.stats.get("resident", []),
@@ -105,7 +110,7 @@ def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut
 
 
 @router.post("", response_model=DeploymentOut, status_code=201, responses=ERRORS)
-def deploy(body: DeployRequest, request: Request, who: Principal = Who) -> DeploymentOut:
+def deploy(body: DeployRequest, request: Request, who: Principal = Changes) -> DeploymentOut:
     """Serve a model version (or the version an alias points at) under a name; deploying an
     existing name switches it to the new version without dropping requests in flight."""
     return _out(request, _service(request).deploy(who, body))
@@ -117,21 +122,21 @@ def list_deployments(request: Request, who: Principal = Who) -> DeploymentList:
     return DeploymentList(deployments=[_out(request, d) for d in _service(request).list(who)])
 
 
-@router.get("/{name}", response_model=DeploymentOut, responses=ERRORS)
+@router.get("/{name:qname}", response_model=DeploymentOut, responses=ERRORS)
 def get_deployment(request: Request, name: str = Name, who: Principal = Who) -> DeploymentOut:
     """A deployment with its workers: resident models, memory, loads and unloads."""
     return _out(request, _service(request).get(who, name), detail=True)
 
 
-@router.post("/{name}/scale", response_model=DeploymentOut, responses=ERRORS)
+@router.post("/{name:qname}/scale", response_model=DeploymentOut, responses=ERRORS)
 def scale(body: ScaleRequest, request: Request, name: str = Name,
-          who: Principal = Who) -> DeploymentOut:
+          who: Principal = Changes) -> DeploymentOut:
     """Set the number of workers (replicas) of the deployment's pool (maintainers)."""
     return _out(request, _service(request).scale(who, name, body.replicas))
 
 
-@router.delete("/{name}", response_model=DeploymentOut, responses=ERRORS)
-def remove(request: Request, name: str = Name, who: Principal = Who) -> DeploymentOut:
+@router.delete("/{name:qname}", response_model=DeploymentOut, responses=ERRORS)
+def remove(request: Request, name: str = Name, who: Principal = Changes) -> DeploymentOut:
     """Stop serving it; a pool left empty stops its workers (maintainers)."""
     service = _service(request)
     before = _out(request, service.get(who, name))
@@ -141,15 +146,17 @@ def remove(request: Request, name: str = Name, who: Principal = Who) -> Deployme
 
 @workers_router.put("/workers/{job_id}", responses=ERRORS)
 def worker_heartbeat(body: Heartbeat, request: Request, job_id: int = JobId,
-                     who: Principal = Who) -> dict:
+                     who: Principal = needs("write", "read", what="report as a worker")
+                     ) -> dict:
     """A serving worker's address and state (only the worker job itself may say so)."""
     if who.job_id != job_id:
         raise Forbidden(f"only serving worker job {job_id} itself reports here")
     job = request.app.state.jobs.get(who, job_id, with_transitions=False)
-    pool = request.app.state.deployments.pool(body.pool)
-    # A worker job of another team naming this pool must never receive its requests.
-    if (job.program != "serve.worker" or job.params.get("pool") != body.pool
-            or pool is None or job.team != pool.team):
+    # The pool of that name in the job's own team: a worker job of another team naming a
+    # pool must never receive its requests.
+    pool = request.app.state.deployments.pool(job.team, body.pool)
+    if job.program != "serve.worker" or job.params.get("pool") != body.pool or pool is None:
         raise NotFound(f"job {job_id} is not a worker of pool {body.pool}")
-    request.app.state.workers.heartbeat(job_id, body.pool, body.url, body.secret, body.stats)
+    request.app.state.workers.heartbeat(job_id, pool_key(pool.team, pool.name), body.url,
+                                        body.secret, body.stats)
     return {"ok": True}

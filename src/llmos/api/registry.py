@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Path as PathParam, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from llmos.api.gate import current
+from llmos.api.gate import current, needs
+from llmos.api.names import name_param
 from llmos.api.schemas import ERRORS, JobOut
 from llmos.models.imports import ImportRequest, start_import
 from llmos.models.registry import ModelRegistry, ModelVersionIn
@@ -20,10 +21,12 @@ from llmos.store.models import Model, ModelVersion
 
 router = APIRouter(prefix="/v1/registry/models", tags=["models"])
 Who = Depends(current)
+# Every change answers with what it changed: "write" and "read", checked before it is made.
+Changes = needs("write", "read", what="change models")
 
 
 def _name() -> Any:
-    return PathParam(min_length=1, max_length=100, description="Model name")
+    return name_param("Model")
 
 
 Name = _name()
@@ -106,7 +109,8 @@ def _registry(request: Request) -> ModelRegistry:
 
 
 @router.post("/import", response_model=JobOut, status_code=201, responses=ERRORS)
-def import_model(body: ImportRequest, request: Request, who: Principal = Who) -> JobOut:
+def import_model(body: ImportRequest, request: Request,
+                 who: Principal = needs("write", "read", what="import models")) -> JobOut:
     """Start an import job: a Hugging Face folder or a GGUF file on the llmos host becomes
     a new version (GGUF is de-quantized once into safetensors)."""
     return JobOut.of(start_import(who, body, request.app.state.jobs), transitions=True)
@@ -118,41 +122,41 @@ def list_models(request: Request, who: Principal = Who) -> ModelList:
     return ModelList(models=[ModelOut.of(m) for m in _registry(request).list(who)])
 
 
-@router.get("/{name}", response_model=ModelOut, responses=ERRORS)
+@router.get("/{name:qname}", response_model=ModelOut, responses=ERRORS)
 def get_model(request: Request, name: str = Name, who: Principal = Who) -> ModelOut:
     """A model, its versions and aliases."""
     return ModelOut.of(_registry(request).get(who, name))
 
 
-@router.delete("/{name}", response_model=ModelOut, responses=ERRORS)
-def delete_model(request: Request, name: str = Name, who: Principal = Who) -> ModelOut:
+@router.delete("/{name:qname}", response_model=ModelOut, responses=ERRORS)
+def delete_model(request: Request, name: str = Name, who: Principal = Changes) -> ModelOut:
     """Delete a model and all its versions (maintainers; refused while it has aliases)."""
     return ModelOut.of(_registry(request).delete_model(who, name))
 
 
-@router.post("/{name}/versions", response_model=ModelVersionOut, status_code=201,
+@router.post("/{name:qname}/versions", response_model=ModelVersionOut, status_code=201,
              responses=ERRORS)
 def register_version(body: ModelVersionIn, request: Request, name: str = Name,
-                     who: Principal = Who) -> ModelVersionOut:
+                     who: Principal = Changes) -> ModelVersionOut:
     """Register stored files as the next version (import and training jobs call this last)."""
     return ModelVersionOut.of(_registry(request).register(who, name, body))
 
 
-@router.get("/{name}/versions/{ref}", response_model=ModelVersionOut, responses=ERRORS)
+@router.get("/{name:qname}/versions/{ref}", response_model=ModelVersionOut, responses=ERRORS)
 def get_version(request: Request, name: str = Name, ref: str = Ref,
                 who: Principal = Who) -> ModelVersionOut:
     """A version by number, 'latest' or alias: what it is, its files, lineage, metrics."""
     return ModelVersionOut.of(_registry(request).version(who, name, ref))
 
 
-@router.delete("/{name}/versions/{ref}", response_model=ModelVersionOut, responses=ERRORS)
+@router.delete("/{name:qname}/versions/{ref}", response_model=ModelVersionOut, responses=ERRORS)
 def delete_version(request: Request, name: str = Name, ref: str = Ref,
-                   who: Principal = Who) -> ModelVersionOut:
+                   who: Principal = Changes) -> ModelVersionOut:
     """Delete one version (maintainers; refused while an alias points at it)."""
     return ModelVersionOut.of(_registry(request).delete_version(who, name, ref))
 
 
-@router.get("/{name}/versions/{ref}/card", responses={**ERRORS, 200: {
+@router.get("/{name:qname}/versions/{ref}/card", responses={**ERRORS, 200: {
     "content": {"text/markdown": {}}, "description": "The model card"}})
 def get_card(request: Request, name: str = Name, ref: str = Ref, who: Principal = Who):
     """The version's generated model card (Markdown)."""
@@ -160,23 +164,23 @@ def get_card(request: Request, name: str = Name, ref: str = Ref, who: Principal 
     return PlainTextResponse(card, media_type="text/markdown")
 
 
-@router.post("/{name}/versions/{ref}/metrics", response_model=ModelVersionOut,
+@router.post("/{name:qname}/versions/{ref}/metrics", response_model=ModelVersionOut,
              responses=ERRORS)
 def add_metrics(body: MetricsIn, request: Request, name: str = Name, ref: str = Ref,
-                who: Principal = Who) -> ModelVersionOut:
+                who: Principal = Changes) -> ModelVersionOut:
     """Store evaluation results on a version (evaluation jobs call this)."""
     return ModelVersionOut.of(_registry(request).add_metrics(who, name, ref, body.key,
                                                              body.metrics))
 
 
-@router.put("/{name}/aliases/{alias}", response_model=ModelOut, responses=ERRORS)
+@router.put("/{name:qname}/aliases/{alias}", response_model=ModelOut, responses=ERRORS)
 def set_alias(body: AliasIn, request: Request, name: str = Name, alias: str = AliasName,
-              who: Principal = Who) -> ModelOut:
+              who: Principal = Changes) -> ModelOut:
     """Point an alias (production, staging ...) at a version (maintainers)."""
     return ModelOut.of(_registry(request).set_alias(who, name, alias, body.version))
 
 
-@router.delete("/{name}/aliases/{alias}", response_model=ModelOut, responses=ERRORS)
+@router.delete("/{name:qname}/aliases/{alias}", response_model=ModelOut, responses=ERRORS)
 def remove_alias(request: Request, name: str = Name, alias: str = AliasName,
-                 who: Principal = Who) -> ModelOut:
+                 who: Principal = Changes) -> ModelOut:
     return ModelOut.of(_registry(request).remove_alias(who, name, alias))

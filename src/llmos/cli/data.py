@@ -116,7 +116,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 
 
 @data_app.command("show")
-def show(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
+def show(ref: str = typer.Argument(..., help="NAME or NAME:VERSION (NAME may be TEAM/NAME)."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """A version: shards, schema, statistics and lineage."""
     name, version = _ref(ref)
@@ -126,7 +126,7 @@ def show(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
 
 
 @data_app.command("head")
-def head(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
+def head(ref: str = typer.Argument(..., help="NAME or NAME:VERSION (NAME may be TEAM/NAME)."),
          n: int = typer.Option(5, "-n", min=1, max=1000, help="How many rows."),
          split: Optional[str] = typer.Option(None, help="train, validation or test."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -147,7 +147,7 @@ def head(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
 
 
 @data_app.command("stats")
-def stats(ref: str = typer.Argument(..., help="NAME or NAME:VERSION."),
+def stats(ref: str = typer.Argument(..., help="NAME or NAME:VERSION (NAME may be TEAM/NAME)."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Statistics of a version: documents, bytes, tokens, and counts per label and per
     language in each split; what each step removed or changed."""

@@ -99,7 +99,8 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 
 @models_app.command("show")
 def show(
-    ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS (NAME may be "
+                              "TEAM/NAME)."),
     card: bool = typer.Option(False, "--card", help="Show the model card."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -100,7 +100,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 
 
 @deployments_app.command("show")
-def show(name: str = typer.Argument(..., help="Deployment name."),
+def show(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where needed)."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """A deployment: its version, workers, resident models, loads and evictions."""
     with Client() as c:
@@ -130,7 +130,7 @@ def show(name: str = typer.Argument(..., help="Deployment name."),
 
 
 @deployments_app.command("scale")
-def scale(name: str = typer.Argument(..., help="Deployment name."),
+def scale(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where needed)."),
           replicas: int = typer.Argument(..., min=1, max=64, help="Workers.")) -> None:
     """Set how many workers serve the deployment's pool."""
     with Client() as c:
@@ -139,7 +139,7 @@ def scale(name: str = typer.Argument(..., help="Deployment name."),
 
 
 @deployments_app.command("rm")
-def rm(name: str = typer.Argument(..., help="Deployment name.")) -> None:
+def rm(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where needed).")) -> None:
     """Stop serving a deployment (its pool's workers stop when no deployment is left)."""
     with Client() as c:
         c.deployments.delete(name)

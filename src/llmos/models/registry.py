@@ -29,6 +29,7 @@ from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.models.card import model_card
 from llmos.models.info import ModelInfo
 from llmos.schema import RequestBody
+from llmos.security import names
 from llmos.security.artifacts import ArtifactService
 from llmos.security.rbac import CREATE, MANAGE, READ, Principal
 from llmos.store.models import (Artifact, Deployment, Job, Model, ModelAlias, ModelVersion,
@@ -89,8 +90,9 @@ class ModelRegistry:
 
     def register(self, who: Principal, name: str, body: ModelVersionIn) -> ModelVersion:
         """``body`` as the next version of ``name`` (the model is created in the caller's
-        team when new). Two registrations at once both get a number."""
-        check_model_name(name)
+        team when new; ``team/name`` picks the team). Two registrations at once both get a
+        number."""
+        check_model_name(names.split(name)[1])
         info = _parse_info(body.info)
         for attempt in range(10):
             try:
@@ -103,8 +105,7 @@ class ModelRegistry:
 
     def _insert(self, who: Principal, name: str, body: ModelVersionIn, info: ModelInfo) -> int:
         with self.db.session() as s:
-            model = s.scalars(select(Model).where(Model.name == name)).first()
-            team = who.team_for_name("model", name, model.team if model else None)
+            team, name, model = names.for_create(s, who, Model, "model", name)
             files = _check_files(s, body.files, info, team)
             if body.job_id is not None:
                 job = s.get(Job, body.job_id)
@@ -152,12 +153,12 @@ class ModelRegistry:
             return list(s.scalars(q))
 
     def get(self, who: Principal, name: str) -> Model:
+        """The model named ``name`` (bare, or ``team/name``) in a team ``who`` sees;
+        another team's is not found, exactly as a missing one."""
         with self.db.session() as s:
-            model = s.scalars(select(Model).where(Model.name == name).options(
+            model = names.find(s, who, Model, "model", name, (
                 selectinload(Model.versions),
-                selectinload(Model.aliases).selectinload(ModelAlias.version))).first()
-            if model is None:
-                raise NotFound(f"model {name!r} not found")
+                selectinload(Model.aliases).selectinload(ModelAlias.version)))
             who.check(READ, model.team, f"model {name!r}")
             return model
 
@@ -236,8 +237,11 @@ class ModelRegistry:
         """Remove a model with all its versions; refused while it has aliases."""
         model = self.get(who, name)
         who.check(MANAGE, model.team, f"model {name}")
-        with self.db.session() as s:
-            serving = list(s.scalars(select(Deployment.name).where(Deployment.model == name)))
+        with self.db.session() as s:  # deployments of any of its versions (of any team)
+            serving = list(s.scalars(
+                select(Deployment.name).join(ModelVersion,
+                                             Deployment.version_id == ModelVersion.id)
+                .where(ModelVersion.model_id == model.id)))
         if serving:
             raise Conflict(f"model {name!r} is being served by deployment(s) "
                            f"{', '.join(serving)}; remove them first")

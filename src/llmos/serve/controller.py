@@ -27,7 +27,7 @@ from llmos.errors import LLMOSError
 from llmos.kernel.jobs import PRIORITY_RANK, JobSpec, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.security.rbac import Principal, Role
-from llmos.serve.deployments import DeploymentService
+from llmos.serve.deployments import DeploymentService, pool_key
 from llmos.serve.envelope import Versions
 from llmos.serve.worker import SECRET_HEADER
 from llmos.store.models import Job, User
@@ -41,7 +41,7 @@ LIVE = ("PENDING", "SCHEDULED", "RUNNING", "PREEMPTED")
 @dataclass
 class Worker:
     job_id: int
-    pool: str
+    pool: str  # the pool's key, team/name (:func:`pool_key`)
     url: str
     secret: str
     stats: dict = field(default_factory=dict)
@@ -132,9 +132,9 @@ class Controller:
         for name in self.deployments.follow_aliases():
             log.info("deployment %s follows its alias to a new version", name)
         deployments = self.deployments.all()
-        wanted: dict[str, list] = {}
+        wanted: dict[str, list] = {}  # by pool key: two teams may use one pool name
         for d in deployments:
-            wanted.setdefault(d.pool, []).append(d)
+            wanted.setdefault(pool_key(d.team, d.pool), []).append(d)
         running = self._worker_jobs()
         alive = {j.id for jobs in running.values() for j in jobs if j.state == "RUNNING"}
         self.workers.forget({w.job_id for w in self.workers.all()} - alive)
@@ -161,19 +161,23 @@ class Controller:
                          w.job_id, type(e).__name__)
 
     def _worker_jobs(self) -> dict[str, list[Job]]:
-        """Live worker jobs by pool. A job of another team that names an existing pool
-        is not its worker; those of a removed pool are kept, to be stopped."""
-        teams = {p.name: p.team for p in self.deployments.pools()}
+        """Live worker jobs by pool key: a worker serves the pool of its name in its own
+        job's team. A job of another team naming an existing pool is not its worker (and
+        not this controller's to stop); those of a removed pool are kept, to be stopped."""
+        pools = self.deployments.pools()
+        keys, named = {pool_key(p.team, p.name) for p in pools}, {p.name for p in pools}
         with self.jobs.db.session() as s:
             rows = s.scalars(select(Job).where(Job.program == WORKER, Job.state.in_(LIVE)))
             out: dict[str, list[Job]] = {}
             for j in rows:
-                pool = j.params.get("pool")
-                if pool not in teams or j.team == teams[pool]:
-                    out.setdefault(pool, []).append(j)
+                pool = str(j.params.get("pool"))
+                key = pool_key(j.team, pool)
+                if key in keys or pool not in named:
+                    out.setdefault(key, []).append(j)
             return out
 
-    def _reconcile_pool(self, name: str, deployments: list, jobs: list[Job]) -> None:
+    def _reconcile_pool(self, key: str, deployments: list, jobs: list[Job]) -> None:
+        name = key  # problems, waiting and logs name the pool by its key
         want = max((d.replicas for d in deployments), default=0)
         jobs = sorted(jobs, key=lambda j: j.id)
         pending = [f"worker job {j.id} waits: {j.reason}" for j in jobs
@@ -188,13 +192,14 @@ class Controller:
         missing = want - len(jobs)
         if missing <= 0 or time.monotonic() < self._restart_after.get(name, 0):
             return
-        pool = self.deployments.pool(name)
+        team, _, pool_name = key.rpartition("/")
+        pool = self.deployments.pool(team or None, pool_name)
         if pool is None:
             return
         owner = self._owner(pool)
         priority = max((d.priority for d in deployments), key=lambda p: PRIORITY_RANK[p])
-        spec = JobSpec(program=WORKER, name=f"serve:{name}",
-                       params={"pool": name, "budget_mb": pool.budget_mb,
+        spec = JobSpec(program=WORKER, name=f"serve:{pool_name}",
+                       params={"pool": pool_name, "budget_mb": pool.budget_mb,
                                "keep_alive_s": self.jobs.settings.serve_keep_alive_s},
                        resources=_resources(pool.cpu, pool.memory_mb, pool.gpu),
                        priority=priority, team=pool.team, max_retries=3)

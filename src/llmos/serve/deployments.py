@@ -10,7 +10,10 @@ and memory. Deploying again under the same name, or moving the alias it follows,
 its version while requests in flight finish on the old one.
 
 A deployment belongs to a team: viewers see it and call it (with an ``inference`` token),
-developers deploy, maintainers scale and remove.
+developers deploy, maintainers scale and remove. Deployment and pool names are unique
+within their team (``security/names.py``): clients write ``team/name`` when a bare name is
+in several of their teams, and a pool is known by its team and name together
+(:func:`pool_key`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Literal
 from pydantic import Field
 from sqlalchemy import select
 
-from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import PRIORITY_RANK, PriorityClass
 from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
 from llmos.schema import INT32_MAX, RequestBody
+from llmos.security import names
 from llmos.security.rbac import CREATE, MANAGE, READ, SYSTEM, Need, Principal
 from llmos.store.db import Database
 from llmos.store.models import Deployment, ServingPool, utcnow
@@ -40,16 +44,18 @@ RUNTIME_MB = 700  # a worker's own memory (Python, torch, the HTTP server), outs
 
 class DeployRequest(RequestBody):
     model: str = Field(min_length=1, max_length=200,
-                       description="NAME, NAME:VERSION or NAME@ALIAS (an alias is followed).")
-    name: str | None = Field(default=None, min_length=1, max_length=100,
-                             description="The name clients use (default: the model's).")
+                       description="NAME, NAME:VERSION or NAME@ALIAS (an alias is followed); "
+                       "TEAM/NAME... for a model of a given team.")
+    name: str | None = Field(default=None, min_length=1, max_length=200,
+                             description="The name clients use (default: the model's); "
+                             "TEAM/NAME deploys in that team.")
     engine: str | None = Field(default=None, min_length=1, max_length=50)
     replicas: int = Field(default=1, ge=1, le=64)
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_queue: int = Field(default=1024, ge=1, le=100_000,
                            description="Requests waiting for a batch slot; more get 429.")
     priority: PriorityClass = "normal"
-    pool: str | None = Field(default=None, min_length=1, max_length=100,
+    pool: str | None = Field(default=None, min_length=1, max_length=200,
                              description="Share workers and their memory with this pool's "
                              "deployments (default: a pool of its own).")
     cpu: float = Field(default=1, gt=0, le=4096, description="Per worker of a new pool.")
@@ -67,6 +73,12 @@ class ScaleRequest(RequestBody):
 
 
 Task = Literal["generate", "embed", "classify"]
+
+
+def pool_key(team: str | None, pool: str) -> str:
+    """How the controller, the gateway and the workers' registry know a pool: two teams
+    may each have a pool of the same name."""
+    return names.qualified(team, pool)
 
 
 class DeploymentService:
@@ -97,44 +109,52 @@ class DeploymentService:
                                             for f in version.info.get("files", [])):
             raise InvalidRequest(f"{model}:{version.version} holds no GGUF file; the llamacpp "
                                  "engine serves versions imported from GGUF")
-        name = check_model_name(req.name or model)
         with self.db.session() as s:
-            existing = s.scalars(select(Deployment).where(Deployment.name == name)).first()
+            # The deployment's team: its qualifier or the asked one, else the caller's team
+            # that has the name, else the model's (when the caller is in it).
+            team, name, existing = names.for_create(
+                s, who, Deployment, "deployment", req.name or names.split(model)[1],
+                asked=req.team, default=version.model.team)
+            check_model_name(name)
             if existing is not None:
                 return self._update(s, who, existing, req, ref, version, engine)
-            team = who.home_team(req.team or version.model.team, CREATE, "deployments")
             pool = self._pool(s, who, req, name, team)
-            d = Deployment(name=name, team=team, owner=who.name, model=model, ref=ref,
-                           version_id=version.id, engine=engine, replicas=req.replicas,
+            d = Deployment(name=name, team=team, owner=who.name, model=version.model.name,
+                           ref=ref, version_id=version.id, engine=engine, replicas=req.replicas,
                            max_batch=req.max_batch, max_queue=req.max_queue,
                            priority=req.priority, pool=pool.name,
                            created_at=utcnow(), updated_at=utcnow())
             s.add(d)
         self.on_change()
-        return self.get(who, name)
+        return self.get(who, names.qualified(team, name))
 
     def _update(self, s, who, d: Deployment, req: DeployRequest, ref: str, version,
                 engine: str) -> Deployment:
         who.check(READ, d.team, f"deployment {d.name}")
         who.check(CREATE, d.team, f"deployment {d.name}")
-        if req.pool is not None and req.pool != d.pool:
+        if req.pool is not None and names.split(req.pool)[1] != d.pool:
             raise Conflict(f"deployment {d.name} runs in pool {d.pool}; remove it to move it")
         d.model, d.ref, d.version_id, d.engine = version.model.name, ref, version.id, engine
         d.replicas, d.max_batch, d.priority = req.replicas, req.max_batch, req.priority
         d.max_queue = req.max_queue
         d.updated_at = utcnow()
         s.flush()
-        name = d.name
+        name = names.qualified(d.team, d.name)
         s.commit()
         self.on_change()
         return self.get(who, name)
 
     def _pool(self, s, who: Principal, req: DeployRequest, name: str, team: str) -> ServingPool:
-        pool_name = check_model_name(req.pool or name)
-        pool = s.scalars(select(ServingPool).where(ServingPool.name == pool_name)).first()
+        """The deployment's pool: one of its own team (another team's pool of the same name
+        is another pool), created when new."""
+        asked, pool_name = names.split(req.pool or name)
+        if asked is not None and asked != team:
+            raise InvalidRequest(f"a deployment of team {team} runs in a pool of team {team}, "
+                                 f"not {asked}")
+        check_model_name(pool_name)
+        pool = s.scalars(select(ServingPool).where(ServingPool.name == pool_name,
+                                                   ServingPool.team == team)).first()
         if pool is not None:
-            if not who.can(READ, pool.team) or pool.team != team:
-                raise Forbidden(f"pool {pool_name!r} belongs to another team")
             return pool
         budget = req.budget_mb or max(64, req.memory_mb - RUNTIME_MB)
         if budget > req.memory_mb:
@@ -164,16 +184,17 @@ class DeploymentService:
         return found if need is READ else [d for d in found if who.can(need, d.team)]
 
     def get(self, who: Principal, name: str, need: Need = READ) -> Deployment:
+        """The deployment named ``name`` (bare, or ``team/name``) in a team ``who`` sees;
+        another team's is not found, exactly as a missing one."""
         with self.db.session() as s:
-            d = s.scalars(select(Deployment).where(Deployment.name == name)).first()
-            if d is None:
-                raise NotFound(f"deployment {name!r} not found")
+            d = names.find(s, who, Deployment, "deployment", name)
             who.check(need, d.team, f"deployment {name!r}")
             return d
 
-    def pool(self, name: str) -> ServingPool | None:
+    def pool(self, team: str | None, name: str) -> ServingPool | None:
         with self.db.session() as s:
-            return s.scalars(select(ServingPool).where(ServingPool.name == name)).first()
+            return s.scalars(select(ServingPool).where(ServingPool.name == name,
+                                                       ServingPool.team == team)).first()
 
     def pools(self) -> list[ServingPool]:
         with self.db.session() as s:
@@ -191,7 +212,7 @@ class DeploymentService:
             row = s.get(Deployment, d.id)
             row.replicas, row.updated_at = replicas, utcnow()
         self.on_change()
-        return self.get(who, name)
+        return self.get(who, names.qualified(d.team, d.name))
 
     def delete(self, who: Principal, name: str) -> Deployment:
         """Stop serving ``name``; a pool left with no deployment is removed with its workers."""
@@ -200,9 +221,11 @@ class DeploymentService:
         with self.db.session() as s:
             s.delete(s.get(Deployment, d.id))
             s.flush()
-            left = s.scalars(select(Deployment).where(Deployment.pool == d.pool)).first()
+            left = s.scalars(select(Deployment).where(Deployment.pool == d.pool,
+                                                      Deployment.team == d.team)).first()
             if left is None:
-                pool = s.scalars(select(ServingPool).where(ServingPool.name == d.pool)).first()
+                pool = s.scalars(select(ServingPool).where(ServingPool.name == d.pool,
+                                                           ServingPool.team == d.team)).first()
                 if pool is not None:
                     s.delete(pool)
         self.on_change()
@@ -215,8 +238,10 @@ class DeploymentService:
         for d in self.all():
             if d.ref.isdigit():
                 continue
-            try:
-                v = self.registry.version(SYSTEM, d.model, d.ref)
+            try:  # the model of the version it serves (names are per team)
+                model = self.registry.version_by_id(d.version_id).model
+                v = self.registry.version(SYSTEM, names.qualified(model.team, model.name),
+                                          d.ref)
             except NotFound:
                 continue  # the alias was removed: keep serving what it pointed at
             if v.id != d.version_id:

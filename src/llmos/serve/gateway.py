@@ -10,7 +10,12 @@ are relayed chunk by chunk; when the client goes away the upstream stream is clo
 the worker aborts the request in its engine.
 
 It measures what users feel — time to first token, inter-token latency, tokens, status —
-into the daemon's Prometheus metrics. Errors are in OpenAI's format.
+into the daemon's Prometheus metrics, each series labelled with the deployment's team (a
+request refused before a deployment is found counts for the caller's team), so that
+``/metrics`` shows every caller only its teams' series. Errors are in OpenAI's format.
+
+``model`` is a deployment name, bare or ``team/name`` (needed only when the caller has
+deployments of that name in several teams).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
+
 import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -26,10 +33,11 @@ from llmos.errors import LLMOSError
 from llmos.kernel.jobs import PRIORITY_RANK
 from llmos.models.registry import ModelRegistry
 from llmos.monitor.metrics import Metrics
+from llmos.security import names
 from llmos.security.rbac import INFER, Principal
 from llmos.serve import openai as oa
 from llmos.serve.controller import Controller, Worker, Workers
-from llmos.serve.deployments import TASKS, DeploymentService
+from llmos.serve.deployments import TASKS, DeploymentService, pool_key
 from llmos.serve.envelope import (
     ChatInput,
     CompletionInput,
@@ -54,6 +62,7 @@ class Refused(Exception):
         self.response = JSONResponse(oa.error_body(message, type_, param, code), status,
                                      headers=headers)
         self.reason = code or type_
+        self.deployment: Deployment | None = None  # when refused once it was found
 
 
 class Gateway:
@@ -80,14 +89,17 @@ class Gateway:
 
     async def serve(self, who: Principal, route: str, body) -> Response:
         started = time.perf_counter()
-        name = body.model
+        name, team = body.model, _caller_team(who)
         try:
             d = await asyncio.to_thread(self._deployment, who, name, route)
+            name, team = d.name, d.team or ""  # counted as its team's from here on
             env = await self._envelope(who, d, route, body)
             worker = await self._pick(d, env.deployment.key)
         except Refused as r:
-            self.metrics.requests.labels(name, route, str(r.response.status_code)).inc()
-            self.metrics.rejected.labels(name, r.reason).inc()
+            if r.deployment is not None:
+                name, team = r.deployment.name, r.deployment.team or ""
+            self.metrics.requests.labels(team, name, route, str(r.response.status_code)).inc()
+            self.metrics.rejected.labels(team, name, r.reason).inc()
             return r.response
         path = (f"/generate/{route}" if ROUTE_TASK[route] == "generate"
                 else f"/encode/{ROUTE_TASK[route]}")
@@ -104,18 +116,35 @@ class Gateway:
                     worker = await self._pick(d, env.deployment.key)
                 except Refused as r:
                     return r.response
-        return self._lost(name, route, lost)
+        return self._lost(team, name, route, lost)
 
     # -- steps -----------------------------------------------------------------------------
 
     def _deployment(self, who: Principal, name: str, route: str) -> Deployment:
+        """The deployment ``model`` names (bare or team/name), if ``who`` may call it on
+        this route now."""
+        d = self._find(who, name)
         try:
-            d = self.deployments.get(who, name, need=INFER)
+            self._admit(who, d, route)
+        except Refused as r:
+            r.deployment = d  # counted in its team's series
+            raise
+        return d
+
+    def _find(self, who: Principal, name: str) -> Deployment:
+        try:
+            return self.deployments.get(who, name, need=INFER)
         except LLMOSError as e:
             if e.status == 404:
                 raise Refused(404, f"The model `{name}` does not exist or you do not have "
                               "access to it.", param="model", code="model_not_found") from None
+            if e.status == 409:  # a bare name of several of the caller's teams
+                raise Refused(409, e.message, param="model", code="model_ambiguous") from None
             raise Refused(e.status, e.message, "permission_error") from None
+
+    def _admit(self, who: Principal, d: Deployment, route: str) -> None:
+        """Refuse a route the deployment does not serve, or a caller over its rate."""
+        name = d.name
         task = ROUTE_TASK[route]
         served = TASKS.get(self.versions.info(d.version_id)["task"])
         if served != task:
@@ -127,7 +156,6 @@ class Gateway:
             raise Refused(429, f"rate limit reached: {which}; retry after {wait:g} s",
                           "rate_limit_error", code="rate_limit_exceeded",
                           headers={"Retry-After": str(max(1, round(wait + 0.499)))})
-        return d
 
     async def _envelope(self, who: Principal, d: Deployment, route: str, body) -> Envelope:
         unsupported = oa.check_supported(body)
@@ -155,16 +183,17 @@ class Gateway:
         """A ready worker of the deployment's pool: one with the model loaded, else the
         least busy; waits (bounded) while the pool's workers start."""
         deadline = time.monotonic() + self.wait_s
+        pool = pool_key(d.team, d.pool)
         while True:
-            workers = self.workers.of_pool(d.pool)
+            workers = self.workers.of_pool(pool)
             if workers:
                 def rank(w: Worker) -> tuple:
                     loaded = any(m.get("key") == key for m in w.stats.get("resident", []))
                     return (not loaded, w.inflight)
                 return min(workers, key=rank)
-            problem = self.controller.problems.get(d.pool)
+            problem = self.controller.problems.get(pool)
             if problem or time.monotonic() > deadline:
-                why = problem or self.controller.waiting.get(d.pool) or "still starting"
+                why = problem or self.controller.waiting.get(pool) or "still starting"
                 raise Refused(503, f"deployment {d.name} has no ready worker: {why}",
                               "server_error", code="no_worker", headers={"Retry-After": "5"})
             self.controller.wake()
@@ -174,7 +203,7 @@ class Gateway:
 
     async def _once(self, w: Worker, path: str, env: Envelope, route: str,
                     started: float) -> Response:
-        name = env.deployment.name
+        team, name = _team_of(w), env.deployment.name
         w.inflight += 1
         try:
             resp = await self.http().post(w.url + path, content=env.model_dump_json(),
@@ -182,21 +211,19 @@ class Gateway:
         except httpx.ConnectError:
             raise
         except httpx.TransportError as e:
-            return self._lost(name, route, e)
+            return self._lost(team, name, route, e)
         finally:
             w.inflight -= 1
-        self.metrics.requests.labels(name, route, str(resp.status_code)).inc()
-        self.metrics.latency.labels(name, route).observe(time.perf_counter() - started)
+        self.metrics.requests.labels(team, name, route, str(resp.status_code)).inc()
+        self.metrics.latency.labels(team, name, route).observe(time.perf_counter() - started)
         data = resp.json()
-        usage = data.get("usage") or {}
-        self.metrics.prompt_tokens.labels(name).inc(usage.get("prompt_tokens", 0))
-        self.metrics.completion_tokens.labels(name).inc(usage.get("completion_tokens", 0))
+        self._count(team, name, data.get("usage") or {})
         headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
         return JSONResponse(data, resp.status_code, headers=headers)
 
     async def _stream(self, w: Worker, path: str, env: Envelope, route: str, started: float,
                       body) -> Response:
-        name = env.deployment.name
+        team, name = _team_of(w), env.deployment.name
         w.inflight += 1
         try:
             upstream = await self.http().send(
@@ -206,22 +233,22 @@ class Gateway:
             w.inflight -= 1
             if isinstance(e, httpx.ConnectError):
                 raise
-            return self._lost(name, route, e)
+            return self._lost(team, name, route, e)
         if upstream.status_code != 200:
             data = json.loads(await upstream.aread())
             await upstream.aclose()
             w.inflight -= 1
-            self.metrics.requests.labels(name, route, str(upstream.status_code)).inc()
+            self.metrics.requests.labels(team, name, route, str(upstream.status_code)).inc()
             headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
             return JSONResponse(data, upstream.status_code, headers=headers)
-        self.metrics.requests.labels(name, route, "200").inc()
-        return StreamingResponse(self._relay(w, upstream, name, route, started,
+        self.metrics.requests.labels(team, name, route, "200").inc()
+        return StreamingResponse(self._relay(w, upstream, team, name, route, started,
                                              body.include_usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _relay(self, w: Worker, upstream: httpx.Response, name: str, route: str,
-                     started: float, client_wants_usage: bool):
+    async def _relay(self, w: Worker, upstream: httpx.Response, team: str, name: str,
+                     route: str, started: float, client_wants_usage: bool):
         """The worker's chunks, as they come. Cancelled when the client disconnects: closing
         the upstream response makes the worker abort the request."""
         last = None
@@ -234,27 +261,29 @@ class Gateway:
                 if payload != "[DONE]":
                     chunk = json.loads(payload)
                     if "usage" in chunk and not chunk.get("choices"):
-                        self._count(name, chunk["usage"])
+                        self._count(team, name, chunk["usage"])
                         if not client_wants_usage:
                             continue
                     elif _has_text(chunk):
                         if last is None:
-                            self.metrics.ttft.labels(name).observe(now - started)
+                            self.metrics.ttft.labels(team, name).observe(now - started)
                         else:
-                            self.metrics.itl.labels(name).observe(now - last)
+                            self.metrics.itl.labels(team, name).observe(now - last)
                         last = now
                 yield line + "\n\n"
         finally:
             w.inflight -= 1
             await upstream.aclose()
-            self.metrics.latency.labels(name, route).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(team, name, route).observe(
+                time.perf_counter() - started)
 
-    def _count(self, name: str, usage: dict) -> None:
-        self.metrics.prompt_tokens.labels(name).inc(usage.get("prompt_tokens", 0))
-        self.metrics.completion_tokens.labels(name).inc(usage.get("completion_tokens", 0))
+    def _count(self, team: str, name: str, usage: dict) -> None:
+        self.metrics.prompt_tokens.labels(team, name).inc(usage.get("prompt_tokens", 0))
+        self.metrics.completion_tokens.labels(team, name).inc(
+            usage.get("completion_tokens", 0))
 
-    def _lost(self, name: str, route: str, e: Exception) -> Response:
-        self.metrics.requests.labels(name, route, "502").inc()
+    def _lost(self, team: str, name: str, route: str, e: Exception) -> Response:
+        self.metrics.requests.labels(team, name, route, "502").inc()
         return JSONResponse(oa.error_body(f"the serving worker of {name} did not answer "
                                           f"({type(e).__name__}); retry", "server_error"), 502,
                             headers={"Retry-After": "2"})
@@ -262,10 +291,28 @@ class Gateway:
     # -- /v1/models --------------------------------------------------------------------------
 
     def models(self, who: Principal) -> dict:
-        data = [{"id": d.name, "object": "model", "created": int(d.created_at.timestamp()),
+        """The deployments ``who`` may call, by the id to send as ``model``: the bare name,
+        or ``team/name`` for a name the caller has in several teams."""
+        found = self.deployments.list(who, need=INFER)
+        count = Counter(d.name for d in found)
+        data = [{"id": d.name if count[d.name] == 1 else names.qualified(d.team, d.name),
+                 "object": "model", "created": int(d.created_at.timestamp()),
                  "owned_by": d.team or d.owner}
-                for d in self.deployments.list(who, need=INFER)]
+                for d in found]
         return {"object": "list", "data": data}
+
+
+def _team_of(w: Worker) -> str:
+    """The team of a worker's pool (its key is team/name)."""
+    return w.pool.rpartition("/")[0]
+
+
+def _caller_team(who: Principal) -> str:
+    """Whose series a request refused before any deployment was found counts in: the
+    caller's one team; "" (administrators only) when that is not one team."""
+    if who.team or who.home:
+        return who.team or who.home
+    return next(iter(who.roles)) if len(who.roles) == 1 else ""
 
 
 def _headers(w: Worker) -> dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import select
 
 from llmos.data.datasets import DatasetService
 from llmos.errors import InvalidRequest
@@ -25,6 +24,7 @@ from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
 from llmos.kernel.service import JobService
 from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
 from llmos.schema import RequestBody
+from llmos.security import names
 from llmos.security.rbac import CREATE, Principal
 from llmos.store.models import Job, Model
 from llmos.train.data import required_columns
@@ -85,11 +85,10 @@ class TrainService:
             raise InvalidRequest(f"{name}:{base.version} is a {base.task} model; a "
                                  f"{recipe.task} recipe starts from "
                                  f"{' or '.join(BASES[recipe.task])}")
-        tokenizer = None
+        t = None
         if req.tokenizer:
             t_name, t_ref = parse_ref(req.tokenizer)
             t = self.registry.version(who, t_name, t_ref)
-            tokenizer = {"model": t_name, "version": t.version}
         ds_name, _, ds_ref = req.dataset.partition(":")
         ds = self.datasets.version(who, ds_name, ds_ref or "latest")
         present = {s["split"] for s in ds.shards}
@@ -98,13 +97,20 @@ class TrainService:
                                  f"split (splits: {', '.join(sorted(present)) or 'none'})")
         check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
         team = self._output_team(who, req, base.model.team)
+        # The job names what it reads as seen from its own team (names are per team).
+        tokenizer = t and {"model": names.for_job(team, t.model.team, t.model.name),
+                           "version": t.version}
         splits = {"train": req.train_split,
                   "validation": req.validation_split if req.validation_split in present else None,
                   "test": req.test_split if req.test_split in present else None}
         spec = JobSpec(program="train.finetune", name=f"train {req.output}",
                        params={"recipe": recipe.to_dict(),
-                               "base": {"model": name, "version": base.version},
-                               "dataset": {"name": ds_name, "version": ds.version},
+                               "base": {"model": names.for_job(team, base.model.team,
+                                                               base.model.name),
+                                        "version": base.version},
+                               "dataset": {"name": names.for_job(team, ds.dataset.team,
+                                                                 ds.dataset.name),
+                                           "version": ds.version},
                                "splits": splits, "output": req.output, "tokenizer": tokenizer},
                        resources=req.resources, priority=req.priority, team=team,
                        checkpointable=True, max_retries=req.max_retries,
@@ -113,11 +119,12 @@ class TrainService:
 
     def _output_team(self, who: Principal, req: FinetuneRequest, base_team: str) -> str:
         check_model_name(req.output)
+        # The asked-for team, else the caller's team that has the name (a new version),
+        # else the base model's (names are per team: other teams' do not matter).
         with self.jobs.db.session() as s:
-            model = s.scalars(select(Model).where(Model.name == req.output)).first()
-        # A new model goes to the asked-for team, else the base model's.
-        return who.team_for_name("model", req.output, model.team if model else None,
-                                 req.team, default=base_team)
+            team, _, _ = names.for_create(s, who, Model, "model", req.output,
+                                          asked=req.team, default=base_team)
+        return team
 
     def evaluate(self, who: Principal, req: EvaluateRequest) -> Job:
         name, ref = parse_ref(req.model)
@@ -137,8 +144,11 @@ class TrainService:
         check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
         who.check(CREATE, v.model.team, f"model {name}")
         spec = JobSpec(program="train.evaluate", name=f"evaluate {name}:{v.version}",
-                       params={"model": {"name": name, "version": v.version}, "task": task,
-                               "dataset": {"name": ds_name, "version": ds.version},
+                       params={"model": {"name": v.model.name, "version": v.version},
+                               "task": task,
+                               "dataset": {"name": names.for_job(v.model.team, ds.dataset.team,
+                                                                 ds.dataset.name),
+                                           "version": ds.version},
                                "split": req.split, "fields": req.fields},
                        resources=req.resources, priority=req.priority, team=v.model.team)
         return self.jobs.submit(who, spec)
