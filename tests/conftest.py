@@ -3,3 +3,40 @@
 
 from live import daemon, shared_daemon  # noqa: F401
 from offline_models import smollm2_dir  # noqa: F401
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _files_shared_with_jobs(tmp_path_factory):
+    """Jobs run in a sandbox, as their team's system user (not root), and see a test's
+    folders only where they are bound in. pytest makes its temporary folders 0700 (root
+    only) and a root umask makes the rest unwritable to that user; tests hand jobs such
+    folders (markers, gates, corpora), so here they are shared: folders tests make are
+    open to the jobs' users, as a shared folder of a real installation would be."""
+    original = pytest.TempPathFactory.mktemp
+
+    def mktemp(self, basename, numbered=True):
+        path = original(self, basename, numbered)
+        path.chmod(0o777)
+        return path
+
+    pytest.TempPathFactory.mktemp = mktemp
+    old_umask = os.umask(0)
+    # safetensors makes its files 0600 whatever the umask: the model folders tests write
+    # would be closed to the jobs that import or train them.
+    import safetensors.torch as st
+
+    serialize = st.serialize_file
+
+    def serialize_shared(tensors, filename, metadata=None):
+        serialize(tensors, filename, metadata)
+        os.chmod(filename, 0o666)
+
+    st.serialize_file = serialize_shared
+    yield
+    st.serialize_file = serialize
+    os.umask(old_umask)
+    pytest.TempPathFactory.mktemp = original

@@ -63,6 +63,8 @@ class LiveDaemon:
             "LLMOS_CPUS": str(cpus),
             "LLMOS_URL": self.url,
             "LLMOS_CANCEL_GRACE_S": "2",
+            # team members run the test programs: their folder is a root they may read
+            "LLMOS_INGEST_ROOTS": str(PROGRAMS.parent),
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

@@ -64,6 +64,25 @@ class Settings(BaseSettings):
         description="A job pending this many seconds rises one priority class (once).",
     )
     executor: str = Field(default="local", description="Executor used for new jobs.")
+    sandbox: Literal["auto", "off"] = Field(
+        default="auto",
+        description="'auto': run each job in the strongest sandbox this machine allows "
+        "(as root: a per-team system user in its own namespaces, with bubblewrap); 'off': "
+        "plain processes of the daemon's user, which can read everything it can.")
+    require_isolation: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Refuse to run jobs when they cannot be isolated from each other and "
+        "from the daemon: 'on' always, 'auto' once more than one team exists, 'off' never.")
+    job_network: Literal["none", "host"] = Field(
+        default="none",
+        description="'none': a sandboxed job has no network of its own and reaches the llmos "
+        "API through a socket (so it cannot reach services on this host, such as a database "
+        "trusting local connections); 'host': jobs share the host's network. Serving workers "
+        "always share it (they listen for the gateway).")
+    job_max_processes: int = Field(
+        default=4096, ge=16,
+        description="Most processes and threads one job may have at once (a fork bomb "
+        "stops there).")
     max_upload_mb: int = Field(default=16384, ge=1, description="Largest artifact upload.")
     max_body_mb: int = Field(
         default=32, ge=1,
@@ -84,9 +103,17 @@ class Settings(BaseSettings):
     )
     encryption_key: SecretStr | None = Field(
         default=None,
-        description="A base64 AES-256 key used instead of a key file (cannot be rotated "
-        "by `llmos keys rotate`: change the variable and re-encrypt).",
+        description="A base64 AES-256 key used instead of a key file (key id 'env'). It "
+        "cannot be rotated by `llmos keys rotate`, and another value is refused at start "
+        "(its check value differs): to change it, write it to a key file as "
+        '{"current": "env", "keys": {"env": "<the key>"}}, point LLMOS_KEY_FILE there, '
+        "unset this and rotate.",
     )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="The audit chain's HMAC key (created, mode 0600, on first start); "
+        "default LLMOS_HOME/audit.key. Keep it with the encryption keys, never with the "
+        "database: whoever holds it can rewrite the audit log undetected.")
     default_job_memory_mb: int = Field(default=1024, ge=1, description="Memory a job gets by default.")
     # Identities and access.
     token: SecretStr | None = Field(
@@ -98,8 +125,9 @@ class Settings(BaseSettings):
         "LLMOS_HOME/credentials.json. The first `llmos up` saves the admin's token there.")
     auth_free_failures: int = Field(
         default=5, ge=1,
-        description="Failed authentications from one address before each further attempt "
-        "must wait (1 s, doubling up to LLMOS_AUTH_MAX_DELAY_S).")
+        description="Failed authentications with one token prefix from one address (ten "
+        "times as many from the address in all) before each further failed attempt must wait "
+        "(1 s, doubling up to LLMOS_AUTH_MAX_DELAY_S); a valid token never waits.")
     auth_max_delay_s: float = Field(
         default=60.0, gt=0, description="Longest wait imposed after failed authentications.")
     ingest_roots: str = Field(
@@ -147,6 +175,11 @@ class Settings(BaseSettings):
         return [Path(p).expanduser().resolve() for p in self.ingest_roots.split(":") if p]
 
     @property
+    def api_socket(self) -> Path:
+        """The API's Unix socket: how sandboxed jobs without a network reach the daemon."""
+        return self.home_dir / "run" / "api.sock"
+
+    @property
     def jobs_dir(self) -> Path:
         return self.home_dir / "jobs"
 
@@ -157,6 +190,15 @@ class Settings(BaseSettings):
     @property
     def key_path(self) -> Path:
         return (self.key_file or self.home_dir / "keys.json").expanduser()
+
+    @property
+    def audit_key_path(self) -> Path:
+        return (self.audit_key_file or self.home_dir / "audit.key").expanduser()
+
+    @property
+    def audit_head_path(self) -> Path:
+        """The audit chain's append-only anchor outside the database."""
+        return self.home_dir / "audit.head"
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ build creates the administrator and hands its one-time token to ``on_bootstrap``
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 from llmos.config import Settings
@@ -27,7 +28,7 @@ from llmos.models.registry import ModelRegistry
 from llmos.monitor.metrics import Metrics
 from llmos.security.artifacts import ArtifactService
 from llmos.security.audit import AuditLog
-from llmos.security.crypto import Cipher, keyring_of
+from llmos.security.crypto import Cipher, KeyChecks, keyring_of
 from llmos.security.identity import Bootstrap, IdentityService, serving_rates
 from llmos.security.throttle import FailureThrottle
 from llmos.security.tokens import TokenService
@@ -49,13 +50,17 @@ class System:
                  on_bootstrap: Callable[[Bootstrap], None] | None = None):
         """Open the store and build every service; on an empty store, create the
         administrator and hand the one-time token to ``on_bootstrap``. Nothing runs yet."""
-        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        # LLMOS_HOME (store, keys, credentials, job folders) is the daemon's user's alone,
+        # whatever the umask: jobs see only their own folder (kernel/executors/sandbox.py).
+        settings.home_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(settings.home_dir, 0o700)
         self.settings = settings
         self.db: Database = open_database(settings.db_url)
         try:
+            # The audit key is confirmed first: a wrong one refuses the start (CryptoError).
+            self.audit = AuditLog(self.db, settings.audit_key_path, settings.audit_head_path)
             self._build_core(node, api_url)
             self._build_serving()
-            self.audit = AuditLog(self.db)
             self._bootstrap(on_bootstrap)
         except BaseException:
             self.db.close()
@@ -71,8 +76,12 @@ class System:
                                         on_quota_change=self.daemon.reload_quotas)
         self.throttle = FailureThrottle(settings.auth_free_failures, settings.auth_max_delay_s)
         self.jobs = JobService(self.daemon)
-        store = ArtifactStore(settings.artifacts_dir, Cipher(lambda: keyring_of(settings)))
+        cipher = Cipher(lambda: keyring_of(settings), KeyChecks(db))
+        if settings.encryption_key or settings.key_path.exists():
+            cipher.keyring  # noqa: B018  a wrong key for a known id refuses the start here
+        store = ArtifactStore(settings.artifacts_dir, cipher)
         self.artifacts = ArtifactService(db, store, settings.max_upload_mb << 20)
+        self.artifacts.rename_legacy_sealed()
         self.datasets = DatasetService(self.jobs, self.artifacts)
         self.registry = ModelRegistry(self.artifacts, settings.home_dir / "models")
         self.train = TrainService(self.jobs, self.registry, self.datasets)

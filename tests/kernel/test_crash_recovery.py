@@ -35,7 +35,8 @@ def _bind(db: Database, jobs_dir: Path, job_id: int, node: str, core: int) -> La
         job.node, job.allocation = node, allocation.to_json()
         transition(s, job, JobState.SCHEDULED, f"bound to {node} (cores {core})")
         return LaunchPlan(job.id, job.attempt, job.program, dict(job.params), allocation,
-                          jobs_dir / str(job.id))
+                          jobs_dir / str(job.id), team=job.team,
+                          read_roots=tuple(job.read_roots or ()))
 
 
 def test_kill_9_at_each_point_of_the_launch_path_runs_every_job_exactly_once(tmp_path):
@@ -59,7 +60,7 @@ def test_kill_9_at_each_point_of_the_launch_path_runs_every_job_exactly_once(tmp
     first.kill9()
 
     db = Database(Settings(home=home).db_url)
-    executor = LocalExecutor()
+    executor = LocalExecutor(Settings(home=home))
     try:
         cores = sorted(int(c) for c in node["allocation"]["cores"])
         plans = {name: _bind(db, jobs_dir, ids[name], node["node"], cores[i // 2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -12,8 +13,9 @@ from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmos.api.gate import current
+from llmos.api.gate import current, needs
 from llmos.api.schemas import ERRORS, JobBatch, JobList, JobOut, MetricList, MetricOut
+from llmos.kernel.jobfiles import open_read
 from llmos.kernel.jobs import JobSpec, JobState
 from llmos.kernel.service import LOG_STREAMS, JobService
 from llmos.schema import INT32_MAX, IsoTime
@@ -22,6 +24,9 @@ from llmos.security.rbac import Principal
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = PathParam(ge=1, le=INT32_MAX, description="Job id")
 Who = Depends(current)
+# Submitting or cancelling writes, and the answer is the job: both scopes, checked first.
+Submits = needs("write", "read", what="create jobs")
+Cancels = needs("write", "read", what="cancel jobs")
 MAX_LOG_BYTES = 8 << 20
 
 
@@ -30,13 +35,13 @@ def _jobs(request: Request) -> JobService:
 
 
 @router.post("", response_model=JobOut, status_code=201, responses=ERRORS)
-def submit(spec: JobSpec, request: Request, who: Principal = Who) -> JobOut:
+def submit(spec: JobSpec, request: Request, who: Principal = Submits) -> JobOut:
     """Submit one job; it is PENDING when this returns."""
     return JobOut.of(_jobs(request).submit(who, spec), transitions=True)
 
 
 @router.post("/batch", response_model=JobList, status_code=201, responses=ERRORS)
-def submit_batch(batch: JobBatch, request: Request, who: Principal = Who) -> JobList:
+def submit_batch(batch: JobBatch, request: Request, who: Principal = Submits) -> JobList:
     """Submit many jobs in one transaction: all are written, or none."""
     jobs = _jobs(request).submit_many(who, batch.jobs)
     return JobList(jobs=[JobOut.of(j) for j in jobs], total=len(jobs))
@@ -69,7 +74,7 @@ def get_job(request: Request, job_id: int = JobId, who: Principal = Who) -> JobO
 
 
 @router.post("/{job_id:int}/cancel", response_model=JobOut, responses=ERRORS)
-def cancel(request: Request, job_id: int = JobId, who: Principal = Who) -> JobOut:
+def cancel(request: Request, job_id: int = JobId, who: Principal = Cancels) -> JobOut:
     """Cancel: a queued job at once; a running one gets SIGTERM, then SIGKILL after the
     grace period (its state turns CANCELLED when its process is gone)."""
     return JobOut.of(_jobs(request).cancel(who, job_id), transitions=True)
@@ -109,11 +114,11 @@ async def logs(
 
 
 def _read(path: Path, tail: int | None) -> str:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    f = open_read(path)  # the job owns its folder: its "log" may be a planted link
+    if f is None:
         return ""
-    with open(path, "rb") as f:
+    with f:
+        size = os.fstat(f.fileno()).st_size
         f.seek(max(0, size - MAX_LOG_BYTES))
         data = f.read().decode("utf-8", errors="replace")
     if tail:
@@ -128,7 +133,7 @@ async def _follow(request: Request, service: JobService, who: Principal, job_id:
         text = _read(path, tail)
         for line in text.removesuffix("\n").split("\n") if text else ():  # keeps \r in lines
             yield _sse(name, line)
-        offsets[name] = path.stat().st_size if path.exists() else 0
+        offsets[name] = _size(path)
     partial = {name: b"" for name in paths}
     while True:
         job = await run_in_threadpool(service.get, who, job_id, False)
@@ -152,12 +157,20 @@ async def _follow(request: Request, service: JobService, who: Principal, job_id:
 
 
 def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(MAX_LOG_BYTES)
-    except FileNotFoundError:
+    f = open_read(path)
+    if f is None:
         return b""
+    with f:
+        f.seek(offset)
+        return f.read(MAX_LOG_BYTES)
+
+
+def _size(path: Path) -> int:
+    f = open_read(path)
+    if f is None:
+        return 0
+    with f:
+        return os.fstat(f.fileno()).st_size
 
 
 def _sse(event: str, data: str) -> str:

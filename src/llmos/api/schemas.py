@@ -169,9 +169,17 @@ class SchedulerOut(BaseModel):
     last_pass_ms: float
 
 
+class IsolationOut(BaseModel):
+    level: str = Field(description="How jobs are kept from each other and from the daemon: "
+                       "'full' (each as its team's own user, in its own namespaces), 'partial' "
+                       "(namespaces, the daemon's user) or 'none'.")
+    detail: str
+
+
 class ResourcesReport(BaseModel):
     nodes: list[NodeOut]
     scheduler: SchedulerOut
+    isolation: IsolationOut
 
 
 class Health(BaseModel):

@@ -7,7 +7,9 @@ from fastapi.responses import Response
 
 from llmos import __version__
 from llmos.api.gate import current
-from llmos.api.schemas import ERRORS, Health, NodeOut, ResourcesReport, SchedulerOut
+from llmos.api.schemas import (ERRORS, Health, IsolationOut, NodeOut, ResourcesReport,
+                                SchedulerOut)
+from llmos.security.rbac import Principal
 
 router = APIRouter()
 
@@ -19,12 +21,13 @@ def healthz() -> Health:
 
 
 @router.get("/metrics", tags=["system"], responses={**ERRORS, 200: {
-    "content": {"text/plain": {}}, "description": "Prometheus text format"}},
-    dependencies=[Depends(current)])
-def metrics(request: Request) -> Response:
+    "content": {"text/plain": {}}, "description": "Prometheus text format"}})
+def metrics(request: Request, who: Principal = Depends(current)) -> Response:
     """Prometheus metrics: serving requests, time to first token, inter-token latency,
-    tokens, queue depth, batch size, resident models, loads, evictions; the job queue."""
-    return Response(request.app.state.metrics.render(),
+    tokens, queue depth, batch size, resident models, loads, evictions; the job queue.
+    Each series is labelled with its team; a caller sees those of the teams it may read
+    (administrators: every series)."""
+    return Response(request.app.state.metrics.render(who.readable_teams()),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -37,4 +40,6 @@ def resources(request: Request) -> ResourcesReport:
         nodes = [NodeOut(**daemon.node.snapshot())]
         sched = SchedulerOut(pending=len(daemon.pending), running=len(daemon.running),
                              last_pass_ms=round(daemon.last_pass_ms, 3))
-    return ResourcesReport(nodes=nodes, scheduler=sched)
+        level, detail = daemon.isolation()
+    return ResourcesReport(nodes=nodes, scheduler=sched,
+                           isolation=IsolationOut(level=level, detail=detail))

@@ -3,11 +3,14 @@ scheduler and job supervision run in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import socket
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from llmos.cli.errors import UsageError
@@ -19,6 +22,7 @@ def serve(port: int | None, host: str | None, console: Console,
     import uvicorn
 
     from llmos.api import create_app
+    from llmos.security.crypto import CryptoError
     from llmos.system import System
 
     settings = get_settings()
@@ -52,13 +56,55 @@ def serve(port: int | None, host: str | None, console: Console,
 
     console.print(f"llmos daemon on [bold]{url}[/]  home {settings.home_dir}  "
                   f"store {_safe_url(settings.db_url)}")
-    system = System(settings, api_url=client_url if settings.url else url,
-                    on_bootstrap=first_start)
+    try:
+        system = System(settings, api_url=client_url if settings.url else url,
+                        on_bootstrap=first_start)
+    except CryptoError as e:  # a wrong encryption or audit key: refuse, plainly
+        Console(stderr=True).print(f"[red]error:[/] llmos will not start: {escape(str(e))}")
+        raise SystemExit(1) from None
+    level, how = system.daemon.isolation()
+    if level == "full":
+        console.print(f"jobs: sandboxed ({how})")
+    elif level == "partial":
+        console.print(f"[yellow]jobs: partly isolated:[/] {escape(how)}")
+    else:
+        console.print(f"[bold red]warning: jobs are not isolated[/] from each other or from "
+                      f"the daemon: {escape(how)}. Any job can read every team's data and "
+                      f"the daemon's secrets. LLMOS_REQUIRE_ISOLATION="
+                      f"{settings.require_isolation} (see README, Security).")
     app = create_app(system)
     tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} \
         if settings.tls_cert else {}
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=10, **tls)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_level="warning", timeout_graceful_shutdown=10,
+                                           **tls))
+    asyncio.run(_serve_with_socket(server, app, settings.api_socket))
+
+
+async def _serve_with_socket(server, app, path: Path) -> None:
+    """The API on its address and, for sandboxed jobs that have no network, on a Unix
+    socket in LLMOS_HOME/run (bound into their sandboxes; tokens are checked as ever).
+    The socket server ends with the main one."""
+    import uvicorn
+
+    path.parent.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(path.parent, 0o755)
+    path.unlink(missing_ok=True)
+    # lifespan off: the main server starts and stops the system, once
+    local = uvicorn.Server(uvicorn.Config(app, uds=str(path), log_level="warning",
+                                          lifespan="off", timeout_graceful_shutdown=10))
+    local.install_signal_handlers = lambda: None  # the main server's handlers stop both
+    task = asyncio.create_task(local.serve())
+    while not local.started and not task.done():
+        await asyncio.sleep(0.01)
+    if local.started:
+        os.chmod(path, 0o666)  # any job's user may connect; its token says who it is
+    try:
+        await server.serve()
+    finally:
+        local.should_exit = True
+        await task
+        path.unlink(missing_ok=True)
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:

@@ -72,6 +72,9 @@ def resources(console: Console, data: dict) -> None:
     s = data["scheduler"]
     console.print(f"queue: {s['pending']} pending, {s['running']} running; "
                   f"last scheduling pass {s['last_pass_ms']:.2f} ms")
+    iso = data.get("isolation")
+    if iso:
+        console.print(f"job isolation: {iso['level']} ({iso['detail']})", markup=False)
 
 
 def job_table(console: Console, data: dict) -> None:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from llmos.config import Settings
@@ -172,8 +172,35 @@ class Daemon:
 
     def executor(self, name: str) -> Executor:
         if name not in self._executors:
-            self._executors[name] = executor_class(name)()
+            self._executors[name] = executor_class(name)(self.settings)
         return self._executors[name]
+
+    def isolation(self, executor: str | None = None) -> tuple[str, str]:
+        """How jobs of ``executor`` (default: the configured one) are kept from each other
+        and from the daemon: ("full" | "partial" | "none", in words)."""
+        sandbox = getattr(self.executor(executor or self.settings.executor), "sandbox", None)
+        if sandbox is None:
+            return "full", "isolated by the executor"
+        if sandbox.mode == "users":
+            return "full", "each job runs as its team's own system user in its own namespaces"
+        return ("partial" if sandbox.isolated else "none"), sandbox.reason
+
+    def isolation_refusal(self, executor: str | None = None) -> str | None:
+        """Why a job may not run now because it could not be isolated
+        (``LLMOS_REQUIRE_ISOLATION``), or None."""
+        level, reason = self.isolation(executor)
+        required = self.settings.require_isolation
+        if level != "none" or required == "off":
+            return None
+        if required == "auto":
+            with self.db.session() as s:
+                if (s.scalar(select(func.count()).select_from(Team)) or 0) <= 1:
+                    return None
+        return (f"jobs are not isolated from each other or from the daemon on this machine "
+                f"({reason}); LLMOS_REQUIRE_ISOLATION={required} refuses to run them"
+                + (" while more than one team exists" if required == "auto" else "")
+                + ". Run the daemon as root with bubblewrap installed, or set "
+                "LLMOS_REQUIRE_ISOLATION=off to accept the risk")
 
     def workdir(self, job_id: int):
         return self.settings.jobs_dir / str(job_id)
@@ -228,16 +255,28 @@ class Daemon:
     def _supervise(self, now: float) -> None:
         if not self.running:
             return
-        with self.db.session() as s:
-            for job_id, tracked in list(self.running.items()):
-                self._read_events(s, job_id, tracked)
-                ended = self.executor(tracked.executor).poll(tracked.handle)
-                if ended is not None:
-                    self._finish(s, s.get(Job, job_id), tracked, ended)
-                elif tracked.stop is not None:
-                    self._escalate(tracked, now)
-                else:
-                    self._enforce_limits(tracked, now)
+        for job_id, tracked in list(self.running.items()):
+            # One job at a time, each in its own transaction: whatever one job's reports do
+            # to it, the others are still watched, finished and timed out.
+            try:
+                with self.db.session() as s:
+                    self._supervise_one(s, job_id, tracked, now)
+            except Exception:  # noqa: BLE001 - logged; the loop goes on with the others
+                log.exception("supervising job %s failed; its reports since the last "
+                              "tick are skipped", job_id)
+                # read that batch again from the stored offset, and skip it this time
+                tracked.handle.extra["events_offset"] = None
+                tracked.handle.extra["skip_events"] = True
+
+    def _supervise_one(self, s: Session, job_id: int, tracked: Tracked, now: float) -> None:
+        self._read_events(s, job_id, tracked)
+        ended = self.executor(tracked.executor).poll(tracked.handle)
+        if ended is not None:
+            self._finish(s, s.get(Job, job_id), tracked, ended)
+        elif tracked.stop is not None:
+            self._escalate(tracked, now)
+        else:
+            self._enforce_limits(tracked, now)
 
     def _read_events(self, s: Session, job_id: int, tracked: Tracked) -> None:
         """Apply what the job reported (progress, metrics, artifacts) since the last read."""
@@ -247,7 +286,8 @@ class Daemon:
         new_offset, evs = events.read_new(tracked.handle.workdir, offset)
         if new_offset != offset:
             job = s.get(Job, job_id)
-            events.apply(s, job, evs)
+            if not tracked.handle.extra.pop("skip_events", False):
+                events.apply(s, job, evs)
             job.events_offset = new_offset
         tracked.handle.extra["events_offset"] = new_offset
 
@@ -417,9 +457,12 @@ class Daemon:
                 job = jobs[b.job_id]
                 try:
                     token = self.job_token(job.id) if self.job_token else None
+                    roots = job.read_roots
+                    if roots is None:  # a job submitted before read_roots were recorded
+                        roots = [str(r) for r in self.settings.ingest_root_dirs]
                     plan = LaunchPlan(job.id, job.attempt, job.program, job.params,
                                       b.allocation, self.workdir(job.id), self.api_url,
-                                      token, self.settings.api_ca)
+                                      token, self.settings.api_ca, job.team, tuple(roots))
                     launched.append((job.id, self.executor(job.executor).launch(plan)))
                 except Exception as e:  # noqa: BLE001 - e.g. fork failed: the job fails, not us
                     launched.append((job.id, e))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from llmos.kernel.context import EVENTS_FILE
+from llmos.kernel.jobfiles import open_read
 from llmos.store.models import Job, JobMetric
 
 MAX_READ = 4 << 20  # bytes read per job per tick, so one chatty job cannot stall the loop
@@ -21,14 +23,13 @@ MAX_READ = 4 << 20  # bytes read per job per tick, so one chatty job cannot stal
 
 def read_new(workdir: Path, offset: int) -> tuple[int, list[dict]]:
     """Complete event lines after ``offset``; returns the new offset and the events."""
-    path = workdir / EVENTS_FILE
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    f = open_read(workdir / EVENTS_FILE)  # the job's file: never through a link
+    if f is None:
         return offset, []
-    if size <= offset:
-        return offset, []
-    with open(path, "rb") as f:
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= offset:
+            return offset, []
         f.seek(offset)
         chunk = f.read(min(size - offset, MAX_READ))
     end = chunk.rfind(b"\n")
@@ -38,7 +39,7 @@ def read_new(workdir: Path, offset: int) -> tuple[int, list[dict]]:
     for line in chunk[: end + 1].splitlines():
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue  # a program wrote garbage into its own event file: skip that line
         if isinstance(event, dict):
             events.append(event)
@@ -54,16 +55,42 @@ def apply(session: Session, job: Job, events: list[dict]) -> None:
             job.progress_done = _float(event.get("done"))
             job.progress_total = _float(event.get("total"))
             unit, info = event.get("unit"), event.get("info")
-            job.progress_unit = unit[:50] if isinstance(unit, str) else None
-            job.progress_info = info if isinstance(info, dict) and len(info) <= 20 else None
+            job.progress_unit = _text(unit)[:50] if isinstance(unit, str) else None
+            job.progress_info = _info(info)
         elif kind == "metric":
             value = _float(event.get("value"))
             name = event.get("name")
-            if value is None or not isinstance(name, str) or not name:
+            if value is None or not isinstance(name, str) or not _text(name):
                 continue
             step = event.get("step")
-            session.add(JobMetric(job_id=job.id, name=name[:200], value=value,
-                                  step=step if isinstance(step, int) else None, at=at))
+            step = step if isinstance(step, int) and not isinstance(step, bool) and \
+                abs(step) <= INT64_MAX else None
+            session.add(JobMetric(job_id=job.id, name=_text(name)[:200], value=value,
+                                  step=step, at=at))
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+def _text(value: str) -> str:
+    """A job's text as every store can keep it (PostgreSQL refuses NUL characters)."""
+    return value.replace("\x00", "")
+
+
+def _info(info) -> dict | None:
+    """Progress counters: a small flat object of numbers and short strings, else nothing
+    (a job's event must never be something the store cannot write)."""
+    if not isinstance(info, dict) or len(info) > 20:
+        return None
+    kept = {}
+    for key, value in info.items():
+        if isinstance(value, str):
+            kept[_text(key)[:50]] = _text(value)[:200]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = _float(value)
+            if number is not None and abs(number) <= INT64_MAX:
+                kept[_text(key)[:50]] = value if isinstance(value, int) else number
+    return kept or None
 
 
 def _float(value) -> float | None:

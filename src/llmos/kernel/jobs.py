@@ -133,7 +133,8 @@ def transition(
 
 
 def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
-               owner: str = "system", team: str | None = None) -> Job:
+               owner: str = "system", team: str | None = None,
+               read_roots: list[str] | None = None) -> Job:
     """Insert a PENDING job (dependencies must already be checked to exist)."""
     now = utcnow()
     job = Job(
@@ -151,6 +152,7 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
         timeout_s=spec.timeout_s,
         checkpointable=spec.checkpointable,
         executor=executor,
+        read_roots=read_roots,
         state=JobState.PENDING.value,
         reason="waiting to be scheduled",
         attempt=0,

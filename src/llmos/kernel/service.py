@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from llmos.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from llmos.kernel import programs
 from llmos.kernel.executors import UnknownExecutor, available_executors, executor_class
 from llmos.kernel.jobs import JobSpec, JobState, create_job
@@ -56,12 +56,24 @@ class JobService:
                 state = found[dep].state
                 if state in (JobState.FAILED.value, JobState.CANCELLED.value):
                     raise Conflict(f"dependency job {dep} is {state}; this job could never run")
-            jobs = [create_job(s, spec, request, executor, owner=who.name, team=team)
+            roots = self.read_roots(who)
+            jobs = [create_job(s, spec, request, executor, owner=who.name, team=team,
+                               read_roots=roots)
                     for spec, request, executor, team in prepared]
             s.flush()
             ids = [job.id for job in jobs]
         self.daemon.submitted(ids)
         return [self.get(who, i) for i in ids]
+
+    def read_roots(self, who: Principal) -> list[str]:
+        """The host folders jobs of ``who`` may read: anywhere ("/") for a system
+        administrator's own unrestricted token, else LLMOS_INGEST_ROOTS (none when unset).
+        A job's sandbox shows it these folders only, and the programs that read host paths
+        check against them (whatever route started the job)."""
+        roots = [str(r) for r in self.settings.ingest_root_dirs]
+        if who.is_admin and who.team is None and who.job_id is None:
+            return ["/", *roots]  # the roots too: the sandbox shows them whole
+        return roots
 
     def _validate(self, who: Principal, spec: JobSpec):
         team = who.home_team(spec.team, CREATE, "jobs")
@@ -71,8 +83,10 @@ class JobService:
                 f"the job's params are {size >> 10} KB of JSON; the limit is "
                 f"{self.settings.max_job_params_kb} KB (LLMOS_MAX_JOB_PARAMS_KB): pass large "
                 "inputs as artifacts")
-        try:
-            programs.check(spec.program, spec.params)
+        try:  # a program file must lie where its submitter may read (kernel/programs.py)
+            programs.check(spec.program, spec.params, read_roots=self.read_roots(who))
+        except programs.ProgramOutsideRoots as e:
+            raise Forbidden(str(e)) from None
         except programs.ProgramError as e:
             raise InvalidRequest(str(e)) from None
         executor = spec.executor or self.settings.executor
@@ -82,6 +96,9 @@ class JobService:
             raise InvalidRequest(
                 f"unknown executor {executor!r}; available: {', '.join(available_executors())}"
             ) from None
+        refusal = self.daemon.isolation_refusal(executor)
+        if refusal:
+            raise Conflict(refusal)
         request = spec.resources.to_request(self.settings.default_job_memory_mb)
         if request.millicores < 1:
             raise InvalidRequest("cpu must be at least 0.001")

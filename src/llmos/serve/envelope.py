@@ -9,7 +9,7 @@ side is renamed on the other).
   the request itself (chat messages, a prompt, or texts to encode) with its sampling.
 
 :class:`Versions` turns a deployment into its :class:`ModelRef` (version rows are
-immutable, so what a version's folder and size are is cached). Owns no HTTP.
+immutable, so what a version's files and size are is cached). Owns no HTTP.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ class ModelRef(BaseModel):
     version_id: int
     version: int  # the registry's number (shown to people)
     task: str  # the registry's task (causal_lm, encoder, sequence_classification)
-    folder: str
+    # The version's files as (artifact id, path in its folder): a worker is a sandboxed
+    # job and fetches them through the API, never from the store's folder.
+    files: list[tuple[int, str]]
     engine: str
     max_batch: int
     max_queue: int
@@ -82,7 +84,7 @@ class Envelope(BaseModel):
 
 
 class Versions:
-    """Deployments as :class:`ModelRef` (a version's folder is laid out once, then cached)."""
+    """Deployments as :class:`ModelRef` (a version's files are looked up once, then cached)."""
 
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
@@ -93,13 +95,13 @@ class Versions:
         if v is None:
             row = self.registry.version_by_id(version_id)
             v = {"version": row.version, "task": row.task, "size_bytes": row.size_bytes,
-                 "folder": str(self.registry.lay_out(row))}
+                 "files": [(int(f["artifact_id"]), f["path"]) for f in row.files]}
             self._cache[version_id] = v
         return v
 
     def ref(self, d: Deployment) -> ModelRef:
         v = self.info(d.version_id)
         return ModelRef(name=d.name, version_id=d.version_id, version=v["version"],
-                        task=v["task"], folder=v["folder"], engine=d.engine,
+                        task=v["task"], files=v["files"], engine=d.engine,
                         max_batch=d.max_batch, max_queue=d.max_queue,
                         size_bytes=v["size_bytes"], priority_rank=PRIORITY_RANK[d.priority])

@@ -48,6 +48,7 @@ class ModelSpec:
     options: dict[str, Any]
     size_bytes: int
     priority: int  # the deployment's class rank: 0 low, 1 normal, 2 high
+    files: tuple[tuple[int, str], ...] = ()  # (artifact id, path): what ``folder`` holds
 
 
 @dataclass

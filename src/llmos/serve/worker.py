@@ -44,17 +44,26 @@ DRAIN_S = 30.0
 SECRET_HEADER = "x-llmos-worker-secret"
 
 
-def load(spec: ModelSpec):
-    return load_engine(spec.folder, engine=spec.engine, **spec.options)
+def fetching_loader(ctx):
+    """Load a model into an engine, its files first fetched through the job's API (once
+    per worker: they stay in its folder while it runs). The worker is a sandboxed job: the
+    store's folder is out of its sight."""
+    def load(spec: ModelSpec):
+        if spec.files:
+            ctx.artifacts.download_folder(spec.files, spec.folder)
+        return load_engine(spec.folder, engine=spec.engine, **spec.options)
+
+    return load
 
 
-def spec_of(ref: ModelRef) -> ModelSpec:
-    """The model a forwarded request (or a preload) names."""
+def spec_of(ref: ModelRef, models: Path) -> ModelSpec:
+    """The model a forwarded request (or a preload) names, to be fetched under ``models``."""
     options = ({"max_batch": ref.max_batch, "max_queue": ref.max_queue}
                if ref.engine in ("torch", "encoder") else {})
     return ModelSpec(key=ref.key, deployment=ref.name, version=ref.version,
-                     folder=Path(ref.folder), engine=ref.engine, options=options,
-                     size_bytes=ref.size_bytes, priority=ref.priority_rank)
+                     folder=models / f"version-{ref.version_id}", engine=ref.engine,
+                     options=options, size_bytes=ref.size_bytes, priority=ref.priority_rank,
+                     files=tuple((int(a), p) for a, p in ref.files))
 
 
 async def _parse(request: Request, model: type):
@@ -66,7 +75,9 @@ async def _parse(request: Request, model: type):
         return JSONResponse(oa.error_body(f"not a valid {model.__name__}: {why}"), 400)
 
 
-def create_worker_app(residency: Residency, secret: str) -> FastAPI:
+def create_worker_app(residency: Residency, secret: str, models: Path = Path("models")
+                      ) -> FastAPI:
+    """The worker's HTTP face; the models it loads are fetched under ``models``."""
     app = FastAPI(title="llmos serving worker", openapi_url=None, docs_url=None)
     app.state.inflight = 0
     app.state.preloads = set()  # their tasks (held until done)
@@ -84,7 +95,7 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
         ref = await _parse(request, ModelRef)
         if isinstance(ref, JSONResponse):
             return ref
-        task = asyncio.create_task(_preload(residency, spec_of(ref)))
+        task = asyncio.create_task(_preload(residency, spec_of(ref, models)))
         app.state.preloads.add(task)
         task.add_done_callback(app.state.preloads.discard)
         return JSONResponse({"accepted": True}, 202)
@@ -94,7 +105,7 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
         env = await _parse(request, Envelope)
         if isinstance(env, JSONResponse):
             return env
-        lease = await _lease(residency, env)
+        lease = await _lease(residency, env, models)
         if isinstance(lease, JSONResponse):
             return lease
         try:
@@ -132,7 +143,7 @@ def create_worker_app(residency: Residency, secret: str) -> FastAPI:
         env = await _parse(request, Envelope)
         if isinstance(env, JSONResponse):
             return env
-        lease = await _lease(residency, env)
+        lease = await _lease(residency, env, models)
         if isinstance(lease, JSONResponse):
             return lease
         try:
@@ -167,9 +178,9 @@ async def _current(residency: Residency, spec: ModelSpec) -> None:
         await residency.supersede(spec.deployment, spec.key)
 
 
-async def _lease(residency: Residency, env: Envelope):
+async def _lease(residency: Residency, env: Envelope, models: Path):
     """The engine of the request's deployment, loaded and leased (or an error response)."""
-    spec = spec_of(env.deployment)
+    spec = spec_of(env.deployment, models)
     await _current(residency, spec)
     return await _acquire(residency, spec)
 
@@ -255,8 +266,9 @@ def worker(ctx, pool: str, budget_mb: int, keep_alive_s: float = 300.0) -> dict:
     import uvicorn
 
     secret = secrets.token_urlsafe(32)
-    residency = Residency(budget_mb << 20, load, keep_alive_s=keep_alive_s)
-    config = uvicorn.Config(create_worker_app(residency, secret), host="127.0.0.1", port=0,
+    residency = Residency(budget_mb << 20, fetching_loader(ctx), keep_alive_s=keep_alive_s)
+    app = create_worker_app(residency, secret, Path(ctx.workdir) / "models")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0,
                             log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=int(DRAIN_S))
     server = uvicorn.Server(config)

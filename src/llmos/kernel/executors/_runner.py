@@ -46,7 +46,8 @@ def main(workdir: str) -> int:
     from llmos.kernel.programs import load_program
 
     ctx = JobContext(launch["job_id"], attempt, folder, launch.get("api_url"),
-                     api_token=launch.get("api_token"), api_ca=launch.get("api_ca"))
+                     api_token=launch.get("api_token"), api_ca=launch.get("api_ca"),
+                     read_roots=launch.get("read_roots") or ())
     signal.signal(signal.SIGUSR1, lambda *_: ctx._request_yield())
     signal.signal(signal.SIGTERM, _on_sigterm(ctx))
 
@@ -83,12 +84,19 @@ def main(workdir: str) -> int:
 
 
 def _confine(launch: dict) -> None:
+    try:  # lead a session and process group of its own (in a sandbox, pid 1 leads one)
+        os.setsid()
+    except OSError:  # already a session leader (started with start_new_session)
+        pass
     cores = launch.get("cores")
     if cores:
         os.sched_setaffinity(0, cores)
         # Thread pools (OpenMP, MKL, tokenizers) size themselves from these.
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(var, str(max(1, int(launch.get("cpu", len(cores))))))
+    processes = launch.get("max_processes")
+    if processes:  # no pids cgroup here: the team user's process count is capped instead
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(processes), int(processes)))
     limit_mb = launch.get("address_space_mb")
     if limit_mb:
         limit = int(limit_mb) << 20

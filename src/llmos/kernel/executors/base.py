@@ -31,6 +31,10 @@ class LaunchPlan:
     # reaches the job through its launch file, never through its environment.
     api_token: str | None = None
     api_ca: str | None = None
+    # Who the job runs for, and the host folders it may read ("/": anywhere) — the
+    # sandbox shows it those and no others; programs that read host paths check them.
+    team: str | None = None
+    read_roots: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,12 +1,18 @@
-"""The local executor: each attempt a sandboxed subprocess on this machine.
+"""The local executor: each attempt a sandboxed process tree on this machine.
 
-Sandbox: its own session and process group, its own working folder
-(``LLMOS_HOME/jobs/<id>``), stdout and stderr appended to ``stdout.log`` and
-``stderr.log``, CPU affinity to its allocated cores, ``CUDA_VISIBLE_DEVICES`` set to its
-GPUs (empty when none), an environment without llmos's secrets, and a memory limit:
-a cgroup v2 group with ``memory.max`` where this machine delegates one, else
-``RLIMIT_AS`` (not for GPU jobs: CUDA reserves vast address space), and in every case
-a resident-memory watchdog run by the daemon (:meth:`memory_used_mb`).
+Sandbox (:mod:`.sandbox`): as root, the job runs as its team's unprivileged system user in
+its own mount, PID and IPC namespaces, seeing a read-only system, a private ``/tmp``, its
+own folder (``LLMOS_HOME/jobs/<id>``) and the host folders it may read — not the rest of
+``LLMOS_HOME``, not other processes. Its stdout and stderr are appended to ``stdout.log``
+and ``stderr.log``; it is pinned to its allocated cores; ``CUDA_VISIBLE_DEVICES`` names
+its GPUs (empty when none); its environment carries none of llmos's secrets. Limits: a
+per-job control group (:mod:`.cgroups`) with its memory limit and a process cap, where
+the machine delegates one, else ``RLIMIT_AS`` (not for GPU jobs: CUDA reserves vast
+address space) and ``RLIMIT_NPROC``; in every case a resident-memory watchdog run by the
+daemon (:meth:`memory_used_mb`) over the whole process tree.
+
+The daemon only ever opens files in a job's folder without following links (the job owns
+the folder and could plant one pointing at the daemon's secrets).
 """
 
 from __future__ import annotations
@@ -14,15 +20,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
-from llmos.config import SECRET_ENV_NAMES, SECRET_ENV_PREFIXES
+from llmos.config import SECRET_ENV_NAMES, SECRET_ENV_PREFIXES, Settings, get_settings
+from llmos.kernel.executors import sandbox as sandboxes
 from llmos.kernel.executors._runner import (
     CLAIMED_FILE,
     LAUNCH_FILE,
@@ -31,16 +38,27 @@ from llmos.kernel.executors._runner import (
     REVOKED_FILE,
 )
 from llmos.kernel.executors.base import Exit, ExitKind, Handle, LaunchPlan
+from llmos.kernel.executors.cgroups import JobGroups, enter_then_exec
+from llmos.kernel.jobfiles import open_append, read_json
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+RUNNER = "llmos.kernel.executors._runner"
 
 
 class LocalExecutor:
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
         self._procs: dict[int, subprocess.Popen] = {}
-        self._cgroups = _CgroupV2.detect()
+        s = self.settings
+        self._cgroups = JobGroups.detect(str(s.home_dir))
+        secrets = [s.key_path, s.credentials_path, s.tls_key, s.audit_key_path,
+                   s.audit_head_path]
+        if s.db_url.startswith("sqlite:///"):
+            secrets.append(Path(s.db_url.removeprefix("sqlite:///")))
+        self.sandbox = sandboxes.detect(
+            s.home_dir, [Path(p).expanduser().absolute() for p in secrets if p],
+            enabled=s.sandbox != "off")
 
     # -- start -------------------------------------------------------------------------
 
@@ -48,35 +66,70 @@ class LocalExecutor:
         """Write the attempt's launch file, then start the runner that claims it. A daemon
         killed between the two leaves an unclaimed launch file, which recovery revokes."""
         alloc = plan.allocation
-        cgroup = self._cgroups.create(plan.job_id, alloc.memory_mb) if self._cgroups else None
-        self.write_launch(plan, memory_by_cgroup=cgroup is not None)
+        identity = self.sandbox.identity(plan.team)
+        cgroup = (self._cgroups.create(plan.job_id, alloc.memory_mb,
+                                       self.settings.job_max_processes)
+                  if self._cgroups else None)
         folder = plan.workdir
+        folder.mkdir(parents=True, exist_ok=True)
+        if identity is not None:  # the folder is the job's: its team user's alone
+            _own(folder, identity.uid, identity.gid)
         header = f"--- llmos: attempt {plan.attempt} of job {plan.job_id} at {time.ctime()} ---\n"
-        with open(folder / "stdout.log", "a") as out, open(folder / "stderr.log", "a") as err:
+        socket = self._api_socket(plan)
+        if socket is not None:  # the job reaches the daemon through its socket only
+            plan = replace(plan, api_url=f"unix:{sandboxes.JOB_API_SOCKET}", api_ca=None)
+        argv = self.sandbox.wrap([sys.executable, "-m", RUNNER, str(folder)], folder, identity,
+                                 *sandboxes.host_paths(plan), api_socket=socket)
+        cap_processes = identity is not None and not (cgroup and self._cgroups.limits_processes)
+        self.write_launch(plan, memory_by_cgroup=cgroup is not None, owner=identity,
+                          max_processes=self.settings.job_max_processes if cap_processes
+                          else None)
+        env = job_environment(alloc.gpus)
+        if self.sandbox.isolated:
+            env.update(HOME=str(folder), TMPDIR="/tmp")
+            if identity is not None:
+                env.update(USER=identity.name, LOGNAME=identity.name)
+        with open_append(folder / "stdout.log") as out, open_append(folder / "stderr.log") as err:
             out.write(header)
             err.write(header)
             out.flush()
             err.flush()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "llmos.kernel.executors._runner", str(folder)],
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=job_environment(alloc.gpus),
-                start_new_session=True,
-                close_fds=True,
-            )
-        if cgroup:
-            cgroup.add(proc.pid)
+            try:
+                proc = subprocess.Popen(
+                    enter_then_exec(cgroup, argv),
+                    cwd=folder,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except BaseException:
+                if cgroup:
+                    cgroup.remove()
+                raise
         self._procs[plan.job_id] = proc
         return Handle(plan.job_id, plan.attempt, proc.pid, _create_time(proc.pid), folder,
-                      alloc.memory_mb, {"cgroup": str(cgroup.path) if cgroup else None})
+                      alloc.memory_mb, {"cgroup": [str(p) for p in cgroup.paths] if cgroup else None,
+                                        "sandbox": self.sandbox.mode})
+
+    def _api_socket(self, plan: LaunchPlan) -> Path | None:
+        """The daemon's API socket, when this job gets no network of its own: sandboxed,
+        LLMOS_JOB_NETWORK=none, not a program that listens for the daemon, and the daemon
+        serves the socket (``llmos up`` does)."""
+        if (not self.sandbox.isolated or self.settings.job_network != "none"
+                or plan.program in sandboxes.LISTENING_PROGRAMS):
+            return None
+        socket = self.settings.api_socket
+        return socket if socket.is_socket() else None
 
     @staticmethod
-    def write_launch(plan: LaunchPlan, memory_by_cgroup: bool = False) -> None:
+    def write_launch(plan: LaunchPlan, memory_by_cgroup: bool = False, owner=None,
+                     max_processes: int | None = None) -> None:
         """The first step of a launch: the attempt's folder, without an older attempt's
-        result, and its launch file (readable by its owner only: it carries the token)."""
+        result, and its launch file (readable by the job's user only: it carries the
+        job's token)."""
         folder = plan.workdir
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RESULT_FILE).unlink(missing_ok=True)
@@ -90,11 +143,13 @@ class LocalExecutor:
             "cpu": max(1, round(alloc.cpu)),
             "memory_mb": alloc.memory_mb,
             "address_space_mb": None if (memory_by_cgroup or alloc.gpus) else alloc.memory_mb,
+            "max_processes": max_processes,
+            "read_roots": list(plan.read_roots),
             "api_url": plan.api_url,
             "api_token": plan.api_token,
             "api_ca": plan.api_ca,
         }
-        _write_private(folder / LAUNCH_FILE, json.dumps(launch))
+        _write_private(folder / LAUNCH_FILE, json.dumps(launch), owner)
 
     def recover(self, job_id: int, attempt: int, workdir: Path, memory_mb: int,
                 pid: int | None, pid_started: float | None) -> Handle | Exit | None:
@@ -128,15 +183,14 @@ class LocalExecutor:
             return None
         else:
             code = None  # adopted, and gone: its result file is all we can know
-        self._reap_group(handle.pid)
-        oom = self._cgroups.finish(handle.job_id) if self._cgroups else False
+        oom = self._reap(handle)
+        if code is not None and code > 128 and self.sandbox.isolated:
+            code = -(code - 128)  # the sandbox reports a signal death as 128 + signal
         return _exit_from(handle, code, _read_result(handle.workdir, handle.attempt), oom)
 
     def memory_used_mb(self, handle: Handle) -> float | None:
-        try:
-            root = psutil.Process(handle.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
+        procs = _tree(handle.pid)
+        if not procs:
             return None
         total = 0
         for p in procs:
@@ -149,16 +203,27 @@ class LocalExecutor:
     # -- signal --------------------------------------------------------------------------
 
     def request_yield(self, handle: Handle) -> None:
+        """SIGUSR1 to the job's runner, which sets ``ctx.should_yield()``."""
         if self._alive(handle):
-            _signal_pid(handle.pid, signal.SIGUSR1)
+            for p in _tree(handle.pid):
+                if _is_runner(p, handle.workdir):
+                    _signal_pid(p.pid, signal.SIGUSR1)
 
     def terminate(self, handle: Handle) -> None:
-        if self._alive(handle):
+        """SIGTERM to every process of the job (not to the sandbox's own processes: they
+        would end it at once, without the grace the job is owed)."""
+        if not self._alive(handle):
+            return
+        if not self.sandbox.isolated:
             _signal_group(handle.pid, signal.SIGTERM)
+            return
+        for p in _tree(handle.pid):
+            if not _is_sandbox(p):
+                _signal_pid(p.pid, signal.SIGTERM)
 
     def kill(self, handle: Handle) -> None:
         if self._alive(handle):
-            _signal_group(handle.pid, signal.SIGKILL)
+            self._kill_tree(handle)
 
     def close(self) -> None:
         self._procs.clear()
@@ -169,10 +234,26 @@ class LocalExecutor:
             return proc.poll() is None
         return _same_process(handle.pid, handle.pid_started)
 
-    @staticmethod
-    def _reap_group(pgid: int) -> None:
-        """Nothing a job started may outlive it."""
-        _signal_group(pgid, signal.SIGKILL)
+    def _kill_tree(self, handle: Handle) -> None:
+        """SIGKILL the whole job: the sandbox's first process (the kernel then kills all
+        of its PID namespace), its process group, and whatever its control group holds."""
+        for p in _tree(handle.pid):
+            _signal_pid(p.pid, signal.SIGKILL)
+        _signal_group(handle.pid, signal.SIGKILL)
+        cgroup = self._cgroups.find(handle.job_id) if self._cgroups else None
+        if cgroup:
+            cgroup.kill_all()
+
+    def _reap(self, handle: Handle) -> bool:
+        """Nothing a job started may outlive it. True when the kernel OOM-killed part of it."""
+        self._kill_tree(handle)
+        cgroup = self._cgroups.find(handle.job_id) if self._cgroups else None
+        if cgroup is None:
+            return False
+        oom = cgroup.oom_killed()
+        cgroup.kill_all()
+        cgroup.remove()
+        return oom
 
 
 def job_environment(gpus: tuple[int, ...]) -> dict[str, str]:
@@ -189,11 +270,30 @@ def job_environment(gpus: tuple[int, ...]) -> dict[str, str]:
     return env
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (the launch file carries the job's token)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, text: str, owner=None) -> None:
+    """Write a file only its owner (the job's user, else the daemon's) can read; a link
+    the job planted in its place is replaced, never followed."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
+        if owner is not None:
+            os.fchown(f.fileno(), owner.uid, owner.gid)
         f.write(text)
+
+
+def _own(folder: Path, uid: int, gid: int) -> None:
+    """Give the job's folder (and what earlier attempts, or an llmos without a sandbox,
+    left in it) to the job's user. Walked by open folder handles, never by path, and links
+    are changed themselves, never followed: nothing the job planted can turn this into a
+    chown of something outside its folder."""
+    os.chown(folder, uid, gid, follow_symlinks=False)
+    os.chmod(folder, 0o700)
+    for _, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
+        for name in dirs + files:
+            try:
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                pass
 
 
 def _exit_from(handle: Handle, code: int | None, result: dict | None, oom: bool) -> Exit:
@@ -224,31 +324,8 @@ def _exit_from(handle: Handle, code: int | None, result: dict | None, oom: bool)
     return Exit(ExitKind.FAILED, code, None, message, result)
 
 
-JOB_FILE_MAX = 64 << 10  # a result or claim file is a few hundred bytes
-
-
-def _job_json(path: Path) -> dict | None:
-    """A JSON object from a file in a job's folder, which the job itself can write: a
-    link, a FIFO, a huge file or anything but an object reads as nothing (a job must not
-    hang or crash the daemon that watches every team's jobs)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > JOB_FILE_MAX:
-            return None
-        value = json.loads(os.read(fd, JOB_FILE_MAX + 1))
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return value if isinstance(value, dict) else None
-
-
 def _read_result(folder: Path, attempt: int) -> dict | None:
-    result = _job_json(folder / RESULT_FILE)
+    result = read_json(folder / RESULT_FILE)
     if result is None or result.get("attempt") != attempt:
         return None
     if result.get("error") is not None:  # becomes the job's reason: text, bounded
@@ -258,7 +335,7 @@ def _read_result(folder: Path, attempt: int) -> dict | None:
 
 def _claimed(folder: Path, attempt: int) -> bool:
     """Whether a runner claimed this attempt's launch file (so the attempt started)."""
-    claim = _job_json(folder / CLAIMED_FILE)
+    claim = read_json(folder / CLAIMED_FILE)
     return claim is not None and claim.get("attempt") == attempt
 
 
@@ -278,20 +355,50 @@ def _same_process(pid: int, started: float) -> bool:
 
 
 def _find_runner(workdir: Path) -> tuple[int, float] | None:
-    """The live runner process of a job folder, found by its command line."""
+    """The live first process of a job folder (its sandbox, or its runner without one),
+    found by its command line."""
     target = str(workdir)
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
+    found = None
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "status", "uids"]):
         cmd = proc.info["cmdline"] or []
-        if (len(cmd) >= 2 and cmd[-1] == target and "llmos.kernel.executors._runner" in cmd
-                and proc.info["status"] != psutil.STATUS_ZOMBIE):
-            return proc.info["pid"], proc.info["create_time"]
-    return None
+        # the daemon's own (a sandbox's first process is; a job could fake the command line)
+        if proc.info["uids"] is None or proc.info["uids"].real != os.geteuid():
+            continue
+        if (target in cmd and RUNNER in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE
+                and (found is None or proc.info["create_time"] < found[1])):
+            found = (proc.info["pid"], proc.info["create_time"])
+    return found
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (in a sandbox: every process of the job, since
+    orphans are adopted by the sandbox's first process, not by the host's init)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _is_sandbox(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() in ("bwrap", "sh")
+    except psutil.Error:
+        return True
+
+
+def _is_runner(proc: psutil.Process, workdir: Path) -> bool:
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return False
+    return bool(cmd) and cmd[0] == sys.executable and RUNNER in cmd and str(workdir) in cmd
 
 
 def _signal_pid(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -300,61 +407,3 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-class _CgroupV2:
-    """Per-job memory cgroups under ``/sys/fs/cgroup/llmos``, where the host delegates
-    the memory controller to us (cgroup v2, writable). Not used otherwise."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    @classmethod
-    def detect(cls) -> _CgroupV2 | None:
-        controllers = CGROUP_ROOT / "cgroup.controllers"
-        try:
-            if "memory" not in controllers.read_text().split():
-                return None
-            root = CGROUP_ROOT / "llmos"
-            root.mkdir(exist_ok=True)
-            (root / "cgroup.subtree_control").write_text("+memory")
-            return cls(root)
-        except OSError:
-            return None
-
-    def create(self, job_id: int, memory_mb: int) -> _JobCgroup | None:
-        path = self.root / f"job-{job_id}"
-        try:
-            path.mkdir(exist_ok=True)
-            (path / "memory.max").write_text(str(memory_mb << 20))
-            swap = path / "memory.swap.max"
-            if swap.exists():
-                swap.write_text("0")
-            return _JobCgroup(path)
-        except OSError:
-            return None
-
-    def finish(self, job_id: int) -> bool:
-        """Remove the job's cgroup; True when the kernel OOM-killed something in it."""
-        path = self.root / f"job-{job_id}"
-        oom = False
-        try:
-            for line in (path / "memory.events").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and int(value) > 0:
-                    oom = True
-            path.rmdir()
-        except OSError:
-            pass
-        return oom
-
-
-class _JobCgroup:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def add(self, pid: int) -> None:
-        try:
-            (self.path / "cgroup.procs").write_text(str(pid))
-        except OSError:
-            pass
