@@ -6,6 +6,8 @@ tokenizer, a model to import and a program file alike."""
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 
@@ -101,7 +103,9 @@ def test_ingest_and_import_through_post_jobs_are_held_to_the_roots(rooted):
 ])
 def test_a_refused_source_says_the_same_whether_it_exists(rooted, existing, missing):
     live, root, outside = rooted
-    name = f"oracle{abs(hash(existing)) % 10**6}"
+    # a stable name (each team gets a system user for its jobs: a new name per run would
+    # leave a new user per run on the machine)
+    name = f"oracle{hashlib.sha256(existing.encode()).hexdigest()[:6]}"
     dev = live.user(name, team=name)
     answers = []
     for source in (existing, missing):

@@ -259,29 +259,29 @@ def _confined_team(principal: Principal, team: str | None) -> str | None:
 def _confined_expiry(principal: Principal, days: float | None) -> datetime | None:
     """The new token's expiry: ``days`` from now, never later than the caller's own token
     (a token with an expiry cannot mint one without; by default it inherits it)."""
-    expires = utcnow() + timedelta(days=days) if days else None
     limit = principal.expires_at
-    if limit is None:
-        return expires
-    if expires is None:
-        return limit
-    if expires > limit:
-        raise Forbidden(f"this token expires at {limit:%Y-%m-%d %H:%M:%S} UTC; it cannot "
-                        "create a token that outlives it")
-    return expires
+    return _within(limit, utcnow() + timedelta(days=days) if days else None,
+                   lambda: f"this token expires at {limit:%Y-%m-%d %H:%M:%S} UTC; it cannot "
+                   "create a token that outlives it")
 
 
 def _confined_rate(principal: Principal, rps: float | None) -> float | None:
     """A rate-limited token mints only tokens limited as tightly (by default, the same)."""
     limit = principal.rate_limit_rps
+    return _within(limit, rps, lambda: f"this token is limited to {limit:g} requests per "
+                   f"second; it cannot create a token allowed {rps:g}")
+
+
+def _within(limit, asked, refusal):
+    """``asked`` (None: as much as ``limit``) where it does not exceed ``limit`` (None: no
+    limit); beyond it, Forbidden with ``refusal()``."""
     if limit is None:
-        return rps
-    if rps is None:
+        return asked
+    if asked is None:
         return limit
-    if rps > limit:
-        raise Forbidden(f"this token is limited to {limit:g} requests per second; it cannot "
-                        f"create a token allowed {rps:g}")
-    return rps
+    if asked > limit:
+        raise Forbidden(refusal())
+    return asked
 
 
 def _job_roles(owner_roles: dict[str, Role], owner_is_admin: bool, team: str | None
