@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         "API through a socket (so it cannot reach services on this host, such as a database "
         "trusting local connections); 'host': jobs share the host's network. Serving workers "
         "always share it (they listen for the gateway).")
+    job_env: str = Field(
+        default="",
+        description="Comma-separated names of further environment variables of the daemon "
+        "that jobs inherit (beyond PATH, locale, CUDA, thread and model-library settings); "
+        "llmos's own LLMOS_* settings never pass.")
     job_max_processes: int = Field(
         default=4096, ge=16,
         description="Most processes and threads one job may have at once (a fork bomb "
@@ -207,6 +212,15 @@ def get_settings() -> Settings:
     return Settings()
 
 
-# Environment variables a job must never inherit: they carry llmos's own secrets.
-SECRET_ENV_PREFIXES = ("LLMOS_",)
-SECRET_ENV_NAMES = ("DATABASE_URL", "PGPASSWORD")
+# What of the daemon's environment a job inherits: what programs need to run (search
+# paths, locale, CUDA, thread pools, offline switches of the model libraries) and never
+# credentials — the daemon's environment may hold cloud keys or tokens that are not a
+# job's to see. LLMOS_JOB_ENV names more.
+JOB_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "LANGUAGE", "TZ",
+                 "TERM", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS",
+                 "SSL_CERT_FILE", "SSL_CERT_DIR")
+JOB_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "OMP_", "MKL_", "OPENBLAS_",
+                    "TORCH_", "PYTORCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "GGML_")
+# Never passed on, whatever matches above, unless named in LLMOS_JOB_ENV: a name with one of
+# these words (HF_TOKEN, AWS_SECRET_ACCESS_KEY) reads as a secret.
+SECRET_ENV_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY")

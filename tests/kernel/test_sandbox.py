@@ -137,3 +137,25 @@ def test_a_read_root_above_llmos_home_shows_its_files_but_never_the_home(tmp_pat
     finally:
         live.stop()
         live.client.close()
+
+
+def test_a_job_inherits_what_programs_need_of_the_daemons_environment_never_its_secrets(
+        tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    live = LiveDaemon(home, env={"AWS_SECRET_ACCESS_KEY": "aws-secret", "HF_TOKEN": "hf-token",
+                                 "SOME_SERVICE_URL": "https://user:pw@example.com",
+                                 "HF_HUB_OFFLINE": "1", "MY_SETTING": "kept",
+                                 "LLMOS_JOB_ENV": "MY_SETTING"}).start()
+    try:
+        job = live.client.jobs.submit(program("environment"), {"out": "env.json"})
+        assert live.wait_job(job["id"])["state"] == "SUCCEEDED"
+        env = json.loads((home / "jobs" / str(job["id"]) / "env.json").read_text())["env"]
+        for secret in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "SOME_SERVICE_URL"):
+            assert secret not in env
+        assert not [k for k in env if k.startswith("LLMOS_")]
+        assert env["HF_HUB_OFFLINE"] == "1" and env["MY_SETTING"] == "kept"
+        assert env["PATH"] and env["HOME"] == str(home / "jobs" / str(job["id"]))
+    finally:
+        live.stop()
+        live.client.close()

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from llmos.config import SECRET_ENV_NAMES, SECRET_ENV_PREFIXES, Settings, get_settings
+from llmos.config import (JOB_ENV_NAMES, JOB_ENV_PREFIXES, SECRET_ENV_WORDS, Settings,
+                          get_settings)
 from llmos.kernel.executors import sandbox as sandboxes
 from llmos.kernel.executors._runner import (
     CLAIMED_FILE,
@@ -84,7 +85,7 @@ class LocalExecutor:
         self.write_launch(plan, memory_by_cgroup=cgroup is not None, owner=identity,
                           max_processes=self.settings.job_max_processes if cap_processes
                           else None)
-        env = job_environment(alloc.gpus)
+        env = job_environment(alloc.gpus, self.settings.job_env)
         if self.sandbox.isolated:
             env.update(HOME=str(folder), TMPDIR="/tmp")
             if identity is not None:
@@ -256,11 +257,16 @@ class LocalExecutor:
         return oom
 
 
-def job_environment(gpus: tuple[int, ...]) -> dict[str, str]:
+def job_environment(gpus: tuple[int, ...], extra: str = "") -> dict[str, str]:
+    """A job's environment: what it needs of the daemon's (``config.JOB_ENV_*``, plus the
+    names in ``extra``), never a secret-looking name nor an llmos setting."""
+    named = {n.strip() for n in extra.split(",") if n.strip()}
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(SECRET_ENV_PREFIXES) and k not in SECRET_ENV_NAMES
+        if (k in JOB_ENV_NAMES or k.startswith(JOB_ENV_PREFIXES) or k in named)
+        and not k.startswith("LLMOS_")
+        and (k in named or not set(k.upper().split("_")) & set(SECRET_ENV_WORDS))
     }
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env["PYTHONUNBUFFERED"] = "1"
