@@ -30,7 +30,6 @@ ends the kernel kills everything left in the namespace.
 from __future__ import annotations
 
 import glob
-import grp
 import hashlib
 import os
 import pwd
@@ -196,10 +195,6 @@ def team_user(team: str | None) -> Identity:
     if entry.pw_uid == 0 or entry.pw_gid == 0 or entry.pw_uid == os.geteuid():
         raise RuntimeError(f"the system user {name} exists but is privileged "
                            f"(uid {entry.pw_uid}): it cannot run jobs")
-    try:
-        grp.getgrgid(entry.pw_gid)
-    except KeyError:
-        pass
     return Identity(name, entry.pw_uid, entry.pw_gid)
 
 
