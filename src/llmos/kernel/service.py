@@ -71,7 +71,7 @@ class JobService:
         A job's sandbox shows it these folders only, and the programs that read host paths
         check against them (whatever route started the job)."""
         roots = [str(r) for r in self.settings.ingest_root_dirs]
-        if who.is_admin and who.team is None and who.job_id is None:
+        if who.is_system_admin:
             return ["/", *roots]  # the roots too: the sandbox shows them whole
         return roots
 

@@ -365,7 +365,7 @@ def _find_runner(workdir: Path) -> tuple[int, float] | None:
     found by its command line."""
     target = str(workdir)
     found = None
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "status", "uids"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status", "uids"]):
         cmd = proc.info["cmdline"] or []
         # the daemon's own (a sandbox's first process is; a job could fake the command line)
         if proc.info["uids"] is None or proc.info["uids"].real != os.geteuid():

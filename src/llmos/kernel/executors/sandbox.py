@@ -29,6 +29,7 @@ ends the kernel kills everything left in the namespace.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -270,9 +271,11 @@ def _parents(path: Path, hidden: list[Path]) -> list[str]:
     return args
 
 
+@functools.lru_cache(maxsize=1)
 def _runtime_paths() -> list[Path]:
     """What the job's Python needs to start: its installation, the virtual environment
-    and every folder on its import path (an editable install's source included)."""
+    and every folder on its import path (an editable install's source included). The
+    daemon's own: looked up once."""
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
              Path(sys.executable).parent}
     for entry in sys.path + os.environ.get("PYTHONPATH", "").split(os.pathsep):
