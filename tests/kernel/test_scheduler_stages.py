@@ -451,5 +451,5 @@ def test_another_queue_sort_is_another_profile():
 
 def test_the_default_profile_lists_its_stages_by_name():
     assert [s.name for s in DEFAULT_PROFILE.stages()] == [
-        "priority-aging", "dependencies", "team-quota", "fit", "backfill", "preemption",
-        "bin-pack", "binder"]
+        "priority-aging", "dependencies", "team-quota", "node-selector", "anti-affinity", "fit",
+        "backfill", "preemption", "bin-pack", "spread", "binder"]

@@ -65,6 +65,14 @@ class PendingJob:
     timeout_s: float | None = None
     team: str | None = None
     waiting_for: tuple[int, ...] = ()  # unfinished dependencies
+    # Placement constraints from the job spec: node labels it needs (all of them), and a
+    # group (a deployment's replicas, a user's named set) it spreads over nodes with
+    # (``spread``: prefer nodes with the fewest of the group) or keeps apart from
+    # (``anti_affinity``: never on a node already running one of the group).
+    selector: tuple[tuple[str, str], ...] = ()
+    group: str | None = None
+    spread: bool = False
+    anti_affinity: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class RunningJob:
     timeout_s: float | None = None
     checkpointable: bool = False
     team: str | None = None
+    group: str | None = None  # its placement group (PendingJob.group)
 
     @property
     def expected_end(self) -> float:
@@ -141,7 +150,12 @@ class SchedulerConfig:
 class Cycle:
     """One pass's working state (Kubernetes' CycleState): private copies of the nodes,
     the running jobs (growing as the pass binds), the output so far, each job's
-    allocation while it is reserved, and each stage's own state (``state[stage]``)."""
+    allocation while it is reserved, and each stage's own state (``state[stage]``).
+
+    ``views``: lists of some of ``nodes`` (the ready nodes with one selector's labels)
+    that a filter hands on as the same object, with the same members, for the whole pass,
+    by ``id``; a later filter may remember its answers for such a list by identity, as
+    it may for ``nodes`` itself (holding them here keeps each ``id`` unique)."""
 
     now: float
     config: SchedulerConfig
@@ -150,6 +164,7 @@ class Cycle:
     out: SchedulerOutput = field(default_factory=SchedulerOutput)
     allocations: dict[int, Allocation] = field(default_factory=dict)
     state: dict[Any, Any] = field(default_factory=dict)
+    views: dict[int, list[NodeState]] = field(default_factory=dict)
 
 
 class Stage:

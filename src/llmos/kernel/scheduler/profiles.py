@@ -7,13 +7,22 @@ sets it up), so stages hold no state of their own. The default profile::
     queue sort   priority-aging   highest class first (one class up after aging_s), FIFO
     pre-filter   dependencies     WAIT until the jobs it depends on succeeded
                  team-quota       WAIT while its team would go over its quota
-    filter       fit              nodes with room now; NEVER when no node could ever hold it
+    filter       node-selector    READY nodes with every label the job selects; WAIT (never
+                                  NEVER) when none: a node with them may join or come back
+                 anti-affinity    with anti_affinity: nodes running no job of its group
+                 fit              nodes with room now; NEVER when no node with its labels
+                                  could ever hold it (whatever the node's state)
                  backfill         once the head holds a reservation: only jobs that cannot
                                   delay it
     post-filter  backfill         the first blocked job gets the reservation (EASY backfill)
-                 preemption       ... and the victims whose yielding would let it start
+                 preemption       ... and the victims whose yielding would let it start;
+                                  both only on nodes the job may use (labels, state, group)
     score        bin-pack         the node the job fills most
-    reserve      fit, team-quota, backfill   (each with an idempotent unreserve)
+                 spread           with spread: the node with the fewest of its group (this
+                                  outweighs bin-pack; bin-pack breaks its ties)
+    reserve      fit, team-quota, backfill, anti-affinity, spread
+                                  (each with an idempotent unreserve; the last two count
+                                  the group's jobs the pass places)
     permit       (none)           a gang policy would hold members here until all fit
     bind         binder           the binding the daemon applies
 
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmos.kernel.resources import Allocation, NodeState, too_large_reason
+from llmos.kernel.resources import READY, Allocation, NodeState, too_large_reason
 from llmos.kernel.scheduler import stages
 from llmos.kernel.scheduler.framework import (
     OK,
@@ -94,9 +103,99 @@ class TeamQuota(Stage):
             cycle.state[self].usage.add(job.team, *(-x for x in held), jobs=-1)
 
 
+class NodeSelector(Stage):
+    """Filter: only READY nodes that carry every label the job selects (``gpu=h100``);
+    WAIT, never NEVER, when none does: a node with the labels may join, a draining one
+    may come back. Each selector's nodes are worked out once a pass (states and labels do
+    not change during one) and handed on as the same list every time (``Cycle.views``),
+    so Fit remembers its answers for them; with no selector and every node ready that
+    list is the pass's own ``cycle.nodes``, Fit's common fast path."""
+
+    name = "node-selector"
+
+    def begin(self, cycle: Cycle) -> bool:
+        cycle.state[self] = {}  # selector -> (nodes, status)
+        return True
+
+    def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
+        if nodes is not cycle.nodes:  # listed after a filter that narrowed them: no reuse
+            return self._select(job, nodes)
+        known = cycle.state[self]
+        found = known.get(job.selector)
+        if found is None:
+            found = known[job.selector] = self._select(job, nodes)
+            if found[0] and found[0] is not nodes:
+                cycle.views[id(found[0])] = found[0]
+        return found
+
+    @staticmethod
+    def _select(job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
+        kept, reason = stages.select_nodes(job.selector, nodes)
+        return kept, (OK if kept else Status.wait(reason or "no ready node"))
+
+
+@dataclass
+class _Groups:
+    counts: dict[str, dict[str, int]]  # group -> node -> its jobs running there
+    held: dict[int, tuple[str, str]] = field(default_factory=dict)  # job -> (group, node)
+
+
+class _GroupCount(Stage):
+    """How many jobs of each group run on each node, for one pass: from the running jobs
+    at ``begin``, then reserve counts each job the pass places (so list the stage under
+    reserves too, as the default profile does)."""
+
+    def begin(self, cycle: Cycle) -> bool:
+        cycle.state[self] = _Groups(stages.group_counts(cycle.running))
+        return True
+
+    def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
+        if job.group:
+            state: _Groups = cycle.state[self]
+            state.counts[job.group][node.name] += 1
+            state.held[job.id] = (job.group, node.name)
+        return OK
+
+    def unreserve(self, cycle: Cycle, job: PendingJob) -> None:
+        state: _Groups = cycle.state[self]
+        held = state.held.pop(job.id, None)
+        if held is not None:
+            state.counts[held[0]][held[1]] -= 1
+
+
+class AntiAffinity(_GroupCount):
+    """Filter: a job with ``anti_affinity`` goes only to a node running no job of its
+    group (counting those this pass placed); WAIT when every node left runs one."""
+
+    name = "anti-affinity"
+
+    def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
+        if not (job.anti_affinity and job.group):
+            return nodes, OK
+        kept = stages.apart(nodes, cycle.state[self].counts[job.group])
+        if kept:
+            return kept, OK
+        labels = f" with labels {stages.format_labels(job.selector)}" if job.selector else ""
+        return kept, Status.wait(f"anti-affinity: every ready node{labels} already runs a "
+                                 f"job of group {job.group}")
+
+
+class Spread(_GroupCount):
+    """Score: a job with ``spread`` prefers the node running the fewest jobs of its group
+    (strong enough to outweigh bin-pack, which then breaks ties)."""
+
+    name = "spread"
+
+    def score(self, cycle: Cycle, job: PendingJob, node: NodeState) -> float:
+        if not (job.spread and job.group):
+            return 0.0
+        return stages.spread_score(cycle.state[self].counts[job.group].get(node.name, 0))
+
+
 class Fit(Stage):
-    """Filter: the nodes with room for the request now (remembered per request until the
-    next reservation changes a node); NEVER when the request is larger than every node.
+    """Filter: the nodes with room for the request now (remembered per request, and per
+    selector's list of nodes, until the next reservation changes a node); NEVER when the
+    request is larger than every node that carries its labels, whatever that node's state.
     Reserve: take the room on the chosen node (the pass's copy)."""
 
     name = "fit"
@@ -106,29 +205,43 @@ class Fit(Stage):
         return True
 
     def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
-        cache = cycle.state[self] if nodes is cycle.nodes else {}
         r = job.request  # keyed by a plain tuple: hashed and compared in C, not Python
         key = (r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb)
+        if nodes is not cycle.nodes:
+            if id(nodes) not in cycle.views:  # a list made for this job alone
+                return self._fit(cycle, job, nodes)
+            key = (id(nodes), key)  # one selector's nodes: the same list all pass
+        cache = cycle.state[self]
         found = cache.get(key)
         if found is None:
-            found = cache[key] = self._fit(job, nodes)
+            found = cache[key] = self._fit(cycle, job, nodes)
         return found
 
     @staticmethod
-    def _fit(job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
+    def _fit(cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
         fitting, reason = stages.filter_nodes(job.request, nodes)
         if fitting:
             return fitting, OK
         never = too_large_reason(job.request, [n.capacity for n in nodes])
-        if never:
-            return fitting, Status.never(never)
-        return fitting, Status.wait(reason or "does not fit")
+        if not never:
+            return fitting, Status.wait(reason or "does not fit")
+        # Larger than every node it may use now. NEVER only when no node with its labels
+        # could ever hold it, whatever that node's state: a draining or lost one that
+        # could may come back. (No ready node with the labels at all is node-selector's
+        # WAIT, before this filter.)
+        could = [f"{n.name} ({n.state})" for n in cycle.nodes
+                 if n.state != READY and stages.has_labels(n, job.selector)
+                 and too_large_reason(job.request, [n.capacity]) is None]
+        if could:
+            return fitting, Status.wait(
+                f"no ready node could ever hold it; only {', '.join(could)} could")
+        return fitting, Status.never(never)
 
     def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
         alloc = node.allocate(job.request)
         cycle.allocations[job.id] = alloc
         cycle.running.append(RunningJob(job.id, alloc, job.priority, cycle.now, job.timeout_s,
-                                        team=job.team))
+                                        team=job.team, group=job.group))
         cycle.state[self].clear()
         return OK
 
@@ -149,9 +262,10 @@ class _Backfill:
 
 class Backfill(Stage):
     """EASY backfill. Post-filter: the first job that finds no room gets the reservation
-    (when and where it will fit, from running jobs' timeouts). Filter: after that, a job
-    may start now only where it cannot delay the reservation. Reserve: a backfilled job
-    that may outlive the reservation keeps its room at that moment."""
+    (when and where it will fit, from running jobs' timeouts, on the nodes it may use).
+    Filter: after that, a job may start now only where it cannot delay the reservation.
+    Reserve: a backfilled job that may outlive the reservation keeps its room at that
+    moment."""
 
     name = "backfill"
 
@@ -173,8 +287,11 @@ class Backfill(Stage):
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
         if cycle.out.reservation is None:
+            nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
+            if not nodes:  # no node it may use at all: the next blocked job gets it
+                return True
             cycle.out.reservation, cycle.state[self].futures = stages.reserve(
-                job, cycle.nodes, cycle.running)
+                job, nodes, cycle.running)
         return False  # one reservation per pass
 
     def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
@@ -195,12 +312,16 @@ class Backfill(Stage):
 
 class Preemption(Stage):
     """Post-filter: for the first job that finds no room, the fewest lower-priority
-    checkpointable jobs whose yielding would let it start (the daemon asks them to)."""
+    checkpointable jobs whose yielding would let it start (the daemon asks them to), on a
+    node it may use (ready, with its labels, free of its group under anti-affinity)."""
 
     name = "preemption"
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
-        victims = stages.preemption(job, cycle.nodes, cycle.running, cycle.now, cycle.config)
+        nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
+        if not nodes:  # nowhere it could start: as backfill, leave it to the next job
+            return True
+        victims = stages.preemption(job, nodes, cycle.running, cycle.now, cycle.config)
         if victims is not None:
             cycle.out.preemptions.append(victims)
         return False  # only for the head of the queue, which holds the reservation
@@ -227,15 +348,16 @@ class Binder(Stage):
 
 def default_profile() -> Profile:
     fit, quota, backfill = Fit(), TeamQuota(), Backfill()
+    apart, spread = AntiAffinity(), Spread()
     return Profile(
         name="default",
         queue_sort=PriorityAging(),
         bind=Binder(),
         pre_filters=(Dependencies(), quota),
-        filters=(fit, backfill),
+        filters=(NodeSelector(), apart, fit, backfill),
         post_filters=(backfill, Preemption()),
-        scores=(BinPack(),),
-        reserves=(fit, quota, backfill),
+        scores=(BinPack(), spread),
+        reserves=(fit, quota, backfill, apart, spread),
     )
 
 

@@ -1,7 +1,8 @@
 """The scheduling stages' pure functions over plain data (no state, no clock, no database).
 
-queue order, dependencies, quota, filter (fit), score, the reservation for the blocked head
-of the queue (backfill), preemption. The stage objects that a :class:`Profile` lists wrap
+queue order, dependencies, quota, placement (node state, labels, groups: which nodes a
+job may go to at all), filter (fit), score, the reservation for the blocked head of the
+queue (backfill), preemption. The stage objects that a :class:`Profile` lists wrap
 these (:mod:`llmos.kernel.scheduler.profiles`); :func:`llmos.kernel.scheduler.core.schedule`
 runs a profile.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from llmos.kernel.resources import MILLI, Allocation, NodeState, Request
+from llmos.kernel.resources import MILLI, READY, Allocation, NodeState, Request
 from llmos.kernel.scheduler.framework import (
     OK,
     PendingJob,
@@ -115,6 +116,75 @@ def beyond_quota(request: Request, limit: Quota | None) -> str | None:
     return None
 
 
+# --- placement: node state, labels, groups ---------------------------------------------------
+
+Selector = tuple[tuple[str, str], ...]
+
+
+def has_labels(node: NodeState, selector: Selector) -> bool:
+    """Whether the node carries every ``key=value`` pair of the selector."""
+    labels = node.capacity.labels
+    return all(labels.get(k) == v for k, v in selector)
+
+
+def format_labels(selector: Selector) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector)
+
+
+def select_nodes(selector: Selector, nodes: list[NodeState]) -> tuple[list[NodeState], str | None]:
+    """The READY nodes that carry the selector's labels; ``nodes`` itself (the very same
+    list, so a later filter's cache by identity still applies) when every node passes.
+    When none does, why: a WAIT reason, never NEVER (a node with the labels may join, a
+    draining one may come back)."""
+    kept = [n for n in nodes if n.state == READY and has_labels(n, selector)]
+    if kept:
+        return (nodes if len(kept) == len(nodes) else kept), None
+    wanted = f" with labels {format_labels(selector)}" if selector else ""
+    unready = [f"{n.name} is {n.state}" for n in nodes
+               if n.state != READY and has_labels(n, selector)]
+    why = f"no ready node{wanted}"
+    return kept, f"{why} ({', '.join(unready)})" if unready else why
+
+
+def group_counts(running: list[RunningJob]) -> dict[str, dict[str, int]]:
+    """Group -> node -> how many of the group's jobs run there."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in running:
+        if r.group:
+            counts[r.group][r.allocation.node] += 1
+    return counts
+
+
+def apart(nodes: list[NodeState], members: dict[str, int]) -> list[NodeState]:
+    """The nodes that run no member of the group (``members``: node -> count); ``nodes``
+    itself when none does."""
+    if not any(members.values()):
+        return nodes
+    return [n for n in nodes if not members.get(n.name)]
+
+
+def eligible_nodes(
+    job: PendingJob, nodes: list[NodeState], running: list[RunningJob]
+) -> list[NodeState]:
+    """The nodes the job may go to at all, room aside: READY, with its labels, and (with
+    anti-affinity) running no job of its group. What a reservation or a preemption for it
+    may consider; the node-selector and anti-affinity filters apply the same rules."""
+    kept, _ = select_nodes(job.selector, nodes)
+    if job.anti_affinity and job.group and kept:
+        kept = apart(kept, group_counts(running)[job.group])
+    return kept
+
+
+# Spread outweighs bin packing: packing's score stays within [-2, 0] (the cpu and memory
+# fractions a node keeps free), so one member of the group more always loses.
+SPREAD_WEIGHT = 10.0
+
+
+def spread_score(members_on_node: int) -> float:
+    """Prefer the node with the fewest jobs of the group."""
+    return -SPREAD_WEIGHT * members_on_node
+
+
 # --- filter and score ---------------------------------------------------------------------
 
 
@@ -146,7 +216,8 @@ def reserve(
 ) -> tuple[Reservation, dict[str, NodeState]]:
     """When and where the blocked ``job`` will fit, assuming running jobs end by their
     timeouts; and each node's state at that moment with the job placed (the room that
-    backfilled jobs may use beyond that moment)."""
+    backfilled jobs may use beyond that moment). ``nodes``: those the job may use at all
+    (:func:`eligible_nodes`), at least one."""
     best: tuple[float, str] | None = None
     futures: dict[str, NodeState] = {}
     for node in nodes:
@@ -180,11 +251,13 @@ def backfill_allowed(
     futures: dict[str, NodeState],
 ) -> bool:
     """A job may jump ahead of the reserved one if it ends before the reservation starts,
-    or if it also fits in what the reservation leaves free on that node."""
+    or if it also fits in what the reservation leaves free on that node. A node without a
+    future is one the reserved job may not use (not ready, without its labels): nothing
+    there can delay it."""
     if ends_before(job, now, reservation):
         return True
     future = futures.get(node.name)
-    return future is not None and future.fits(job.request)
+    return future is None or future.fits(job.request)
 
 
 def claim_future_room(
@@ -192,9 +265,11 @@ def claim_future_room(
     futures: dict[str, NodeState],
 ) -> Allocation | None:
     """A backfilled job that may outlive the reservation keeps its room at that moment
-    (the room it took, for an unreserve to give back; None when it ends in time)."""
-    if not ends_before(job, now, reservation):
-        return futures[node.name].allocate(job.request)
+    (the room it took, for an unreserve to give back; None when it ends in time, or runs
+    on a node the reserved job may not use)."""
+    future = futures.get(node.name)
+    if future is not None and not ends_before(job, now, reservation):
+        return future.allocate(job.request)
     return None
 
 
@@ -206,7 +281,9 @@ def preemption(
     config: SchedulerConfig,
 ) -> Preemption | None:
     """The fewest lower-priority checkpointable jobs whose yielding lets ``job`` fit:
-    lowest class first, and inside a class the most recently started (least work lost)."""
+    lowest class first, and inside a class the most recently started (least work lost).
+    ``nodes``: those the job may use at all (:func:`eligible_nodes`), so no job yields on
+    a node where it could not start anyway."""
     rank = effective_priority(job, now, config)
     best: Preemption | None = None
     for node in nodes:
@@ -229,5 +306,6 @@ def preemption(
 
 
 def copy_node(node: NodeState) -> NodeState:
-    """A private copy of a node's accounting (the pass works on copies)."""
-    return NodeState(node.capacity, dict(node.core_used), node.memory_used, set(node.gpus_used))
+    """A private copy of a node's accounting and state (the pass works on copies)."""
+    return NodeState(node.capacity, dict(node.core_used), node.memory_used, set(node.gpus_used),
+                     node.state)
