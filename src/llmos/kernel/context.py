@@ -14,6 +14,10 @@ Reports (log lines, progress, metrics) are appended to the job's event file and 
 up by the daemon within a tick; writing them never waits on the daemon or the database.
 Artifacts go through the daemon's REST API. This module is imported in every job process,
 so it imports nothing heavy at module level.
+
+Checkpoints live in the job's folder; a job whose next attempt may run on another node
+(``remote_checkpoints``, set by a remote executor) also stores each one as an artifact
+and restores the newest stored one (``checkpoint_artifact``) when its folder lacks it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import ssl
 import sys
@@ -36,7 +41,8 @@ EVENTS_FILE = "events.jsonl"
 class JobContext:
     def __init__(self, job_id: int, attempt: int, workdir: Path, api_url: str | None = None,
                  api_token: str | None = None, api_ca: str | None = None,
-                 read_roots: Iterable[str] = ()):
+                 read_roots: Iterable[str] = (), remote_checkpoints: bool = False,
+                 checkpoint_artifact: int | None = None):
         self.job_id = job_id
         self.attempt = attempt
         self.workdir = Path(workdir)
@@ -46,9 +52,10 @@ class JobContext:
         self._lock = threading.Lock()
         self._events = open(self.workdir / EVENTS_FILE, "a", encoding="utf-8")
         self._yield = threading.Event()
-        self.checkpoint = Checkpoints(self.workdir / "checkpoints", self)
         self._api = _Api(api_url, api_token, api_ca)
         self.artifacts = Artifacts(self._api, job_id)
+        self.checkpoint = Checkpoints(self.workdir / "checkpoints", self,
+                                      remote=remote_checkpoints, artifact=checkpoint_artifact)
 
     # -- reporting -------------------------------------------------------------------
 
@@ -118,15 +125,29 @@ class Checkpoints:
 
     ``save`` writes into a fresh folder and renames it into place, so a crash mid-save
     leaves the previous checkpoint intact. The newest ``keep`` are kept.
+
+    With ``remote`` (the next attempt may run on another node, whose disk has none of
+    them) each checkpoint is also stored as an artifact of kind ``checkpoint``: a tar of
+    its folder, ``ckpt-N/<file>``. ``artifact`` is the newest one the daemon knows of;
+    ``load`` restores it when this folder does not hold it already (checked strictly: an
+    artifact is data another job could have written).
     """
 
-    def __init__(self, root: Path, ctx: JobContext, keep: int = 2):
+    def __init__(self, root: Path, ctx: JobContext, keep: int = 2, remote: bool = False,
+                 artifact: int | None = None):
         self.root = root
         self._ctx = ctx
         self.keep = keep
+        self.remote = remote
+        self.artifact = artifact
+        self._restored = False  # the stored checkpoint is fetched once per context
 
     def save(self, state: dict, files: dict[str, bytes | str | Path] | None = None) -> int:
-        """Save a JSON-able ``state`` and optional files (name -> bytes or source path)."""
+        """Save a JSON-able ``state`` and optional files (name -> bytes or source path).
+
+        With remote checkpoints the saved folder is then uploaded; if that fails the
+        checkpoint still exists here, but the job could not resume from it on another
+        node, so a RuntimeError says so (after the local save, which stays)."""
         self.root.mkdir(parents=True, exist_ok=True)
         latest = self.load()
         step = (latest.step + 1) if latest else 1
@@ -134,7 +155,7 @@ class Checkpoints:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for name, content in (files or {}).items():
-            if "/" in name or name in ("", ".", "..", "state.json"):
+            if not _safe_file_name(name) or name == "state.json":
                 raise ValueError(f"bad checkpoint file name {name!r}")
             if isinstance(content, bytes):
                 (tmp / name).write_bytes(content)
@@ -143,15 +164,35 @@ class Checkpoints:
         (tmp / "state.json").write_text(json.dumps(state))
         _fsync_dir(tmp)
         os.replace(tmp, self.root / f"ckpt-{step}")
-        (self.root / "LATEST.tmp").write_text(str(step))
-        os.replace(self.root / "LATEST.tmp", self.root / "LATEST")
+        _write_atomic(self.root / "LATEST", str(step))
         for old in sorted(self._steps())[: -self.keep]:
             shutil.rmtree(self.root / f"ckpt-{old}", ignore_errors=True)
-        self._ctx._emit({"type": "checkpoint", "step": step})
+        if not self.remote:
+            self._ctx._emit({"type": "checkpoint", "step": step})
+            return step
+        try:
+            artifact = self._upload(step)
+        except Exception as e:
+            self._ctx._emit({"type": "checkpoint", "step": step})
+            message = (f"checkpoint {step} was saved in the job's folder but could not be "
+                       f"stored as an artifact, so another node cannot resume from it: {e}")
+            self._ctx.log(message, "ERROR")
+            raise RuntimeError(message) from e
+        self._ctx._emit({"type": "checkpoint", "step": step, "artifact": artifact})
         return step
 
     def load(self) -> Checkpoint | None:
-        """The newest checkpoint, or None when the job has none yet."""
+        """The newest checkpoint, or None when the job has none yet. With a stored
+        checkpoint this folder does not hold, that one is downloaded, checked and
+        unpacked first (a RuntimeError when it cannot be: resuming from scratch
+        silently would lose the job's progress)."""
+        if self.artifact is not None and not self._restored:
+            if self._stored() != self.artifact:
+                self._restore(self.artifact)
+            self._restored = True
+        return self._local()
+
+    def _local(self) -> Checkpoint | None:
         try:
             step = int((self.root / "LATEST").read_text())
         except (OSError, ValueError):
@@ -162,6 +203,159 @@ class Checkpoints:
 
     def _steps(self) -> list[int]:
         return [int(p.name[5:]) for p in self.root.glob("ckpt-*") if p.name[5:].isdigit()]
+
+    # -- stored as artifacts ---------------------------------------------------------
+
+    def _stored(self) -> int | None:
+        """The artifact this folder's checkpoints were last stored as or restored from
+        (``STORED``): when it is the daemon's newest, the folder is up to date."""
+        try:
+            return int(json.loads((self.root / STORED_FILE).read_text())["artifact"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _upload(self, step: int) -> int:
+        archive = self.root / f".ckpt-{step}.tar"
+        try:
+            _pack(self.root / f"ckpt-{step}", archive)
+            artifact = self._ctx.artifacts.put(
+                archive, name=f"checkpoint-job{self._ctx.job_id}-step{step}",
+                kind=CHECKPOINT_KIND)
+        finally:
+            archive.unlink(missing_ok=True)
+        _write_atomic(self.root / STORED_FILE, json.dumps({"step": step, "artifact": artifact}))
+        self.artifact = artifact
+        return artifact
+
+    def _restore(self, artifact: int) -> None:
+        """Download the stored checkpoint ``artifact`` and make it this folder's newest."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        archive = self.root / ".restore.tar"
+        unpacked = self.root / ".restore.tmp"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        try:
+            try:
+                self._ctx.artifacts.download(artifact, archive)
+            except Exception as e:
+                raise RuntimeError(f"could not fetch the job's stored checkpoint (artifact "
+                                   f"{artifact}): {e}") from e
+            try:
+                step = _unpack(archive, unpacked)
+            except CheckpointRefused as e:
+                raise CheckpointRefused(f"stored checkpoint (artifact {artifact}) refused: "
+                                        f"{e}") from None
+            # Checkpoints here numbered from this one on belong to another line of
+            # attempts (made before the newest stored one): they go.
+            for old in self._steps():
+                if old >= step:
+                    shutil.rmtree(self.root / f"ckpt-{old}")
+            os.replace(unpacked, self.root / f"ckpt-{step}")
+            _write_atomic(self.root / "LATEST", str(step))
+            _write_atomic(self.root / STORED_FILE,
+                          json.dumps({"step": step, "artifact": artifact}))
+            self._ctx.log(f"restored checkpoint {step} from artifact {artifact}")
+        finally:
+            for leftover in (archive, archive.with_name(f".{archive.name}.part")):
+                leftover.unlink(missing_ok=True)
+            shutil.rmtree(unpacked, ignore_errors=True)
+
+
+CHECKPOINT_KIND = "checkpoint"
+STORED_FILE = "STORED"
+MAX_CHECKPOINT_FILES = 10_000
+_CKPT_DIR = re.compile(r"^ckpt-([1-9][0-9]{0,17})$")
+
+
+class CheckpointRefused(RuntimeError):
+    """A stored checkpoint that is not what ``save`` writes (a link, a path outside its
+    folder, a special file ...): nothing of it is written."""
+
+
+def _safe_file_name(name: str) -> bool:
+    """A checkpoint file is a plain name inside its folder."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\x00" not in name and len(name.encode()) <= 255)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """An uncompressed tar of ``folder``'s files as ``ckpt-N/<name>``, without owners
+    (checkpoints are mostly weights, which do not compress)."""
+    import tarfile
+
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.is_symlink():
+                continue
+            info = tar.gettarinfo(str(path), arcname=f"{folder.name}/{path.name}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+
+
+def _unpack(archive: Path, dest: Path) -> int:
+    """Unpack a stored checkpoint into the new folder ``dest``; return its step. Every
+    member is checked before a byte is written: regular files named ``ckpt-N/<name>``
+    (one N), no links, folders, devices or sparse files, no more bytes than the archive
+    holds, ``state.json`` a JSON object."""
+    import tarfile
+
+    try:
+        tar = tarfile.open(archive, "r:")  # uncompressed only: what _pack writes
+    except (tarfile.TarError, OSError) as e:
+        raise CheckpointRefused(f"not a checkpoint archive ({e})") from None
+    with tar:
+        try:
+            members = _check_members(tar, archive.stat().st_size)
+        except tarfile.TarError as e:
+            raise CheckpointRefused(f"a damaged archive ({e})") from None
+        step = int(_CKPT_DIR.match(members[0].name.split("/")[0]).group(1))
+        dest.mkdir()
+        for member in members:
+            source = tar.extractfile(member)
+            # "x": a fresh file in a fresh folder, never through an existing link
+            with source, open(dest / member.name.split("/")[1], "xb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+    try:
+        state = json.loads((dest / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointRefused(f"its state.json is not JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointRefused("its state.json is not a JSON object")
+    return step
+
+
+def _check_members(tar, archive_size: int) -> list:
+    members, names, folders, total = [], set(), set(), 0
+    for member in tar:
+        if len(members) >= MAX_CHECKPOINT_FILES:
+            raise CheckpointRefused(f"more than {MAX_CHECKPOINT_FILES} files")
+        if not member.isreg() or member.issparse():
+            raise CheckpointRefused(f"{member.name!r} is not a regular file (links, "
+                                    "folders and devices are refused)")
+        parts = member.name.split("/")
+        if len(parts) != 2 or not _CKPT_DIR.match(parts[0]) or not _safe_file_name(parts[1]):
+            raise CheckpointRefused(f"{member.name!r} is not a file inside ckpt-N/")
+        if folders and parts[0] not in folders:
+            raise CheckpointRefused("it must hold exactly one ckpt-N folder")
+        if parts[1] in names:
+            raise CheckpointRefused(f"{member.name!r} appears twice")
+        total += member.size
+        if total > archive_size:  # an uncompressed archive holds at least its files' bytes
+            raise CheckpointRefused("its files are larger than the archive")
+        folders.add(parts[0])
+        names.add(parts[1])
+        members.append(member)
+    if "state.json" not in names:
+        raise CheckpointRefused("it has no state.json")
+    return members
 
 
 def _fsync_dir(folder: Path) -> None:

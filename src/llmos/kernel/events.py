@@ -2,11 +2,13 @@
 
 The job appends one JSON object per line; the daemon reads complete lines from the
 offset it stored last time, so a restarted daemon neither loses nor repeats a report.
+Everything in the file comes from the job, so every field is checked before it is stored.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from datetime import datetime, timezone
@@ -14,11 +16,14 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from llmos.kernel.context import EVENTS_FILE
+from llmos.kernel.context import CHECKPOINT_KIND, EVENTS_FILE
 from llmos.kernel.jobfiles import open_read
-from llmos.store.models import Job, JobMetric
+from llmos.schema import INT32_MAX
+from llmos.store.models import Artifact, Job, JobMetric
 
 MAX_READ = 4 << 20  # bytes read per job per tick, so one chatty job cannot stall the loop
+
+log = logging.getLogger("llmos.daemon")
 
 
 def read_new(workdir: Path, offset: int) -> tuple[int, list[dict]]:
@@ -47,7 +52,7 @@ def read_new(workdir: Path, offset: int) -> tuple[int, list[dict]]:
 
 
 def apply(session: Session, job: Job, events: list[dict]) -> None:
-    """Store progress and metrics reported by ``job``."""
+    """Store progress, metrics and stored checkpoints reported by ``job``."""
     for event in events:
         kind = event.get("type")
         at = _time(event.get("t"))
@@ -67,6 +72,29 @@ def apply(session: Session, job: Job, events: list[dict]) -> None:
                 abs(step) <= INT64_MAX else None
             session.add(JobMetric(job_id=job.id, name=_text(name)[:200], value=value,
                                   step=step, at=at))
+        elif kind == "checkpoint":
+            artifact = event.get("artifact")
+            if artifact is not None and _own_checkpoint(session, job, artifact):
+                job.checkpoint_artifact = artifact
+
+
+def _own_checkpoint(session: Session, job: Job, artifact) -> bool:
+    """Whether ``artifact`` may become the checkpoint ``job`` resumes from: a stored
+    checkpoint of this job, in its team. Anything else (a forged or mistaken id, another
+    team's artifact) is ignored and logged: the job's next attempt would otherwise be
+    handed an artifact it was never meant to read."""
+    if not isinstance(artifact, int) or isinstance(artifact, bool) \
+            or not 1 <= artifact <= INT32_MAX:
+        log.warning("job %s reported a checkpoint artifact that is not an id: ignored",
+                    job.id)
+        return False
+    art = session.get(Artifact, artifact)
+    if art is None or art.team != job.team or art.job_id != job.id \
+            or art.kind != CHECKPOINT_KIND:
+        log.warning("job %s reported artifact %s as its checkpoint, but it is no checkpoint "
+                    "of this job in team %s: ignored", job.id, artifact, job.team)
+        return False
+    return True
 
 
 INT64_MAX = (1 << 63) - 1

@@ -47,7 +47,10 @@ def main(workdir: str) -> int:
 
     ctx = JobContext(launch["job_id"], attempt, folder, launch.get("api_url"),
                      api_token=launch.get("api_token"), api_ca=launch.get("api_ca"),
-                     read_roots=launch.get("read_roots") or ())
+                     read_roots=launch.get("read_roots") or (),
+                     # absent from launch files written before remote checkpoints
+                     remote_checkpoints=bool(launch.get("remote_checkpoints")),
+                     checkpoint_artifact=launch.get("checkpoint_artifact"))
     signal.signal(signal.SIGUSR1, lambda *_: ctx._request_yield())
     signal.signal(signal.SIGTERM, _on_sigterm(ctx))
 
