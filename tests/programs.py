@@ -312,3 +312,25 @@ def poison_reports(ctx) -> None:
     time.sleep(1)  # the daemon reads these while the job runs
     Path(ctx.workdir, "result.json").write_text("[" * 20_000)
     os._exit(0)
+
+
+def accumulate(ctx, steps: int = 40, step_s: float = 0.1, every: int = 5) -> int:
+    """A deterministic sum over ``steps`` (of step * step), checkpointed every ``every``
+    steps without being asked (a node can die without warning) and when asked to yield;
+    resumes from its checkpoint. Reports where each attempt started (metric
+    ``started_at_step``) and the sum (metric ``total``)."""
+    ckpt = ctx.checkpoint.load()
+    step, total = (ckpt.state["step"], ckpt.state["total"]) if ckpt else (0, 0)
+    ctx.metric("started_at_step", step, step=ctx.attempt)
+    while step < steps:
+        if ctx.should_yield():
+            ctx.checkpoint.save({"step": step, "total": total})
+            return step
+        total += step * step
+        step += 1
+        time.sleep(step_s)
+        if step % every == 0:
+            ctx.checkpoint.save({"step": step, "total": total})
+        ctx.progress(step, steps)
+    ctx.metric("total", total)
+    return total

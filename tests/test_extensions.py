@@ -42,8 +42,8 @@ def test_each_extension_knows_the_name_it_is_registered_under(kind):
 
 def test_unknown_names_list_what_exists():
     with pytest.raises(extensions.UnknownExtension) as e:
-        extensions.executors.load("ray")
-    assert str(e.value) == "unknown executor 'ray'; available: local"
+        extensions.executors.load("quantum")
+    assert str(e.value) == "unknown executor 'quantum'; available: local, ray"
     empty = extensions.Registry("llmos.nothing_here", "widget")
     with pytest.raises(extensions.UnknownExtension, match="available: none .*pip install -e"):
         empty.target("x")
@@ -52,7 +52,7 @@ def test_unknown_names_list_what_exists():
 def test_in_process_registration_is_found_first_and_can_be_undone():
     registry = extensions.Registry("llmos.executors", "executor")
     registry.register("fake", "llmos.kernel.builtin_programs:noop")
-    assert registry.names() == ["fake", "local"]
+    assert registry.names() == ["fake", "local", "ray"]
     assert registry.load("fake").__name__ == "noop"  # a lazy path, imported on use
     with pytest.raises(extensions.ExtensionConflict, match="registered already"):
         registry.register("local", object)

@@ -64,6 +64,23 @@ class Settings(BaseSettings):
         description="A job pending this many seconds rises one priority class (once).",
     )
     executor: str = Field(default="local", description="Executor used for new jobs.")
+    node_labels: str = Field(
+        default="",
+        description="Labels of this machine's node, comma-separated key=value pairs "
+        "(gpu=h100,zone=edge), which jobs and deployments may select (single-node llmos; on "
+        "Ray, each node's labels come from `ray start --labels`).")
+    # Scale-out (kernel/executors/ray/): without an address llmos stays single-node.
+    ray_address: str | None = Field(
+        default=None,
+        description="Address of a Ray cluster's head (host:port of its GCS) to run jobs on "
+        "(`llmos up --ray`); requires LLMOS_DATABASE_URL on PostgreSQL.")
+    advertise_url: str | None = Field(
+        default=None,
+        description="The API address every node of a cluster reaches the daemon at "
+        "(default: http://<this host's address>:PORT when on Ray, else the client URL).")
+    node_sync_s: float = Field(
+        default=1.0, gt=0,
+        description="How often the daemon refreshes the nodes from its executor (Ray).")
     sandbox: Literal["auto", "off"] = Field(
         default="auto",
         description="'auto': run each job in the strongest sandbox this machine allows "
@@ -100,6 +117,22 @@ class Settings(BaseSettings):
         default=300.0, gt=0,
         description="A served model no request used for this long leaves its worker's "
         "memory (it loads again on the next request).")
+    serve_target_inflight: float | None = Field(
+        default=None, gt=0,
+        description="Autoscaling: requests in flight per replica above which a pool scales "
+        "up (default: half its smallest max_batch).")
+    serve_scale_down_s: float = Field(
+        default=30.0, gt=0,
+        description="Autoscaling: how long load stays below half the target before each "
+        "one-replica step down.")
+    serve_cold_start_s: float = Field(
+        default=30.0, gt=0,
+        description="How long a request to a deployment with no ready worker waits for one "
+        "before a 503 with Retry-After.")
+    serve_target_p99_s: float | None = Field(
+        default=None, gt=0,
+        description="Autoscaling: add a replica while the last minute's p99 latency (time "
+        "to first token for streams) is above this.")
     # Encryption at rest (sensitive artifacts and datasets).
     key_file: Path | None = Field(
         default=None,
@@ -180,6 +213,10 @@ class Settings(BaseSettings):
         return [Path(p).expanduser().resolve() for p in self.ingest_roots.split(":") if p]
 
     @property
+    def node_label_map(self) -> dict[str, str]:
+        return parse_labels(self.node_labels)
+
+    @property
     def api_socket(self) -> Path:
         """The API's Unix socket: how sandboxed jobs without a network reach the daemon."""
         return self.home_dir / "run" / "api.sock"
@@ -204,6 +241,38 @@ class Settings(BaseSettings):
     def audit_head_path(self) -> Path:
         """The audit chain's append-only anchor outside the database."""
         return self.home_dir / "audit.head"
+
+
+LABEL_PART = r"[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,62}[A-Za-z0-9])?"
+
+
+def parse_labels(text: str | list[str] | dict[str, str]) -> dict[str, str]:
+    """``"gpu=h100,zone=edge"`` (or a list of ``k=v``, or a dict) as a dict; ValueError
+    naming the first malformed pair (keys and values: letters, digits, ``-_./``, at most
+    64 characters, starting and ending with a letter or digit)."""
+    import re
+
+    if isinstance(text, dict):
+        pairs = list(text.items())
+    else:
+        items = text.split(",") if isinstance(text, str) else list(text)
+        if not all(isinstance(i, str) for i in items):
+            raise ValueError("labels are key=value strings")
+        pairs = []
+        for item in (i.strip() for i in items):
+            if not item:
+                continue
+            if "=" not in item:
+                raise ValueError(f"label {item!r} is not key=value")
+            key, value = item.split("=", 1)
+            pairs.append((key.strip(), value.strip()))
+    for key, value in pairs:
+        for part in (key, value):
+            if not isinstance(part, str) or not re.fullmatch(LABEL_PART, part):
+                raise ValueError(
+                    f"label {key}={value}: keys and values are 1-64 letters, digits or "
+                    "-_./, starting and ending with a letter or digit")
+    return dict(pairs)
 
 
 @lru_cache(maxsize=1)

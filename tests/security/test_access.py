@@ -152,6 +152,10 @@ def _new(w: World, prefix: str) -> str:
     return f"{prefix}-{next(w.counter)}"
 
 
+def _node(w: World) -> str:
+    return w.live.client.nodes()[0]["name"]
+
+
 def _outsider_or(s: Seen, visible: bool) -> bool:
     """Lists: the outsider sees nothing of red (checked apart); a member sees red's."""
     return s.principal == "outsider" or visible
@@ -160,6 +164,15 @@ def _outsider_or(s: Seen, visible: bool) -> bool:
 CASES = [
     Case("GET", "/v1/resources", "any", lambda w, t, p: ("/v1/resources", {}),
          shows=lambda s: len(s.body["nodes"]) == 1 and "pending" in s.body["scheduler"]),
+    Case("GET", "/v1/nodes", "any", lambda w, t, p: ("/v1/nodes", {}),
+         shows=lambda s: [n["state"] for n in s.body] == ["ready"]),
+    # drain, then undrain at once (the next case), so the node takes work again
+    Case("POST", "/v1/nodes/{name}/drain", "sysadmin",
+         lambda w, t, p: (f"/v1/nodes/{_node(w)}/drain", {}), 403,
+         shows=lambda s: s.body["state"] == "draining"),
+    Case("POST", "/v1/nodes/{name}/undrain", "sysadmin",
+         lambda w, t, p: (f"/v1/nodes/{_node(w)}/undrain", {}), 403,
+         shows=lambda s: s.body["state"] == "ready"),
     Case("GET", "/v1/auth/whoami", "any", lambda w, t, p: ("/v1/auth/whoami", {}),
          shows=lambda s: (s.body["name"], s.body["roles"]) == (
              s.user, {} if s.principal == "outsider" else {"red": s.principal})),

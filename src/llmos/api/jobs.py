@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos.api.gate import current, needs
 from llmos.api.schemas import ERRORS, JobBatch, JobList, JobOut, MetricList, MetricOut
-from llmos.kernel.jobfiles import open_read
+from llmos.kernel.jobfiles import open_read, size_of
 from llmos.kernel.jobs import JobSpec, JobState
 from llmos.kernel.service import LOG_STREAMS, JobService
 from llmos.schema import INT32_MAX, IsoTime
@@ -133,7 +133,7 @@ async def _follow(request: Request, service: JobService, who: Principal, job_id:
         text = _read(path, tail)
         for line in text.removesuffix("\n").split("\n") if text else ():  # keeps \r in lines
             yield _sse(name, line)
-        offsets[name] = _size(path)
+        offsets[name] = size_of(path)
     partial = {name: b"" for name in paths}
     while True:
         job = await run_in_threadpool(service.get, who, job_id, False)
@@ -163,14 +163,6 @@ def _read_from(path: Path, offset: int) -> bytes:
     with f:
         f.seek(offset)
         return f.read(MAX_LOG_BYTES)
-
-
-def _size(path: Path) -> int:
-    f = open_read(path)
-    if f is None:
-        return 0
-    with f:
-        return os.fstat(f.fileno()).st_size
 
 
 def _sse(event: str, data: str) -> str:

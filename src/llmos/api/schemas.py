@@ -83,6 +83,13 @@ class JobOut(BaseModel):
     exit_code: int | None
     signal: int | None
     progress: ProgressOut | None
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    group: str | None = None
+    spread: bool = False
+    anti_affinity: bool = False
+    checkpoint_artifact: int | None = Field(
+        default=None, description="Its newest checkpoint stored as an artifact (a remote "
+        "executor's jobs: the next attempt may resume on another node).")
     transitions: list[TransitionOut] | None = None
 
     @classmethod
@@ -102,7 +109,9 @@ class JobOut(BaseModel):
             cancel_requested=job.cancel_requested, created_at=job.created_at,
             scheduled_at=job.scheduled_at, started_at=job.started_at, ended_at=job.ended_at,
             node=job.node, allocation=job.allocation, pid=job.pid, exit_code=job.exit_code,
-            signal=job.signal, progress=progress,
+            signal=job.signal, progress=progress, node_labels=job.node_labels or {},
+            group=job.spread_group, spread=bool(job.spread),
+            anti_affinity=bool(job.anti_affinity), checkpoint_artifact=job.checkpoint_artifact,
             transitions=[TransitionOut.of(t) for t in job.transitions] if transitions else None,
         )
 
@@ -161,6 +170,14 @@ class NodeOut(BaseModel):
     free: dict[str, float]
     cores: list[int]
     gpus: list[dict[str, Any]]
+    labels: dict[str, str] = Field(default_factory=dict)
+    state: str = Field(default="ready", description="ready, draining (takes no new work) "
+                       "or lost (gone: its jobs were retried elsewhere).")
+    reason: str = ""
+    address: str = ""
+    node_id: str | None = Field(default=None, description="The executor's own id (Ray).")
+    running_jobs: int = 0
+    heartbeat_at: datetime | None = None
 
 
 class SchedulerOut(BaseModel):

@@ -18,7 +18,8 @@ from llmos.config import get_settings
 
 
 def serve(port: int | None, host: str | None, console: Console,
-          tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+          tls_cert: Path | None = None, tls_key: Path | None = None,
+          ray_address: str | None = None, advertise_url: str | None = None) -> None:
     import uvicorn
 
     from llmos.api import create_app
@@ -27,8 +28,10 @@ def serve(port: int | None, host: str | None, console: Console,
 
     settings = get_settings()
     updates = {k: v for k, v in {"port": port, "host": host, "tls_cert": tls_cert,
-                                 "tls_key": tls_key}.items() if v is not None}
+                                 "tls_key": tls_key, "ray_address": ray_address,
+                                 "advertise_url": advertise_url}.items() if v is not None}
     settings = settings.model_copy(update=updates)
+    settings = _cluster_settings(settings)
     _check_tls(settings.tls_cert, settings.tls_key)
     _check_port(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,12 +59,14 @@ def serve(port: int | None, host: str | None, console: Console,
 
     console.print(f"llmos daemon on [bold]{url}[/]  home {settings.home_dir}  "
                   f"store {_safe_url(settings.db_url)}")
+    api_url = settings.advertise_url or (client_url if settings.url else url)
     try:
-        system = System(settings, api_url=client_url if settings.url else url,
-                        on_bootstrap=first_start)
+        system = System(settings, api_url=api_url, on_bootstrap=first_start)
     except CryptoError as e:  # a wrong encryption or audit key: refuse, plainly
         Console(stderr=True).print(f"[red]error:[/] llmos will not start: {escape(str(e))}")
         raise SystemExit(1) from None
+    if settings.ray_address:
+        _join_cluster(system, console, api_url)
     level, how = system.daemon.isolation()
     if level == "full":
         console.print(f"jobs: sandboxed ({how})")
@@ -105,6 +110,32 @@ async def _serve_with_socket(server, app, path: Path) -> None:
         local.should_exit = True
         await task
         path.unlink(missing_ok=True)
+
+
+def _cluster_settings(settings):
+    """With a Ray address: jobs run through the Ray executor, the store must be one every
+    part reaches (PostgreSQL), and nodes reach the API at the advertised URL."""
+    if not settings.ray_address:
+        return settings
+    if not settings.db_url.startswith("postgresql"):
+        raise UsageError("a multi-node llmos (--ray) needs its metadata on PostgreSQL: set "
+                         "LLMOS_DATABASE_URL=postgresql+psycopg://USER@HOST/DB (SQLite is "
+                         "for one machine)")
+    return settings.model_copy(update={"executor": "ray"})
+
+
+def _join_cluster(system, console: Console, api_url: str) -> None:
+    """Connect to the Ray cluster now, so that an unreachable address or an unsupported
+    Ray is one line and exit 1 within seconds, not a hang or a traceback later."""
+    try:
+        nodes = system.daemon.executor("ray").nodes()
+    except Exception as e:  # noqa: BLE001 - ClusterError, or Ray's own: one line either way
+        system.db.close()
+        raise UsageError(f"cannot use the Ray cluster at {system.settings.ray_address}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    ready = sum(1 for n in nodes if n.state == "ready")
+    console.print(f"cluster: Ray at {system.settings.ray_address}, {ready} node(s) ready; "
+                  f"nodes reach the API at {api_url}")
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:

@@ -18,6 +18,7 @@ from llmos.cli import identity, jobview, render, serve, train
 from llmos.cli.data import data_app
 from llmos.cli.models import models_app
 from llmos.cli.errors import UsageError
+from llmos.config import parse_labels
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
 
 app = typer.Typer(help="llmos: an operating system for AI workloads.", no_args_is_help=True,
@@ -68,12 +69,55 @@ def up(
                                             "HTTPS (or LLMOS_TLS_CERT)."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of the "
                                            "certificate (or LLMOS_TLS_KEY)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run jobs on this Ray cluster "
+                                      "(host:port of its head; or LLMOS_RAY_ADDRESS). "
+                                      "Needs LLMOS_DATABASE_URL on PostgreSQL."),
+    advertise_url: Optional[str] = typer.Option(
+        None, "--advertise-url", help="The API address every node reaches the daemon at "
+        "(or LLMOS_ADVERTISE_URL)."),
 ) -> None:
     """Start the llmos daemon: REST API, scheduler and job supervision, in one process.
     The first start creates the administrator and prints their token once."""
     from llmos.cli.daemon import serve
 
-    serve(port=port, host=host, console=out, tls_cert=tls_cert, tls_key=tls_key)
+    serve(port=port, host=host, console=out, tls_cert=tls_cert, tls_key=tls_key,
+          ray_address=ray, advertise_url=advertise_url)
+
+
+nodes_app = typer.Typer(help="The nodes jobs run on: list, drain, undrain.",
+                        invoke_without_command=True)
+app.add_typer(nodes_app, name="nodes")
+
+
+@nodes_app.callback()
+def nodes(ctx: typer.Context,
+          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Each node: state (ready, draining, lost), labels, free/total resources, jobs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _client() as c:
+        data = c.nodes()
+    _json(data) if as_json else render.nodes(out, data)
+
+
+@nodes_app.command("drain")
+def nodes_drain(node: str = typer.Argument(..., help="The node's name (see `llmos nodes`)."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Move work off a node: no new jobs; checkpointable jobs yield and resume elsewhere;
+    serving replicas are replaced first; other jobs run to their end."""
+    with _client() as c:
+        data = c.drain(node)
+    _json(data) if as_json else out.print(
+        f"node [bold]{node}[/] draining: {data['running_jobs']} job(s) still on it")
+
+
+@nodes_app.command("undrain")
+def nodes_undrain(node: str = typer.Argument(..., help="The node's name."),
+                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Let a drained node take new work again."""
+    with _client() as c:
+        data = c.drain(node, undo=True)
+    _json(data) if as_json else out.print(f"node [bold]{node}[/] {data['state']}")
 
 
 @app.command()
@@ -105,6 +149,14 @@ def job_submit(
                                     "(repeatable)."),
     name: Optional[str] = typer.Option(None, help="A name to find the job by."),
     team: Optional[str] = typer.Option(None, help="Run it for this team (default: yours)."),
+    node_label: list[str] = typer.Option([], "--node-label", help="Run only on nodes with "
+                                         "this label, key=value (repeatable)."),
+    group: Optional[str] = typer.Option(None, help="Placement group for --spread and "
+                                        "--anti-affinity (default: the job's name)."),
+    spread: bool = typer.Option(False, "--spread", help="Prefer nodes running the fewest "
+                                "jobs of its group."),
+    anti_affinity: bool = typer.Option(False, "--anti-affinity", help="Never share a node "
+                                       "with a job of its group."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show live progress until it ends."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     quiet: bool = QUIET,
@@ -114,13 +166,18 @@ def job_submit(
         raise UsageError(f"--priority must be high, normal or low, not {priority!r}")
     try:
         parsed = parse_params(params)
+        labels = parse_labels(node_label)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if (spread or anti_affinity) and not (group or name):
+        raise UsageError("--spread and --anti-affinity need a --group (or a --name)")
     with _client() as c:
         job = c.jobs.submit(_absolute_program(program), parsed, name=name, cpu=cpu,
                             memory_mb=memory, gpu=gpu, gpu_memory_mb=gpu_memory,
                             priority=priority, max_retries=retries, timeout_s=timeout,
-                            checkpointable=checkpointable, depends_on=after, team=team)
+                            checkpointable=checkpointable, depends_on=after, team=team,
+                            node_labels=labels, group=group, spread=spread,
+                            anti_affinity=anti_affinity)
         if wait:
             job = render.watch(err if quiet else out, c, job["id"], quiet=as_json)
     if as_json:

@@ -56,6 +56,21 @@ def resources_text(r: dict) -> str:
     return text
 
 
+def nodes(console: Console, data: list[dict]) -> None:
+    rows = table("Nodes", "node", "state", "labels", "cpu free/total", "memory free/total MB",
+                 "gpu free/total", "jobs", "address")
+    for n in data:
+        cap, free = n["capacity"], n["free"]
+        state = n["state"] + (f" ({n['reason']})" if n.get("reason") else "")
+        rows.add_row(n["name"], state,
+                     ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items())) or "-",
+                     f"{free['cpu']:g}/{cap['cpu']:g}",
+                     f"{free['memory_mb']:g}/{cap['memory_mb']:g}",
+                     f"{free['gpu']:g}/{cap['gpu']:g}", str(n.get("running_jobs", 0)),
+                     n.get("address") or "-")
+    console.print(rows)
+
+
 def resources(console: Console, data: dict) -> None:
     nodes = table("Nodes", "node", "cpu free/total", "memory free/total MB", "gpu free/total",
                   "cores")

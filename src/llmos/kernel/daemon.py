@@ -2,10 +2,13 @@
 
 One thread runs :meth:`Daemon.step` whenever something changes (a submission or a cancel
 wakes it) and at least every ``tick_s``. A step
-1. supervises running attempts: reads their reports, notices exits, enforces timeouts
+1. refreshes the nodes from the executor (:mod:`llmos.kernel.nodes`: a node joining,
+   draining or dying); the running jobs of a node that died end as lost, and are retried
+   elsewhere per their ``max_retries``;
+2. supervises running attempts: reads their reports, notices exits, enforces timeouts
    and memory limits, escalates stops (yield -> SIGTERM -> SIGKILL);
-2. schedules: one pure pass of the scheduler's profile (``self.profile``) over the
-   in-memory queue, then binds and launches.
+3. schedules: one pure pass of the scheduler's profile (``self.profile``) over the
+   in-memory queue and every node, then binds and launches each job on its node.
 
 The daemon is the only writer of job states after submission; every transition is
 stored with its reason. On start it reconciles the store with the processes that are
@@ -28,9 +31,11 @@ from sqlalchemy.orm import Session
 
 from llmos.config import Settings
 from llmos.kernel import events
-from llmos.kernel.executors import Executor, Exit, ExitKind, Handle, LaunchPlan, executor_class
+from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan,
+                                    NodeUnavailable, executor_class)
 from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, transition
-from llmos.kernel.resources import Allocation, NodeCapacity, NodeState, discover_node
+from llmos.kernel.nodes import Nodes
+from llmos.kernel.resources import Allocation, NodeCapacity
 from llmos.kernel.scheduler import (
     DEFAULT_PROFILE,
     PendingJob,
@@ -96,9 +101,9 @@ class Daemon:
         # Mints the API token a starting job gets (the security layer provides it; the
         # kernel only hands it over).
         self.job_token = job_token
-        self.node = NodeState(node or discover_node(
-            cpus=settings.cpus, memory_mb=settings.memory_mb,
-            reserved_memory_mb=settings.reserved_memory_mb, gpus=settings.gpus))
+        # Every node jobs may run on, kept in step with the executor (a fixed ``node``,
+        # for tests and benchmarks, stands in for this machine's discovery).
+        self.nodes = Nodes(self, fixed=node)
         self.config = SchedulerConfig(aging_s=settings.aging_s)
         # The scheduling policy: another profile (fair share, gangs) plugs in here.
         self.profile: Profile = DEFAULT_PROFILE
@@ -123,6 +128,7 @@ class Daemon:
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.reload_quotas()
         with self.lock:
+            self.nodes.sync(time.time(), force=True)  # an unreachable cluster fails here
             reconcile(self)
         self._thread = threading.Thread(target=self._loop, name="llmos-control", daemon=True)
         self._thread.start()
@@ -167,7 +173,10 @@ class Daemon:
 
     def step(self) -> None:
         now = time.time()
+        self.nodes.sync(now)
         self._supervise(now)
+        if self.nodes.stale:  # an attempt ended lost: see which node died before placing
+            self.nodes.sync(now, refresh=True)
         self._schedule(now)
 
     def executor(self, name: str) -> Executor:
@@ -180,7 +189,8 @@ class Daemon:
         and from the daemon: ("full" | "partial" | "none", in words)."""
         sandbox = getattr(self.executor(executor or self.settings.executor), "sandbox", None)
         if sandbox is None:
-            return "full", "isolated by the executor"
+            ex = self.executor(executor or self.settings.executor)
+            return "full", getattr(ex, "isolation_detail", "isolated by the executor")
         if sandbox.mode == "users":
             return "full", "each job runs as its team's own system user in its own namespaces"
         return ("partial" if sandbox.isolated else "none"), sandbox.reason
@@ -221,7 +231,10 @@ class Daemon:
         self.pending[job.id] = PendingJob(
             id=job.id, request=request_of(job), priority=PRIORITY_RANK[job.priority],
             queued_at=job.queued_at.timestamp(), timeout_s=job.timeout_s, team=job.team,
-            waiting_for=tuple(waiting))
+            waiting_for=tuple(waiting),
+            selector=tuple(sorted((job.node_labels or {}).items())),
+            group=job.spread_group, spread=bool(job.spread),
+            anti_affinity=bool(job.anti_affinity))
         self._reasons[job.id] = job.reason or ""
         self._dirty = True
 
@@ -341,8 +354,10 @@ class Daemon:
     def _finish(self, s: Session, job: Job, tracked: Tracked, ended: Exit) -> None:
         """Record how an attempt ended, free its resources, and decide what comes next."""
         del self.running[job.id]
-        self.node.release(Allocation.from_json(job.allocation))
+        self.nodes.release(Allocation.from_json(job.allocation))
         self._dirty = True
+        if ended.kind is ExitKind.LOST:
+            self.nodes.stale = True
         job.exit_code = ended.exit_code
         job.signal = ended.signal
         self._read_events(s, job.id, tracked)
@@ -419,8 +434,8 @@ class Daemon:
             for t in self.running.values()
         ]
         started = time.perf_counter()
-        out = schedule(list(self.pending.values()), [self.node], running, now, self.config,
-                       self.profile)
+        out = schedule(list(self.pending.values()), self.nodes.schedulable(), running, now,
+                       self.config, self.profile)
         self.last_pass_ms = (time.perf_counter() - started) * 1000
         if out.bindings:
             self._bind(out.bindings)
@@ -441,13 +456,13 @@ class Daemon:
             jobs = {b.job_id: s.get(Job, b.job_id) for b in bindings}
             for b in bindings:
                 job = jobs[b.job_id]
-                self.node.take(b.allocation)
+                self.nodes.take(b.allocation)
                 del self.pending[job.id]
                 self._reasons.pop(job.id, None)
                 job.attempt += 1
                 job.node = b.allocation.node
                 job.allocation = b.allocation.to_json()
-                job.pid = job.pid_started = None
+                job.pid = job.pid_started = job.handle = None
                 cores = ",".join(str(c) for c in sorted(b.allocation.cores))
                 transition(s, job, JobState.SCHEDULED,
                            f"bound to {b.allocation.node} (cores {cores}"
@@ -460,21 +475,35 @@ class Daemon:
                     roots = job.read_roots
                     if roots is None:  # a job submitted before read_roots were recorded
                         roots = [str(r) for r in self.settings.ingest_root_dirs]
+                    executor = self.executor(job.executor)
                     plan = LaunchPlan(job.id, job.attempt, job.program, job.params,
                                       b.allocation, self.workdir(job.id), self.api_url,
-                                      token, self.settings.api_ca, job.team, tuple(roots))
-                    launched.append((job.id, self.executor(job.executor).launch(plan)))
+                                      token, self.settings.api_ca, job.team, tuple(roots),
+                                      remote_checkpoints=getattr(executor, "remote", False),
+                                      checkpoint_artifact=job.checkpoint_artifact)
+                    launched.append((job.id, executor.launch(plan)))
                 except Exception as e:  # noqa: BLE001 - e.g. fork failed: the job fails, not us
                     launched.append((job.id, e))
             for job_id, handle in launched:
                 job = jobs[job_id]
                 if isinstance(handle, Exception):
-                    self.node.release(Allocation.from_json(job.allocation))
-                    self.fail_or_retry(s, job, f"could not start: {handle}")
+                    self.nodes.release(Allocation.from_json(job.allocation))
+                    if isinstance(handle, NodeUnavailable):  # it never ran: no failure
+                        self.nodes.stale = True
+                        transition(s, job, JobState.PENDING, f"not started: {handle}")
+                        self.enqueue(s, job)
+                    else:
+                        self.fail_or_retry(s, job, f"could not start: {handle}")
                     continue
-                job.pid, job.pid_started = handle.pid, handle.pid_started
-                transition(s, job, JobState.RUNNING, f"started as process {handle.pid}")
+                self.record_handle(job, handle)
+                transition(s, job, JobState.RUNNING, f"started as {handle.describe()}")
                 self.track(job, handle)
+
+    @staticmethod
+    def record_handle(job: Job, handle: Handle) -> None:
+        """Store the executor's reference to the attempt (and its pid, for people)."""
+        job.handle = dict(handle.ref)
+        job.pid, job.pid_started = (handle.pid or None), (handle.pid_started or None)
 
     def track(self, job: Job, handle: Handle) -> None:
         allocation = Allocation.from_json(job.allocation)
@@ -482,8 +511,37 @@ class Daemon:
         handle.extra["events_offset"] = job.events_offset
         self.running[job.id] = Tracked(
             RunningJob(job.id, allocation, PRIORITY_RANK[job.priority], started, job.timeout_s,
-                       job.checkpointable, job.team),
+                       job.checkpointable, job.team, job.spread_group),
             handle, job.executor)
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def node_lost(self, name: str, reason: str) -> None:
+        """A node died: each attempt running there ended as lost (retried elsewhere per
+        its job's ``max_retries``; a checkpointable job resumes from its last checkpoint
+        stored as an artifact). Its processes died with the node's agent, so none of them
+        runs on while its retry starts."""
+        lost = Exit(ExitKind.LOST, message=f"node {name} was lost: {reason}")
+        for job_id, tracked in list(self.running.items()):
+            if tracked.job.allocation.node != name:
+                continue
+            with self.db.session() as s:
+                self._finish(s, s.get(Job, job_id), tracked, lost)
+
+    def drain(self, name: str, now: float | None = None) -> list[int]:
+        """Move work off a node: it takes no new jobs; its checkpointable jobs yield and
+        resume elsewhere; others run to their end (serving replicas are replaced by the
+        serving controller before they stop). Returns the jobs asked to yield."""
+        now = now or time.time()
+        moved = []
+        for job_id, tracked in self.running.items():
+            if tracked.job.allocation.node == name and tracked.job.checkpointable:
+                self._begin_stop(tracked, StopIntent.PREEMPT, f"node {name} is draining",
+                                 now, grace=self.settings.preempt_grace_s)
+                moved.append(job_id)
+        self._dirty = True
+        self.wake()
+        return moved
 
     def _write_reasons(self, reasons: dict[int, str]) -> None:
         changed = [

@@ -57,6 +57,16 @@ def open_read(path: Path):
 JOB_FILE_MAX = 64 << 10  # a result or claim file is a few hundred bytes
 
 
+def size_of(path: Path) -> int:
+    """The size of a regular file in a job's folder; 0 when missing or not a regular file
+    (never following a link the job planted)."""
+    f = open_read(path)
+    if f is None:
+        return 0
+    with f:
+        return os.fstat(f.fileno()).st_size
+
+
 def read_json(path: Path) -> dict | None:
     """A JSON object from a file in a job's folder, which the job itself can write: a
     link, a FIFO, a huge file or anything but an object reads as nothing (a job must not

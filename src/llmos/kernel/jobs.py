@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from sqlalchemy.orm import Session
 
+from llmos.config import parse_labels
 from llmos.kernel.resources import Request
 from llmos.schema import INT32_MAX, RequestBody, RowId
 from llmos.store.models import Job, JobDependency, JobTransition, utcnow
@@ -93,6 +94,27 @@ class JobSpec(RequestBody):
     checkpointable: bool = False
     depends_on: list[RowId] = Field(default_factory=list, max_length=1000)
     executor: str | None = Field(default=None, max_length=50)
+    # Placement (kernel/scheduler): labels a node must carry, and a group the job spreads
+    # over nodes with (soft) or keeps apart from (anti-affinity: never two on one node).
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, max_length=16,
+        description="Run only on nodes with all these labels (gpu=h100, zone=edge).")
+    group: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Placement group for spread/anti_affinity (default: the job's name).")
+    spread: bool = Field(default=False,
+                         description="Prefer nodes running the fewest jobs of its group.")
+    anti_affinity: bool = Field(default=False,
+                                description="Never share a node with a job of its group.")
+
+    @field_validator("node_labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return parse_labels(labels)
+
+    @property
+    def placement_group(self) -> str | None:
+        return self.group or (self.name if (self.spread or self.anti_affinity) else None)
 
     @field_validator("depends_on")
     @classmethod
@@ -153,6 +175,10 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
         checkpointable=spec.checkpointable,
         executor=executor,
         read_roots=read_roots,
+        node_labels=spec.node_labels or None,
+        spread_group=spec.placement_group,
+        spread=spec.spread,
+        anti_affinity=spec.anti_affinity,
         state=JobState.PENDING.value,
         reason="waiting to be scheduled",
         attempt=0,

@@ -45,32 +45,43 @@ def reconcile(daemon) -> None:
 
 def _recover(daemon, s, job: Job) -> None:
     executor = daemon.executor(job.executor)
-    found = executor.recover(
-        job.id, job.attempt, daemon.workdir(job.id), job.memory_mb,
-        job.pid if job.state == JobState.RUNNING.value else None, job.pid_started,
-    )
+    found = executor.recover(job.id, job.attempt, daemon.workdir(job.id), job.memory_mb,
+                             _stored_ref(job))
     if found is None:
         transition(s, job, JobState.PENDING, "requeued: the daemon stopped before it started")
         return
     allocation = Allocation.from_json(job.allocation)
     try:
-        daemon.node.take(allocation)
-    except ValueError:
-        # The node shrank (new settings) under a live process: stop it and run it again.
+        daemon.nodes.take(allocation)
+    except ValueError as e:
+        # The node is gone, or shrank (new settings) under a live process: stop it and
+        # run it again.
         if isinstance(found, Handle):
             executor.kill(found)
-        log.warning("job %s no longer fits this node; requeued", job.id)
-        transition(s, job, JobState.PENDING, "requeued: this node's resources changed")
+        log.warning("job %s no longer fits its node (%s); requeued", job.id, e)
+        transition(s, job, JobState.PENDING,
+                   f"requeued: its node {allocation.node} is gone or its resources changed")
         return
     if isinstance(found, Handle):
         if job.state == JobState.SCHEDULED.value:
-            job.pid, job.pid_started = found.pid, found.pid_started
-            transition(s, job, JobState.RUNNING, f"started as process {found.pid} (adopted)")
+            daemon.record_handle(job, found)
+            transition(s, job, JobState.RUNNING, f"started as {found.describe()} (adopted)")
         daemon.track(job, found)
         return
     assert isinstance(found, Exit)
     if job.state == JobState.SCHEDULED.value:
         transition(s, job, JobState.RUNNING, "started (found ended after a daemon restart)")
-    daemon.track(job, Handle(job.id, job.attempt, job.pid or 0, job.pid_started or 0.0,
-                             daemon.workdir(job.id), job.memory_mb))
+    daemon.track(job, Handle(job.id, job.attempt, daemon.workdir(job.id), job.memory_mb,
+                             _stored_ref(job) or {}))
     daemon._finish(s, job, daemon.running[job.id], found)
+
+
+def _stored_ref(job: Job) -> dict | None:
+    """The executor's reference to a RUNNING job's attempt (None for a SCHEDULED one,
+    whose launch may not have happened); rows from before handles were stored give
+    their pid."""
+    if job.state != JobState.RUNNING.value:
+        return None
+    if job.handle:
+        return job.handle
+    return {"pid": job.pid, "pid_started": job.pid_started} if job.pid else None

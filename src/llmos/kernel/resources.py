@@ -49,6 +49,30 @@ class NodeCapacity:
     cores: tuple[int, ...]
     memory_mb: int
     gpus: tuple[GPU, ...] = ()
+    # What jobs may select the node by (``gpu=h100``, ``zone=edge``); not accounting.
+    labels: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+# A node's state, as the scheduler and ``llmos nodes`` see it: only READY nodes take new
+# work; DRAINING nodes finish (or hand back) what they run; LOST nodes are gone.
+READY, DRAINING, LOST = "ready", "draining", "lost"
+NODE_STATES = (READY, DRAINING, LOST)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as an executor reports it: its capacity (with labels), where it is, and
+    whether it is usable (``state``, with the reason when it is not ready)."""
+
+    capacity: NodeCapacity
+    address: str = ""
+    state: str = READY
+    reason: str = ""
+    node_id: str = ""  # the engine's own id (Ray's node id); the name is llmos's
+
+    @property
+    def name(self) -> str:
+        return self.capacity.name
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,7 @@ class NodeState:
     core_used: dict[int, int] = field(default_factory=dict)
     memory_used: int = 0
     gpus_used: set[int] = field(default_factory=set)
+    state: str = READY  # READY | DRAINING | LOST: only a ready node takes new work
 
     def __post_init__(self) -> None:
         for core in self.capacity.cores:
@@ -235,6 +260,8 @@ class NodeState:
                 "memory_mb": self.free_memory_mb,
                 "gpu": len(self.free_gpus()),
             },
+            "labels": dict(cap.labels),
+            "state": self.state,
             "cores": sorted(cap.cores),
             "gpus": [
                 {"index": g.index, "name": g.name, "memory_mb": g.memory_mb,
@@ -257,6 +284,7 @@ def discover_node(
     reserved_memory_mb: int = 512,
     gpus: str | None = None,
     name: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> NodeCapacity:
     """This machine's resources, with optional overrides (from the settings)."""
     cores = tuple(sorted(os.sched_getaffinity(0)))
@@ -268,7 +296,7 @@ def discover_node(
     if gpus is not None:
         wanted = {int(x) for x in gpus.split(",") if x.strip()}
         found = tuple(g for g in found if g.index in wanted)
-    return NodeCapacity(name or socket.gethostname(), cores, memory_mb, found)
+    return NodeCapacity(name or socket.gethostname(), cores, memory_mb, found, dict(labels or {}))
 
 
 def _physical_memory_mb() -> int:

@@ -96,21 +96,29 @@ class JobService:
             raise InvalidRequest(
                 f"unknown executor {executor!r}; available: {', '.join(available_executors())}"
             ) from None
+        if executor != self.settings.executor:  # its nodes are the only ones known
+            raise InvalidRequest(
+                f"this llmos runs jobs with the {self.settings.executor!r} executor on its "
+                f"nodes; executor {executor!r} has none")
         refusal = self.daemon.isolation_refusal(executor)
         if refusal:
             raise Conflict(refusal)
         request = spec.resources.to_request(self.settings.default_job_memory_mb)
         if request.millicores < 1:
             raise InvalidRequest("cpu must be at least 0.001")
-        never = self.never_runs(request, team)
+        never = self.never_runs(request, team, spec.node_labels)
         if never:
             raise InvalidRequest(never)
         return spec, request, executor, team
 
-    def never_runs(self, request, team: str | None) -> str | None:
-        """Why a job asking ``request`` could never run in ``team`` (no node is that large,
-        or the team's quota could never hold it), or None."""
-        too_large = too_large_reason(request, [self.daemon.node.capacity])
+    def never_runs(self, request, team: str | None,
+                   node_labels: dict[str, str] | None = None) -> str | None:
+        """Why a job asking ``request`` could never run in ``team`` (no node it may use is
+        that large, or the team's quota could never hold it), or None. With no node
+        carrying its labels yet, it may still run: a node may join."""
+        nodes = [c for c in self.daemon.nodes.capacities()
+                 if all(c.labels.get(k) == v for k, v in (node_labels or {}).items())]
+        too_large = too_large_reason(request, nodes) if nodes else None
         if too_large:
             return too_large
         never = beyond_quota(request, self.daemon.config.quotas.get(team))

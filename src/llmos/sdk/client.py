@@ -119,6 +119,13 @@ class Client:
     def resources(self) -> dict:
         return self.request("GET", "/v1/resources").json()
 
+    def nodes(self) -> list[dict]:
+        return self.request("GET", "/v1/nodes").json()
+
+    def drain(self, node: str, undo: bool = False) -> dict:
+        return self.request("POST", f"/v1/nodes/{quote(node, safe='')}/"
+                            f"{'undrain' if undo else 'drain'}").json()
+
 
 def _why(e: httpx.TransportError) -> str:
     text = str(e)
@@ -149,12 +156,15 @@ class Jobs:
                gpu_memory_mb: int | None = None, priority: str = "normal",
                max_retries: int = 0, timeout_s: float | None = None,
                checkpointable: bool = False, depends_on: Iterable[int] = (),
-               team: str | None = None) -> dict:
+               team: str | None = None, node_labels: dict[str, str] | None = None,
+               group: str | None = None, spread: bool = False,
+               anti_affinity: bool = False) -> dict:
         return self._c.request("POST", "/v1/jobs", json=job_spec(
             program, params, name=name, cpu=cpu, memory_mb=memory_mb, gpu=gpu,
             gpu_memory_mb=gpu_memory_mb, priority=priority, max_retries=max_retries,
             timeout_s=timeout_s, checkpointable=checkpointable, depends_on=depends_on,
-            team=team)).json()
+            team=team, node_labels=node_labels, group=group, spread=spread,
+            anti_affinity=anti_affinity)).json()
 
     def submit_many(self, specs: list[dict]) -> list[dict]:
         """Submit specs (see :func:`job_spec`) in one transaction."""
@@ -228,14 +238,18 @@ def job_spec(program: str, params: dict | None = None, *, name: str | None = Non
              cpu: float | None = None, memory_mb: int | None = None, gpu: int | None = None,
              gpu_memory_mb: int | None = None, priority: str = "normal", max_retries: int = 0,
              timeout_s: float | None = None, checkpointable: bool = False,
-             depends_on: Iterable[int] = (), team: str | None = None) -> dict:
+             depends_on: Iterable[int] = (), team: str | None = None,
+             node_labels: dict[str, str] | None = None, group: str | None = None,
+             spread: bool = False, anti_affinity: bool = False) -> dict:
     """The JSON body of a job submission, leaving out what the server defaults."""
     resources = {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "gpu": gpu,
                                    "gpu_memory_mb": gpu_memory_mb}.items() if v is not None}
     spec: dict[str, Any] = {"program": program, "params": params or {}, "priority": priority,
                             "max_retries": max_retries, "checkpointable": checkpointable,
                             "depends_on": list(depends_on), "resources": resources}
-    for key, value in (("name", name), ("timeout_s", timeout_s), ("team", team)):
+    for key, value in (("name", name), ("timeout_s", timeout_s), ("team", team),
+                       ("node_labels", node_labels or None), ("group", group),
+                       ("spread", spread or None), ("anti_affinity", anti_affinity or None)):
         if value is not None:
             spec[key] = value
     return spec
@@ -454,16 +468,22 @@ class Deployments:
         self._c = client
 
     def create(self, model: str, *, name: str | None = None, engine: str | None = None,
-               replicas: int = 1, max_batch: int = 32, max_queue: int = 1024,
+               replicas: int | None = None, max_batch: int = 32, max_queue: int = 1024,
                priority: str = "normal",
                pool: str | None = None, cpu: float = 1, memory_mb: int = 3072,
-               budget_mb: int | None = None, team: str | None = None) -> dict:
-        """Serve ``model`` (NAME, NAME:VERSION or NAME@ALIAS) as ``name``."""
-        body = {"model": model, "replicas": replicas, "max_batch": max_batch,
-                "max_queue": max_queue, "priority": priority, "cpu": cpu,
-                "memory_mb": memory_mb}
+               budget_mb: int | None = None, team: str | None = None,
+               min_replicas: int | None = None, max_replicas: int | None = None,
+               idle_s: float | None = None,
+               node_labels: dict[str, str] | None = None) -> dict:
+        """Serve ``model`` (NAME, NAME:VERSION or NAME@ALIAS) as ``name``; with
+        ``max_replicas``, autoscaled between ``min_replicas`` and it (0: scale to zero
+        after ``idle_s`` without requests)."""
+        body = {"model": model, "max_batch": max_batch, "max_queue": max_queue,
+                "priority": priority, "cpu": cpu, "memory_mb": memory_mb}
         for key, value in (("name", name), ("engine", engine), ("pool", pool),
-                           ("budget_mb", budget_mb), ("team", team)):
+                           ("budget_mb", budget_mb), ("team", team), ("replicas", replicas),
+                           ("min_replicas", min_replicas), ("max_replicas", max_replicas),
+                           ("idle_s", idle_s), ("node_labels", node_labels)):
             if value is not None:
                 body[key] = value
         return self._c.request("POST", "/v1/deployments", json=body).json()

@@ -73,6 +73,12 @@ class Job(Base):
     # file), fixed at submit from its submitter's rights: ["/"] for an unrestricted
     # administrator; null (rows older than this column) means the daemon's ingest roots.
     read_roots: Mapped[list | None] = mapped_column(JSON)
+    # Placement: node labels it needs; the group it spreads over nodes with, or (anti-
+    # affinity) keeps apart from.
+    node_labels: Mapped[dict | None] = mapped_column(JSON)
+    spread_group: Mapped[str | None] = mapped_column(String(200))
+    spread: Mapped[bool] = mapped_column(Boolean, default=False)
+    anti_affinity: Mapped[bool] = mapped_column(Boolean, default=False)
 
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -90,6 +96,10 @@ class Job(Base):
     allocation: Mapped[dict | None] = mapped_column(JSON)
     pid: Mapped[int | None] = mapped_column(Integer)
     pid_started: Mapped[float | None] = mapped_column(Float)
+    # The executor's own reference to the running attempt (kernel/executors/base.Handle).
+    handle: Mapped[dict | None] = mapped_column(JSON)
+    # Its newest checkpoint stored as an artifact (so another node can resume it).
+    checkpoint_artifact: Mapped[int | None] = mapped_column(Integer)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     signal: Mapped[int | None] = mapped_column(Integer)
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -442,6 +452,13 @@ class Deployment(Base):
                                                        ondelete="RESTRICT"))
     engine: Mapped[str] = mapped_column(String(50))
     replicas: Mapped[int] = mapped_column(Integer)
+    # Autoscaling (serve/autoscale): between min and max replicas from load; null max means
+    # fixed at ``replicas``. min 0 scales to zero after ``idle_s`` without requests.
+    min_replicas: Mapped[int | None] = mapped_column(Integer)
+    max_replicas: Mapped[int | None] = mapped_column(Integer)
+    idle_s: Mapped[float | None] = mapped_column(Float)
+    # Placement of its workers: node labels they need (zone=edge).
+    node_labels: Mapped[dict | None] = mapped_column(JSON)
     max_batch: Mapped[int] = mapped_column(Integer)
     max_queue: Mapped[int] = mapped_column(Integer)  # waiting requests; more get 429
     priority: Mapped[str] = mapped_column(String(16))
@@ -450,3 +467,23 @@ class Deployment(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     version: Mapped[ModelVersion] = relationship()
+
+
+class Node(Base):
+    """A machine jobs run on, as the daemon last saw it through its executor: what it
+    offers, its labels, where it is, and whether it takes work (ready, draining, lost)."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    node_id: Mapped[str | None] = mapped_column(String(200))  # the engine's id (Ray's)
+    executor: Mapped[str] = mapped_column(String(50))
+    address: Mapped[str | None] = mapped_column(String(200))
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    capacity: Mapped[dict] = mapped_column(JSON, default=dict)  # cpu, memory_mb, gpu
+    free: Mapped[dict] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,12 +8,13 @@ from llmos.kernel.executors.base import (
     ExitKind,
     Handle,
     LaunchPlan,
+    NodeUnavailable,
     UnknownExecutor,
     available_executors,
     executor_class,
 )
 
 __all__ = [
-    "Executor", "Exit", "ExitKind", "Handle", "LaunchPlan", "UnknownExecutor",
+    "Executor", "Exit", "ExitKind", "Handle", "LaunchPlan", "NodeUnavailable", "UnknownExecutor",
     "available_executors", "executor_class",
 ]

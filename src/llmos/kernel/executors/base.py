@@ -1,7 +1,11 @@
 """The executor interface, the plain data it exchanges with the daemon, and the registry.
 
-An executor starts one attempt of a job from a :class:`LaunchPlan`, reports how it ended
-as an :class:`Exit`, and can signal or stop it. Executors are picked by name through the
+An executor reports the nodes it can run on (:meth:`Executor.nodes`), starts one attempt
+of a job on the node its :class:`LaunchPlan`'s allocation names, reports how it ended as
+an :class:`Exit`, and can signal or stop it. What it hands back for a started attempt, a
+:class:`Handle`, carries an opaque reference (``ref``: JSON the daemon stores with the
+job) from which the same executor finds the attempt again after a daemon restart — a
+local process id, or a node and its agent; the daemon never looks inside. Executors are picked by name through the
 ``executors`` kind of :mod:`llmos.extensions` (the ``llmos.executors`` entry-point group:
 ``local`` built in the same way a Ray executor would register), and import their engines
 lazily.
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmos import extensions
-from llmos.kernel.resources import Allocation
+from llmos.kernel.resources import Allocation, NodeInfo
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,43 @@ class LaunchPlan:
     # sandbox shows it those and no others; programs that read host paths check them.
     team: str | None = None
     read_roots: tuple[str, ...] = ()
+    # Checkpoints: ``remote_checkpoints`` makes the job store each checkpoint as an
+    # artifact through the API too (a remote executor asks for it: the next attempt may
+    # run on another node); ``checkpoint_artifact`` is the newest one stored so far,
+    # which the job restores when its folder holds none.
+    remote_checkpoints: bool = False
+    checkpoint_artifact: int | None = None
 
 
 @dataclass
 class Handle:
-    """A running attempt, as the executor tracks it. ``pid_started`` guards against pid
-    reuse when a restarted daemon adopts the process."""
+    """A running attempt, as the executor tracks it.
+
+    ``ref`` is the executor's own reference to the attempt, plain JSON that the daemon
+    stores (``jobs.handle``) and gives back to :meth:`Executor.recover` after a restart:
+    the local executor's ``pid`` and ``pid_started`` (which guards against pid reuse),
+    a remote executor's node and agent. ``where`` in it, when present, says in words
+    where the attempt runs. ``workdir`` is the job's folder on the daemon's machine, where
+    its reports and logs are read (a remote executor mirrors them there as it polls).
+    ``extra`` is the daemon's own bookkeeping, never stored."""
 
     job_id: int
     attempt: int
-    pid: int
-    pid_started: float
     workdir: Path
     memory_mb: int
+    ref: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return int(self.ref.get("pid") or 0)
+
+    @property
+    def pid_started(self) -> float:
+        return float(self.ref.get("pid_started") or 0.0)
+
+    def describe(self) -> str:
+        return self.ref.get("where") or f"process {self.pid}"
 
 
 class ExitKind(str, enum.Enum):
@@ -72,15 +99,22 @@ class Exit:
 class Executor(Protocol):
     name: str
 
-    def launch(self, plan: LaunchPlan) -> Handle: ...
+    def nodes(self) -> list[NodeInfo]:
+        """The nodes this executor runs jobs on, as they are now (capacity, labels,
+        address, state: a node that died is reported LOST with the reason)."""
+
+    def launch(self, plan: LaunchPlan) -> Handle:
+        """Start the attempt on the node ``plan.allocation.node`` names."""
 
     def poll(self, handle: Handle) -> Exit | None:
-        """How the attempt ended, or None while it runs."""
+        """How the attempt ended, or None while it runs (a remote executor also brings
+        the attempt's new log lines and reports to ``handle.workdir``)."""
 
     def recover(self, job_id: int, attempt: int, workdir: Path, memory_mb: int,
-                pid: int | None, pid_started: float | None) -> Handle | Exit | None:
-        """After a daemon restart, find an attempt a previous daemon started: a Handle when
-        it still runs, its Exit when it ended, None when it provably never started."""
+                ref: dict[str, Any] | None) -> Handle | Exit | None:
+        """After a daemon restart, find an attempt a previous daemon started from its
+        stored ``ref`` (None: bound, but no handle was stored): a Handle when it still
+        runs, its Exit when it ended, None when it provably never started."""
 
     def request_yield(self, handle: Handle) -> None: ...
 
@@ -97,6 +131,12 @@ class Executor(Protocol):
 
 class UnknownExecutor(ValueError):
     pass
+
+
+class NodeUnavailable(RuntimeError):
+    """Raised by :meth:`Executor.launch` when the attempt's node is gone or unknown: the
+    attempt never started, so the daemon requeues the job (no failure counted) and
+    refreshes its nodes."""
 
 
 def executor_class(name: str) -> type:

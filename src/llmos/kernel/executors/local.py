@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from socket import gethostname
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from llmos.kernel.executors._runner import (
 from llmos.kernel.executors.base import Exit, ExitKind, Handle, LaunchPlan
 from llmos.kernel.executors.cgroups import JobGroups, enter_then_exec
 from llmos.kernel.jobfiles import open_append, read_json
+from llmos.kernel.resources import NodeInfo, discover_node
 
 RUNNER = "llmos.kernel.executors._runner"
 
@@ -48,9 +50,13 @@ RUNNER = "llmos.kernel.executors._runner"
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, die_with_parent: bool = False) -> None:
         self.settings = settings or get_settings()
+        # A node agent (executors/ray) sets it: its jobs end when it ends, so a node whose
+        # agent died never runs a job no daemon sees.
+        self.die_with_parent = die_with_parent
         self._procs: dict[int, subprocess.Popen] = {}
+        self._node: NodeInfo | None = None
         s = self.settings
         self._cgroups = JobGroups.detect(str(s.home_dir))
         secrets = [s.key_path, s.credentials_path, s.tls_key, s.audit_key_path,
@@ -80,7 +86,8 @@ class LocalExecutor:
         if socket is not None:  # the job reaches the daemon through its socket only
             plan = replace(plan, api_url=f"unix:{sandboxes.JOB_API_SOCKET}", api_ca=None)
         argv = self.sandbox.wrap([sys.executable, "-m", RUNNER, str(folder)], folder, identity,
-                                 *sandboxes.host_paths(plan), api_socket=socket)
+                                 *sandboxes.host_paths(plan), api_socket=socket,
+                                 die_with_parent=self.die_with_parent)
         cap_processes = identity is not None and not (cgroup and self._cgroups.limits_processes)
         self.write_launch(plan, memory_by_cgroup=cgroup is not None, owner=identity,
                           max_processes=self.settings.job_max_processes if cap_processes
@@ -105,15 +112,26 @@ class LocalExecutor:
                     env=env,
                     start_new_session=True,
                     close_fds=True,
+                    # SIGKILL when we end (a sandbox passes it on: --die-with-parent)
+                    preexec_fn=_die_with(os.getpid()) if self.die_with_parent else None,
                 )
             except BaseException:
                 if cgroup:
                     cgroup.remove()
                 raise
         self._procs[plan.job_id] = proc
-        return Handle(plan.job_id, plan.attempt, proc.pid, _create_time(proc.pid), folder,
-                      alloc.memory_mb, {"cgroup": [str(p) for p in cgroup.paths] if cgroup else None,
-                                        "sandbox": self.sandbox.mode})
+        return Handle(plan.job_id, plan.attempt, folder, alloc.memory_mb,
+                      _ref(proc.pid, _create_time(proc.pid)))
+
+    def nodes(self) -> list[NodeInfo]:
+        """This machine, as discovered (LLMOS_CPUS, LLMOS_MEMORY_MB and LLMOS_GPUS narrow
+        it; LLMOS_NODE_LABELS labels it)."""
+        if self._node is None:
+            s = self.settings
+            self._node = NodeInfo(discover_node(
+                cpus=s.cpus, memory_mb=s.memory_mb, reserved_memory_mb=s.reserved_memory_mb,
+                gpus=s.gpus, labels=s.node_label_map), address=gethostname())
+        return [self._node]
 
     def _api_socket(self, plan: LaunchPlan) -> Path | None:
         """The daemon's API socket, when this job gets no network of its own: sandboxed,
@@ -149,13 +167,17 @@ class LocalExecutor:
             "api_url": plan.api_url,
             "api_token": plan.api_token,
             "api_ca": plan.api_ca,
+            "remote_checkpoints": plan.remote_checkpoints,
+            "checkpoint_artifact": plan.checkpoint_artifact,
         }
         _write_private(folder / LAUNCH_FILE, json.dumps(launch), owner)
 
     def recover(self, job_id: int, attempt: int, workdir: Path, memory_mb: int,
-                pid: int | None, pid_started: float | None) -> Handle | Exit | None:
+                ref: dict | None) -> Handle | Exit | None:
+        pid = (ref or {}).get("pid")
+        pid_started = (ref or {}).get("pid_started")
         if pid and pid_started and _same_process(pid, pid_started):
-            return Handle(job_id, attempt, pid, pid_started, workdir, memory_mb, {"adopted": True})
+            return Handle(job_id, attempt, workdir, memory_mb, _ref(pid, pid_started))
         if pid is None:  # bound, but was it started? The files of this attempt say.
             try:  # an unclaimed launch file: revoke it; if that wins, it never ran
                 os.rename(workdir / LAUNCH_FILE, workdir / REVOKED_FILE)
@@ -164,11 +186,10 @@ class LocalExecutor:
                 pass
             found = _find_runner(workdir)
             if found:
-                return Handle(job_id, attempt, found[0], found[1], workdir, memory_mb,
-                              {"adopted": True})
+                return Handle(job_id, attempt, workdir, memory_mb, _ref(*found))
             if not _claimed(workdir, attempt) and _read_result(workdir, attempt) is None:
                 return None  # no launch file, no claim, no result: it never started
-        gone = Handle(job_id, attempt, pid or 0, pid_started or 0.0, workdir, memory_mb)
+        gone = Handle(job_id, attempt, workdir, memory_mb, _ref(pid or 0, pid_started or 0.0))
         return _exit_from(gone, None, _read_result(workdir, attempt), False)
 
     # -- watch ---------------------------------------------------------------------------
@@ -255,6 +276,28 @@ class LocalExecutor:
         cgroup.kill_all()
         cgroup.remove()
         return oom
+
+
+def _die_with(parent: int):
+    """What the child runs before exec so that the kernel SIGKILLs it when the thread
+    that started it ends (PR_SET_PDEATHSIG, kept across exec; the agent launches from one
+    thread that lives as long as it) — or at once, if the parent is gone already."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(137)
+
+    return arm
+
+
+def _ref(pid: int, started: float) -> dict:
+    """The stored reference to a local attempt: its first process, and that process's
+    start time (a later process given the same pid is not the job)."""
+    return {"pid": pid, "pid_started": started, "where": f"process {pid}"}
 
 
 def job_environment(gpus: tuple[int, ...], extra: str = "") -> dict[str, str]:

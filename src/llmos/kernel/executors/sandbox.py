@@ -87,11 +87,13 @@ class Sandbox:
 
     def wrap(self, argv: list[str], workdir: Path, identity: Identity | None,
              read_paths: list[Path], write_paths: list[Path] = (),
-             api_socket: Path | None = None) -> list[str]:
+             api_socket: Path | None = None, die_with_parent: bool = False) -> list[str]:
         """``argv`` run inside the sandbox of the job whose folder is ``workdir``;
         ``read_paths`` are host files or folders it may read (bound read-only),
         ``write_paths`` ones it may also write (bound read-write). With ``api_socket`` the
-        job gets no network of its own, only that socket, at :data:`JOB_API_SOCKET`."""
+        job gets no network of its own, only that socket, at :data:`JOB_API_SOCKET`.
+        With ``die_with_parent`` the whole sandbox is killed when the process (thread)
+        that started it ends."""
         if self.mode == NONE:
             return argv
         cmd = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
@@ -101,6 +103,8 @@ class Sandbox:
             cmd += ["--unshare-net"]
         cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--new-session", "--hostname", "llmos-job"]
+        if die_with_parent:
+            cmd += ["--die-with-parent"]
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
             cmd += ["--dev-bind", dev, dev]  # GPUs: CUDA_VISIBLE_DEVICES picks the job's
         hidden = _hidden_folders(self.home)
