@@ -62,6 +62,17 @@ class DeploymentOut(BaseModel):
     pool: str
     created_at: datetime
     updated_at: datetime
+    min_replicas: int | None = Field(default=None, description="Autoscaling bounds (null: "
+                                     "fixed at replicas).")
+    max_replicas: int | None = None
+    idle_s: float | None = Field(default=None, description="Scaled to zero after this long "
+                                 "without a request (min_replicas 0).")
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    current_replicas: int = Field(default=0, description="The pool's worker jobs now "
+                                  "(starting or ready).")
+    desired_replicas: int | None = Field(default=None, description="What the controller "
+                                         "wants now (autoscaling decides it).")
+    scale_reason: str | None = Field(default=None, description="Why that many.")
     ready_workers: int
     problem: str | None = None
     workers: list[WorkerOut] | None = None
@@ -88,11 +99,17 @@ def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut
     task = TASKS[version.task]
     pool = pool_key(d.team, d.pool)  # pools are named within their team
     workers = state.workers.of_pool(pool)
+    scaling = state.controller.scaling.get(pool, {})
     out = DeploymentOut(name=d.name, team=d.team, owner=d.owner, model=d.model, ref=d.ref,
                         version=version.version, task=task, route=ROUTES[task],
                         engine=d.engine, replicas=d.replicas,
                         max_batch=d.max_batch, priority=d.priority, pool=d.pool,
                         created_at=d.created_at, updated_at=d.updated_at,
+                        min_replicas=d.min_replicas, max_replicas=d.max_replicas,
+                        idle_s=d.idle_s, node_labels=d.node_labels or {},
+                        current_replicas=scaling.get("current", 0),
+                        desired_replicas=scaling.get("desired"),
+                        scale_reason=scaling.get("reason"),
                         ready_workers=len(workers),
                         problem=(state.controller.problems.get(pool)
                                  or (state.controller.waiting.get(pool) if not workers
@@ -131,7 +148,8 @@ def get_deployment(request: Request, name: str = Name, who: Principal = Who) -> 
 @router.post("/{name:qname}/scale", response_model=DeploymentOut, responses=ERRORS)
 def scale(body: ScaleRequest, request: Request, name: str = Name,
           who: Principal = Changes) -> DeploymentOut:
-    """Set the number of workers (replicas) of the deployment's pool (maintainers)."""
+    """Set the number of workers (replicas) of the deployment's pool (maintainers); an
+    autoscaled deployment is refused (409): deploy it again with other bounds."""
     return _out(request, _service(request).scale(who, name, body.replicas))
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from llmos.cli import render
 from llmos.cli.errors import UsageError
+from llmos.config import parse_labels
 from llmos.sdk.client import Client
 
 deployments_app = typer.Typer(help="Served models: list, show, scale, remove.",
@@ -29,7 +30,20 @@ def deploy(
                                 "followed when it moves)."),
     name: Optional[str] = typer.Option(None, help="The name clients call (default: the "
                                        "model's)."),
-    replicas: int = typer.Option(1, min=1, max=64, help="Workers serving it."),
+    replicas: Optional[int] = typer.Option(None, min=1, max=64, help="Workers serving it "
+                                           "(autoscaled: the count it starts with; default "
+                                           "1, or --min-replicas)."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", min=0, max=64,
+                                               help="Autoscale: fewest workers (0: scale to "
+                                               "zero when idle)."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", min=1, max=64,
+                                               help="Autoscale from load up to this many "
+                                               "workers."),
+    idle_s: Optional[float] = typer.Option(None, "--idle-s", help="With --min-replicas 0: "
+                                           "scale to zero after this many seconds without a "
+                                           "request (default 300)."),
+    node_label: list[str] = typer.Option([], "--node-label", help="k=v: run its workers "
+                                         "only on nodes with this label (repeatable)."),
     engine: Optional[str] = typer.Option(None, help="torch (default for text generation), "
                                          "encoder (embeddings, classification) or llamacpp."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, max=1024,
@@ -52,16 +66,23 @@ def deploy(
     requests."""
     if priority not in ("high", "normal", "low"):
         raise UsageError(f"--priority must be high, normal or low, not {priority!r}")
+    try:
+        labels = parse_labels(node_label)
+    except ValueError as e:
+        raise UsageError(f"--node-label: {e}") from None
+    # only what was given: the server defaults replicas from --min-replicas
+    scaling = {k: v for k, v in (("replicas", replicas), ("min_replicas", min_replicas),
+                                 ("max_replicas", max_replicas), ("idle_s", idle_s),
+                                 ("node_labels", labels or None)) if v is not None}
     with Client() as c:
-        d = c.deployments.create(model, name=name, engine=engine, replicas=replicas,
-                                 max_batch=max_batch, max_queue=max_queue, priority=priority,
-                                 pool=pool, cpu=cpu,
-                                 memory_mb=memory, budget_mb=budget)
+        d = c.deployments.create(model, name=name, engine=engine, max_batch=max_batch,
+                                 max_queue=max_queue, priority=priority, pool=pool, cpu=cpu,
+                                 memory_mb=memory, budget_mb=budget, **scaling)
         if as_json:
             return _json(d)
         d = _settled(c, d)
     what = (f"{d['model']}:{d['version']} ({d['engine']}, pool {d['pool']}, "
-            f"{d['replicas']} replica(s))")
+            f"{_replicas(d)})")
     if d["ready_workers"]:
         out.print(f"deployment [bold]{d['name']}[/] serves {what}")
     else:
@@ -69,6 +90,14 @@ def deploy(
         out.print(f"deployment [bold]{d['name']}[/] will serve {what} once a worker is ready; "
                   f"[yellow]waiting: {why}[/]")
     out.print(f"  call it: POST {c.url}{d['route']} with \"model\": \"{d['name']}\"")
+
+
+def _replicas(d: dict) -> str:
+    """'2 replica(s)', or the autoscaling bounds."""
+    if d.get("max_replicas"):
+        idle = f", to zero after {d['idle_s']:g} s idle" if d.get("min_replicas") == 0 else ""
+        return f"autoscaled {d['min_replicas']}-{d['max_replicas']} replicas{idle}"
+    return f"{d['replicas']} replica(s)"
 
 
 def _settled(c: Client, d: dict, within_s: float = 6.0) -> dict:
@@ -89,13 +118,18 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     if as_json:
         return _json(items)
     table = Table(title="Deployments")
-    for col in ("name", "model", "engine", "pool", "replicas", "ready", "priority", "problem"):
+    for col in ("name", "model", "engine", "pool", "replicas", "now/want", "ready",
+                "priority", "why / problem"):
         table.add_column(col, overflow="fold")
     for d in items:
         ref = d["ref"] if d["ref"].isdigit() else f"@{d['ref']}"
+        bounds = (f"{d['min_replicas']}-{d['max_replicas']}" if d.get("max_replicas")
+                  else str(d["replicas"]))
+        want = d.get("desired_replicas")
         table.add_row(d["name"], f"{d['model']}:{d['version']} ({ref})", d["engine"], d["pool"],
-                      str(d["replicas"]), str(d["ready_workers"]), d["priority"],
-                      d["problem"] or "")
+                      bounds, f"{d.get('current_replicas', 0)}/{'?' if want is None else want}",
+                      str(d["ready_workers"]), d["priority"],
+                      d["problem"] or d.get("scale_reason") or "")
     out.print(table)
 
 
@@ -110,6 +144,12 @@ def show(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where 
     out.print(f"[bold]{d['name']}[/] → {d['model']}:{d['version']} (follows {d['ref']}), "
               f"engine {d['engine']}, max batch {d['max_batch']}, pool {d['pool']}, "
               f"{d['ready_workers']}/{d['replicas']} worker(s) ready")
+    if d.get("desired_replicas") is not None:
+        out.print(f"  {_replicas(d)}: {d.get('current_replicas', 0)} now, "
+                  f"{d['desired_replicas']} wanted — {d.get('scale_reason') or ''}")
+    if d.get("node_labels"):
+        out.print("  on nodes labelled " + ",".join(f"{k}={v}"
+                                                    for k, v in d["node_labels"].items()))
     out.print(f"  serves {d['task']}: POST {c.url}{d['route']}")
     if d["problem"]:
         out.print(f"  [red]{d['problem']}[/]")

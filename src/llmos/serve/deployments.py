@@ -9,6 +9,12 @@ deployment that names it (default: the deployment's own name) with that deployme
 and memory. Deploying again under the same name, or moving the alias it follows, switches
 its version while requests in flight finish on the old one.
 
+A deployment either has a fixed ``replicas`` or autoscales (``max_replicas`` set) between
+``min_replicas`` and ``max_replicas`` from its load (``serve.autoscale``), down to zero
+after ``idle_s`` without a request when ``min_replicas`` is 0; ``replicas`` is then the
+count it starts with. ``node_labels`` keep its workers on nodes with those labels
+(zone=edge); the deployments of one pool share workers, so they agree on them.
+
 A deployment belongs to a team: viewers see it and call it (with an ``inference`` token),
 developers deploy, maintainers scale and remove. Deployment and pool names are unique
 within their team (``security/names.py``): clients write ``team/name`` when a bare name is
@@ -21,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy import select
+
+from llmos.config import parse_labels
 
 from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import PRIORITY_RANK, PriorityClass
@@ -40,6 +48,7 @@ ROUTES = {"generate": "/v1/chat/completions", "embed": "/v1/embeddings",
 ENGINES = {"generate": ("torch", "llamacpp"), "embed": ("encoder",), "classify": ("encoder",)}
 DEFAULT_ENGINE = {"generate": "torch", "embed": "encoder", "classify": "encoder"}
 RUNTIME_MB = 700  # a worker's own memory (Python, torch, the HTTP server), outside the budget
+DEFAULT_IDLE_S = 300.0  # min_replicas 0: idle this long before scaling to zero
 
 
 class DeployRequest(RequestBody):
@@ -66,6 +75,53 @@ class DeployRequest(RequestBody):
                                   description="Memory for resident models (default: the "
                                   "worker's memory less its own runtime).")
     team: str | None = Field(default=None, min_length=1, max_length=100)
+    min_replicas: int | None = Field(default=None, ge=0, le=64,
+                                     description="Autoscaling: fewest workers (0: scale to "
+                                     "zero after idle_s without requests).")
+    max_replicas: int | None = Field(default=None, ge=1, le=64,
+                                     description="Autoscaling: most workers (set it to "
+                                     "autoscale; replicas is then the starting count).")
+    idle_s: float | None = Field(default=None, gt=0, le=7 * 86400,
+                                 description="With min_replicas 0: scale to zero after this "
+                                 "many seconds without a request (default 300).")
+    node_labels: dict[str, str] = Field(default_factory=dict, max_length=16,
+                                        description="Run its workers only on nodes with all "
+                                        "these labels (zone=edge).")
+
+    @field_validator("node_labels", mode="before")
+    @classmethod
+    def _labels(cls, value):
+        """A dict, or ``"k=v,k2=v2"``, or a list of ``k=v``."""
+        if not isinstance(value, (dict, str, list)):
+            raise ValueError("node_labels is an object of key: value labels")
+        return parse_labels(value)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeployRequest:
+        """min_replicas <= replicas <= max_replicas (replicas, when not given, starts at
+        min_replicas, at least 1)."""
+        if self.min_replicas is None and self.max_replicas is None:
+            if self.idle_s is not None:
+                raise ValueError("idle_s applies to an autoscaled deployment: set "
+                                 "max_replicas and min_replicas 0")
+            return self
+        if self.max_replicas is None:
+            raise ValueError("max_replicas: set it to autoscale (min_replicas was given)")
+        low = 0 if self.min_replicas is None else self.min_replicas
+        if "replicas" not in self.model_fields_set:
+            self.replicas = min(max(1, low), self.max_replicas)
+        if low > self.max_replicas:
+            raise ValueError(f"min_replicas ({low}) must be <= max_replicas "
+                             f"({self.max_replicas})")
+        if not low <= self.replicas <= self.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) must be between min_replicas "
+                             f"({low}) and max_replicas ({self.max_replicas})")
+        if self.idle_s is not None and low != 0:
+            raise ValueError("idle_s applies only with min_replicas 0 (scale to zero)")
+        self.min_replicas = low
+        if low == 0 and self.idle_s is None:
+            self.idle_s = DEFAULT_IDLE_S
+        return self
 
 
 class ScaleRequest(RequestBody):
@@ -119,10 +175,13 @@ class DeploymentService:
             if existing is not None:
                 return self._update(s, who, existing, req, ref, version, engine)
             pool = self._pool(s, who, req, name, team)
+            _check_labels(s, req.node_labels, pool.name, team, name)
             d = Deployment(name=name, team=team, owner=who.name, model=version.model.name,
                            ref=ref, version_id=version.id, engine=engine, replicas=req.replicas,
                            max_batch=req.max_batch, max_queue=req.max_queue,
                            priority=req.priority, pool=pool.name,
+                           min_replicas=req.min_replicas, max_replicas=req.max_replicas,
+                           idle_s=req.idle_s, node_labels=req.node_labels or None,
                            created_at=utcnow(), updated_at=utcnow())
             s.add(d)
         self.on_change()
@@ -137,6 +196,9 @@ class DeploymentService:
         d.model, d.ref, d.version_id, d.engine = version.model.name, ref, version.id, engine
         d.replicas, d.max_batch, d.priority = req.replicas, req.max_batch, req.priority
         d.max_queue = req.max_queue
+        _check_labels(s, req.node_labels, d.pool, d.team, d.name)
+        d.min_replicas, d.max_replicas, d.idle_s = req.min_replicas, req.max_replicas, req.idle_s
+        d.node_labels = req.node_labels or None  # workers started from now on
         d.updated_at = utcnow()
         s.flush()
         name = names.qualified(d.team, d.name)
@@ -208,6 +270,9 @@ class DeploymentService:
     def scale(self, who: Principal, name: str, replicas: int) -> Deployment:
         d = self.get(who, name)
         who.check(MANAGE, d.team, f"deployment {name}")
+        if d.max_replicas:
+            raise Conflict(f"deployment {name} autoscales between {d.min_replicas} and "
+                           f"{d.max_replicas} replicas; deploy it again with other bounds")
         with self.db.session() as s:
             row = s.get(Deployment, d.id)
             row.replicas, row.updated_at = replicas, utcnow()
@@ -250,6 +315,17 @@ class DeploymentService:
                     row.version_id, row.updated_at = v.id, utcnow()
                 changed.append(d.name)
         return changed
+
+
+def _check_labels(s, labels: dict, pool: str, team: str | None, name: str) -> None:
+    """The deployments of a pool share its workers, hence their nodes: the same labels."""
+    other = s.scalars(select(Deployment).where(Deployment.pool == pool, Deployment.team == team,
+                                               Deployment.name != name)).first()
+    if other is not None and (other.node_labels or {}) != (labels or {}):
+        theirs = ",".join(f"{k}={v}" for k, v in (other.node_labels or {}).items()) or "none"
+        raise InvalidRequest(f"pool {pool} runs on nodes with labels {theirs} (deployment "
+                             f"{other.name}); deploy {name} with the same node_labels or in "
+                             "another pool")
 
 
 def rank(priority: str) -> int:

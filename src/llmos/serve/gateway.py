@@ -16,12 +16,22 @@ request refused before a deployment is found counts for the caller's team), so t
 
 ``model`` is a deployment name, bare or ``team/name`` (needed only when the caller has
 deployments of that name in several teams).
+
+Availability: a request to a pool with no ready worker (scaled to zero, or its workers
+lost or being replaced) wakes the serving controller, which starts one, and waits for it
+up to ``serve_cold_start_s``; past that it gets a 503 saying the deployment is starting,
+with a Retry-After — never a hang. Failover: a request that cannot reach its worker (the
+connection is refused or times out: the worker or its node is gone) is retried once
+(``RETRIES``) on another ready worker of the pool, and the gone worker is forgotten; a
+stream is retried only before any byte of it was sent (which is the only time a connection
+fails), and a request that reached a worker is never sent twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -53,6 +63,9 @@ ROUTE_TASK = {"chat": "generate", "completion": "generate", "embed": "embed",
               "classify": "classify"}
 WHAT = {"generate": "text generation (chat and completions)", "embed": "embeddings",
         "classify": "classification"}
+log = logging.getLogger("llmos.serve")
+RETRIES = 1  # extra attempts of a request that could not reach its worker
+UNREACHED = (httpx.ConnectError, httpx.ConnectTimeout)  # it never reached the worker
 
 
 class Refused(Exception):
@@ -68,16 +81,19 @@ class Refused(Exception):
 class Gateway:
     def __init__(self, deployments: DeploymentService, registry: ModelRegistry,
                  workers: Workers, controller: Controller, limits: Limits, metrics: Metrics,
-                 wait_s: float = 120.0):
+                 wait_s: float | None = None):
         self.deployments, self.registry = deployments, registry
         self.workers, self.controller = workers, controller
-        self.limits, self.metrics, self.wait_s = limits, metrics, wait_s
+        self.limits, self.metrics = limits, metrics
+        # how long a request waits for a pool's first ready worker (a cold start)
+        self.wait_s = controller.tuning.cold_start_s if wait_s is None else wait_s
         self._http: httpx.AsyncClient | None = None
         self.versions = Versions(registry)
 
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None),
+            # a short connect timeout: a worker on a node that died fails over quickly
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0, read=None),
                                            limits=httpx.Limits(max_connections=1000))
         return self._http
 
@@ -93,30 +109,39 @@ class Gateway:
         try:
             d = await asyncio.to_thread(self._deployment, who, name, route)
             name, team = d.name, d.team or ""  # counted as its team's from here on
+            self.workers.arrived(pool_key(d.team, d.pool))  # not idle: no scale to zero
             env = await self._envelope(who, d, route, body)
             worker = await self._pick(d, env.deployment.key)
         except Refused as r:
-            if r.deployment is not None:
-                name, team = r.deployment.name, r.deployment.team or ""
-            self.metrics.requests.labels(team, name, route, str(r.response.status_code)).inc()
-            self.metrics.rejected.labels(team, name, r.reason).inc()
-            return r.response
+            return self._refused(r, team, name, route)
         path = (f"/generate/{route}" if ROUTE_TASK[route] == "generate"
                 else f"/encode/{ROUTE_TASK[route]}")
-        for _ in range(3):
+        gone: set[str] = set()  # the addresses that did not answer
+        while True:
             try:
                 if env.stream:
                     return await self._stream(worker, path, env, route, started, body)
                 return await self._once(worker, path, env, route, started)
-            except httpx.ConnectError as e:  # it never reached the worker: gone (a crash)
-                lost = e
-                self.workers.forget({worker.job_id})  # it registers again if it lives
+            except UNREACHED as e:  # it never reached the worker: gone (a crash, a lost node)
+                gone.add(worker.url)  # a new attempt of its job has another address
+                self.workers.lost(worker)  # it registers again if it lives
                 self.controller.wake()
-                try:
-                    worker = await self._pick(d, env.deployment.key)
+                log.warning("pool %s: worker job %s is unreachable (%s)%s", worker.pool,
+                            worker.job_id, type(e).__name__,
+                            "; retrying on another worker" if len(gone) <= RETRIES else "")
+                if len(gone) > RETRIES:
+                    return self._lost(team, name, route, e)
+                try:  # once more, on another worker (or the first one to start)
+                    worker = await self._pick(d, env.deployment.key, avoid=gone)
                 except Refused as r:
-                    return r.response
-        return self._lost(team, name, route, lost)
+                    return self._refused(r, team, name, route)
+
+    def _refused(self, r: Refused, team: str, name: str, route: str) -> Response:
+        if r.deployment is not None:
+            name, team = r.deployment.name, r.deployment.team or ""
+        self.metrics.requests.labels(team, name, route, str(r.response.status_code)).inc()
+        self.metrics.rejected.labels(team, name, r.reason).inc()
+        return r.response
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -179,25 +204,53 @@ class Gateway:
             env.response_id = oa.new_id("chatcmpl" if route == "chat" else "cmpl")
         return env
 
-    async def _pick(self, d: Deployment, key: str) -> Worker:
-        """A ready worker of the deployment's pool: one with the model loaded, else the
-        least busy; waits (bounded) while the pool's workers start."""
-        deadline = time.monotonic() + self.wait_s
+    async def _pick(self, d: Deployment, key: str, avoid: set[str] = frozenset()) -> Worker:
+        """A ready worker of the deployment's pool (not at an address of ``avoid``): one
+        with the model loaded, else the least busy. With none, the controller is woken to start one
+        (a cold start) and the request waits for it, at most ``wait_s``."""
         pool = pool_key(d.team, d.pool)
-        while True:
-            workers = self.workers.of_pool(pool)
-            if workers:
-                def rank(w: Worker) -> tuple:
-                    loaded = any(m.get("key") == key for m in w.stats.get("resident", []))
-                    return (not loaded, w.inflight)
-                return min(workers, key=rank)
-            problem = self.controller.problems.get(pool)
-            if problem or time.monotonic() > deadline:
-                why = problem or self.controller.waiting.get(pool) or "still starting"
-                raise Refused(503, f"deployment {d.name} has no ready worker: {why}",
-                              "server_error", code="no_worker", headers={"Retry-After": "5"})
-            self.controller.wake()
-            await asyncio.sleep(0.1)
+        worker = self._ready(pool, key, avoid)
+        if worker is not None:
+            return worker
+        scaled_to_zero = self.controller.scaling.get(pool, {}).get("desired") == 0
+        deadline = time.monotonic() + self.wait_s
+        self.workers.waiting(pool, 1)  # counted as load: the controller starts a worker
+        self.controller.wake()  # now, not at its next period (then it passes every 2 s)
+        try:
+            while True:
+                problem = self.controller.problems.get(pool)
+                if problem:
+                    raise Refused(503, f"deployment {d.name} has no ready worker: {problem}",
+                                  "server_error", code="no_worker",
+                                  headers={"Retry-After": "30"})
+                if time.monotonic() > deadline:
+                    raise self._starting(d, pool, scaled_to_zero)
+                await asyncio.sleep(0.1)
+                worker = self._ready(pool, key, avoid)
+                if worker is not None:
+                    return worker
+        finally:
+            self.workers.waiting(pool, -1)
+
+    def _ready(self, pool: str, key: str, avoid: set[str]) -> Worker | None:
+        workers = [w for w in self.workers.of_pool(pool) if w.url not in avoid]
+
+        def rank(w: Worker) -> tuple:
+            loaded = any(m.get("key") == key for m in w.stats.get("resident", []))
+            return (not loaded, w.inflight)
+        return min(workers, key=rank) if workers else None
+
+    def _starting(self, d: Deployment, pool: str, scaled_to_zero: bool) -> Refused:
+        """The 503 of a request that waited its bound for a worker: the deployment is
+        starting; the client retries (Retry-After) rather than waiting on a hung call."""
+        if scaled_to_zero:
+            what = "was scaled to zero after being idle; a worker is starting"
+        else:
+            what = "has no ready worker: its replicas are starting or being replaced"
+        why = self.controller.waiting.get(pool)
+        return Refused(503, f"deployment {d.name} {what}{f' ({why})' if why else ''}; "
+                       f"retry shortly", "server_error", code="deployment_starting",
+                       headers={"Retry-After": str(max(1, round(self.wait_s / 3 + 0.499)))})
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -208,7 +261,7 @@ class Gateway:
         try:
             resp = await self.http().post(w.url + path, content=env.model_dump_json(),
                                           headers=_headers(w))
-        except httpx.ConnectError:
+        except UNREACHED:
             raise
         except httpx.TransportError as e:
             return self._lost(team, name, route, e)
@@ -216,6 +269,7 @@ class Gateway:
             w.inflight -= 1
         self.metrics.requests.labels(team, name, route, str(resp.status_code)).inc()
         self.metrics.latency.labels(team, name, route).observe(time.perf_counter() - started)
+        self.workers.ended(w.pool, time.perf_counter() - started)
         data = resp.json()
         self._count(team, name, data.get("usage") or {})
         headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
@@ -231,7 +285,7 @@ class Gateway:
                                           headers=_headers(w)), stream=True)
         except httpx.TransportError as e:
             w.inflight -= 1
-            if isinstance(e, httpx.ConnectError):
+            if isinstance(e, UNREACHED):
                 raise
             return self._lost(team, name, route, e)
         if upstream.status_code != 200:
@@ -265,8 +319,9 @@ class Gateway:
                         if not client_wants_usage:
                             continue
                     elif _has_text(chunk):
-                        if last is None:
+                        if last is None:  # a stream's latency, for autoscaling: its TTFT
                             self.metrics.ttft.labels(team, name).observe(now - started)
+                            self.workers.ended(w.pool, now - started)
                         else:
                             self.metrics.itl.labels(team, name).observe(now - last)
                         last = now
