@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     advertise_url: str | None = Field(
         default=None,
         description="The API address every node of a cluster reaches the daemon at "
-        "(default: http://<this host's address>:PORT when on Ray, else the client URL).")
+        "(default: the address it listens on; for --host 0.0.0.0 on Ray, this host's "
+        "address). `llmos up --ray` refuses a loopback address when nodes are elsewhere.")
     node_sync_s: float = Field(
         default=1.0, gt=0,
         description="How often the daemon refreshes the nodes from its executor (Ray).")

@@ -390,6 +390,34 @@ def raw_node(node_id: str, alive: bool = True, **labels) -> dict:
             "death_reason": "" if alive else "health check failed"}
 
 
+def test_a_node_refuses_what_it_cannot_isolate_or_reach_without_network(settings,
+                                                                         ray_cluster):
+    """A node whose agent runs without a sandbox refuses jobs while isolation is required,
+    and no node gives a job the host's network because the API is https."""
+    from dataclasses import replace
+
+    from llmos.config import Settings
+    from llmos.kernel.executors.ray import RayExecutor
+
+    ray_cluster.add("bare", {"sandbox": "off"})
+    bare = RayExecutor(Settings(home=settings.home, ray_address=ray_cluster.address,
+                                sandbox="off"))
+    try:
+        wait_for(lambda: "bare" in {n.name for n in bare.nodes()}, 30, "the bare node")
+        with pytest.raises(RuntimeError, match="cannot isolate jobs"):
+            bare.launch(replace(plan(settings, "bare", "noop"), require_isolation=True))
+        ok = bare.launch(plan(settings, "bare", "noop"))  # not required: it runs
+        assert poll_until_exit(bare, ok).kind.value == "succeeded"
+    finally:
+        bare.close()
+    ex = RayExecutor(settings)
+    try:
+        with pytest.raises(RuntimeError, match="plain-http advertised URL"):
+            ex.launch(plan(settings, "edge", "noop", api_url="https://llmos.example:8470"))
+    finally:
+        ex.close()
+
+
 def test_ray_nodes_as_llmos_nodes(tmp_path):
     from llmos.config import Settings
     from llmos.kernel.executors.ray import RayExecutor

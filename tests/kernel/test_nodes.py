@@ -105,3 +105,11 @@ def test_only_an_administrator_drains_and_an_unknown_node_is_a_404(live):
     with live.http() as http:
         r = http.post("/v1/nodes/no-such-node/drain")
     assert r.status_code == 404 and "not found" in r.json()["error"]["message"]
+
+
+def test_where_the_nodes_are_is_for_administrators_only(live):
+    viewer = live.user("nodes-viewer", team="nodes-team", role="viewer")
+    [seen] = viewer.nodes()
+    assert seen["state"] == "ready" and seen["labels"] == {"zone": "lab", "disk": "ssd"}
+    assert seen["address"] == "" and seen["node_id"] is None
+    assert _node(live)["address"]  # the administrator sees it

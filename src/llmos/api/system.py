@@ -48,16 +48,18 @@ def resources(request: Request) -> ResourcesReport:
                            isolation=IsolationOut(level=level, detail=detail))
 
 
-@router.get("/v1/nodes", response_model=list[NodeOut], tags=["system"], responses=ERRORS,
-            dependencies=[Depends(current)])
-def nodes(request: Request) -> list[NodeOut]:
-    """Every node jobs run on: capacity, free resources, labels, address, state (ready,
-    draining, lost) with its reason, running jobs, last heartbeat."""
+@router.get("/v1/nodes", response_model=list[NodeOut], tags=["system"], responses=ERRORS)
+def nodes(request: Request, who: Principal = Depends(current)) -> list[NodeOut]:
+    """Every node jobs run on: capacity, free resources, labels, state (ready, draining,
+    lost) with its reason, running jobs, last heartbeat; and, for system administrators,
+    its network address and the executor's node id."""
     daemon = request.app.state.daemon
     with daemon.lock:
         snaps = daemon.nodes.snapshot()
     with daemon.db.session() as s:
         beats = {n.name: n.heartbeat_at for n in s.query(Node)}
+    if not who.is_system_admin:  # where the machines are is the operators' business
+        snaps = [{**n, "address": "", "node_id": None} for n in snaps]
     return [NodeOut(**n, heartbeat_at=beats.get(n["name"])) for n in snaps]
 
 

@@ -60,6 +60,8 @@ def serve(port: int | None, host: str | None, console: Console,
     console.print(f"llmos daemon on [bold]{url}[/]  home {settings.home_dir}  "
                   f"store {_safe_url(settings.db_url)}")
     api_url = settings.advertise_url or (client_url if settings.url else url)
+    if settings.ray_address and not settings.advertise_url and settings.host in ("0.0.0.0", "::"):
+        api_url = f"{scheme}://{socket.gethostbyname(socket.gethostname())}:{settings.port}"
     try:
         system = System(settings, api_url=api_url, on_bootstrap=first_start)
     except CryptoError as e:  # a wrong encryption or audit key: refuse, plainly
@@ -133,9 +135,35 @@ def _join_cluster(system, console: Console, api_url: str) -> None:
         system.db.close()
         raise UsageError(f"cannot use the Ray cluster at {system.settings.ray_address}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    far = _remote_nodes(nodes, api_url)
+    if far:
+        system.db.close()
+        raise UsageError(f"nodes on other machines ({', '.join(far[:3])}) cannot reach the API "
+                         f"at {api_url}: listen on their network (--host 0.0.0.0) and say "
+                         "where (--advertise-url http://THIS-HOST:PORT)")
     ready = sum(1 for n in nodes if n.state == "ready")
     console.print(f"cluster: Ray at {system.settings.ray_address}, {ready} node(s) ready; "
                   f"nodes reach the API at {api_url}")
+
+
+def _remote_nodes(nodes, api_url: str) -> list[str]:
+    """Nodes on other machines, when the API is advertised on a loopback address they
+    cannot reach (a cluster on this one machine may use loopback)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    host = urlsplit(api_url).hostname or ""
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return []
+    if not loopback:
+        return []
+    here = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return [f"{n.name} at {n.address}" for n in nodes
+            if n.state == "ready" and n.address and n.address not in here]
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:

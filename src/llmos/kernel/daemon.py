@@ -190,7 +190,8 @@ class Daemon:
         sandbox = getattr(self.executor(executor or self.settings.executor), "sandbox", None)
         if sandbox is None:
             ex = self.executor(executor or self.settings.executor)
-            return "full", getattr(ex, "isolation_detail", "isolated by the executor")
+            return (getattr(ex, "isolation_level", "full"),
+                    getattr(ex, "isolation_detail", "isolated by the executor"))
         if sandbox.mode == "users":
             return "full", "each job runs as its team's own system user in its own namespaces"
         return ("partial" if sandbox.isolated else "none"), sandbox.reason
@@ -199,18 +200,23 @@ class Daemon:
         """Why a job may not run now because it could not be isolated
         (``LLMOS_REQUIRE_ISOLATION``), or None."""
         level, reason = self.isolation(executor)
-        required = self.settings.require_isolation
-        if level != "none" or required == "off":
+        if level != "none" or not self.isolation_required():
             return None
-        if required == "auto":
-            with self.db.session() as s:
-                if (s.scalar(select(func.count()).select_from(Team)) or 0) <= 1:
-                    return None
+        required = self.settings.require_isolation
         return (f"jobs are not isolated from each other or from the daemon on this machine "
                 f"({reason}); LLMOS_REQUIRE_ISOLATION={required} refuses to run them"
                 + (" while more than one team exists" if required == "auto" else "")
                 + ". Run the daemon as root with bubblewrap installed, or set "
                 "LLMOS_REQUIRE_ISOLATION=off to accept the risk")
+
+    def isolation_required(self) -> bool:
+        """Whether jobs must run isolated (LLMOS_REQUIRE_ISOLATION: on; or auto, once more
+        than one team exists)."""
+        required = self.settings.require_isolation
+        if required != "auto":
+            return required == "on"
+        with self.db.session() as s:
+            return (s.scalar(select(func.count()).select_from(Team)) or 0) > 1
 
     def workdir(self, job_id: int):
         return self.settings.jobs_dir / str(job_id)
@@ -468,6 +474,7 @@ class Daemon:
                            f"bound to {b.allocation.node} (cores {cores}"
                            + (", backfilled)" if b.backfilled else ")"))
             s.commit()  # SCHEDULED is durable before any process exists
+            isolate = self.isolation_required()
             for b in bindings:
                 job = jobs[b.job_id]
                 try:
@@ -480,7 +487,8 @@ class Daemon:
                                       b.allocation, self.workdir(job.id), self.api_url,
                                       token, self.settings.api_ca, job.team, tuple(roots),
                                       remote_checkpoints=getattr(executor, "remote", False),
-                                      checkpoint_artifact=job.checkpoint_artifact)
+                                      checkpoint_artifact=job.checkpoint_artifact,
+                                      require_isolation=isolate)
                     launched.append((job.id, executor.launch(plan)))
                 except Exception as e:  # noqa: BLE001 - e.g. fork failed: the job fails, not us
                     launched.append((job.id, e))

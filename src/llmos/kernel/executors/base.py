@@ -45,6 +45,9 @@ class LaunchPlan:
     # which the job restores when its folder holds none.
     remote_checkpoints: bool = False
     checkpoint_artifact: int | None = None
+    # LLMOS_REQUIRE_ISOLATION is in force: an executor whose node cannot sandbox the job
+    # refuses to start it (the daemon checks its own machine at submit; a node checks here).
+    require_isolation: bool = False
 
 
 @dataclass

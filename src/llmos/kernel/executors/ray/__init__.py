@@ -50,14 +50,20 @@ UNANSWERED_LOST_S = 60.0  # an agent silent this long (node alive) counts as los
 class RayExecutor:
     name = "ray"
     remote = True  # jobs keep their checkpoints as artifacts: a retry may run elsewhere
-    isolation_detail = ("each node's llmos agent runs jobs in the local executor's sandbox "
-                        "(run by root: its team's own system user, in its own namespaces)")
+    # Each node sandboxes its jobs as the local executor does, as far as that node allows
+    # (as root with bubblewrap: its team's own user, in its own namespaces); a node that
+    # cannot isolate refuses jobs while LLMOS_REQUIRE_ISOLATION is in force.
+    isolation_level = "partial"
+    isolation_detail = ("per node: each node's llmos agent sandboxes jobs as the local "
+                        "executor does where it runs as root with bubblewrap, and refuses "
+                        "them where it cannot isolate while isolation is required")
 
     def __init__(self, settings: Settings | None = None, cluster: Any = None) -> None:
         self.settings = settings or get_settings()
         self._cluster = cluster
         self._table: tuple[float, dict[str, dict]] = (0.0, {})  # when, node id -> node
         self._silent_since: dict[str, float] = {}  # node id -> first unanswered call
+        self._failed_at: dict[str, float] = {}  # node id -> last call that failed
 
     @property
     def cluster(self):
@@ -156,7 +162,8 @@ class RayExecutor:
         try:
             done = self.cluster.call(node_id, "abandon", job, timeout=CALL_TIMEOUT_S)["done"]
         except Exception as e:  # noqa: BLE001 - said in the job's reason
-            return f"it could not be revoked there ({e})"
+            self._end_agent(node_id)  # its jobs die with it: this one cannot start unseen
+            return f"it could not be revoked there ({e}); the node's agent was stopped"
         return {"killed": "it had started there and was killed",
                 "never": "it was revoked there before it started"}.get(
                     done, "it had ended there already")
@@ -168,6 +175,8 @@ class RayExecutor:
         lost = self._lost_reason(node_id)
         if lost:
             return self._lost(handle, lost)
+        if self._recently_silent(node_id):  # no call stacked behind one that just timed out
+            return self._silence(handle, "its last call timed out")
         offsets = _offsets(handle)
         for _ in range(DRAIN_CALLS):
             try:
@@ -176,8 +185,11 @@ class RayExecutor:
             except (AgentGone, CallTimeout, AgentFailed) as e:
                 return self._unanswered(handle, e)
             self._silent_since.pop(node_id, None)
+            self._failed_at.pop(node_id, None)
             _append(handle, reply["chunks"], offsets)
-            if not reply["more"]:
+            # one call per tick while it runs (a chatty job cannot hold the daemon's loop);
+            # once it ended, everything before its exit comes at once
+            if not reply["more"] or reply["exit"] is None:
                 break
         ended = reply["exit"]
         if ended is None or reply["more"]:
@@ -194,11 +206,30 @@ class RayExecutor:
             return self._lost(handle, lost)
         if isinstance(error, AgentGone):
             return self._lost(handle, f"its llmos agent died ({error}); its jobs died with it")
+        self._failed_at[node_id] = time.monotonic()
+        return self._silence(handle, str(error))
+
+    def _silence(self, handle: Handle, error: str) -> Exit | None:
+        """None while the node's agent has been silent for less than UNANSWERED_LOST_S."""
+        node_id = handle.ref.get("node_id", "")
         since = self._silent_since.setdefault(node_id, time.monotonic())
         if time.monotonic() - since > UNANSWERED_LOST_S:
+            # The node may still be alive: end its agent, and with it its jobs, before
+            # their retry starts elsewhere (else the attempt would run twice).
+            self._end_agent(node_id)
             return self._lost(handle, f"its llmos agent has not answered for "
-                              f"{UNANSWERED_LOST_S:g} s ({error})")
+                              f"{UNANSWERED_LOST_S:g} s ({error}); it was stopped")
         return None
+
+    def _recently_silent(self, node_id: str) -> bool:
+        failed = self._failed_at.get(node_id)
+        return failed is not None and time.monotonic() - failed < CALL_TIMEOUT_S
+
+    def _end_agent(self, node_id: str) -> None:
+        try:
+            self.cluster.kill(node_id)
+        except Exception:  # noqa: BLE001 - the node may be gone meanwhile: so are its jobs
+            pass
 
     @staticmethod
     def _lost(handle: Handle, reason: str) -> Exit:
@@ -218,7 +249,8 @@ class RayExecutor:
         try:
             found = self.cluster.call(node_id, "recover", job, timeout=CALL_TIMEOUT_S)
         except (AgentGone, CallTimeout, AgentFailed) as e:
-            return self._lost(gone, f"its llmos agent cannot be asked ({e})")
+            self._end_agent(node_id)  # whatever still runs there ends before any retry
+            return self._lost(gone, f"its llmos agent cannot be asked ({e}); it was stopped")
         return self._recovered(found, job, workdir, dict(ref))
 
     def _recover_unbound(self, job: dict, workdir: Path) -> Handle | Exit | None:

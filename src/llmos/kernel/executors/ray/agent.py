@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 from llmos.config import Settings
 from llmos.kernel.executors.base import Exit, Handle, LaunchPlan
 from llmos.kernel.executors.local import LocalExecutor
+from llmos.kernel.executors.sandbox import LISTENING_PROGRAMS
 from llmos.kernel.jobfiles import open_read, size_of
 from llmos.kernel.resources import Allocation
 
@@ -48,6 +50,18 @@ AGENT_SETTINGS = ("sandbox", "job_network", "job_env", "job_max_processes")
 _EXITS_KEPT = 4096
 SWEEP_S = 5.0
 AGENT_PROCESS = "ray::NodeAgentActor"  # the name Ray gives the agent's process
+
+
+def _own_home(home: Path) -> None:
+    """Make the node home, or accept it only when it is a real folder of the agent's own
+    user: a folder someone else made first at this predictable path (in /tmp) would give
+    them every job's launch file and token."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(home)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise RuntimeError(f"refusing node home {home}: not a folder owned by this agent's "
+                           "user (remove it, or set another)")
+    os.chmod(home, 0o700, follow_symlinks=False)
 
 
 def default_home(node_id: str) -> Path:
@@ -67,8 +81,7 @@ class NodeAgent:
     def __init__(self, node_id: str, config: dict) -> None:
         self.node_id = node_id
         self.home = Path(config.get("home") or default_home(node_id))
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.home, 0o700)
+        _own_home(self.home)
         self.local = LocalExecutor(agent_settings(self.home, config), die_with_parent=True)
         self._real_cores = sorted(os.sched_getaffinity(0))
         # One thread starts every job and lives as long as the agent (see the docstring).
@@ -76,6 +89,7 @@ class NodeAgent:
         self._exits: OrderedDict[tuple[int, int], dict] = OrderedDict()
         self._lock = threading.Lock()
         self._forwarder: ApiForwarder | None = None
+        self._abandoned: set[tuple[int, int]] = set()  # launches the daemon gave up on
         sweep_orphans()
         threading.Thread(target=_sweep_forever, name="llmos-sweep", daemon=True).start()
 
@@ -85,12 +99,45 @@ class NodeAgent:
         """Start an attempt (a :class:`LaunchPlan` as a dict); its reference, with the
         sizes its mirrored files had before it started (the daemon's offsets)."""
         p = self._plan(plan)
+        self._refuse_unsafe(p)
         self._serve_api(p.api_url)
         before = {name: size_of(p.workdir / name) for name in MIRRORED}
-        handle = self._launcher.submit(self.local.launch, p).result()
+        handle = self._launcher.submit(self._launch_unless_abandoned, p).result()
         node = p.allocation.node
         return {**handle.ref, "node": node, "node_id": self.node_id, "offsets": before,
                 "where": f"process {handle.pid} on node {node}"}
+
+    def _launch_unless_abandoned(self, p: LaunchPlan) -> Handle:
+        """On the launcher thread: start the attempt, unless the daemon gave up on this
+        launch while it waited in line (it may run elsewhere by now); an attempt given up
+        on while it started is killed at once."""
+        key = (p.job_id, p.attempt)
+        with self._lock:
+            if key in self._abandoned:
+                raise RuntimeError(f"the launch of job {p.job_id} was abandoned")
+        handle = self.local.launch(p)
+        with self._lock:
+            abandoned = key in self._abandoned
+        if abandoned:
+            self.local.kill(handle)
+            raise RuntimeError(f"the launch of job {p.job_id} was abandoned")
+        return handle
+
+    def _refuse_unsafe(self, p: LaunchPlan) -> None:
+        """Never start a job less isolated than on a single machine: not without a sandbox
+        when isolation is required, and never with the host's network only because this
+        node cannot forward the API to it (the network reaches the cluster's Ray)."""
+        sandbox = self.local.sandbox
+        if p.require_isolation and not sandbox.isolated:
+            raise RuntimeError(f"this node cannot isolate jobs ({sandbox.reason}); "
+                               "LLMOS_REQUIRE_ISOLATION refuses to run them here")
+        wants_socket = (sandbox.isolated and self.local.settings.job_network == "none"
+                        and p.program not in LISTENING_PROGRAMS)
+        if wants_socket and p.api_url and urlsplit(p.api_url).scheme != "http":
+            raise RuntimeError("a job on a Ray node reaches the API through the node's "
+                               "forwarded socket, which needs a plain-http advertised URL "
+                               f"(not {p.api_url!r}); put TLS in front of the nodes' network "
+                               "instead, or set LLMOS_JOB_NETWORK=host")
 
     def _plan(self, plan: dict) -> LaunchPlan:
         alloc = Allocation.from_json(plan["allocation"])
@@ -193,6 +240,8 @@ class NodeAgent:
     def abandon(self, job: dict) -> dict:
         """A launch the daemon gave up on (its call timed out): revoked if it has not
         started, killed if it has. What it did, in words."""
+        with self._lock:
+            self._abandoned.add((int(job["job_id"]), int(job["attempt"])))
         found = self.recover({**job, "ref": None})
         if found["state"] == "running":
             self.kill({**job, "ref": found["ref"]})
@@ -280,10 +329,14 @@ class ApiForwarder:
     API): how a job with no network of its own, on a node that is not the daemon's,
     reaches the API. Bytes are relayed as they are; the job's token says who it is."""
 
+    MAX_CONNECTIONS = 256  # a job opening thousands cannot exhaust the agent's threads
+    IDLE_S = 300.0  # a connection silent this long is closed
+
     def __init__(self, path: Path, target: tuple[str, int]) -> None:
         self.path = path
         self.target = target
         self._server: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
 
     def start(self) -> None:
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -303,26 +356,36 @@ class ApiForwarder:
         self.path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
+        """Accept until closed. A failed accept (out of file descriptors: a job holding
+        many connections) waits and goes on: the socket serves every job of the node."""
         while self._server is not None:
             try:
                 client, _ = self._server.accept()
             except OSError:
-                return
+                time.sleep(0.1)
+                continue
+            if not self._slots.acquire(blocking=False):
+                client.close()  # over the cap: refused, as a full server would
+                continue
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
         try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                return
+            for end in (client, upstream):
+                end.settimeout(self.IDLE_S)
+            back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+            back.start()
+            _pump(client, upstream)
+            back.join()
             client.close()
-            return
-        upstream.settimeout(None)
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-        back.start()
-        _pump(client, upstream)
-        back.join()
-        client.close()
-        upstream.close()
+            upstream.close()
+        finally:
+            self._slots.release()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
