@@ -25,6 +25,7 @@ within 10 s of Ray reporting the node dead. Never fails on timing.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
+    before = set(Path(tempfile.gettempdir()).glob("llmos-node-*"))
     cluster = RayTestCluster()
     try:
         with fresh_database("llmos_bench") as url, tempfile.TemporaryDirectory() as tmp:
@@ -199,6 +201,8 @@ def main() -> None:
                 live.client.close()
     finally:
         cluster.shutdown()
+        for home in set(Path(tempfile.gettempdir()).glob("llmos-node-*")) - before:
+            shutil.rmtree(home, ignore_errors=True)  # the agents' node homes
 
 
 if __name__ == "__main__":
