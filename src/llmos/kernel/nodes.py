@@ -50,6 +50,7 @@ class Nodes:
         # An attempt ended lost, or a launch found its node gone: refresh before the next
         # scheduling pass, so no job is placed on a node that just died.
         self.stale = False
+        self._drains: set[str] | None = None  # operators' drains, read from the store once
 
     # -- accounting ------------------------------------------------------------------
 
@@ -70,9 +71,6 @@ class Nodes:
         keeps new work off draining ones, and says so in the job's reason)."""
         return [n for n in self.states.values() if n.state != LOST]
 
-    def capacities(self) -> list[NodeCapacity]:
-        return [n.capacity for n in self.schedulable()]
-
     # -- sync with the executor and the store ---------------------------------------------
 
     def sync(self, now: float, force: bool = False, refresh: bool = False) -> None:
@@ -91,7 +89,9 @@ class Nodes:
             log.warning("cannot refresh the nodes (%s); keeping the last known ones",
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             return
-        drains = self._stored_drains()
+        if self._drains is None:
+            self._drains = self._stored_drains()
+        drains = self._drains
         changed, lost = False, []
         seen = set()
         for info in infos:
@@ -173,6 +173,12 @@ class Nodes:
         with self.daemon.db.session() as s:
             row = s.get(Node, name)
             row.drain_requested = drain
+        if self._drains is None:
+            self._drains = self._stored_drains()
+        if drain:
+            self._drains.add(name)
+        else:
+            self._drains.discard(name)
         if node.state != LOST:
             node.state = DRAINING if drain else READY
         self._store(self._synced_at)

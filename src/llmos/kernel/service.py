@@ -25,7 +25,7 @@ from llmos.kernel import programs
 from llmos.kernel.executors import UnknownExecutor, available_executors, executor_class
 from llmos.kernel.jobs import JobSpec, JobState, create_job
 from llmos.kernel.resources import too_large_reason
-from llmos.kernel.scheduler.stages import beyond_quota
+from llmos.kernel.scheduler.stages import beyond_quota, has_labels
 from llmos.security.rbac import CREATE, MANAGE, READ, Principal
 from llmos.store.models import Job, JobMetric
 
@@ -116,8 +116,9 @@ class JobService:
         """Why a job asking ``request`` could never run in ``team`` (no node it may use is
         that large, or the team's quota could never hold it), or None. With no node
         carrying its labels yet, it may still run: a node may join."""
-        nodes = [c for c in self.daemon.nodes.capacities()
-                 if all(c.labels.get(k) == v for k, v in (node_labels or {}).items())]
+        selector = tuple((node_labels or {}).items())
+        nodes = [n.capacity for n in self.daemon.nodes.schedulable()
+                 if has_labels(n, selector)]
         too_large = too_large_reason(request, nodes) if nodes else None
         if too_large:
             return too_large
