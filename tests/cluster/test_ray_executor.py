@@ -11,7 +11,6 @@ module imports nothing but the standard library at the top for that reason.
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -317,39 +316,20 @@ def test_an_unreachable_cluster_is_a_one_line_error_within_seconds(tmp_path):
         assert words in str(e.value) and "\n" not in str(e.value)
 
 
-def test_an_idle_agent_is_small_and_launches_are_quick(executor, settings):
-    """An agent's resident memory; the time from launch() to the job's first line in the
-    daemon's folder, against a bare Ray task printing the same (printed: -s)."""
-    import ray
-
+def test_an_agent_reports_its_health_and_each_launch_reaches_the_daemons_folder(executor,
+                                                                              settings):
+    """What `llmos nodes` and an operator read from an agent: its process, memory and
+    sandbox; and repeated launches each mirror their output back. (Memory and launch
+    latency are measured against bare Ray by bench/cluster.py, not bounded here.)"""
     health = executor.agent_health("edge")
-    assert health["rss_mb"] < 150, health
-    ours = []
-    for _ in range(20):
-        p = plan(settings, "edge", "echo", {"message": "hi"})
-        started = time.monotonic()
-        handle = executor.launch(p)
-        wait_for(lambda: executor.poll(handle) is not None or "hi\n" in mirrored(handle), 30,
-                 "the first line")
-        ours.append(time.monotonic() - started)
-        poll_until_exit(executor, handle)
+    assert health["pid"] > 0 and health["rss_mb"] > 0, health
+    from llmos.kernel.executors.ray.agent import default_home
 
-    @ray.remote(num_cpus=0)
-    def echo(message):
-        print(message, flush=True)
-        return message
-
-    bare = []
-    for _ in range(20):
-        started = time.monotonic()
-        ray.get(echo.remote("hi"))
-        bare.append(time.monotonic() - started)
-    print(f"\nagent idle RSS {health['rss_mb']:.0f} MB, USS {health['uss_mb']:.0f} MB "
-          f"(sandbox {health['sandbox']}); "
-          f"launch to first line p50 {statistics.median(ours) * 1000:.0f} ms "
-          f"(max {max(ours) * 1000:.0f}); bare ray task p50 "
-          f"{statistics.median(bare) * 1000:.0f} ms")
-    assert statistics.median(ours) < 10
+    assert health["home"] == str(default_home(health["node_id"]))
+    for n in range(3):
+        handle = executor.launch(plan(settings, "edge", "echo", {"message": f"hi {n}"}))
+        assert poll_until_exit(executor, handle).exit_code == 0
+        wait_for(lambda: f"hi {n}\n" in mirrored(handle), 15, "the mirrored line")
 
 
 # -- the executor's own decisions, with Ray replaced (its real behaviour is tested above) --

@@ -163,7 +163,7 @@ class Controller:
         self.scaling: dict[str, dict] = {}
         self.tuning = autoscale.Tuning.from_settings(jobs.settings)
         self._scales: dict[str, autoscale.Scale] = {}
-        self._since: dict[str, float] = {}  # pool -> when first seen: idle from there
+        self._since: dict[str, float] = {}  # pool -> first seen, or last seen starting
         self.versions = Versions(deployments.registry)
         self._http = httpx.Client(timeout=5.0)
         deployments.never_starts = self.never_starts
@@ -266,17 +266,22 @@ class Controller:
             n = max(d.replicas for d in deployments)
             return n, f"fixed at {n} replica(s)"
         last = self._scales.get(key) or autoscale.initial(deployments, policy)
-        scale = autoscale.decide(policy, self._load(key), last, time.monotonic())
+        scale = autoscale.decide(policy, self._load(key, starting=last.desired > 0),
+                                 last, time.monotonic())
         if scale.desired != last.desired:
             log.info("pool %s: %s -> %s replica(s): %s", key, last.desired, scale.desired,
                      scale.reason)
         self._scales[key] = scale
         return scale.desired, scale.reason
 
-    def _load(self, key: str) -> autoscale.Load:
+    def _load(self, key: str, starting: bool) -> autoscale.Load:
         """The pool's load: requests in flight as the gateway counts them, or as its workers
-        report them (running and queued in their engines) when that is more."""
+        report them (running and queued in their engines) when that is more. Its idle clock
+        runs from the last request, and never while replicas are wanted but none is ready
+        (``starting``): a pool is not scaled to zero before it could serve once."""
         workers = self.workers.of_pool(key)
+        if starting and not workers:
+            self._since[key] = time.monotonic()
         inflight = sum(w.inflight for w in workers)
         reported = sum(m.get("occupancy", {}).get("running", 0)
                        + m.get("occupancy", {}).get("waiting", 0)

@@ -65,7 +65,11 @@ WHAT = {"generate": "text generation (chat and completions)", "embed": "embeddin
         "classify": "classification"}
 log = logging.getLogger("llmos.serve")
 RETRIES = 1  # extra attempts of a request that could not reach its worker
-UNREACHED = (httpx.ConnectError, httpx.ConnectTimeout)  # it never reached the worker
+# No answer came back, and the caller has seen nothing yet: the worker could not be reached,
+# or its connection dropped before a response (a kept-alive connection to a worker that
+# just died reads as ReadError / RemoteProtocolError). Safe to send once more elsewhere.
+UNREACHED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
+             httpx.RemoteProtocolError)
 
 
 class Refused(Exception):
@@ -122,7 +126,7 @@ class Gateway:
                 if env.stream:
                     return await self._stream(worker, path, env, route, started, body)
                 return await self._once(worker, path, env, route, started)
-            except UNREACHED as e:  # it never reached the worker: gone (a crash, a lost node)
+            except UNREACHED as e:  # no answer from the worker: gone (a crash, a lost node)
                 gone.add(worker.url)  # a new attempt of its job has another address
                 self.workers.lost(worker)  # it registers again if it lives
                 self.controller.wake()
