@@ -90,6 +90,8 @@ class JobOut(BaseModel):
     checkpoint_artifact: int | None = Field(
         default=None, description="Its newest checkpoint stored as an artifact (a remote "
         "executor's jobs: the next attempt may resume on another node).")
+    result: Any = Field(default=None, description="What the program returned (JSON), once "
+                        "it succeeded.")
     transitions: list[TransitionOut] | None = None
 
     @classmethod
@@ -112,6 +114,7 @@ class JobOut(BaseModel):
             signal=job.signal, progress=progress, node_labels=job.node_labels or {},
             group=job.spread_group, spread=bool(job.spread),
             anti_affinity=bool(job.anti_affinity), checkpoint_artifact=job.checkpoint_artifact,
+            result=job.result,
             transitions=[TransitionOut.of(t) for t in job.transitions] if transitions else None,
         )
 

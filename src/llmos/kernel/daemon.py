@@ -115,6 +115,10 @@ class Daemon:
         self._dirty = True  # something changed since the last scheduling pass
         self._last_pass_at = 0.0
         self._reasons: dict[int, str] = {}
+        # Called (with no arguments, outside any transaction) after jobs ended: a pipeline
+        # run advances at once instead of at its next poll. Must return quickly.
+        self.on_jobs_ended: list[Callable[[], None]] = []
+        self._ended = False
         self._executors: dict[str, Executor] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -170,6 +174,17 @@ class Daemon:
                     self.step()
             except Exception:  # the loop must outlive any one bad step
                 log.exception("control loop step failed")
+            self._announce_endings()
+
+    def _announce_endings(self) -> None:
+        if not self._ended:
+            return
+        self._ended = False
+        for listener in self.on_jobs_ended:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the loop
+                log.exception("a job-end listener failed")
 
     def step(self) -> None:
         now = time.time()
@@ -263,6 +278,8 @@ class Daemon:
                 self._dirty = True
                 transition(s, job, JobState.CANCELLED, "cancelled by the user")
                 self._cascade_failure(s, job)
+                self._ended = True
+                self.wake()  # the loop announces it, after this commits
             elif job_id in self.running:
                 job.cancel_requested = True
                 self._begin_stop(self.running[job_id], StopIntent.CANCEL, "cancelled by the user",
@@ -362,6 +379,7 @@ class Daemon:
         del self.running[job.id]
         self.nodes.release(Allocation.from_json(job.allocation))
         self._dirty = True
+        self._ended = True
         if ended.kind is ExitKind.LOST:
             self.nodes.stale = True
         job.exit_code = ended.exit_code
@@ -380,6 +398,7 @@ class Daemon:
                        "its checkpoint")
             self.enqueue(s, job)
         elif ended.kind in (ExitKind.SUCCEEDED, ExitKind.YIELDED):
+            job.result = (ended.result or {}).get("return")
             transition(s, job, JobState.SUCCEEDED, "exited with code 0")
             self._release_dependents(s, job)
         else:
@@ -414,6 +433,7 @@ class Daemon:
     def _fail_dependent(self, s: Session, job: Job, dep: Job) -> None:
         self.pending.pop(job.id, None)
         self._dirty = True
+        self._ended = True
         transition(s, job, JobState.FAILED,
                    f"dependency job {dep.id} {dep.state.lower()}; not started")
         self._cascade_failure(s, job)

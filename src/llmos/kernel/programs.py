@@ -91,7 +91,7 @@ def _source_of(where: str, program: str, read_roots: Sequence[str | Path] | None
         except OSError as e:
             raise ProgramError(f"program {program!r}: cannot read {where}: "
                                f"{e.strerror or e}") from None
-    spec = _find_spec(where)
+    spec = find_spec(where)
     if spec is None:
         raise ProgramError(f"program {program!r}: no module named {where!r}")
     if spec.origin and spec.origin.endswith(".py"):
@@ -117,7 +117,7 @@ def _within(path: Path, program: str, read_roots: Sequence[str | Path] | None) -
     return real
 
 
-def _find_spec(dotted: str):
+def find_spec(dotted: str):
     """Find a module's spec without importing it or its parent packages."""
     if not all(part.isidentifier() for part in dotted.split(".")):
         return None

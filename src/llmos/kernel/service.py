@@ -63,7 +63,10 @@ class JobService:
             s.flush()
             ids = [job.id for job in jobs]
         self.daemon.submitted(ids)
-        return [self.get(who, i) for i in ids]
+        with self.db.session() as s:  # one read for them all
+            found = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)).options(
+                selectinload(Job.dependencies), selectinload(Job.transitions)))}
+        return [found[i] for i in ids]
 
     def read_roots(self, who: Principal) -> list[str]:
         """The host folders jobs of ``who`` may read: anywhere ("/") for a system

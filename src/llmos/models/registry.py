@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import selectinload
 
-from llmos.errors import Conflict, InvalidRequest, NotFound
+from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from llmos.models.card import model_card
 from llmos.models.info import ModelInfo
 from llmos.schema import RequestBody
@@ -131,13 +131,44 @@ class ModelRegistry:
     def add_metrics(self, who: Principal, name: str, ref: str, key: str,
                     metrics: dict[str, Any]) -> ModelVersion:
         """Store evaluation results under ``key`` (e.g. ``eval:topics:1:test``) on a version,
-        and regenerate its card."""
+        and regenerate its card. ``eval:`` results are what promotion compares, so only an
+        evaluation job of this very version writes them; ``promotion:`` records are the
+        promote step's (:meth:`record_promotion`)."""
         v = self.version(who, name, ref)
         who.check(CREATE, v.model.team, f"model {name}")
+        if key.startswith("promotion:"):
+            raise Forbidden(f"metrics key {key!r}: promotion records are written by a "
+                            "pipeline's promote step only")
+        if key.startswith("eval:") and not self._evaluates(who, v):
+            raise Forbidden(f"metrics key {key!r}: evaluation results are written by an "
+                            f"evaluation job of {name}:{v.version} only (llmos evaluate)")
+        return self._store_metrics(v, key, metrics)
+
+    def record_promotion(self, who: Principal, name: str, version: int, alias: str,
+                         comparison: dict[str, Any]) -> ModelVersion:
+        """Store a promote step's comparison on the candidate (``promotion:<alias>``):
+        whoever may move the alias may record why it moved or not."""
+        v = self.version(who, name, str(version))
+        who.check(MANAGE, v.model.team, f"model {name}")
+        return self._store_metrics(v, f"promotion:{alias}", comparison)
+
+    def _evaluates(self, who: Principal, v: ModelVersion) -> bool:
+        """Whether ``who`` is the token of a running evaluation job of version ``v``."""
+        if who.job_id is None:
+            return False
+        with self.db.session() as s:
+            job = s.get(Job, who.job_id)
+        target = (job.params or {}).get("model") if job else None
+        return (job is not None and job.program == "train.evaluate"
+                and isinstance(target, dict) and target.get("version") == v.version
+                and names.split(str(target.get("name")))[1] == v.model.name)
+
+    def _store_metrics(self, v: ModelVersion, key: str, metrics: dict[str, Any]
+                       ) -> ModelVersion:
         with self.db.session() as s:
             row = s.get(ModelVersion, v.id)
             row.metrics = {**row.metrics, key: metrics}
-            row.card = model_card(ModelInfo.from_dict(row.info), name, row.version,
+            row.card = model_card(ModelInfo.from_dict(row.info), v.model.name, row.version,
                                   row.lineage, row.metrics)
         return self.version_by_id(v.id)
 
@@ -230,6 +261,11 @@ class ModelRegistry:
             if serving:
                 raise Conflict(f"{name}:{v.version} is being served by deployment(s) "
                                f"{', '.join(serving)}; remove them first")
+            canary = list(s.scalars(select(Deployment.name)
+                                    .where(Deployment.canary_version_id == v.id)))
+            if canary:
+                raise Conflict(f"{name}:{v.version} is the canary of deployment(s) "
+                               f"{', '.join(canary)}; roll back or complete it first")
             s.delete(s.get(ModelVersion, v.id))
         return v
 
@@ -242,9 +278,13 @@ class ModelRegistry:
                 select(Deployment.name).join(ModelVersion,
                                              Deployment.version_id == ModelVersion.id)
                 .where(ModelVersion.model_id == model.id)))
+            serving += s.scalars(
+                select(Deployment.name).join(ModelVersion,
+                                             Deployment.canary_version_id == ModelVersion.id)
+                .where(ModelVersion.model_id == model.id))
         if serving:
             raise Conflict(f"model {name!r} is being served by deployment(s) "
-                           f"{', '.join(serving)}; remove them first")
+                           f"{', '.join(dict.fromkeys(serving))}; remove them first")
         if model.aliases:
             raise Conflict(f"model {name!r} has aliases ({', '.join(a.alias for a in model.aliases)})"
                            "; remove them first")

@@ -119,6 +119,27 @@ class TokenService:
             s.execute(update(ApiToken).where(ApiToken.id == token_id)
                       .values(last_used_at=utcnow()))
 
+    def principal_of_user(self, name: str, team: str | None,
+                          system_admin: bool = False) -> Principal:
+        """The user ``name`` as they are now (roles, administrator), acting in ``team``:
+        how work started on their behalf without a token (a pipeline's steps, its
+        triggered runs) is checked. ``system_admin``: it was started with a system
+        administrator's unrestricted token, and keeps that reach while the user is still
+        an administrator; otherwise it is confined to ``team``, without the admin scope.
+        A user gone or disabled may start nothing."""
+        with self.db.session() as s:
+            user = s.scalars(select(User).where(User.name == name).options(
+                selectinload(User.memberships).selectinload(Membership.team))).first()
+            if user is None or user.disabled:
+                raise Forbidden(f"user {name} is {'disabled' if user else 'gone'}")
+            roles = {m.team.name: Role.parse(m.role) for m in user.memberships}
+            if system_admin and user.is_admin:
+                return Principal(name=user.name, user_id=user.id, is_admin=True, roles=roles,
+                                 home=team)
+            return Principal(name=user.name, user_id=user.id, is_admin=user.is_admin,
+                             roles=roles, team=team, home=team,
+                             scopes=frozenset(("read", "write", "inference")))
+
     def invalidate(self) -> None:
         """Forget cached principals (after any change to users, teams or tokens)."""
         with self._lock:

@@ -107,6 +107,9 @@ class Job(Base):
     progress_total: Mapped[float | None] = mapped_column(Float)
     progress_unit: Mapped[str | None] = mapped_column(String(50))
     progress_info: Mapped[dict | None] = mapped_column(JSON)
+    # What the program returned (JSON, at most 64 kB), once it succeeded: a pipeline step's
+    # outputs come from here (``pipelines/``).
+    result: Mapped[dict | list | None] = mapped_column(JSON)
 
     transitions: Mapped[list[JobTransition]] = relationship(
         back_populates="job", order_by="JobTransition.id", cascade="all, delete-orphan"
@@ -459,6 +462,12 @@ class Deployment(Base):
     idle_s: Mapped[float | None] = mapped_column(Float)
     # Placement of its workers: node labels they need (zone=edge).
     node_labels: Mapped[dict | None] = mapped_column(JSON)
+    # A canary rollout: this share (percent) of requests goes to ``canary_version_id``
+    # instead of ``version_id`` (``serve/gateway.py``), until completed or rolled back.
+    # (No foreign key: SQLite cannot add one to a table; the registry refuses to delete a
+    # version a deployment names, canary included.)
+    canary_version_id: Mapped[int | None] = mapped_column(Integer)
+    canary_weight: Mapped[int] = mapped_column(Integer, default=0)
     max_batch: Mapped[int] = mapped_column(Integer)
     max_queue: Mapped[int] = mapped_column(Integer)  # waiting requests; more get 429
     priority: Mapped[str] = mapped_column(String(16))
@@ -487,3 +496,98 @@ class Node(Base):
     drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# -- pipelines (pipelines/) -------------------------------------------------------------------
+
+
+class Pipeline(Base):
+    """A named data-flow graph of steps (its validated spec), and its triggers."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (Index("ux_pipelines_name_team", "name", "team", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    # The owner applied it with a system administrator's unrestricted token: its triggered
+    # runs may read what such a token may (else: the owner's rights in its team only).
+    system_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    spec: Mapped[dict] = mapped_column(JSON)  # pipelines.spec.PipelineSpec, as validated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PipelineRun(Base):
+    """One run of a pipeline: its parameters, what started it, and how it went."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    system_admin: Mapped[bool] = mapped_column(Boolean, default=False)  # as on Pipeline
+    spec: Mapped[dict] = mapped_column(JSON)  # the spec this run follows (a snapshot)
+    params: Mapped[dict] = mapped_column(JSON)  # every parameter, defaults filled in
+    no_cache: Mapped[bool] = mapped_column(Boolean, default=False)
+    trigger: Mapped[str] = mapped_column(String(300))  # "manual", "dataset ...", "cron ..."
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    pipeline: Mapped[Pipeline] = relationship()
+    steps: Mapped[list[PipelineStep]] = relationship(
+        back_populates="run", order_by="PipelineStep.id", cascade="all, delete-orphan")
+
+
+class PipelineStep(Base):
+    """One step of a run (one element of a ``map`` is a step of its own): its resolved
+    inputs, cache key, the job that ran it or the run it was cached from, its outputs."""
+
+    __tablename__ = "pipeline_steps"
+    __table_args__ = (Index("ux_pipeline_steps", "run_id", "name", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))  # "train", or "train[2]" in a map
+    step: Mapped[str] = mapped_column(String(100))  # its name in the spec
+    index: Mapped[int | None] = mapped_column(Integer)  # its element in a map
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                               index=True)
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    cached_from: Mapped[int | None] = mapped_column(Integer)  # the step row it reused
+    inputs: Mapped[dict | None] = mapped_column(JSON)
+    outputs: Mapped[dict | None] = mapped_column(JSON)
+    detail: Mapped[dict | None] = mapped_column(JSON)  # a control step's own state
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    run: Mapped[PipelineRun] = relationship(back_populates="steps")
+
+
+class PipelineTrigger(Base):
+    """What starts a pipeline on its own: a new version of a dataset, or a cron schedule;
+    and what to do when a run is still going (skip, queue, cancel the older)."""
+
+    __tablename__ = "pipeline_triggers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "dataset" | "cron"
+    target: Mapped[str] = mapped_column(String(200))  # the dataset's name, or the cron line
+    params: Mapped[dict] = mapped_column(JSON)  # the runs' parameters
+    overlap: Mapped[str] = mapped_column(String(16))  # "skip" | "queue" | "cancel"
+    # the dataset version last seen, or the last time the schedule fired
+    last_version: Mapped[int | None] = mapped_column(Integer)
+    last_fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    pipeline: Mapped[Pipeline] = relationship()
