@@ -140,6 +140,27 @@ class LiveDaemon:
         return wait_for(done, timeout=timeout, interval=0.2, what=f"{len(ids)} jobs to end")
 
 
+def register_copy(live: LiveDaemon, c: Client, source: str, target: str, version: int,
+                  corrupt: str | None = None) -> int:
+    """Register ``source:version``'s files as the next version of ``target``, the file
+    ``corrupt`` replaced by bytes that are not a model (a broken upload)."""
+    v = c.models.version(source, version)
+    files = [{"path": f["path"], "artifact_id": f["artifact_id"]} for f in v["files"]]
+    info = v["info"]
+    if corrupt:
+        art = c.artifacts.put(b"these bytes are not a safetensors file" * 64, name=corrupt)
+        files = [f if f["path"] != corrupt else {"path": corrupt, "artifact_id": art["id"]}
+                 for f in files]
+        info = {**info, "files": [f if f["path"] != corrupt else
+                                  {**f, "sha256": art["sha256"], "size": art["size"]}
+                                  for f in info["files"]]}
+    with live.http(c.token) as http:
+        r = http.post(f"/v1/registry/models/{target}/versions",
+                      json={"files": files, "info": info})
+    assert r.status_code == 201, r.text
+    return r.json()["version"]
+
+
 import pytest  # noqa: E402
 
 

@@ -13,8 +13,9 @@ from llmos.serve.residency import Residency
 from llmos.serve.worker import SECRET_HEADER, create_worker_app
 
 SECRET = "s" * 32
-REF = ModelRef(name="tiny", version_id=7, version=2, task="causal_lm", files=[],
-               engine="torch", max_batch=4, max_queue=8, size_bytes=1 << 20, priority_rank=1)
+REF = ModelRef(name="tiny", model="tl", version_id=7, version=2, task="causal_lm",
+               files=[], engine="torch", max_batch=4, max_queue=8, size_bytes=1 << 20,
+               priority_rank=1)
 
 
 class Engine:

@@ -1,5 +1,6 @@
-"""/v1/deployments (deploy, list, show, scale, remove) and /v1/serving/workers (serving
-workers register and report here, with their own job's token)."""
+"""/v1/deployments (deploy, list, show, scale, canary rollouts, remove) and
+/v1/serving/workers (serving workers register and report here, with their own job's
+token)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from llmos.security.rbac import Principal
 from llmos.serve.deployments import (
     ROUTES,
     TASKS,
+    CanaryRequest,
     DeploymentService,
     DeployRequest,
     ScaleRequest,
@@ -44,6 +46,27 @@ class WorkerOut(BaseModel):
     evictions: int
     events: list[dict[str, Any]]
     records: dict[str, Any]  # per resident model: the engine's own record of its steps
+
+
+class VersionStats(BaseModel):
+    version: int = Field(description="The registry's version number.")
+    requests: int
+    errors: int = Field(description="5xx answers, or no answer from a worker.")
+    error_rate: float
+    p50_s: float | None = Field(description="Median latency (to the last byte), seconds.")
+    p95_s: float | None
+
+
+class CanaryStats(BaseModel):
+    stable: VersionStats
+    canary: VersionStats | None
+
+
+class CanaryOut(BaseModel):
+    version: int = Field(description="The canary's version number.")
+    weight: int = Field(description="The percent of requests it gets.")
+    stats: CanaryStats = Field(description="How each version answered since the canary was "
+                               "set (the gateway's memory: a daemon restart starts again).")
 
 
 class DeploymentOut(BaseModel):
@@ -75,6 +98,8 @@ class DeploymentOut(BaseModel):
     scale_reason: str | None = Field(default=None, description="Why that many.")
     ready_workers: int
     problem: str | None = None
+    canary: CanaryOut | None = Field(default=None, description="A canary rollout in "
+                                     "progress: another version taking a share of requests.")
     workers: list[WorkerOut] | None = None
 
 
@@ -114,6 +139,10 @@ def _out(request: Request, d: Deployment, detail: bool = False) -> DeploymentOut
                         problem=(state.controller.problems.get(pool)
                                  or (state.controller.waiting.get(pool) if not workers
                                      else None)))
+    stats = state.gateway.canary_stats(d.id) if d.canary_version_id is not None else None
+    if stats and stats["canary"] is not None:  # (none when it ended meanwhile)
+        out.canary = CanaryOut(version=stats["canary"]["version"], weight=d.canary_weight,
+                               stats=CanaryStats(**stats))
     if detail:
         out.workers = [WorkerOut(job_id=w.job_id, resident=w.stats.get("resident", []),
                                  loading=w.stats.get("loading", []),
@@ -151,6 +180,29 @@ def scale(body: ScaleRequest, request: Request, name: str = Name,
     """Set the number of workers (replicas) of the deployment's pool (maintainers); an
     autoscaled deployment is refused (409): deploy it again with other bounds."""
     return _out(request, _service(request).scale(who, name, body.replicas))
+
+
+@router.post("/{name:qname}/canary", response_model=DeploymentOut, responses=ERRORS)
+def set_canary(body: CanaryRequest, request: Request, name: str = Name,
+               who: Principal = Changes) -> DeploymentOut:
+    """Start a canary rollout (maintainers): ``weight`` percent of requests go to version
+    ``version`` of the model the deployment serves; set again, the counts start afresh."""
+    return _out(request, _service(request).set_canary(who, name, body.version, body.weight,
+                                                      model=body.model))
+
+
+@router.delete("/{name:qname}/canary", response_model=DeploymentOut, responses=ERRORS)
+def clear_canary(request: Request, name: str = Name, who: Principal = Changes) -> DeploymentOut:
+    """Roll back a canary (maintainers): every request goes to the deployment's version."""
+    return _out(request, _service(request).clear_canary(who, name))
+
+
+@router.post("/{name:qname}/canary/complete", response_model=DeploymentOut, responses=ERRORS)
+def complete_canary(request: Request, name: str = Name,
+                    who: Principal = Changes) -> DeploymentOut:
+    """Complete a canary (maintainers): its version becomes the deployment's and takes every
+    request; 409 when there is none."""
+    return _out(request, _service(request).complete_canary(who, name))
 
 
 @router.delete("/{name:qname}", response_model=DeploymentOut, responses=ERRORS)

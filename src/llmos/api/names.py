@@ -17,7 +17,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 _PART = r"[^/]+"
 # The words that follow a name in a route's path (/{name}/diff, /{name}/versions/...).
-_ROUTE_WORDS = "diff|versions|aliases|scale"
+_ROUTE_WORDS = "diff|versions|aliases|scale|canary"
 
 
 class QualifiedName(Convertor):

@@ -1,4 +1,4 @@
-"""`llmos deploy` and `llmos deployments ls | show | scale | rm`: serving models."""
+"""`llmos deploy` and `llmos deployments ls | show | scale | canary | rm`: serving models."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from llmos.cli.errors import UsageError
 from llmos.config import parse_labels
 from llmos.sdk.client import Client
 
-deployments_app = typer.Typer(help="Served models: list, show, scale, remove.",
+deployments_app = typer.Typer(help="Served models: list, show, scale, canary, remove.",
                               no_args_is_help=True)
 out = Console()
 
@@ -153,6 +153,8 @@ def show(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where 
     out.print(f"  serves {d['task']}: POST {c.url}{d['route']}")
     if d["problem"]:
         out.print(f"  [red]{d['problem']}[/]")
+    if d.get("canary"):
+        _print_canary(d)
     for w in d["workers"] or []:
         out.print(f"  worker job {w['job_id']}: {render.size_text(w['used_bytes'])} of "
                   f"{render.size_text(w['budget_bytes'])} used; {w['loads']} loads, "
@@ -176,6 +178,60 @@ def scale(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where
     with Client() as c:
         d = c.deployments.scale(name, replicas)
     out.print(f"deployment [bold]{d['name']}[/]: {d['replicas']} replica(s)")
+
+
+@deployments_app.command("canary")
+def canary(name: str = typer.Argument(..., help="Deployment name (TEAM/NAME where needed)."),
+           version: Optional[int] = typer.Option(None, "--version", min=1,
+                                                 help="The version of its model to try."),
+           weight: Optional[int] = typer.Option(None, "--weight", min=1, max=99,
+                                                help="Percent of requests it gets (1-99)."),
+           rollback: bool = typer.Option(False, "--rollback", help="Send every request to "
+                                         "the deployment's version again."),
+           complete: bool = typer.Option(False, "--complete", help="Make the canary the "
+                                         "deployment's version."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Canary rollout: send a share of requests to another version of the deployment's
+    model (--version, --weight), then --complete it or --rollback; with no option, show
+    how each version answered so far."""
+    setting = version is not None or weight is not None
+    if sum((setting, rollback, complete)) > 1:
+        raise UsageError("give --version and --weight, or --rollback, or --complete")
+    if setting and (version is None or weight is None):
+        raise UsageError("a canary needs both --version and --weight")
+    with Client() as c:
+        if setting:
+            d = c.deployments.set_canary(name, version, weight)
+        elif rollback:
+            d = c.deployments.clear_canary(name)
+        elif complete:
+            d = c.deployments.complete_canary(name)
+        else:
+            d = c.deployments.get(name)
+    if as_json:
+        return _json(d)
+    if d.get("canary"):
+        out.print(f"deployment [bold]{d['name']}[/] serves {d['model']}:{d['version']}")
+        _print_canary(d)
+    elif rollback:
+        out.print(f"deployment [bold]{d['name']}[/]: no canary; every request goes to "
+                  f"{d['model']}:{d['version']}")
+    elif complete:
+        out.print(f"deployment [bold]{d['name']}[/] now serves {d['model']}:{d['version']}")
+    else:
+        out.print(f"deployment [bold]{d['name']}[/] has no canary; it serves "
+                  f"{d['model']}:{d['version']}")
+
+
+def _print_canary(d: dict) -> None:
+    c = d["canary"]
+    out.print(f"  canary {d['model']}:{c['version']} takes {c['weight']}% of requests")
+    for side in ("stable", "canary"):
+        s = c["stats"][side]
+        p50 = "-" if s["p50_s"] is None else f"{s['p50_s']:.3f} s"
+        p95 = "-" if s["p95_s"] is None else f"{s['p95_s']:.3f} s"
+        out.print(f"    {side:<6} {d['model']}:{s['version']}: {s['requests']} request(s), "
+                  f"{s['errors']} error(s) ({s['error_rate']:.1%}), p50 {p50}, p95 {p95}")
 
 
 @deployments_app.command("rm")

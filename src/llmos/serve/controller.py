@@ -13,9 +13,10 @@ on a draining node is replaced first and stopped once its replacement is ready. 
 report their address and a heartbeat through the API; a worker whose job is no longer
 running is forgotten, and one being stopped takes no new request.
 
-Each ready worker is asked, once per model, to preload its pool's deployments into free
-room, so the first request does not pay the load. A deployment whose worker could never
-start (larger than any node, or than its team's quota) is refused when it is created.
+Each ready worker is asked, once per model, to preload its pool's deployments (and their
+canary versions) into free room, so the first request does not pay the load. A deployment
+whose worker could never start (larger than any node, or than its team's quota) is refused
+when it is created.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy import select
 
 from llmos.errors import LLMOSError
 from llmos.kernel.jobs import PRIORITY_RANK, JobSpec, ResourceSpec
+from llmos.kernel.loop import Loop
 from llmos.kernel.service import JobService
 from llmos.security.rbac import Principal, Role
 from llmos.serve import autoscale
@@ -152,9 +154,7 @@ class Controller:
         self.deployments = deployments
         self.jobs = jobs
         self.workers = workers
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("llmos-serving", PERIOD_S, self.reconcile)
         self._restart_after: dict[str, float] = {}
         self._started_for: dict[str, int] = {}  # pool -> the count its last starts aimed at
         self.problems: dict[str, str] = {}  # pool -> why its workers cannot start
@@ -174,29 +174,14 @@ class Controller:
         return self.jobs.never_runs(request, team)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="llmos-serving", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self._loop.stop()
         self._http.close()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(PERIOD_S)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.reconcile()
-            except Exception:  # the loop must outlive any one bad pass
-                log.exception("serving controller pass failed")
+        self._loop.wake()
 
     def reconcile(self) -> None:
         for name in self.deployments.follow_aliases():
@@ -222,8 +207,10 @@ class Controller:
     def _preload(self, w: Worker, deployments: list) -> None:
         """Ask a ready worker to load its pool's models it was not asked for yet (it loads
         those that fit in free room; a request loads the rest)."""
-        for d in sorted(deployments, key=lambda d: -PRIORITY_RANK[d.priority]):
-            ref = self.versions.ref(d)
+        refs = [self.versions.ref(d, vid)
+                for d in sorted(deployments, key=lambda d: -PRIORITY_RANK[d.priority])
+                for vid in (d.version_id, d.canary_version_id) if vid is not None]
+        for ref in refs:  # a canary's version too
             if ref.key in w.preloaded:
                 continue
             try:

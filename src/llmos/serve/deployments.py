@@ -7,7 +7,12 @@ service jobs, see ``serve.controller``) that share a memory budget and host ever
 deployment of the pool, loading models on demand. A pool is created by the first
 deployment that names it (default: the deployment's own name) with that deployment's cpu
 and memory. Deploying again under the same name, or moving the alias it follows, switches
-its version while requests in flight finish on the old one.
+its version while requests in flight finish on the old one (and ends a canary rollout).
+
+A canary rollout sends a share of a deployment's requests to another version of the same
+registry model (:meth:`DeploymentService.set_canary`) until it is completed (that version
+becomes the deployment's, pinned to its number) or rolled back; the gateway splits the
+traffic and counts how each version answers (``serve.canary``).
 
 A deployment either has a fixed ``replicas`` or autoscales (``max_replicas`` set) between
 ``min_replicas`` and ``max_replicas`` from its load (``serve.autoscale``), down to zero
@@ -128,6 +133,15 @@ class ScaleRequest(RequestBody):
     replicas: int = Field(ge=1, le=64)
 
 
+class CanaryRequest(RequestBody):
+    version: int = Field(ge=1, le=INT32_MAX, description="A version number of the registry "
+                         "model the deployment serves.")
+    weight: int = Field(ge=1, le=99, description="The percent of requests it gets.")
+    model: str | None = Field(default=None, min_length=1, max_length=200,
+                              description="The registry model (NAME or NAME:VERSION), when "
+                              "given: refused unless it is the one the deployment serves.")
+
+
 Task = Literal["generate", "embed", "classify"]
 
 
@@ -145,26 +159,17 @@ class DeploymentService:
         # Why a worker with these resources could never start in a team (or None): the
         # serving controller, which submits the workers, installs its check here.
         self.never_starts: Callable[[str, float, int, int], str | None] | None = None
+        # Told a deployment's id when its canary is set, cleared or completed: the gateway
+        # installs its reset of the canary's counts here.
+        self.on_canary: Callable[[int], None] = lambda deployment_id: None
 
     def deploy(self, who: Principal, req: DeployRequest) -> Deployment:
         """Create a deployment, or point an existing one (same name) at a new version."""
         model, ref = parse_ref(req.model)
         version = self.registry.version(who, model, ref)
-        task = TASKS.get(version.task)
-        if task is None:
-            raise InvalidRequest(f"{model}:{version.version} is a {version.task} model; llmos "
-                                 f"serves {', '.join(TASKS)} models")
-        if not version.info.get("tokenizer_files"):
-            raise InvalidRequest(f"{model}:{version.version} has no tokenizer; it cannot be "
-                                 "served")
+        task = _task(model, version)
         engine = req.engine or DEFAULT_ENGINE[task]
-        if engine not in ENGINES[task]:
-            raise InvalidRequest(f"engine {engine!r} cannot serve {task}; use "
-                                 f"{' or '.join(ENGINES[task])}")
-        if engine == "llamacpp" and not any(f["path"].endswith(".gguf")
-                                            for f in version.info.get("files", [])):
-            raise InvalidRequest(f"{model}:{version.version} holds no GGUF file; the llamacpp "
-                                 "engine serves versions imported from GGUF")
+        _check_engine(model, version, task, engine)
         with self.db.session() as s:
             # The deployment's team: its qualifier or the asked one, else the caller's team
             # that has the name, else the model's (when the caller is in it).
@@ -194,6 +199,7 @@ class DeploymentService:
         if req.pool is not None and names.split(req.pool)[1] != d.pool:
             raise Conflict(f"deployment {d.name} runs in pool {d.pool}; remove it to move it")
         d.model, d.ref, d.version_id, d.engine = version.model.name, ref, version.id, engine
+        d.canary_version_id, d.canary_weight = None, 0  # a new version ends a rollout
         d.replicas, d.max_batch, d.priority = req.replicas, req.max_batch, req.priority
         d.max_queue = req.max_queue
         _check_labels(s, req.node_labels, d.pool, d.team, d.name)
@@ -203,6 +209,7 @@ class DeploymentService:
         s.flush()
         name = names.qualified(d.team, d.name)
         s.commit()
+        self.on_canary(d.id)
         self.on_change()
         return self.get(who, name)
 
@@ -279,10 +286,76 @@ class DeploymentService:
         self.on_change()
         return self.get(who, names.qualified(d.team, d.name))
 
+    # -- canary rollouts ---------------------------------------------------------------------
+
+    def set_canary(self, who: Principal, name: str, version: int, weight: int,
+                   model: str | None = None) -> Deployment:
+        """Send ``weight`` percent (1 to 99) of ``name``'s requests to version ``version`` of
+        the registry model it serves (``model``, when given, must be that model); the rest
+        go to its version. Setting it again restarts the counts of both."""
+        d = self.get(who, name)
+        who.check(MANAGE, d.team, f"deployment {name}")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 99:
+            raise InvalidRequest(f"canary weight must be a whole percent from 1 to 99, not "
+                                 f"{weight!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidRequest(f"canary version must be a version number, not {version!r}")
+        stable = self.registry.version_by_id(d.version_id)
+        served = names.qualified(stable.model.team, stable.model.name)
+        if model is not None:
+            asked, number = _model_and_number(model)
+            if number is not None and number != version:
+                raise InvalidRequest(f"model {model!r} names version {number}, not {version}")
+            if asked not in (stable.model.name, served):
+                raise InvalidRequest(f"deployment {d.name} serves model {stable.model.name}; "
+                                     f"its canary is a version of that model, not of {asked}")
+        canary = self.registry.version(who, served, str(version))
+        if canary.id == d.version_id:
+            raise InvalidRequest(f"deployment {d.name} already serves {stable.model.name}:"
+                                 f"{canary.version}; a canary is another version")
+        task = _task(stable.model.name, canary)
+        if task != TASKS.get(stable.task):
+            raise InvalidRequest(f"{stable.model.name}:{canary.version} is a {canary.task} "
+                                 f"model; deployment {d.name} serves {stable.task}")
+        _check_engine(stable.model.name, canary, task, d.engine)
+        return self._canary(who, d, canary.id, weight)
+
+    def clear_canary(self, who: Principal, name: str) -> Deployment:
+        """Roll back: every request goes to the deployment's version again (nothing to do
+        when it has no canary)."""
+        d = self.get(who, name)
+        who.check(MANAGE, d.team, f"deployment {name}")
+        if d.canary_version_id is None:
+            return d
+        return self._canary(who, d, None, 0)
+
+    def complete_canary(self, who: Principal, name: str) -> Deployment:
+        """Promote: the canary becomes the deployment's version (pinned to its number; an
+        alias it followed no longer moves it), and takes every request."""
+        d = self.get(who, name)
+        who.check(MANAGE, d.team, f"deployment {name}")
+        if d.canary_version_id is None:
+            raise Conflict(f"deployment {d.name} has no canary to complete")
+        canary = self.registry.version_by_id(d.canary_version_id)
+        return self._canary(who, d, None, 0, ref=str(canary.version), version_id=canary.id)
+
+    def _canary(self, who: Principal, d: Deployment, canary_id: int | None, weight: int,
+                **changes) -> Deployment:
+        with self.db.session() as s:
+            row = s.get(Deployment, d.id)
+            row.canary_version_id, row.canary_weight = canary_id, weight
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+        self.on_canary(d.id)
+        self.on_change()
+        return self.get(who, names.qualified(d.team, d.name))
+
     def delete(self, who: Principal, name: str) -> Deployment:
         """Stop serving ``name``; a pool left with no deployment is removed with its workers."""
         d = self.get(who, name)
         who.check(MANAGE, d.team, f"deployment {name}")
+        self.on_canary(d.id)
         with self.db.session() as s:
             s.delete(s.get(Deployment, d.id))
             s.flush()
@@ -315,6 +388,36 @@ class DeploymentService:
                     row.version_id, row.updated_at = v.id, utcnow()
                 changed.append(d.name)
         return changed
+
+
+def _task(model: str, version) -> str:
+    """What a version would be served as, if llmos serves it at all."""
+    task = TASKS.get(version.task)
+    if task is None:
+        raise InvalidRequest(f"{model}:{version.version} is a {version.task} model; llmos "
+                             f"serves {', '.join(TASKS)} models")
+    if not version.info.get("tokenizer_files"):
+        raise InvalidRequest(f"{model}:{version.version} has no tokenizer; it cannot be "
+                             "served")
+    return task
+
+
+def _check_engine(model: str, version, task: str, engine: str) -> None:
+    if engine not in ENGINES[task]:
+        raise InvalidRequest(f"engine {engine!r} cannot serve {task}; use "
+                             f"{' or '.join(ENGINES[task])}")
+    if engine == "llamacpp" and not any(f["path"].endswith(".gguf")
+                                        for f in version.info.get("files", [])):
+        raise InvalidRequest(f"{model}:{version.version} holds no GGUF file; the llamacpp "
+                             "engine serves versions imported from GGUF")
+
+
+def _model_and_number(text: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME:N`` (``TEAM/`` in front allowed) -> (name, number or None)."""
+    name, _, number = text.partition(":")
+    if number and not number.isdigit():
+        raise InvalidRequest(f"bad model version {text!r}: NAME or NAME:NUMBER")
+    return name, int(number) if number else None
 
 
 def _check_labels(s, labels: dict, pool: str, team: str | None, name: str) -> None:

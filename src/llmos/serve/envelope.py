@@ -4,7 +4,9 @@ side is renamed on the other).
 
 - :class:`ModelRef` names the model a request is for (a deployment's version, engine and
   batch limits: what a worker needs to load it, under its residency key). The gateway sends
-  one with every request; the controller sends one alone to preload a model.
+  one with every request; the controller sends one alone to preload a model. During a
+  canary rollout a deployment serves two versions: a request names the one it goes to, and
+  ``current`` names both, so that a worker keeps both loaded.
 - :class:`Envelope` is one forwarded request: who asks (priority, tenant), the model, and
   the request itself (chat messages, a prompt, or texts to encode) with its sampling.
 
@@ -27,6 +29,7 @@ class ModelRef(BaseModel):
     """One deployment's model as a worker loads it."""
 
     name: str  # the deployment
+    model: str  # the registry model it serves
     version_id: int
     version: int  # the registry's number (shown to people)
     task: str  # the registry's task (causal_lm, encoder, sequence_classification)
@@ -38,11 +41,23 @@ class ModelRef(BaseModel):
     max_queue: int
     size_bytes: int
     priority_rank: int  # the deployment's class: 0 low, 1 normal, 2 high
+    # The keys of every version the deployment routes to now (its version, and a canary's):
+    # a worker retires the deployment's other resident versions.
+    current: list[str] = Field(default_factory=list)
 
     @property
     def key(self) -> str:
         """One resident unit of a worker: the same version with other limits is another."""
-        return f"{self.version_id}:{self.engine}:{self.max_batch}:{self.max_queue}"
+        return _key(self.version_id, self.engine, self.max_batch, self.max_queue)
+
+    @property
+    def served_as(self) -> str:
+        """The exact version that answers, as responses name it: ``model:version``."""
+        return f"{self.model}:{self.version}"
+
+
+def _key(version_id: int, engine: str, max_batch: int, max_queue: int) -> str:
+    return f"{version_id}:{engine}:{max_batch}:{max_queue}"
 
 
 class Sampling(BaseModel):
@@ -95,13 +110,19 @@ class Versions:
         if v is None:
             row = self.registry.version_by_id(version_id)
             v = {"version": row.version, "task": row.task, "size_bytes": row.size_bytes,
+                 "model": row.model.name,
                  "files": [(int(f["artifact_id"]), f["path"]) for f in row.files]}
             self._cache[version_id] = v
         return v
 
-    def ref(self, d: Deployment) -> ModelRef:
-        v = self.info(d.version_id)
-        return ModelRef(name=d.name, version_id=d.version_id, version=v["version"],
+    def ref(self, d: Deployment, version_id: int | None = None) -> ModelRef:
+        """The deployment's version as a worker loads it, or ``version_id`` (its canary)."""
+        vid = d.version_id if version_id is None else version_id
+        v = self.info(vid)
+        current = [_key(i, d.engine, d.max_batch, d.max_queue)
+                   for i in (d.version_id, d.canary_version_id) if i is not None]
+        return ModelRef(name=d.name, model=v["model"], version_id=vid, version=v["version"],
                         task=v["task"], files=v["files"], engine=d.engine,
                         max_batch=d.max_batch, max_queue=d.max_queue,
-                        size_bytes=v["size_bytes"], priority_rank=PRIORITY_RANK[d.priority])
+                        size_bytes=v["size_bytes"], priority_rank=PRIORITY_RANK[d.priority],
+                        current=current)

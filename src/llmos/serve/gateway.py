@@ -15,7 +15,10 @@ request refused before a deployment is found counts for the caller's team), so t
 ``/metrics`` shows every caller only its teams' series. Errors are in OpenAI's format.
 
 ``model`` is a deployment name, bare or ``team/name`` (needed only when the caller has
-deployments of that name in several teams).
+deployments of that name in several teams). Every answer names the exact model version that
+gave it, as ``model:version``: in the ``x-llmos-model-version`` header and in the body's
+``model``. A deployment with a canary sends its share of requests to the canary version
+(``serve.canary`` chooses, and counts how each version answers: :meth:`Gateway.canary_stats`).
 
 Availability: a request to a pool with no ready worker (scaled to zero, or its workers
 lost or being replaced) wakes the serving controller, which starts one, and waits for it
@@ -39,13 +42,14 @@ from collections import Counter
 import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llmos.errors import LLMOSError
+from llmos.errors import LLMOSError, NotFound
 from llmos.kernel.jobs import PRIORITY_RANK
 from llmos.models.registry import ModelRegistry
 from llmos.monitor.metrics import Metrics
 from llmos.security import names
 from llmos.security.rbac import INFER, Principal
 from llmos.serve import openai as oa
+from llmos.serve.canary import Canaries, Route
 from llmos.serve.controller import Controller, Worker, Workers
 from llmos.serve.deployments import TASKS, DeploymentService, pool_key
 from llmos.serve.envelope import (
@@ -53,6 +57,7 @@ from llmos.serve.envelope import (
     CompletionInput,
     EncodeInput,
     Envelope,
+    ModelRef,
     Versions,
 )
 from llmos.serve.limits import Limits
@@ -64,6 +69,7 @@ ROUTE_TASK = {"chat": "generate", "completion": "generate", "embed": "embed",
 WHAT = {"generate": "text generation (chat and completions)", "embed": "embeddings",
         "classify": "classification"}
 log = logging.getLogger("llmos.serve")
+VERSION_HEADER = "x-llmos-model-version"  # model:version, of every answer
 RETRIES = 1  # extra attempts of a request that could not reach its worker
 # No answer came back, and the caller has seen nothing yet: the worker could not be reached,
 # or its connection dropped before a response (a kept-alive connection to a worker that
@@ -93,6 +99,8 @@ class Gateway:
         self.wait_s = controller.tuning.cold_start_s if wait_s is None else wait_s
         self._http: httpx.AsyncClient | None = None
         self.versions = Versions(registry)
+        self.canaries = Canaries()
+        deployments.on_canary = self.canaries.reset  # a rollout set, ended: counted afresh
 
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -114,7 +122,20 @@ class Gateway:
             d = await asyncio.to_thread(self._deployment, who, name, route)
             name, team = d.name, d.team or ""  # counted as its team's from here on
             self.workers.arrived(pool_key(d.team, d.pool))  # not idle: no scale to zero
-            env = await self._envelope(who, d, route, body)
+            env, where = await self._envelope(who, d, route, body)
+        except Refused as r:
+            return self._refused(r, team, name, route)
+        resp = await self._forward(d, env, where, route, started, body, team, name)
+        resp.headers[VERSION_HEADER] = env.deployment.served_as
+        if not isinstance(resp, StreamingResponse):  # a stream is counted as it ends
+            self.canaries.record(where, resp.status_code, time.perf_counter() - started)
+        return resp
+
+    async def _forward(self, d: Deployment, env: Envelope, where: Route, route: str,
+                       started: float, body, team: str, name: str) -> Response:
+        """The answer of a worker of the deployment's pool, once more on another if the
+        first could not be reached."""
+        try:
             worker = await self._pick(d, env.deployment.key)
         except Refused as r:
             return self._refused(r, team, name, route)
@@ -124,7 +145,7 @@ class Gateway:
         while True:
             try:
                 if env.stream:
-                    return await self._stream(worker, path, env, route, started, body)
+                    return await self._stream(worker, path, env, where, route, started, body)
                 return await self._once(worker, path, env, route, started)
             except UNREACHED as e:  # no answer from the worker: gone (a crash, a lost node)
                 gone.add(worker.url)  # a new attempt of its job has another address
@@ -186,11 +207,13 @@ class Gateway:
                           "rate_limit_error", code="rate_limit_exceeded",
                           headers={"Retry-After": str(max(1, round(wait + 0.499)))})
 
-    async def _envelope(self, who: Principal, d: Deployment, route: str, body) -> Envelope:
+    async def _envelope(self, who: Principal, d: Deployment, route: str,
+                        body) -> tuple[Envelope, Route]:
+        """The request as its worker gets it, for the version it goes to (the deployment's,
+        or its canary's)."""
         unsupported = oa.check_supported(body)
         if unsupported:
             raise Refused(400, unsupported)
-        ref = await asyncio.to_thread(self.versions.ref, d)
         if route == "chat":
             try:
                 request = ChatInput(**_sampling(body), messages=body.plain_messages())
@@ -201,12 +224,33 @@ class Gateway:
         else:
             request = EncodeInput(input=body.input,
                                   encoding_format=getattr(body, "encoding_format", "float"))
+        where, ref = await asyncio.to_thread(self._route, d)  # a request that goes somewhere
         env = Envelope(request_id=uuid.uuid4().hex, priority=PRIORITY_RANK[who.priority],
                        tenant=who.name, deployment=ref, request=request)
         if ROUTE_TASK[route] == "generate":
             env.max_tokens, env.stream, env.include_usage = body.limit(route), body.stream, True
             env.response_id = oa.new_id("chatcmpl" if route == "chat" else "cmpl")
-        return env
+        return env, where
+
+    def _route(self, d: Deployment) -> tuple[Route, ModelRef]:
+        where = self.canaries.route(d.id, d.version_id, d.canary_version_id, d.canary_weight,
+                                    self._number)
+        return where, self.versions.ref(d, where.version_id)
+
+    def _number(self, version_id: int) -> int:
+        return self.versions.info(version_id)["version"]
+
+    def canary_stats(self, deployment_id: int) -> dict:
+        """How each version of the deployment answered since its canary was last set:
+        ``{"stable": {...}, "canary": {...} or None}``, each with ``version`` (its number),
+        ``requests``, ``errors`` (5xx answers, or no answer from a worker), ``error_rate``
+        and ``p50_s`` / ``p95_s`` latency (until the last byte; None before any answer)."""
+        with self.deployments.db.session() as s:
+            d = s.get(Deployment, deployment_id)
+            if d is None:
+                raise NotFound(f"deployment {deployment_id} not found")
+            ids = (d.version_id, d.canary_version_id, d.canary_weight)
+        return self.canaries.stats(deployment_id, *ids, self._number)
 
     async def _pick(self, d: Deployment, key: str, avoid: set[str] = frozenset()) -> Worker:
         """A ready worker of the deployment's pool (not at an address of ``avoid``): one
@@ -279,8 +323,8 @@ class Gateway:
         headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
         return JSONResponse(data, resp.status_code, headers=headers)
 
-    async def _stream(self, w: Worker, path: str, env: Envelope, route: str, started: float,
-                      body) -> Response:
+    async def _stream(self, w: Worker, path: str, env: Envelope, where: Route, route: str,
+                      started: float, body) -> Response:
         team, name = _team_of(w), env.deployment.name
         w.inflight += 1
         try:
@@ -300,16 +344,17 @@ class Gateway:
             headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
             return JSONResponse(data, upstream.status_code, headers=headers)
         self.metrics.requests.labels(team, name, route, "200").inc()
-        return StreamingResponse(self._relay(w, upstream, team, name, route, started,
+        return StreamingResponse(self._relay(w, upstream, where, team, name, route, started,
                                              body.include_usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _relay(self, w: Worker, upstream: httpx.Response, team: str, name: str,
-                     route: str, started: float, client_wants_usage: bool):
+    async def _relay(self, w: Worker, upstream: httpx.Response, where: Route, team: str,
+                     name: str, route: str, started: float, client_wants_usage: bool):
         """The worker's chunks, as they come. Cancelled when the client disconnects: closing
         the upstream response makes the worker abort the request."""
         last = None
+        status = 499  # the client went away: not the version's fault
         try:
             async for line in upstream.aiter_lines():
                 if not line.startswith("data: "):
@@ -330,11 +375,16 @@ class Gateway:
                             self.metrics.itl.labels(team, name).observe(now - last)
                         last = now
                 yield line + "\n\n"
+            status = 200
+        except httpx.TransportError:
+            status = 502  # the worker's stream broke off
+            raise
         finally:
             w.inflight -= 1
             await upstream.aclose()
-            self.metrics.latency.labels(team, name, route).observe(
-                time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.metrics.latency.labels(team, name, route).observe(took)
+            self.canaries.record(where, status, took if status == 200 else None)
 
     def _count(self, team: str, name: str, usage: dict) -> None:
         self.metrics.prompt_tokens.labels(team, name).inc(usage.get("prompt_tokens", 0))

@@ -95,7 +95,7 @@ def create_worker_app(residency: Residency, secret: str, models: Path = Path("mo
         ref = await _parse(request, ModelRef)
         if isinstance(ref, JSONResponse):
             return ref
-        task = asyncio.create_task(_preload(residency, spec_of(ref, models)))
+        task = asyncio.create_task(_preload(residency, spec_of(ref, models), ref))
         app.state.preloads.add(task)
         task.add_done_callback(app.state.preloads.discard)
         return JSONResponse({"accepted": True}, 202)
@@ -135,7 +135,7 @@ def create_worker_app(residency: Residency, secret: str, models: Path = Path("mo
             finally:
                 lease.release()
             make = oa.chat_response if kind == "chat" else oa.completion_response
-            return JSONResponse(make(env.response_id, env.deployment.name, completion))
+            return JSONResponse(make(env.response_id, env.deployment.served_as, completion))
         return StreamingResponse(_stream(kind, env, stream, lease), media_type="text/event-stream")
 
     @app.post("/encode/{task}")
@@ -157,7 +157,7 @@ def create_worker_app(residency: Residency, secret: str, models: Path = Path("mo
             return JSONResponse(oa.error_body(e.message), 400)
         finally:
             lease.release()
-        name = env.deployment.name
+        name = env.deployment.served_as  # the exact version that answered
         if task == "embed":
             return JSONResponse(oa.embedding_response(
                 name, result.embeddings, result.usage, env.request.encoding_format))
@@ -170,23 +170,31 @@ def create_worker_app(residency: Residency, secret: str, models: Path = Path("mo
     return app
 
 
-async def _current(residency: Residency, spec: ModelSpec) -> None:
-    """A request for a deployment's version retires the deployment's older versions (they
-    unload once their requests in flight end: a hot update drops nothing)."""
-    if any(r.spec.deployment == spec.deployment and r.spec.key != spec.key and not r.superseded
-           for r in residency.resident.values()):
-        await residency.supersede(spec.deployment, spec.key)
+async def _current(residency: Residency, spec: ModelSpec, ref: ModelRef) -> None:
+    """A request for a deployment's version retires the deployment's other versions (they
+    unload once their requests in flight end: a hot update drops nothing) — all but those
+    it routes to now (``ref.current``: its version and a canary's, both kept loaded)."""
+    keep = {spec.key, *ref.current}
+    mine = [r for r in residency.resident.values() if r.spec.deployment == spec.deployment]
+    for r in mine:
+        if r.spec.key in keep:
+            r.superseded = False  # routed to again (a canary set once more)
+    stale = [r for r in mine if r.spec.key not in keep]
+    if any(not r.superseded for r in stale):
+        for r in stale:
+            r.superseded = True
+        await residency.sweep()
 
 
 async def _lease(residency: Residency, env: Envelope, models: Path):
     """The engine of the request's deployment, loaded and leased (or an error response)."""
     spec = spec_of(env.deployment, models)
-    await _current(residency, spec)
+    await _current(residency, spec, env.deployment)
     return await _acquire(residency, spec)
 
 
-async def _preload(residency: Residency, spec: ModelSpec) -> None:
-    await _current(residency, spec)
+async def _preload(residency: Residency, spec: ModelSpec, ref: ModelRef) -> None:
+    await _current(residency, spec, ref)
     try:
         await residency.preload(spec)
     except Exception:  # noqa: BLE001 - the first request meets (and reports) the error
@@ -207,7 +215,7 @@ async def _acquire(residency: Residency, spec: ModelSpec):
 async def _stream(kind: str, env: Envelope, stream, lease):
     """SSE chunks of one generation; if the client goes away, the request is aborted in its
     engine (the generator is cancelled, and ``finally`` runs)."""
-    rid, name, created = env.response_id, env.deployment.name, int(time.time())
+    rid, name, created = env.response_id, env.deployment.served_as, int(time.time())
     finished = False
     try:
         if kind == "chat":
