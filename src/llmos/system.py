@@ -1,5 +1,6 @@
-"""The composition root: one llmos system — the store, every service, the daemon and the
-serving controller — built once from the settings, outside any face.
+"""The composition root: one llmos system — the store, every service, the daemon, the
+serving controller and the pipeline engine — built once from the settings, outside any
+face.
 
 `llmos up` builds it and hands it to the API (``create_app(system)``), which only mounts
 routes over it; tests and benchmarks get theirs the same way (a live `llmos up`, or
@@ -9,8 +10,8 @@ identity reloads the daemon's quotas when they change; the artifact store is han
 cipher; serving sits on the model registry and the job service. On an empty store the
 build creates the administrator and hands its one-time token to ``on_bootstrap``.
 
-:meth:`System.start` starts the control loop and the serving controller;
-:meth:`System.close` stops them, closes the gateway's connections and the store.
+:meth:`System.start` starts the control loop, the serving controller and the pipeline
+engine; :meth:`System.close` stops them, closes the gateway's connections and the store.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
 from llmos.models.registry import ModelRegistry
 from llmos.monitor.metrics import Metrics
+from llmos.pipelines import PipelineService
+from llmos.pipelines.lineage import LineageService
 from llmos.security.artifacts import ArtifactService
 from llmos.security.audit import AuditLog
 from llmos.security.crypto import Cipher, KeyChecks, keyring_of
@@ -61,6 +64,7 @@ class System:
             self.audit = AuditLog(self.db, settings.audit_key_path, settings.audit_head_path)
             self._build_core(node, api_url)
             self._build_serving()
+            self._build_pipelines()
             self._bootstrap(on_bootstrap)
         except BaseException:
             self.db.close()
@@ -97,6 +101,11 @@ class System:
         self.gateway = Gateway(self.deployments, self.registry, self.workers, self.controller,
                                Limits(rates), self.metrics)
 
+    def _build_pipelines(self) -> None:
+        """Pipelines over every service above (their steps are those services' verbs)."""
+        self.pipelines = PipelineService(self)
+        self.lineage = LineageService(self.db, self.registry, self.datasets, self.deployments)
+
     def _bootstrap(self, on_bootstrap: Callable[[Bootstrap], None] | None) -> None:
         first = self.identity.bootstrap()
         if first is not None:
@@ -105,14 +114,17 @@ class System:
                 on_bootstrap(first)
 
     def start(self) -> None:
-        """Start the daemon's control loop (recovering jobs first), then serving."""
+        """Start the daemon's control loop (recovering jobs first), then serving and the
+        pipeline engine."""
         self.daemon.start()
         self.controller.start()
+        self.pipelines.engine.start()
 
     async def close(self) -> None:
         """Stop serving and the daemon (running jobs stopped or left, as the settings
         say), then close the store. Async: the gateway's connections close on the event
         loop that used them."""
+        self.pipelines.engine.stop()
         self.controller.stop()
         await self.gateway.close()
         self.daemon.shutdown()

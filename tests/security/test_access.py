@@ -156,6 +156,14 @@ def _node(w: World) -> str:
     return w.live.client.nodes()[0]["name"]
 
 
+def _version(s: Seen, model: str) -> bool:
+    """An answer names the exact version of ``model`` that gave it (in its body and its
+    header; the deployments follow "latest", which other cases move)."""
+    named = s.body["model"]
+    return (named == s.resp.headers["x-llmos-model-version"]
+            and named.startswith(f"{model}:") and named.split(":")[1].isdigit())
+
+
 def _outsider_or(s: Seen, visible: bool) -> bool:
     """Lists: the outsider sees nothing of red (checked apart); a member sees red's."""
     return s.principal == "outsider" or visible
@@ -352,6 +360,18 @@ CASES = [
     Case("POST", "/v1/deployments/{name}/scale", "maintainer",
          lambda w, t, p: (f"/v1/deployments/{t}-embed/scale", {"json": {"replicas": 1}}),
          shows=lambda s: (s.body["name"], s.body["replicas"]) == ("red-embed", 1)),
+    Case("POST", "/v1/deployments/{name}/canary", "maintainer",
+         lambda w, t, p: (f"/v1/deployments/{_canary_deployment(w, t, False)}/canary",
+                          {"json": {"version": 2, "weight": 50}}),
+         shows=lambda s: (s.body["version"], s.body["canary"]["version"],
+                          s.body["canary"]["weight"]) == (1, 2, 50)),
+    Case("DELETE", "/v1/deployments/{name}/canary", "maintainer",
+         lambda w, t, p: (f"/v1/deployments/{_canary_deployment(w, t, True)}/canary", {}),
+         shows=lambda s: (s.body["version"], s.body["canary"]) == (1, None)),
+    Case("POST", "/v1/deployments/{name}/canary/complete", "maintainer",
+         lambda w, t, p: (f"/v1/deployments/{_canary_deployment(w, t, True)}/canary/complete",
+                          {}),
+         shows=lambda s: (s.body["version"], s.body["ref"], s.body["canary"]) == (2, "2", None)),
     Case("DELETE", "/v1/deployments/{name}", "maintainer",
          lambda w, t, p: (f"/v1/deployments/{_doomed_deployment(w, t)}", {}),
          shows=lambda s: (s.body["name"], s.body["team"]) == (s.last, "red")),
@@ -361,25 +381,82 @@ CASES = [
     Case("POST", "/v1/chat/completions", "viewer", lambda w, t, p: ("/v1/chat/completions", {
         "json": {"model": f"{t}-chat", "max_tokens": 2,
                  "messages": [{"role": "user", "content": "hi"}]}}),
-        shows=lambda s: (s.body["object"], s.body["model"]) == ("chat.completion", "red-chat")
+        shows=lambda s: s.body["object"] == "chat.completion" and _version(s, "red-llama")
         and s.body["choices"][0]["message"]["role"] == "assistant"),
     Case("POST", "/v1/completions", "viewer", lambda w, t, p: ("/v1/completions", {
         "json": {"model": f"{t}-chat", "prompt": "hi", "max_tokens": 2}}),
-        shows=lambda s: (s.body["object"], s.body["model"]) == ("text_completion", "red-chat")
+        shows=lambda s: s.body["object"] == "text_completion" and _version(s, "red-llama")
         and len(s.body["choices"]) == 1),
     Case("POST", "/v1/embeddings", "viewer", lambda w, t, p: ("/v1/embeddings", {
         "json": {"model": f"{t}-embed", "input": "hi"}}),
-        shows=lambda s: s.body["model"] == "red-embed"
+        shows=lambda s: _version(s, "red-bert")
         and [len(d["embedding"]) for d in s.body["data"]] == [16]),
     Case("POST", "/v1/classify", "viewer", lambda w, t, p: ("/v1/classify", {
         "json": {"model": f"{t}-classify", "input": "hi"}}),
-        shows=lambda s: s.body["model"] == "red-classify"
+        shows=lambda s: _version(s, "red-cls")
         and [set(d["scores"]) for d in s.body["data"]] == [{"no", "yes"}]),
     Case("GET", "/v1/models", "any", lambda w, t, p: ("/v1/models", {}), lists="data",
          shows=lambda s: _outsider_or(s, {"red-chat", "red-embed", "red-classify"} <= s.listed(
              "data"))),
     Case("GET", "/metrics", "any", lambda w, t, p: ("/metrics", {}),
          shows=lambda s: "# HELP llmos_serving_requests" in s.resp.text),
+    # -- lineage
+    Case("GET", "/v1/lineage/deployments/{name}", "viewer",
+         lambda w, t, p: (f"/v1/lineage/deployments/{t}-chat", {}),
+         shows=lambda s: (s.body["kind"], s.body["name"], s.body["team"]) == (
+             "deployment", "red-chat", "red") and s.body["inputs"][0]["name"] == "red-llama"),
+    Case("GET", "/v1/lineage/models/{ref}", "viewer",
+         lambda w, t, p: (f"/v1/lineage/models/{t}-model:1", {}),
+         shows=lambda s: (s.body["kind"], s.body["name"], s.body["version"]) == (
+             "model", "red-model", 1)),
+    Case("GET", "/v1/lineage/datasets/{ref}", "viewer",
+         lambda w, t, p: (f"/v1/lineage/datasets/{t}-data:1", {}),
+         shows=lambda s: (s.body["kind"], s.body["name"], s.body["version"]) == (
+             "dataset", "red-data", 1)),
+    Case("GET", "/v1/lineage/runs/{run_id}", "viewer",
+         lambda w, t, p: (f"/v1/lineage/runs/{_pipe_run(w, t, 'SUCCEEDED')}", {}),
+         shows=lambda s: (s.body["kind"], s.body["pipeline"], s.body["team"]) == (
+             "run", "red-pipe", "red") and [(x["name"], x["job"]["program"])
+                                           for x in s.body["steps"]] == [("a", "noop")]),
+    # -- pipelines
+    Case("POST", "/v1/pipelines/validate", "developer", lambda w, t, p: (
+        "/v1/pipelines/validate", {"json": {"spec": _one_step(f"{t}-pipe"), "team": t}}), 403,
+        shows=lambda s: [(x["name"], x["program"]) for x in s.body["steps"]] == [("a", "noop")]),
+    Case("POST", "/v1/pipelines/runs", "developer", lambda w, t, p: (
+        "/v1/pipelines/runs", {"json": {"spec": _one_step(f"{t}-pipe"), "team": t}}), 403,
+        ok=201, shows=lambda s: (s.body["pipeline"], s.body["team"], s.body["owner"]) == (
+            "red-pipe", "red", s.user) and [x["name"] for x in s.body["steps"]] == ["a"]),
+    Case("GET", "/v1/pipelines/runs", "any", lambda w, t, p: (
+        _once_red_ran(w, "/v1/pipelines/runs"), {"params": {"limit": 1000}}), lists="runs",
+         shows=lambda s: _outsider_or(s, _pipe_run(s.world, "red", "SUCCEEDED")
+                                      in s.listed("runs"))),
+    Case("GET", "/v1/pipelines/runs/{run_id}", "viewer",
+         lambda w, t, p: (f"/v1/pipelines/runs/{_pipe_run(w, t, 'SUCCEEDED')}", {}),
+         shows=lambda s: (s.body["team"], s.body["state"]) == ("red", "SUCCEEDED")
+         and s.body["steps"][0]["state"] in ("SUCCEEDED", "CACHED")),
+    Case("POST", "/v1/pipelines/runs/{run_id}/cancel", "developer",
+         lambda w, t, p: (f"/v1/pipelines/runs/{_pipe_run(w, t, 'RUNNING')}/cancel", {}),
+         shows=lambda s: (s.body["id"], s.body["state"]) == (int(s.path.split("/")[4]),
+                                                             "CANCELLED")),
+    Case("POST", "/v1/pipelines/runs/{run_id}/resume", "developer",
+         lambda w, t, p: (f"/v1/pipelines/runs/{_pipe_run(w, t, 'FAILED')}/resume", {}),
+         shows=lambda s: (s.body["id"], s.body["owner"]) == (int(s.path.split("/")[4]),
+                                                             s.user)
+         and s.body["state"] in ("RUNNING", "FAILED")),
+    Case("POST", "/v1/pipelines", "developer", lambda w, t, p: ("/v1/pipelines", {
+        "json": {"spec": _one_step(_new(w, f"{t}-applied")), "team": t}}), 403, ok=201,
+        shows=lambda s: (s.body["name"], s.body["team"], s.body["owner"], s.body["triggers"])
+        == (s.kwargs["json"]["spec"]["name"], "red", s.user, [])),
+    Case("GET", "/v1/pipelines", "any", lambda w, t, p: ("/v1/pipelines", {}),
+         lists="pipelines",
+         shows=lambda s: _outsider_or(s, "red-pipe" in s.listed("pipelines", "name"))),
+    Case("GET", "/v1/pipelines/{name}", "viewer",
+         lambda w, t, p: (f"/v1/pipelines/{_pipeline(w, t)}", {}),
+        shows=lambda s: (s.body["name"], s.body["team"], s.body["spec"]["steps"]["a"][
+            "program"]) == ("red-pipe", "red", "noop")),
+    Case("DELETE", "/v1/pipelines/{name}", "developer",
+         lambda w, t, p: (f"/v1/pipelines/{_doomed_pipeline(w, t)}", {}),
+         shows=lambda s: (s.body["name"], s.body["team"]) == (s.last, "red")),
     # -- audit
     Case("GET", "/v1/audit", "sysadmin", lambda w, t, p: ("/v1/audit", {}), 403),
     Case("GET", "/v1/audit/verify", "sysadmin", lambda w, t, p: ("/v1/audit/verify", {}), 403),
@@ -475,6 +552,27 @@ def _doomed_deployment(w: World, team: str) -> str:
     return name
 
 
+def _canary_deployment(w: World, team: str, canary: bool) -> str:
+    """A red deployment of red-canary:1 made for this call (with version 2 as its canary
+    when ``canary``), or blue's embedder."""
+    if team == "blue":
+        return "blue-embed"
+    red = w.makers["red"]
+    if "canary" not in w.res["red"]:  # two versions of one model: copies of red-bert:1
+        v = red.models.version("red-bert", 1)
+        files = [{"path": f["path"], "artifact_id": f["artifact_id"]} for f in v["files"]]
+        with w.live.http(red.token) as http:
+            for _ in range(2):
+                assert http.post("/v1/registry/models/red-canary/versions", json={
+                    "files": files, "info": v["info"]}).status_code == 201
+        w.res["red"]["canary"] = "red-canary"
+    name = _new(w, "red-canary-dep")
+    red.deployments.create("red-canary:1", name=name, pool="red-pool")
+    if canary:
+        w.live.client.deployments.set_canary(name, 2, 50)
+    return name
+
+
 def _newcomer_in(w: World, team: str) -> str:
     """The path removing "newcomer" from ``team``, having made them a member of red."""
     if team == "red":
@@ -485,6 +583,51 @@ def _newcomer_in(w: World, team: str) -> str:
 def _own_token(w: World, principal: str) -> int:
     with Client(w.live.url, token=w.tokens[principal]) as c:
         return c.tokens.create("to-revoke")["id"]
+
+
+def _one_step(name: str, prog: str = "noop", **params) -> dict:
+    """A pipeline of one small step."""
+    return {"name": name, "steps": {"a": {"program": prog, "params": params,
+                                          "resources": {"cpu": 0.05, "memory_mb": 256}}}}
+
+
+def _pipe_run(w: World, team: str, state: str) -> int:
+    """A pipeline run of ``team`` in ``state``: SUCCEEDED (``TEAM-pipe``'s, made once);
+    RUNNING or FAILED (red: a new one for each call; blue: one, which red never changes)."""
+    key = f"pipeline-{state.lower()}"
+    if key in w.res[team] and (team == "blue" or state == "SUCCEEDED"):
+        return w.res[team][key]
+    c = w.makers[team]
+    spec = {"SUCCEEDED": _one_step(f"{team}-pipe"),
+            "RUNNING": _one_step(f"{team}-going", program("sleep_long"), seconds=600),
+            "FAILED": _one_step(f"{team}-failing", program("fail"))}[state]
+    run = c.pipelines.run(spec)
+    if state != "RUNNING":
+        ended = c.pipelines.wait(run["id"], timeout=120)
+        assert ended["state"] == state, ended["steps"]
+    w.res[team][key] = run["id"]
+    return run["id"]
+
+
+def _once_red_ran(w: World, path: str) -> str:
+    """``path``, once red has a pipeline run that succeeded (for a list to show)."""
+    _pipe_run(w, "red", "SUCCEEDED")
+    return path
+
+
+def _pipeline(w: World, team: str) -> str:
+    """``TEAM-pipe``, which has a run that succeeded."""
+    _pipe_run(w, team, "SUCCEEDED")
+    return f"{team}-pipe"
+
+
+def _doomed_pipeline(w: World, team: str) -> str:
+    """A red pipeline made for this call to delete (blue's own otherwise)."""
+    if team == "blue":
+        return _pipeline(w, "blue")
+    name = _new(w, "red-doomed-pipe")
+    w.makers["red"].pipelines.apply(_one_step(name))
+    return name
 
 
 def _allowed(need: str, principal: str, team: str) -> bool:
@@ -550,7 +693,7 @@ def _only_visible(world: World, key: str, body: dict, principal: str) -> None:
             j["id"] for j in items}
     elif key == "artifacts":
         assert all(a["team"] == "red" for a in items)
-    elif key in ("datasets", "models", "deployments"):
+    elif key in ("datasets", "models", "deployments", "pipelines", "runs"):
         assert all(d["team"] == "red" for d in items)
     elif key == "data":
         assert all(m["owned_by"] == "red" for m in items)

@@ -18,7 +18,9 @@ from llmos.api import (
     gate,
     identity,
     jobs,
+    lineage,
     openai,
+    pipelines,
     registry,
     training,
 )
@@ -28,7 +30,7 @@ from llmos.system import System
 # The services the routers find on ``app.state`` (by these names).
 SERVICES = ("daemon", "tokens", "identity", "throttle", "jobs", "artifacts", "datasets",
             "registry", "train", "workers", "deployments", "controller", "metrics", "gateway",
-            "audit")
+            "audit", "pipelines", "lineage")
 
 
 def create_app(system: System) -> FastAPI:
@@ -69,5 +71,7 @@ def create_app(system: System) -> FastAPI:
     app.include_router(deployments.router)
     app.include_router(deployments.workers_router)
     app.include_router(openai.router)
+    app.include_router(pipelines.router)
+    app.include_router(lineage.router)
     app.include_router(audit.router)
     return app

@@ -14,9 +14,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from llmos.cli import identity, jobview, render, serve, train
+from llmos.cli import identity, jobview, lineage, render, serve, train
 from llmos.cli.data import data_app
 from llmos.cli.models import models_app
+from llmos.cli.pipeline import pipeline_app
 from llmos.cli.errors import UsageError
 from llmos.config import parse_labels
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
@@ -43,6 +44,8 @@ app.command()(train.evaluate)
 app.command()(identity.login)
 app.command()(identity.logout)
 app.command()(identity.whoami)
+app.add_typer(pipeline_app, name="pipeline")
+app.command()(lineage.lineage)
 
 out = Console()
 err = Console(stderr=True)

@@ -27,6 +27,7 @@ import httpx
 
 from llmos.config import get_settings
 from llmos.sdk.credentials import find_token
+from llmos.sdk.pipeline import Pipelines
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -74,6 +75,7 @@ class Client:
         self.datasets = Datasets(self)
         self.keys = Keys(self)
         self.audit = Audit(self)
+        self.pipelines = Pipelines(self)
 
     def close(self) -> None:
         self._http.close()
@@ -125,6 +127,17 @@ class Client:
     def drain(self, node: str, undo: bool = False) -> dict:
         return self.request("POST", f"/v1/nodes/{quote(node, safe='')}/"
                             f"{'undrain' if undo else 'drain'}").json()
+
+    def lineage(self, kind: str, ref: str | int) -> dict:
+        """Where a ``deployment``, ``model`` (NAME[:VERSION|@ALIAS]), ``dataset``
+        (NAME[:VERSION]) or pipeline ``run`` (its id) came from, as a tree (TEAM/NAME
+        works for any NAME)."""
+        kinds = {"deployment": "deployments", "model": "models", "dataset": "datasets",
+                 "run": "runs"}
+        if kind not in kinds:
+            raise ValueError(f"kind is one of {', '.join(kinds)}, not {kind!r}")
+        path = f"/v1/lineage/{kinds[kind]}/{quote(str(ref), safe='/:@')}"
+        return self.request("GET", path).json()
 
 
 def _why(e: httpx.TransportError) -> str:
@@ -500,6 +513,25 @@ class Deployments:
 
     def delete(self, name: str) -> dict:
         return self._c.request("DELETE", f"/v1/deployments/{quote(name, safe='')}").json()
+
+    def set_canary(self, name: str, version: int, weight: int,
+                   model: str | None = None) -> dict:
+        """Send ``weight`` percent of ``name``'s requests to ``version`` of its model."""
+        body = {"version": version, "weight": weight}
+        if model is not None:
+            body["model"] = model
+        return self._c.request("POST", f"/v1/deployments/{quote(name, safe='')}/canary",
+                               json=body).json()
+
+    def clear_canary(self, name: str) -> dict:
+        """Roll back: every request to the deployment's version again."""
+        return self._c.request("DELETE",
+                               f"/v1/deployments/{quote(name, safe='')}/canary").json()
+
+    def complete_canary(self, name: str) -> dict:
+        """The canary's version becomes the deployment's."""
+        return self._c.request(
+            "POST", f"/v1/deployments/{quote(name, safe='')}/canary/complete").json()
 
 
 def _model(name: str) -> str:
