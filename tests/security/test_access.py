@@ -419,7 +419,7 @@ CASES = [
              "run", "red-pipe", "red") and [(x["name"], x["job"]["program"])
                                            for x in s.body["steps"]] == [("a", "noop")]),
     # -- pipelines
-    Case("POST", "/v1/pipelines/validate", "developer", lambda w, t, p: (
+    Case("POST", "/v1/pipelines/validate", "viewer", lambda w, t, p: (
         "/v1/pipelines/validate", {"json": {"spec": _one_step(f"{t}-pipe"), "team": t}}), 403,
         shows=lambda s: [(x["name"], x["program"]) for x in s.body["steps"]] == [("a", "noop")]),
     Case("POST", "/v1/pipelines/runs", "developer", lambda w, t, p: (
@@ -440,9 +440,10 @@ CASES = [
                                                              "CANCELLED")),
     Case("POST", "/v1/pipelines/runs/{run_id}/resume", "developer",
          lambda w, t, p: (f"/v1/pipelines/runs/{_pipe_run(w, t, 'FAILED')}/resume", {}),
+         # a resume keeps the run's owner (its maker), whoever resumes it
          shows=lambda s: (s.body["id"], s.body["owner"]) == (int(s.path.split("/")[4]),
-                                                             s.user)
-         and s.body["state"] in ("RUNNING", "FAILED")),
+                                                             f"{s.body['team']}-developer")
+         and s.body["state"] in ("PENDING", "RUNNING", "FAILED")),
     Case("POST", "/v1/pipelines", "developer", lambda w, t, p: ("/v1/pipelines", {
         "json": {"spec": _one_step(_new(w, f"{t}-applied")), "team": t}}), 403, ok=201,
         shows=lambda s: (s.body["name"], s.body["team"], s.body["owner"], s.body["triggers"])
