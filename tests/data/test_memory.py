@@ -11,6 +11,7 @@ LIMIT_MB = 1536
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # as long as it waits for the job: 2 GB take minutes on 2 cores
 def test_two_gigabytes_of_text_within_one_and_a_half_gigabytes(daemon, tmp_path):
     manifest = generate(tmp_path / "big", 2048, seed=1, file_mb=128)
     assert manifest.bytes >= 2 << 30
