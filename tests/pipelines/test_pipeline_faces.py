@@ -313,7 +313,11 @@ def test_cancel_then_resume_reuses_what_succeeded(shared):
     c = shared.client
     gate = shared.gates / "open"
     run = c.pipelines.run(three_steps("faces-gated", str(gate)))
-    wait_for(lambda: _step(c.pipelines.get_run(run["id"]), "shout")["state"] == "RUNNING",
+    # a step is RUNNING from its job's submission (a job may wait in the kernel for the
+    # one before): greet done and shout's job running is the moment to cancel
+    wait_for(lambda: (r := c.pipelines.get_run(run["id"])) and _step(r, "greet")["state"]
+             == "SUCCEEDED" and _step(r, "shout")["state"] == "RUNNING"
+             and c.jobs.get(_step(r, "shout")["job_id"])["state"] == "RUNNING",
              timeout=120, what="the gated step to run")
     cancelled = c.pipelines.cancel(run["id"])
     assert cancelled["state"] in ("RUNNING", "CANCELLED")
