@@ -145,8 +145,16 @@ def recovery(live: LiveDaemon, cluster: RayTestCluster) -> tuple[float, float]:
 
     wait_for(dead, timeout=60, interval=0.02, what="Ray to report the node dead")
     reported = time.time()
-    wait_for(lambda: (j := live.client.jobs.get(job["id"]))["state"] == "RUNNING"
-             and j["attempt"] >= 2, timeout=120, interval=0.02, what="the job to run again")
+    try:
+        wait_for(lambda: (j := live.client.jobs.get(job["id"]))["state"] == "RUNNING"
+                 and j["attempt"] >= 2, timeout=120, interval=0.02, what="the job to run again")
+    except AssertionError:
+        j = live.client.jobs.get(job["id"])
+        raise AssertionError(f"job {job['id']} did not run again: {j['state']}, attempt "
+                             f"{j['attempt']}, {j.get('reason')}; transitions "
+                             f"{[(t['to_state'], t['reason']) for t in j['transitions']]}; "
+                             f"nodes {[(n['name'], n['state']) for n in live.client.nodes()]}"
+                             ) from None
     again = time.time()
     live.client.jobs.cancel(job["id"])
     return again - reported, again - killed
