@@ -173,7 +173,7 @@ def reader_files(work: Path) -> None:
         for text in web_documents(offset=7):
             f.write(json.dumps({"text": text}) + "\n")
     spec = importlib.util.spec_from_file_location(
-        "topic_corpus", Path(__file__).parent / "train" / "topic_corpus.py")
+        "topic_corpus", Path(__file__).parent / "topic_corpus.py")
     corpus = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(corpus)
     (work / "topics.jsonl").write_text("\n".join(json.dumps(r) for r in corpus.train_rows()))

@@ -73,3 +73,32 @@ def _iso(value):
 
 
 IsoTime = Annotated[datetime, BeforeValidator(_iso)]
+
+
+YAML_MAX_DEPTH = 32  # nesting of lists and mappings in a recipe or pipeline file
+
+
+def load_yaml(text: str, what: str, max_depth: int = YAML_MAX_DEPTH) -> Any:
+    """YAML text a user sent (a recipe, a pipeline), read safely: a 422 (``InvalidRequest``)
+    that starts with ``what`` for text that is not YAML, for aliases (``*name``: a few
+    hundred bytes of nested ones expand to billions of values once read) and for nesting
+    deeper than ``max_depth`` — both refused before anything is built."""
+    import yaml
+
+    from llmos.errors import InvalidRequest
+
+    try:
+        depth = 0
+        for event in yaml.parse(text, yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise InvalidRequest(f"{what}: YAML aliases (*name) are not accepted; write "
+                                     "the value out")
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > max_depth:
+                    raise InvalidRequest(f"{what}: nested more than {max_depth} levels deep")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidRequest(f"{what}: not valid YAML: {str(e).splitlines()[0]}") from None

@@ -10,8 +10,9 @@ identity reloads the daemon's quotas when they change; the artifact store is han
 cipher; serving sits on the model registry and the job service. On an empty store the
 build creates the administrator and hands its one-time token to ``on_bootstrap``.
 
-:meth:`System.start` starts the control loop, the serving controller and the pipeline
-engine; :meth:`System.close` stops them, closes the gateway's connections and the store.
+:meth:`System.start` starts the control loop, the serving controller, the pipeline
+engine and the tuning driver; :meth:`System.close` stops them, closes the gateway's
+connections and the store.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
 from llmos.models.registry import ModelRegistry
 from llmos.monitor.metrics import Metrics
+from llmos.optimize.compare import CompareService
+from llmos.optimize.service import CompressService
+from llmos.optimize.tune import TuneService
+from llmos.optimize.tune_storage import forget as forget_tune_storage
 from llmos.pipelines import PipelineService
 from llmos.pipelines.lineage import LineageService
 from llmos.security.artifacts import ArtifactService
@@ -89,6 +94,8 @@ class System:
         self.datasets = DatasetService(self.jobs, self.artifacts)
         self.registry = ModelRegistry(self.artifacts, settings.home_dir / "models")
         self.train = TrainService(self.jobs, self.registry, self.datasets)
+        self.compress = CompressService(self.jobs, self.registry, self.datasets)
+        self.compare = CompareService(self.jobs, self.registry, self.datasets)
 
     def _build_serving(self) -> None:
         """Deployments, their workers' controller, the metrics and the gateway."""
@@ -105,6 +112,8 @@ class System:
         """Pipelines over every service above (their steps are those services' verbs)."""
         self.pipelines = PipelineService(self)
         self.lineage = LineageService(self.db, self.registry, self.datasets, self.deployments)
+        # Tuning studies: their driver submits trials as jobs, woken when jobs end.
+        self.tune = TuneService(self)
 
     def _bootstrap(self, on_bootstrap: Callable[[Bootstrap], None] | None) -> None:
         first = self.identity.bootstrap()
@@ -119,14 +128,17 @@ class System:
         self.daemon.start()
         self.controller.start()
         self.pipelines.engine.start()
+        self.tune.driver.start()
 
     async def close(self) -> None:
         """Stop serving and the daemon (running jobs stopped or left, as the settings
         say), then close the store. Async: the gateway's connections close on the event
         loop that used them."""
         self.pipelines.engine.stop()
+        self.tune.driver.stop()
         self.controller.stop()
         await self.gateway.close()
         self.daemon.shutdown()
+        forget_tune_storage(self.db)
         self.db.close()
         log.info("llmos daemon stopped cleanly")

@@ -55,7 +55,7 @@ def test_examples_exist():
     ("split: {train: 0.5, test: 0.2}", "train + validation + test must add up to 1"),
     ("shuffle: true", "unknown parameter 'shuffle'"),
     ("- just a list", "a recipe is a mapping"),
-    ("steps: [normalize", "the recipe is not valid YAML"),
+    ("steps: [normalize", "recipe: not valid YAML"),
 ])
 def test_bad_recipes_say_what_is_wrong(text, message):
     with pytest.raises(RecipeError) as e:

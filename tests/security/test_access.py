@@ -26,6 +26,8 @@ from llmos.sdk import Client
 from llmos.serve.openai import PATHS as OPENAI_PATHS
 from offline_models import minilm_dir
 
+TUNE_PROGRAMS = Path(__file__).parents[1] / "optimize" / "tune_programs.py"
+
 ROLES = ["viewer", "developer", "maintainer", "admin"]
 PRINCIPALS = ROLES + ["outsider"]
 RANK = {"viewer": 1, "developer": 2, "maintainer": 3, "admin": 4, "outsider": 0}
@@ -345,6 +347,21 @@ CASES = [
         "model": f"{t}-cls", "dataset": f"{t}-labeled",
         "resources": {"cpu": 0.1, "memory_mb": 1024}}}), ok=201,
         shows=lambda s: (s.body["team"], s.body["owner"]) == ("red", s.user)),
+    # -- compression and comparison jobs (TEAM-cls:1 is registered, :2 imported)
+    Case("POST", "/v1/optimize/compress", "developer", lambda w, t, p: (
+        "/v1/optimize/compress", {"json": {
+            "recipe": {"method": "quantize"}, "model": f"{t}-cls:1",
+            "output": _new(w, f"{t}-int8"), "resources": {"cpu": 0.1, "memory_mb": 1024}}}),
+        ok=201, shows=lambda s: (s.body["program"], s.body["team"], s.body["owner"]) == (
+            "optimize.compress", "red", s.user)),
+    Case("POST", "/v1/optimize/compare", "developer", lambda w, t, p: (
+        "/v1/optimize/compare", {"json": {
+            "models": [f"{t}-cls:1", f"{t}-cls:2"], "dataset": f"{t}-labeled",
+            "budget_s": 0.1, "resources": {"cpu": 0.1, "memory_mb": 1024}}}),
+        ok=201, shows=lambda s: (
+            [(j["program"], j["team"], j["owner"]) for j in s.body["jobs"]]
+            == [("optimize.measure", "red", s.user)] * 2
+            and s.body["jobs"][1]["depends_on"] == [s.body["jobs"][0]["id"]])),
     # -- serving
     Case("POST", "/v1/deployments", "developer", lambda w, t, p: ("/v1/deployments", {
         "json": {"model": f"{t}-bert", "name": _new(w, f"{t}-dep"), "pool": f"{t}-pool"}}),
@@ -444,6 +461,25 @@ CASES = [
          shows=lambda s: (s.body["id"], s.body["owner"]) == (int(s.path.split("/")[4]),
                                                              f"{s.body['team']}-developer")
          and s.body["state"] in ("PENDING", "RUNNING", "FAILED")),
+    # -- tuning studies
+    Case("POST", "/v1/tune/studies", "developer", lambda w, t, p: ("/v1/tune/studies", {
+        "json": {"recipe": _study_recipe(_new(w, f"{t}-study"), "final_only"), "team": t}}),
+        403, ok=201, shows=lambda s: (s.body["name"], s.body["team"], s.body["owner"]) == (
+            s.kwargs["json"]["recipe"]["name"], "red", s.user)),
+    Case("GET", "/v1/tune/studies", "any", lambda w, t, p: (
+        f"/v1/tune/studies{_study(w, 'red', 'done') and ''}", {}), lists="studies",
+        shows=lambda s: _outsider_or(s, "red-tuned" in s.listed("studies", "name"))),
+    Case("GET", "/v1/tune/studies/{name}", "viewer",
+         lambda w, t, p: (f"/v1/tune/studies/{_study(w, t, 'done')}", {}),
+         shows=lambda s: (s.body["name"], s.body["team"], s.body["state"], s.body["done"])
+         == ("red-tuned", "red", "SUCCEEDED", 1) and len(s.body["trials"]) == 1),
+    Case("POST", "/v1/tune/studies/{name}/stop", "developer",
+         lambda w, t, p: (f"/v1/tune/studies/{_study(w, t, 'running')}/stop", {}),
+         shows=lambda s: (s.body["state"], s.body["running"]) == ("STOPPED", 0)),
+    Case("POST", "/v1/tune/studies/{name}/resume", "developer",
+         lambda w, t, p: (f"/v1/tune/studies/{_study(w, t, 'failed')}/resume", {}),
+         shows=lambda s: s.body["team"] == "red" and s.body["state"] in ("RUNNING",
+                                                                          "FAILED")),
     Case("POST", "/v1/pipelines", "developer", lambda w, t, p: ("/v1/pipelines", {
         "json": {"spec": _one_step(_new(w, f"{t}-applied")), "team": t}}), 403, ok=201,
         shows=lambda s: (s.body["name"], s.body["team"], s.body["owner"], s.body["triggers"])
@@ -631,6 +667,34 @@ def _doomed_pipeline(w: World, team: str) -> str:
     return name
 
 
+def _study_recipe(name: str, prog: str, **params) -> dict:
+    """A one-trial tuning study of a test program of tests/optimize/tune_programs.py."""
+    return {"name": name, "program": f"{TUNE_PROGRAMS}:{prog}", "params": params,
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "objective": {"metric": "score" if prog == "final_only" else "loss"},
+            "trials": 1, "pruner": "none", "resources": {"cpu": 0.05, "memory_mb": 256}}
+
+
+def _study(w: World, team: str, state: str) -> str:
+    """A study of ``team``: done (``TEAM-tuned``, made once), running (red: a new one for
+    each call; blue: one, which red never changes) or failed (likewise)."""
+    key = f"study-{state}"
+    if key in w.res[team] and (team == "blue" or state == "done"):
+        return w.res[team][key]
+    c = w.makers[team]
+    name = f"{team}-tuned" if state == "done" else _new(w, f"{team}-{state}")
+    recipe = {"done": _study_recipe(name, "final_only"),
+              "running": _study_recipe(name, "curve", y=0.0, steps=10_000, delay=1.0),
+              "failed": _study_recipe(name, "broken")}[state]
+    c.tune.start(recipe)
+    want = {"done": "SUCCEEDED", "failed": "FAILED", "running": "RUNNING"}[state]
+    wait_for(lambda: c.tune.get(name)["state"] == want and (
+        state != "running" or c.tune.get(name)["running"] == 1), timeout=120,
+        what=f"study {name} {want}")
+    w.res[team][key] = name
+    return name
+
+
 def _allowed(need: str, principal: str, team: str) -> bool:
     if need == "sysadmin":
         return False
@@ -694,7 +758,7 @@ def _only_visible(world: World, key: str, body: dict, principal: str) -> None:
             j["id"] for j in items}
     elif key == "artifacts":
         assert all(a["team"] == "red" for a in items)
-    elif key in ("datasets", "models", "deployments", "pipelines", "runs"):
+    elif key in ("datasets", "models", "deployments", "pipelines", "runs", "studies"):
         assert all(d["team"] == "red" for d in items)
     elif key == "data":
         assert all(m["owned_by"] == "red" for m in items)

@@ -83,7 +83,7 @@ def test_steps_follow_epochs_and_max_steps():
     ({"task": "causal_lm", "eval_every": 10, "early_stopping": {"metric": "accuracy"}},
      ("early_stopping.metric: 'accuracy' is not a metric of causal_lm (metrics: eval_loss, "
       "eval_perplexity)")),
-    ("task: [causal_lm", "the training recipe is not valid YAML"),
+    ("task: [causal_lm", "training recipe: not valid YAML"),
     ("- task: causal_lm", "a training recipe is a mapping with at least 'task'"),
 ])
 def test_bad_recipes_say_what_is_wrong(raw, message):

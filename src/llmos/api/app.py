@@ -20,9 +20,11 @@ from llmos.api import (
     jobs,
     lineage,
     openai,
+    optimize,
     pipelines,
     registry,
     training,
+    tune,
 )
 from llmos.api import system as system_routes
 from llmos.system import System
@@ -68,10 +70,12 @@ def create_app(system: System) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(registry.router)
     app.include_router(training.router)
+    app.include_router(optimize.router)
     app.include_router(deployments.router)
     app.include_router(deployments.workers_router)
     app.include_router(openai.router)
     app.include_router(pipelines.router)
+    app.include_router(tune.router)
     app.include_router(lineage.router)
     app.include_router(audit.router)
     return app

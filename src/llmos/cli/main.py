@@ -15,9 +15,11 @@ import typer
 from rich.console import Console
 
 from llmos.cli import identity, jobview, lineage, render, serve, train
+from llmos.cli import optimize as optimize_cli
 from llmos.cli.data import data_app
 from llmos.cli.models import models_app
 from llmos.cli.pipeline import pipeline_app
+from llmos.cli.tune import tune_app
 from llmos.cli.errors import UsageError
 from llmos.config import parse_labels
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
@@ -30,6 +32,8 @@ app.add_typer(job_app, name="job")
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+models_app.command("compress")(optimize_cli.compress)
+models_app.command("compare")(optimize_cli.compare)
 keys_app = typer.Typer(help="Encryption keys for data at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
@@ -45,6 +49,7 @@ app.command()(identity.login)
 app.command()(identity.logout)
 app.command()(identity.whoami)
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(tune_app, name="tune")
 app.command()(lineage.lineage)
 
 out = Console()

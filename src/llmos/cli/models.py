@@ -116,6 +116,26 @@ def show(
     render.model_version(out, v)
 
 
+@models_app.command("pull")
+def pull(
+    ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    dest: Path = typer.Argument(..., help="A new or empty folder to write the files to."),
+) -> None:
+    """Download a version's files (checked against their sha256). An ONNX version becomes a
+    self-contained edge bundle: the files plus runner.py, which needs only onnxruntime,
+    tokenizers and numpy (`python DEST/runner.py DEST "some text"`)."""
+    name, version = parse_ref(ref)
+    with Client() as c:
+        folder = c.models.pull(name, version, dest)
+    if (folder / "model.onnx").exists():  # the edge runner, from this llmos (not stored as code)
+        from importlib.util import find_spec
+
+        runner = Path(find_spec("llmos.models.onnx_runner").origin)
+        (folder / "runner.py").write_bytes(runner.read_bytes())
+    out.print(f"{name}:{version} → {folder}"
+              + (" (edge bundle: python runner.py)" if (folder / "runner.py").exists() else ""))
+
+
 @models_app.command("alias")
 def alias(
     ref: str = typer.Argument(..., help="NAME:VERSION to point the alias at (or NAME with "

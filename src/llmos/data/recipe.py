@@ -30,6 +30,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmos import extensions
+from llmos.errors import InvalidRequest
+from llmos.schema import load_yaml
 from llmos.data.steps import PHASES, Step, StepParams
 
 
@@ -142,12 +144,10 @@ def parse_recipe(raw: Any) -> Recipe:
 
 def load_recipe(text: str) -> Recipe:
     """Parse YAML (or JSON) text into a checked recipe."""
-    import yaml
-
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"the recipe is not valid YAML: {e}") from None
+        raw = load_yaml(text, "recipe")
+    except InvalidRequest as e:
+        raise RecipeError(str(e)) from None
     return parse_recipe(raw)
 
 

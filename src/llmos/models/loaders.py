@@ -38,7 +38,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "chat_template.jinja", "chat_template.json")
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
                                "config_sentence_transformers.json", "1_Pooling/config.json")
-KEEP_FILES = frozenset(CONFIG_FILES + TOKENIZER_FILES + SENTENCE_TRANSFORMERS_FILES)
+KEEP_FILES = frozenset(CONFIG_FILES + TOKENIZER_FILES + SENTENCE_TRANSFORMERS_FILES
+                       + ("manifest.json",))
 #: Files whose presence means "this folder has a tokenizer" (the rest only configure one).
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -48,8 +49,16 @@ GGUF_DTYPES = ("float32", "bfloat16", "float16")
 # safetensors dtype -> torch name, for tensors that count as parameters.
 _FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                  "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-# Buffers some checkpoints carry beside their parameters (transformers does not count them).
-_BUFFER_SUFFIXES = ("position_ids", "rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+# Quantized weights count as parameters (their scales and zero points do not).
+_QUANT_DTYPES = {"I8": "int8", "U8": "uint8", "INT8": "int8", "UINT8": "uint8"}
+# ONNX TensorProto data types -> the names used above.
+_ONNX_DTYPES = {1: "F32", 10: "F16", 16: "BF16", 11: "F64", 3: "INT8", 2: "UINT8"}
+# Buffers some checkpoints carry beside their parameters (transformers does not count them),
+# and the scales and zero points of quantized weights.
+_BUFFER_SUFFIXES = ("position_ids", "rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias",
+                    "_scale", "_zero_point")
+#: An ONNX export's graph and its external weights (optimize/onnx_export.py).
+ONNX_FILE, ONNX_DATA = "model.onnx", "model.onnx.data"
 _CHUNK = 8 << 20
 
 #: ``progress(done, total, stage)``: step ``done`` of ``total``, now doing ``stage``.
@@ -165,6 +174,12 @@ def _weight_files(root: Path, files: set[str]) -> tuple[list[str], str | None, d
         found = ["model.safetensors"]
     if found:
         return found, None, None
+    # An export (optimize/): ONNX graph (with its external data, when any) or one GGUF file.
+    if ONNX_FILE in files:
+        return [ONNX_FILE] + ([ONNX_DATA] if ONNX_DATA in files else []), None, None
+    ggufs = sorted(n for n in files if n.endswith(".gguf"))
+    if len(ggufs) == 1:
+        return ggufs, None, None
     pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES))
     if pickles:
         raise ModelImportError(
@@ -174,12 +189,17 @@ def _weight_files(root: Path, files: set[str]) -> tuple[list[str], str | None, d
             f"AutoModel.from_pretrained('{root}').save_pretrained('{root}-safetensors')\" "
             f"(use the model's AutoModelFor... class to keep its head), then import "
             f"{root}-safetensors")
-    raise ModelImportError(f"no weights in {root}: expected model.safetensors, or shards "
-                           f"named by model.safetensors.index.json")
+    raise ModelImportError(f"no weights in {root}: expected model.safetensors, shards "
+                           f"named by model.safetensors.index.json, {ONNX_FILE} or one "
+                           f".gguf file")
 
 
 def _read_headers(root: Path, shards: list[str], index: str | None,
                   weight_map: dict | None) -> dict[str, tuple[tuple[int, ...], str]]:
+    if shards and shards[0] == ONNX_FILE:
+        return _onnx_headers(root / ONNX_FILE)
+    if shards and shards[0].endswith(".gguf"):
+        return _gguf_tensors(root / shards[0])
     from safetensors import safe_open
 
     tensors: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -208,6 +228,30 @@ def _read_headers(root: Path, shards: list[str], index: str | None,
             raise ModelImportError(f"{index} in {root} says tensor {name} is in {shard}, "
                                    f"which does not hold it")
     return tensors
+
+
+def _onnx_headers(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The graph's initializers (its weights), without loading external data."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # noqa: BLE001 - protobuf's parse errors
+        raise ModelImportError(f"{path.name} in {path.parent} is not a readable ONNX model: "
+                               f"{e}") from None
+    return {t.name: (tuple(t.dims), _ONNX_DTYPES.get(t.data_type, "other"))
+            for t in graph.initializer}
+
+
+def _gguf_tensors(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - truncated or malformed file
+        raise ModelImportError(f"{path.name} is not a readable GGUF file: {e}") from None
+    return {t.name: (tuple(int(d) for d in t.shape), f"GGUF_{t.tensor_type.name}")
+            for t in reader.tensors}
 
 
 # -- describing a folder ------------------------------------------------------------------
@@ -251,10 +295,14 @@ def _count_parameters(folder: _Folder, architecture: str | None) -> tuple[int, l
                 if target in tensors and tensors.get(source) == tensors[target]}
     total, dtypes = 0, set()
     for name, (shape, dtype) in tensors.items():
-        if name in tied or dtype not in _FLOAT_DTYPES or name.endswith(_BUFFER_SUFFIXES):
+        if name in tied or name.endswith(_BUFFER_SUFFIXES):
+            continue
+        kind = _FLOAT_DTYPES.get(dtype) or _QUANT_DTYPES.get(dtype) or (
+            dtype.removeprefix("GGUF_") if dtype.startswith("GGUF_") else None)
+        if kind is None:
             continue
         total += math.prod(shape)
-        dtypes.add(_FLOAT_DTYPES[dtype])
+        dtypes.add(kind)
     return total, sorted(dtypes)
 
 

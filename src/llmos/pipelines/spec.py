@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmos.errors import InvalidRequest
 from llmos.kernel.jobs import PriorityClass, ResourceSpec
+from llmos.schema import load_yaml
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 STEP_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")
@@ -127,22 +127,6 @@ class PipelineSpec(Strict):
         return value
 
 
-def _check_events(events) -> None:
-    """Refuse YAML aliases (``*name``: a few hundred bytes of nested ones expand to
-    billions of values once read) and nesting deeper than ``MAX_DEPTH``, before reading."""
-    depth = 0
-    for e in events:
-        if isinstance(e, yaml.AliasEvent):
-            raise InvalidRequest("pipeline: YAML aliases (*name) are not accepted; write "
-                                 "the value out")
-        if isinstance(e, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise InvalidRequest(f"pipeline: nested more than {MAX_DEPTH} levels deep")
-        elif isinstance(e, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
-
-
 def _depth(value: Any) -> int:
     """How deeply lists and dicts nest in ``value`` (without recursion)."""
     deepest, todo = 0, [(value, 1)]
@@ -166,13 +150,7 @@ def cpu_as_float(value: Any) -> Any:
 def load(spec: dict | str) -> PipelineSpec:
     """The typed spec from a dict or YAML text; a 422 naming the field otherwise."""
     if isinstance(spec, str):
-        try:
-            # aliases (*name) refused: a few hundred bytes of nested ones expand to
-            # billions of values once read
-            _check_events(yaml.parse(spec, yaml.SafeLoader))
-            spec = yaml.safe_load(spec)
-        except yaml.YAMLError as e:
-            raise InvalidRequest(f"pipeline: not valid YAML: {str(e).splitlines()[0]}") from None
+        spec = load_yaml(spec, "pipeline", MAX_DEPTH)
     if not isinstance(spec, dict):
         raise InvalidRequest("pipeline: expected a mapping with name and steps")
     if _depth(spec) > MAX_DEPTH:

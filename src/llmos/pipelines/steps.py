@@ -31,6 +31,7 @@ from llmos.kernel import programs
 from llmos.kernel.jobs import JobSpec
 from llmos.models.imports import ImportRequest, start_import
 from llmos.models.registry import parse_ref
+from llmos.optimize.service import CompressRequest
 from llmos.pipelines.spec import StepSpec
 from llmos.security import names
 from llmos.security.paths import check_tree
@@ -225,6 +226,22 @@ class EvaluateKind(Kind):
         return {"metrics": _numbers(job.result or {})}
 
 
+class CompressKind(Kind):
+    name = "optimize.compress"
+    inputs = {"model": "model", "dataset": "dataset"}
+    required = ("model",)
+    outputs = {"model": "model", "metrics": "metrics"}
+    request = CompressRequest
+
+    def submit(self, call: Call) -> Job:
+        req = self.build(call.spec, call.params, refs_for(call.inputs, call.team), call.team)
+        return call.system.compress.compress(call.who, req)
+
+    def collect(self, call: Call, job: Job) -> dict:
+        model, metrics = model_of_job(call.system, job)
+        return {"model": model, "metrics": _numbers(metrics.get("test") or {})}
+
+
 class ImportKind(Kind):
     name = "models.import"
     outputs = {"model": "model"}
@@ -248,7 +265,7 @@ class ImportKind(Kind):
 
 
 BUILTIN: dict[str, Kind] = {k.name: k for k in (IngestKind(), FinetuneKind(), EvaluateKind(),
-                                                 ImportKind())}
+                                                 ImportKind(), CompressKind())}
 
 
 def kind_of(program: str) -> Kind:

@@ -27,7 +27,9 @@ import httpx
 
 from llmos.config import get_settings
 from llmos.sdk.credentials import find_token
+from llmos.sdk.optimize import Optimize
 from llmos.sdk.pipeline import Pipelines
+from llmos.sdk.tune import Tune
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -76,6 +78,8 @@ class Client:
         self.keys = Keys(self)
         self.audit = Audit(self)
         self.pipelines = Pipelines(self)
+        self.tune = Tune(self)
+        self.optimize = Optimize(self)
 
     def close(self) -> None:
         self._http.close()
@@ -430,6 +434,23 @@ class Models:
 
     def card(self, name: str, ref: int | str = "latest") -> str:
         return self._c.request("GET", f"{_model(name)}/versions/{ref}/card").text
+
+    def pull(self, name: str, ref: int | str, dest: str | Path) -> Path:
+        """Write a version's files into the new or empty folder ``dest``, each checked
+        against its sha256 (``llmos models pull`` adds an ONNX bundle's ``runner.py``)."""
+        v = self.version(name, ref)
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise LLMOSClientError(f"{dest} exists and is not an empty folder")
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in v["files"]:
+            target = dest / f["path"]
+            if target.resolve().parent != dest.resolve() and \
+                    dest.resolve() not in target.resolve().parents:
+                raise LLMOSClientError(f"version file {f['path']!r} is outside the folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._c.artifacts.download(f["artifact_id"], target)
+        return dest
 
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         return self._c.request("PUT", f"{_model(name)}/aliases/{quote(alias, safe='')}",

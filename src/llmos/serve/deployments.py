@@ -29,6 +29,7 @@ in several of their teams, and a pool is known by its team and name together
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -36,7 +37,6 @@ from pydantic import Field, field_validator, model_validator
 from sqlalchemy import select
 
 from llmos.config import parse_labels
-
 from llmos.errors import Conflict, InvalidRequest, NotFound
 from llmos.kernel.jobs import PRIORITY_RANK, PriorityClass
 from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
@@ -46,12 +46,16 @@ from llmos.security.rbac import CREATE, MANAGE, READ, SYSTEM, Need, Principal
 from llmos.store.db import Database
 from llmos.store.models import Deployment, ServingPool, utcnow
 
+log = logging.getLogger("llmos.serve")
+
 # What each kind of model is served as, and by which engines, at which route.
 TASKS = {"causal_lm": "generate", "encoder": "embed", "sequence_classification": "classify"}
 ROUTES = {"generate": "/v1/chat/completions", "embed": "/v1/embeddings",
           "classify": "/v1/classify"}
-ENGINES = {"generate": ("torch", "llamacpp"), "embed": ("encoder",), "classify": ("encoder",)}
+ENGINES = {"generate": ("torch", "llamacpp"), "embed": ("encoder", "onnx"),
+           "classify": ("encoder", "onnx")}
 DEFAULT_ENGINE = {"generate": "torch", "embed": "encoder", "classify": "encoder"}
+ONNX_FILE = "model.onnx"  # a version holding it is an ONNX edge bundle: the onnx engine's
 RUNTIME_MB = 700  # a worker's own memory (Python, torch, the HTTP server), outside the budget
 DEFAULT_IDLE_S = 300.0  # min_replicas 0: idle this long before scaling to zero
 
@@ -168,7 +172,7 @@ class DeploymentService:
         model, ref = parse_ref(req.model)
         version = self.registry.version(who, model, ref)
         task = _task(model, version)
-        engine = req.engine or DEFAULT_ENGINE[task]
+        engine = req.engine or default_engine(version, task)
         _check_engine(model, version, task, engine)
         with self.db.session() as s:
             # The deployment's team: its qualifier or the asked one, else the caller's team
@@ -382,6 +386,11 @@ class DeploymentService:
                                           d.ref)
             except NotFound:
                 continue  # the alias was removed: keep serving what it pointed at
+            try:  # an alias moved to a version this engine cannot load: keep the old one
+                _check_engine(model.name, v, _task(model.name, v), d.engine)
+            except InvalidRequest as e:
+                log.warning("deployment %s keeps version %s: %s", d.name, d.version_id, e)
+                continue
             if v.id != d.version_id:
                 with self.db.session() as s:
                     row = s.get(Deployment, d.id)
@@ -402,14 +411,51 @@ def _task(model: str, version) -> str:
     return task
 
 
+def _has_file(version, predicate: Callable[[str], bool]) -> bool:
+    return any(predicate(f["path"]) for f in version.info.get("files", []))
+
+
+def _is_onnx(version) -> bool:
+    return _has_file(version, lambda path: path == ONNX_FILE)
+
+
+def default_engine(version, task: str) -> str:
+    """The engine a deployment of ``version`` gets when it names none: ``onnx`` for an ONNX
+    bundle, else the task's default."""
+    if task in ("embed", "classify") and _is_onnx(version):
+        return "onnx"
+    if task == "generate" and not _has_file(version, _safetensors) and \
+            _has_file(version, lambda path: path.endswith(".gguf")):
+        return "llamacpp"  # a GGUF export: its weights are the .gguf file alone
+    return DEFAULT_ENGINE[task]
+
+
 def _check_engine(model: str, version, task: str, engine: str) -> None:
     if engine not in ENGINES[task]:
         raise InvalidRequest(f"engine {engine!r} cannot serve {task}; use "
                              f"{' or '.join(ENGINES[task])}")
-    if engine == "llamacpp" and not any(f["path"].endswith(".gguf")
-                                        for f in version.info.get("files", [])):
+    if engine == "onnx" and _is_onnx(version) and not _has_file(
+            version, lambda path: path == "manifest.json"):
+        raise InvalidRequest(f"{model}:{version.version} holds {ONNX_FILE} but no "
+                             "manifest.json: the onnx engine serves bundles made by llmos "
+                             "(llmos models compress, method: onnx)")
+    if engine == "onnx" and not _is_onnx(version):
+        raise InvalidRequest(f"{model}:{version.version} holds no {ONNX_FILE}; the onnx engine "
+                             "serves versions exported to ONNX (method: onnx)")
+    if engine != "onnx" and _is_onnx(version):
+        raise InvalidRequest(f"{model}:{version.version} is an ONNX bundle ({ONNX_FILE}); "
+                             "serve it with the onnx engine")
+    if engine == "llamacpp" and not _has_file(version, lambda path: path.endswith(".gguf")):
         raise InvalidRequest(f"{model}:{version.version} holds no GGUF file; the llamacpp "
                              "engine serves versions imported from GGUF")
+    if engine in ("torch", "encoder") and not _has_file(version, _safetensors):
+        raise InvalidRequest(f"{model}:{version.version} holds no safetensors weights; the "
+                             f"{engine} engine loads those (a GGUF export is served by "
+                             "llamacpp, an ONNX bundle by onnx)")
+
+
+def _safetensors(path: str) -> bool:
+    return path.endswith(".safetensors")
 
 
 def _model_and_number(text: str) -> tuple[str, int | None]:

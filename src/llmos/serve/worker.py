@@ -59,7 +59,7 @@ def fetching_loader(ctx):
 def spec_of(ref: ModelRef, models: Path) -> ModelSpec:
     """The model a forwarded request (or a preload) names, to be fetched under ``models``."""
     options = ({"max_batch": ref.max_batch, "max_queue": ref.max_queue}
-               if ref.engine in ("torch", "encoder") else {})
+               if ref.engine in ("torch", "encoder", "onnx") else {})
     return ModelSpec(key=ref.key, deployment=ref.name, version=ref.version,
                      folder=models / f"version-{ref.version_id}", engine=ref.engine,
                      options=options, size_bytes=ref.size_bytes, priority=ref.priority_rank,

@@ -591,3 +591,30 @@ class PipelineTrigger(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     pipeline: Mapped[Pipeline] = relationship()
+
+
+# -- tuning (optimize/tune*) ------------------------------------------------------------------
+
+
+class TuneStudy(Base):
+    """A tuning study as llmos sees it: whose it is, its recipe and how it went. Its trials
+    live in Optuna's own tables (``optuna_study`` names the study there); ``best`` is kept
+    here when it ends."""
+
+    __tablename__ = "tune_studies"
+    __table_args__ = (Index("ux_tune_studies_name_team", "name", "team", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    system_admin: Mapped[bool] = mapped_column(Boolean, default=False)  # as on Pipeline
+    recipe: Mapped[dict] = mapped_column(JSON)  # optimize.tune_recipe.TuneRecipe, validated
+    # RUNNING | SUCCEEDED | FAILED | STOPPED
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    optuna_study: Mapped[str] = mapped_column(String(200))
+    # {number, value, params, job, model, version} of the best trial, once known
+    best: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -113,6 +113,10 @@ class Trainer:
         g = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)
         return torch.randperm(len(self.examples), generator=g).tolist()
 
+    def loss(self, batch):
+        """The summed loss of one batch (a subclass may train on another loss)."""
+        return forward_loss(self.model, batch)
+
     def _train_step(self, window: list[list[int]]):
         import torch
 
@@ -122,7 +126,7 @@ class Trainer:
         for batch in batches:
             batch = batch.to(self.rt.device)
             with self.rt.autocast():
-                loss = forward_loss(self.model, batch) / count
+                loss = self.loss(batch) / count
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
             self._samples += batch.n_samples

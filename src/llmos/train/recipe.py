@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llmos.errors import InvalidRequest
+from llmos.schema import load_yaml
 from llmos.train.errors import RecipeError
 
 TASKS = ("sequence_classification", "token_classification", "causal_lm")
@@ -247,12 +249,10 @@ def parse_train_recipe(raw: dict | str | TrainRecipe) -> TrainRecipe:
 
 
 def _load_yaml(text: str) -> Any:
-    import yaml
-
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"the training recipe is not valid YAML: {e}") from None
+        return load_yaml(text, "training recipe")
+    except InvalidRequest as e:
+        raise RecipeError(str(e)) from None
 
 
 _NESTED = {"lora": LoraSpec, "optimizer": OptimizerSpec, "schedule": ScheduleSpec,

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from llmos.models.quantized import is_int8
 from llmos.train import data as rows_mod
 from llmos.train import encode as enc
 from llmos.train.errors import DataError, RecipeError
@@ -133,7 +134,8 @@ def run_evaluation(model_dir: str | Path, task: str, rows,
     With ``ctx``, progress is reported in samples."""
     rec = _eval_recipe(task, recipe_or_fields)
     folder = check_model_dir(model_dir)
-    runtime = resolve(rec.precision, device)
+    # int8 weights (models/quantized.py) run on the CPU only
+    runtime = resolve(rec.precision, "cpu" if is_int8(folder) else device)
     data = rows_mod.read_rows(rows, rows_mod.required_columns(rec), "evaluation")
     rows_mod.check_rows(rec, data, "evaluation")
     tokenizer = load_tokenizer(folder)

@@ -81,6 +81,7 @@ class TrainService:
             raise InvalidRequest(str(e)) from None
         name, ref = parse_ref(req.model)
         base = self.registry.version(who, name, ref)
+        check_torch_weights(name, base, "fine-tuned", quantized_ok=False)
         if base.task not in BASES[recipe.task]:
             raise InvalidRequest(f"{name}:{base.version} is a {base.task} model; a "
                                  f"{recipe.task} recipe starts from "
@@ -129,6 +130,7 @@ class TrainService:
     def evaluate(self, who: Principal, req: EvaluateRequest) -> Job:
         name, ref = parse_ref(req.model)
         v = self.registry.version(who, name, ref)
+        check_torch_weights(name, v, "evaluated (`llmos models compare` measures any format)")
         task = v.task if v.task in BASES else None
         if task is None:
             raise InvalidRequest(f"{name}:{v.version} is a {v.task} model; evaluation is for "
@@ -152,6 +154,20 @@ class TrainService:
                                "split": req.split, "fields": req.fields},
                        resources=req.resources, priority=req.priority, team=v.model.team)
         return self.jobs.submit(who, spec)
+
+
+def check_torch_weights(name: str, version, purpose: str, quantized_ok: bool = True) -> None:
+    """422 unless the version holds weights torch trains and evaluates: safetensors (an ONNX
+    or GGUF export holds none), and, for training, not int8-quantized ones."""
+    paths = [f["path"] for f in version.info.get("files", [])]
+    what = None
+    if not any(p.endswith(".safetensors") for p in paths):
+        what = "an ONNX export" if "model.onnx" in paths else "a GGUF export"
+    elif not quantized_ok and "int8" in version.info.get("dtypes", []):
+        what = "int8-quantized"
+    if what:
+        raise InvalidRequest(f"{name}:{version.version} is {what}; it cannot be {purpose}: "
+                             "use the version it was made from")
 
 
 def check_columns(recipe: TrainRecipe, schema: dict, where: str) -> None:

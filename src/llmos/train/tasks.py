@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from llmos.models.quantized import is_int8, load_int8
 from llmos.train.errors import ModelError
 from llmos.train.recipe import LoraSpec
 
@@ -70,6 +71,8 @@ def load_model(task: str, folder: Path, labels: list[str] | None, tokenizer):
     import transformers
 
     auto = getattr(transformers, _AUTO[task])
+    if is_int8(folder):
+        return _load_int8(auto, task, folder, labels, tokenizer)
     kwargs = {}
     if labels is not None:
         kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
@@ -89,6 +92,23 @@ def load_model(task: str, folder: Path, labels: list[str] | None, tokenizer):
         raise ModelError(f"the model in {folder.name!r} cannot be loaded: {e}") from None
     except OSError as e:
         raise ModelError(f"the model in {folder.name!r} cannot be loaded: {e}") from None
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    check_tokenizer_fits(tokenizer, model, folder.name)
+    return model
+
+
+def _load_int8(auto, task: str, folder: Path, labels: list[str] | None, tokenizer):
+    """An int8-quantized folder (``llmos.models.quantized``): evaluated on the CPU, never
+    trained (its linear layers have no float weights to update)."""
+    if labels is not None:
+        raise ModelError(f"the model in {folder.name!r} is int8-quantized and cannot be "
+                         "trained; fine-tune its float parent and quantize the result")
+    try:
+        model = load_int8(auto, folder)
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelError(f"the int8 model in {folder.name!r} cannot be loaded as "
+                         f"{task.replace('_', ' ')}: {e}") from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     check_tokenizer_fits(tokenizer, model, folder.name)

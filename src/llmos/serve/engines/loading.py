@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from llmos.models.quantized import is_int8, load_int8
 from llmos.serve.engines.base import ModelLoadError
 
 _DTYPES = {
@@ -77,7 +78,15 @@ def check_model_dir(model_dir: str | Path) -> Path:
 
 def load_pretrained(auto_class: Any, model_dir: Path, device: torch.device, dtype: torch.dtype,
                     **kwargs: Any) -> torch.nn.Module:
-    """``auto_class.from_pretrained`` from safetensors only (memory-mapped), in eval mode."""
+    """``auto_class.from_pretrained`` from safetensors only (memory-mapped), in eval mode.
+    An int8-quantized folder (``llmos.models.quantized``) loads on the CPU whatever
+    ``device`` says: PyTorch's dynamic int8 kernels are CPU kernels."""
+    if is_int8(model_dir):
+        try:
+            return load_int8(auto_class, model_dir, **kwargs)
+        except (ValueError, OSError, KeyError) as e:
+            raise ModelLoadError(f"cannot load the int8 model {str(model_dir)!r} as "
+                                 f"{auto_class.__name__}: {e}") from e
     try:
         model = auto_class.from_pretrained(model_dir, dtype=dtype, use_safetensors=True,
                                            device_map=str(device), **kwargs)

@@ -1,0 +1,138 @@
+"""Starting a compression job: check the request, then submit the ``optimize.compress``
+program (``optimize/program.py``).
+
+Checked here, before any job exists: the recipe (every field, the recovery or student
+training recipe included), that the parent version exists and the caller may read it, that
+the method suits the parent's kind (GGUF export is for causal LMs; ONNX, pruning and
+distillation for encoders and classifiers), that a method that trains has a dataset with a
+training split and the columns its recipe reads, and that the output model name may be
+written. What needs the weights — an architecture the converter does not know, a model the
+exporter cannot trace — fails the job with that reason.
+
+Jobs that train (distillation, pruning with recovery) are checkpointable like fine-tuning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from llmos.data.datasets import DatasetService
+from llmos.errors import InvalidRequest
+from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
+from llmos.kernel.service import JobService
+from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
+from llmos.optimize.recipe import PARENT_TASKS, CompressRecipe, parse_compress_recipe
+from llmos.schema import RequestBody
+from llmos.security import names
+from llmos.security.rbac import Principal
+from llmos.store.models import Job, Model
+from llmos.train.errors import RecipeError
+from llmos.train.service import check_columns, check_torch_weights
+
+
+class CompressRequest(RequestBody):
+    recipe: dict[str, Any] | str = Field(description="The compression recipe, as an object "
+                                         "or YAML text.")
+    model: str = Field(min_length=1, max_length=200,
+                       description="Parent model: NAME, NAME:VERSION or NAME@ALIAS.")
+    output: str = Field(min_length=1, max_length=100,
+                        description="The model the result is registered as (a new version).")
+    dataset: str | None = Field(default=None, min_length=1, max_length=200,
+                                description="NAME or NAME:VERSION: what distillation and "
+                                "recovery fine-tuning train on.")
+    train_split: str = Field(default="train", pattern=r"^(train|validation|test)$")
+    validation_split: str | None = Field(default="validation",
+                                         pattern=r"^(train|validation|test)$")
+    test_split: str | None = Field(default="test", pattern=r"^(train|validation|test)$")
+    team: str | None = Field(default=None, min_length=1, max_length=100)
+    resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=2, memory_mb=4096))
+    priority: PriorityClass = "normal"
+    max_retries: int = Field(default=0, ge=0, le=100)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+
+class CompressService:
+    def __init__(self, jobs: JobService, registry: ModelRegistry, datasets: DatasetService):
+        self.jobs, self.registry, self.datasets = jobs, registry, datasets
+
+    def compress(self, who: Principal, req: CompressRequest) -> Job:
+        recipe = _recipe(req.recipe)
+        name, ref = parse_ref(req.model)
+        parent = self.registry.version(who, name, ref)
+        kinds = PARENT_TASKS[recipe.method]
+        if parent.task not in kinds:
+            raise InvalidRequest(f"model: {name}:{parent.version} is a {parent.task} model; "
+                                 f"{recipe.method} works on {' or '.join(kinds)} models")
+        check_torch_weights(name, parent, f"compressed again ({recipe.method})",
+                            quantized_ok=False)
+        if recipe.method == "prune" and recipe.prune.structure == "heads" \
+                and parent.task != "causal_lm":
+            raise InvalidRequest("prune.structure: heads are removed from Llama-style causal "
+                                 "LMs only (transformers cannot load a BERT-style model with "
+                                 "heads removed); use structure: ffn")
+        training = _training(recipe, parent.task)
+        team = self._output_team(who, req, parent.model.team)
+        dataset, splits = None, None
+        if recipe.needs_dataset:
+            dataset, splits = self._dataset(who, req, training, team)
+        elif req.dataset:
+            raise InvalidRequest(f"dataset: {recipe.method} trains nothing; give a dataset "
+                                 "only to distill or to prune with recover")
+        spec = JobSpec(program="optimize.compress",
+                       name=f"{recipe.method} {name}:{parent.version} -> {req.output}",
+                       params={"recipe": recipe.to_dict(),
+                               "parent": {"model": names.for_job(team, parent.model.team,
+                                                                 parent.model.name),
+                                          "version": parent.version},
+                               "dataset": dataset, "splits": splits, "output": req.output},
+                       resources=req.resources, priority=req.priority, team=team,
+                       checkpointable=training is not None, max_retries=req.max_retries,
+                       timeout_s=req.timeout_s)
+        return self.jobs.submit(who, spec)
+
+    def _dataset(self, who: Principal, req: CompressRequest, training, team: str
+                 ) -> tuple[dict, dict]:
+        if not req.dataset:
+            raise InvalidRequest("dataset: this recipe trains (distill, or prune with "
+                                 "recover); name the dataset it trains on")
+        ds_name, _, ds_ref = req.dataset.partition(":")
+        ds = self.datasets.version(who, ds_name, ds_ref or "latest")
+        present = {s["split"] for s in ds.shards}
+        if req.train_split not in present:
+            raise InvalidRequest(f"dataset: {ds_name}:{ds.version} has no {req.train_split} "
+                                 f"split (splits: {', '.join(sorted(present)) or 'none'})")
+        check_columns(training, ds.schema, f"dataset {ds_name}:{ds.version}")
+        splits = {"train": req.train_split,
+                  "validation": req.validation_split if req.validation_split in present else None,
+                  "test": req.test_split if req.test_split in present else None}
+        return ({"name": names.for_job(team, ds.dataset.team, ds.dataset.name),
+                 "version": ds.version}, splits)
+
+    def _output_team(self, who: Principal, req: CompressRequest, parent_team: str) -> str:
+        check_model_name(req.output)
+        with self.jobs.db.session() as s:
+            team, _, _ = names.for_create(s, who, Model, "model", req.output,
+                                          asked=req.team, default=parent_team)
+        return team
+
+
+def _recipe(raw) -> CompressRecipe:
+    try:
+        return parse_compress_recipe(raw)
+    except RecipeError as e:
+        raise InvalidRequest(str(e)) from None
+
+
+def _training(recipe: CompressRecipe, task: str):
+    """The recipe's training (recovery or student), checked against the parent's kind."""
+    if recipe.needs_dataset and task != "sequence_classification":
+        where = "distill" if recipe.method == "distill" else "prune.recover"
+        raise InvalidRequest(f"{where}: training after compression is for "
+                             f"sequence_classification models, not {task}")
+    try:
+        return recipe.training(task)
+    except RecipeError as e:
+        raise InvalidRequest(str(e)) from None
+
