@@ -16,7 +16,8 @@ On one live `llmos up` (tests/live.py, the daemon's default settings, 2 cpus):
    the other, on 200 held-out rows written with other templates and words) prints the
    side-by-side table: size on disk, parameters, latency p50/p99 at batch 1 and 32
    (``--budget`` seconds of timing per batch size), samples/s, accuracy and macro F1, each
-   with its ratio to the parent (the baseline).
+   with its ratio to the parent (the baseline). With ``--rounds`` > 1 the comparison is
+   repeated, the order rotated each round, and each figure is the median over rounds.
    Targets (issue 16): int8 ONNX >= 3x smaller and faster at batch 1, accuracy within 1
    point; ffn pruning + recovery within 2 points and measurably faster; the 3-layer student
    keeps >= 95 % of the accuracy.
@@ -110,11 +111,11 @@ def compress_all(live: LiveDaemon) -> dict[str, float]:
             for name, job in jobs.items()}
 
 
-def report_compression(rows: dict[str, dict], budget: float) -> None:
+def report_compression(rows: dict[str, dict], budget: float, rounds: int) -> None:
     """The side-by-side table, then each target with its figure."""
     out.print(comparison_table(list(rows.values()),
                                f"held-out (test), 200 rows, {budget:g} s of timing per batch "
-                               f"size"))
+                               f"size, median of {rounds}"))
     for line in not_measured(list(rows.values())):
         out.print(f"not measured: {line}")
     p = rows["parent"]
@@ -149,21 +150,50 @@ def report_compression(rows: dict[str, dict], budget: float) -> None:
               f"{ratio('student', 'latency_b32_p50_ms')}")
 
 
-def compression(live: LiveDaemon, tmp: Path, budget: float) -> bool:
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """One row per version: the median over rounds of each figure (a version that failed
+    in any round keeps that round's failed row)."""
+    rows = []
+    for measured in zip(*rounds, strict=True):
+        failed = [r for r in measured if r["state"] != "SUCCEEDED"]
+        if failed:
+            rows.append(failed[0])
+            continue
+        row = dict(measured[0])
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "job":
+                row[key] = statistics.median(r[key] for r in measured)
+        rows.append(row)
+    return rows
+
+
+def compare(live: LiveDaemon, names: list[str], budget: float, rounds: int) -> list[dict]:
+    """``rounds`` comparisons, each measuring every version one after the other, the order
+    rotated each round (so no version is always measured first); per-figure medians, in
+    ``names`` order."""
+    c = live.client
+    by_round = []
+    for n in range(rounds):
+        order = names[n % len(names):] + names[:n % len(names)]
+        t0 = time.monotonic()
+        rows = c.optimize.wait_comparison(c.optimize.compare(order, "held-out", cpu=2,
+                                                             budget_s=budget), timeout=3600)
+        out.print(f"comparison {n + 1}: {len(rows)} versions in {time.monotonic() - t0:.0f} s "
+                  f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        found = {r["model"].rsplit(":", 1)[0]: r for r in rows}
+        by_round.append([found[name] for name in names])
+    return median_rows(by_round)
+
+
+def compression(live: LiveDaemon, tmp: Path, budget: float, rounds: int) -> bool:
     t0 = time.monotonic()
     tuned = setup(live, tmp)
     out.print(f"fine-tuned topics-clf in {tuned:.1f} s")
     made = compress_all(live)
     out.print("compressed: " + ", ".join(f"{k} {v:.1f} s" for k, v in made.items()))
-    names = ["topics-clf", *(f"topics-clf-{n}" for n in COMPRESS)]
-    c = live.client
-    t1 = time.monotonic()
-    rows = c.optimize.wait_comparison(c.optimize.compare(names, "held-out", budget_s=budget,
-                                                         cpu=2), timeout=3600)
-    out.print(f"compared {len(rows)} versions in {time.monotonic() - t1:.0f} s (the whole "
-              f"compression part: {time.monotonic() - t0:.0f} s; load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
-    report_compression(dict(zip(["parent", *COMPRESS], rows, strict=True)), budget)
+    rows = compare(live, ["topics-clf", *(f"topics-clf-{n}" for n in COMPRESS)], budget, rounds)
+    out.print(f"(the whole compression part: {time.monotonic() - t0:.0f} s)\n")
+    report_compression(dict(zip(["parent", *COMPRESS], rows, strict=True)), budget, rounds)
     return all(r["state"] == "SUCCEEDED" for r in rows)
 
 
@@ -224,7 +254,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--budget", type=float, default=5.0,
                     help="seconds of timing per batch size in each measuring job")
-    ap.add_argument("--rounds", type=int, default=1, help="tuning rounds (medians)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="comparisons and tuning rounds (medians are printed)")
     ap.add_argument("--steps", type=int, default=30, help="steps of each tuning trial")
     ap.add_argument("--delay", type=float, default=0.2, help="seconds between trial steps")
     ap.add_argument("--skip-tune", action="store_true")
@@ -237,7 +268,7 @@ def main() -> None:
         live = LiveDaemon(home, cpus=2).start()
         try:
             if not args.skip_compress:
-                ok = compression(live, Path(tmp), args.budget)
+                ok = compression(live, Path(tmp), args.budget, args.rounds)
                 out.print()
             if not args.skip_tune:
                 tuning(live, args.rounds, args.steps, args.delay)

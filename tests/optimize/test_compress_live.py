@@ -150,3 +150,20 @@ def test_an_onnx_export_is_served_by_the_onnx_engine_and_pulled_as_a_bundle(lab,
                             "tiny-cls-onnx", str(edge)], env=lab.cli_env(),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "not an empty folder" in again.stdout + again.stderr
+
+
+def test_compression_is_a_pipeline_step_cached_like_any_job(lab):
+    spec = {"name": "shrink", "steps": {"quantize": {
+        "program": "optimize.compress", "inputs": {"model": "tiny-cls"},
+        "params": {"output": "tiny-cls-piped", "recipe": {"method": "quantize"}},
+        "resources": {"cpu": 1, "memory_mb": 3072}}}}
+    c = lab.client
+    run = c.pipelines.wait(c.pipelines.run(spec)["id"], timeout=300)
+    assert run["state"] == "SUCCEEDED", run
+    step = run["steps"][0]
+    assert step["state"] == "SUCCEEDED" and step["outputs"]["model"]["name"] == "tiny-cls-piped"
+    v = c.models.version("tiny-cls-piped")
+    assert v["lineage"]["parent"] == {"model": "tiny-cls", "version": 1}
+    again = c.pipelines.wait(c.pipelines.run(spec)["id"], timeout=300)
+    assert again["steps"][0]["state"] == "CACHED"
+    assert len(c.models.get("tiny-cls-piped")["versions"]) == 1

@@ -25,6 +25,7 @@ from llmos.train.evaluate import evaluate_examples
 from llmos.train.export import check_output_dir, export_model
 from llmos.train.loop import Trainer, fingerprint
 from llmos.train.recipe import TrainRecipe, parse_train_recipe
+from llmos.train.run import read_training_rows
 from llmos.train.runtime import resolve
 from llmos.train.state import seed_everything
 from llmos.train.tasks import check_model_dir, check_token_ids, load_model, load_tokenizer
@@ -92,18 +93,6 @@ def kd_loss(kd: KDModule, examples, collate, runtime, batch_size: int) -> float 
     return round(total / max(items, 1), 6)
 
 
-def _rows(rec: TrainRecipe, train_rows, val_rows) -> tuple[list, list]:
-    cols = rows_mod.required_columns(rec)
-    train = rows_mod.read_rows(train_rows, cols, "training")
-    rows_mod.check_rows(rec, train, "training")
-    val = rows_mod.read_rows(val_rows, cols, "validation")
-    if val:
-        rows_mod.check_rows(rec, val, "validation")
-    if not val and (rec.early_stopping or rec.eval_every):
-        raise DataError("eval_every and early_stopping need validation rows")
-    return train, val
-
-
 def _teacher_labels(rec: TrainRecipe, teacher, train: list, val: list) -> list[str] | None:
     if rec.task == "causal_lm":
         return None
@@ -138,7 +127,7 @@ def run_distillation(ctx, teacher_dir: Path, student_dir: Path, recipe, temperat
     out = check_output_dir(out_dir)
     tdir, sdir = check_model_dir(teacher_dir), check_model_dir(student_dir)
     runtime = resolve(rec.precision, device)
-    train, val = _rows(rec, train_rows, val_rows)
+    train, val = read_training_rows(rec, train_rows, val_rows)
     tokenizer = load_tokenizer(sdir)
     teacher = load_model(rec.task, tdir, None, tokenizer)
     labels = _teacher_labels(rec, teacher, train, val)

@@ -145,24 +145,8 @@ def _perplexity(backend, rec: TrainRecipe, rows: list[dict]) -> dict:
     if backend.format == "gguf":
         value = ppl.perplexity_gguf(backend.path, text, n_ctx=rec.max_length)
     else:  # the model already loaded (float32 or int8), scored as perplexity_hf does
-        value = _perplexity_torch(backend, text, rec.max_length, ppl.windows)
+        value = ppl.perplexity_model(backend.model, backend.tokenizer, text, rec.max_length)
     return {"perplexity": float(value), "samples": len(rows)}
-
-
-def _perplexity_torch(backend, text: str, window: int, windows) -> float:
-    import math
-
-    import torch
-    import torch.nn.functional as F
-
-    ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
-    nll, scored = 0.0, 0
-    with torch.inference_mode():
-        for part in windows(list(ids), window):
-            logits = backend.model(torch.tensor([part])).logits[0, :-1].double()
-            nll += float(F.cross_entropy(logits, torch.tensor(part[1:]), reduction="sum"))
-            scored += len(part) - 1
-    return math.exp(nll / scored)
 
 
 def _batches(texts: list[str], size: int) -> list[list[str]]:

@@ -64,18 +64,26 @@ def perplexity_hf(folder: str | Path, text: str, max_length: int = WINDOW) -> fl
     """Perplexity of the Hugging Face causal LM in ``folder`` on ``text`` (float32, CPU),
     in windows of ``max_length`` tokens."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
-    parts = windows(_hf_ids(folder, text), max_length)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.eval()
+    return perplexity_model(model.eval(), AutoTokenizer.from_pretrained(folder), text,
+                            max_length)
+
+
+def perplexity_model(model, tokenizer, text: str, max_length: int = WINDOW) -> float:
+    """Perplexity of a loaded torch causal LM (float32 or int8) on ``text``: the same
+    tokens and windows as ``perplexity_gguf``."""
+    import torch
+
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     nll, scored = 0.0, 0
     with torch.inference_mode():
-        for ids in parts:
-            logits = model(torch.tensor([ids])).logits[0, :-1]
-            nll += _nll_rows(logits.float().numpy(), np.asarray(ids[1:]))
-            scored += len(ids) - 1
+        for part in windows(ids, max_length):
+            logits = model(torch.tensor([part])).logits[0, :-1]
+            nll += _nll_rows(logits.float().numpy(), np.asarray(part[1:]))
+            scored += len(part) - 1
     return math.exp(nll / scored)
 
 

@@ -41,24 +41,13 @@ from llmos.schema import load_yaml
 from llmos.train.errors import RecipeError
 from llmos.train.recipe import (TASK_METRICS, EarlyStopping, LoraSpec, OptimizerSpec,
                                 ScheduleSpec, TrainRecipe, parse_train_recipe)
+from llmos.train.recipe import StrictSpec as _Strict  # with the ``sampler: tpe`` shorthand
 
 NESTED = {"lora": LoraSpec, "optimizer": OptimizerSpec, "schedule": ScheduleSpec,
           "early_stopping": EarlyStopping}
 MAX_GRID = 100_000
 MAX_TRIALS = 10_000
 ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, raw: Any) -> Any:
-        # ``sampler: tpe`` is short for ``sampler: {name: tpe}``
-        if isinstance(raw, str) and "name" in cls.model_fields:
-            return {"name": raw}
-        return raw
 
 
 class Dimension(_Strict):

@@ -54,7 +54,9 @@ _DATA_FIELDS = {"text_field", "label_field", "tokens_field", "tags_field", "mess
                 "prompt_field", "completion_field"}
 
 
-class _Strict(BaseModel):
+class StrictSpec(BaseModel):
+    """A recipe block: unknown fields refused; `optimizer: sgd` is short for {name: sgd}."""
+
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
@@ -66,7 +68,7 @@ class _Strict(BaseModel):
         return raw
 
 
-class LoraSpec(_Strict):
+class LoraSpec(StrictSpec):
     """LoRA adapters (peft). ``target_modules`` defaults to peft's choice for the
     architecture (BERT: query, value; Llama: q_proj, v_proj); ``all-linear`` adapts every
     linear layer but the output head."""
@@ -77,7 +79,7 @@ class LoraSpec(_Strict):
     target_modules: list[str] | Literal["all-linear"] | None = None
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(StrictSpec):
     name: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-5, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
@@ -96,7 +98,7 @@ class OptimizerSpec(_Strict):
         return self
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(StrictSpec):
     """Learning-rate schedule after an optional linear warmup (steps or a ratio of all
     optimizer steps)."""
 
@@ -116,7 +118,7 @@ class ScheduleSpec(_Strict):
         return round((self.warmup_ratio or 0.0) * total_steps)
 
 
-class EarlyStopping(_Strict):
+class EarlyStopping(StrictSpec):
     """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience``
     evaluations in a row. ``mode`` defaults to min for loss and perplexity, max otherwise."""
 
@@ -126,7 +128,7 @@ class EarlyStopping(_Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
-class TrainRecipe(_Strict):
+class TrainRecipe(StrictSpec):
     task: Literal["sequence_classification", "token_classification", "causal_lm"]
     text_field: str | None = None
     label_field: str | None = None

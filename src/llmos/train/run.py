@@ -59,7 +59,7 @@ def run_training(ctx, recipe: TrainRecipe | dict | str, model_dir: str | Path,
     out = check_output_dir(output_dir)
     folder = check_model_dir(model_dir)
     runtime = resolve(rec.precision, device)
-    train, val = _read(rec, train_rows, validation_rows)
+    train, val = read_training_rows(rec, train_rows, validation_rows)
     labels = (rows_mod.resolve_labels(rec, train, val)
               if rec.task != "causal_lm" else None)
     label2id = {name: i for i, name in enumerate(labels)} if labels else None
@@ -99,7 +99,8 @@ def run_training(ctx, recipe: TrainRecipe | dict | str, model_dir: str | Path,
                        res.stopped_early, summary)
 
 
-def _read(rec: TrainRecipe, train_rows, validation_rows) -> tuple[list, list]:
+def read_training_rows(rec: TrainRecipe, train_rows, validation_rows) -> tuple[list, list]:
+    """The training and validation rows the recipe reads, checked (columns, values)."""
     cols = rows_mod.required_columns(rec)
     train = rows_mod.read_rows(train_rows, cols, "training")
     rows_mod.check_rows(rec, train, "training")
