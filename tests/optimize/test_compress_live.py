@@ -64,13 +64,21 @@ def run(live: LiveDaemon, recipe, model: str, output: str, **extra) -> dict:
     ({"method": "prune", "prune": {"structure": "ffn", "sparsity": 0.99}}, "tiny-cls", {},
      "prune.sparsity"),
     ({"method": "distill"}, "tiny-cls", {}, "dataset: this recipe trains"),
-    ({"method": "distill", "distill": {"train": {"epochs": 0}}}, "tiny-cls",
+    ({"method": "distill", "distill": {"student_layers": 1, "train": {"epochs": 0}}},
+     "tiny-cls",
      {"dataset": "topics"}, "distill.train: epochs"),
     ({"method": "quantize"}, "tiny-cls", {"dataset": "topics"},
      "dataset: quantize trains nothing"),
-    ({"method": "distill", "distill": {"train": {"text_field": "body"}}}, "tiny-cls",
+    ({"method": "distill", "distill": {"student_layers": 1, "train": {"text_field": "body"}}},
+     "tiny-cls",
      {"dataset": "topics"}, "has no 'body' column"),
     ({"method": "quantize"}, "no-such-model", {}, "no-such-model"),
+    ({"method": "distill", "distill": {"student_layers": 2}}, "tiny-cls", {"dataset": "topics"},
+     "distill.student_layers: 2 is not fewer than the 2 layers of tiny-cls:1"),
+    ({"method": "prune", "prune": {"structure": "heads"}}, "tiny-cls", {},
+     "prune.structure: heads are removed from Llama-style causal LMs only"),
+    ("method: quantize\nquantize: &q {weights: int8}\nextra: *q", "tiny-cls", {},
+     "YAML aliases (*name) are not accepted"),
 ])
 def test_what_can_be_refused_is_refused_before_any_job(lab, recipe, model, extra, says):
     before = len(lab.client.jobs.list(limit=1000)["jobs"])

@@ -14,6 +14,7 @@ Jobs that train (distillation, pruning with recovery) are checkpointable like fi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import Field
@@ -80,6 +81,8 @@ class CompressService:
         elif req.dataset:
             raise InvalidRequest(f"dataset: {recipe.method} trains nothing; give a dataset "
                                  "only to distill or to prune with recover")
+        if recipe.method == "distill":
+            self._check_student(who, name, parent, recipe.distill.student_layers)
         spec = JobSpec(program="optimize.compress",
                        name=f"{recipe.method} {name}:{parent.version} -> {req.output}",
                        params={"recipe": recipe.to_dict(),
@@ -91,6 +94,20 @@ class CompressService:
                        checkpointable=training is not None, max_retries=req.max_retries,
                        timeout_s=req.timeout_s)
         return self.jobs.submit(who, spec)
+
+    def _check_student(self, who: Principal, name: str, parent, layers: int) -> None:
+        """A student has fewer layers than its teacher (read from the stored config.json)."""
+        config = next((f for f in parent.files if f["path"] == "config.json"), None)
+        if config is None:
+            return  # the job says what is wrong with the folder
+        _, chunks = self.registry.artifacts.open(who, config["artifact_id"])
+        try:
+            teacher = json.loads(b"".join(chunks)).get("num_hidden_layers")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(teacher, int) and layers >= teacher:
+            raise InvalidRequest(f"distill.student_layers: {layers} is not fewer than the "
+                                 f"{teacher} layers of {name}:{parent.version}")
 
     def _dataset(self, who: Principal, req: CompressRequest, training, team: str
                  ) -> tuple[dict, dict]:
