@@ -64,7 +64,7 @@ def compared(tmp_path_factory):
         assert ended["state"] == "SUCCEEDED", ended.get("reason")
     names = ["topics-clf", *(f"topics-clf-{n}" for n in RECIPES)]
     rows = c.optimize.wait_comparison(
-        c.optimize.compare(names, "held-out", budget_s=2.0, cpu=2), timeout=900)
+        c.optimize.compare(names, "held-out", budget_s=0.5, cpu=2), timeout=900)
     yield {name: row for name, row in zip(["parent", *RECIPES], rows, strict=True)}, live
     live.stop()
 

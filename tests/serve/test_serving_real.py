@@ -106,3 +106,25 @@ def test_the_llamacpp_engine_serves_the_imported_gguf_file(served):
     assert all(t.strip() for t in together)
     record = served.http().get("/v1/deployments/smollm2-cpp").json()
     assert record["engine"] == "llamacpp"
+
+
+def test_smollm2_exported_to_gguf_q8_0_is_served_by_llamacpp_through_the_gateway(served):
+    c = served.client
+    if "smollm2-cpp" in {d["name"] for d in c.deployments.list()}:
+        c.deployments.delete("smollm2-cpp")  # its cpu goes to the export, then to this one
+    job = c.optimize.compress({"method": "gguf", "gguf": {"quantization": "Q8_0"}}, "smollm2",
+                              "smollm2-q8", cpu=1, memory_mb=3072)
+    ended = served.wait_job(job["id"], timeout=600)
+    assert ended["state"] == "SUCCEEDED", ended.get("reason")
+    v = c.models.version("smollm2-q8")
+    assert [f["path"] for f in v["files"] if f["path"].endswith(".gguf")] == ["model-Q8_0.gguf"]
+    assert not any(f["path"].endswith(".safetensors") for f in v["files"])
+    assert v["lineage"]["method"] == "gguf" and v["lineage"]["settings"] == {
+        "quantization": "Q8_0"}
+    assert v["size_bytes"] < 0.5 * c.models.version("smollm2")["size_bytes"]
+    deploy(served, "smollm2-q8", "smollm2-q8", max_batch=4, cpu=1, memory_mb=2048)
+    assert c.deployments.get("smollm2-q8")["engine"] == "llamacpp"  # its only weights
+    ready(served, "smollm2-q8")
+    reply = oai(served).chat.completions.create(model="smollm2-q8", messages=FRANCE,
+                                                max_tokens=24, temperature=0)
+    assert "Paris" in reply.choices[0].message.content

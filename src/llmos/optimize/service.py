@@ -66,8 +66,6 @@ class CompressService:
         if parent.task not in kinds:
             raise InvalidRequest(f"model: {name}:{parent.version} is a {parent.task} model; "
                                  f"{recipe.method} works on {' or '.join(kinds)} models")
-        check_torch_weights(name, parent, f"compressed again ({recipe.method})",
-                            quantized_ok=False)
         if recipe.method == "prune" and recipe.prune.structure == "heads" \
                 and parent.task != "causal_lm":
             raise InvalidRequest("prune.structure: heads are removed from Llama-style causal "
@@ -75,6 +73,8 @@ class CompressService:
                                  "heads removed); use structure: ffn")
         training = _training(recipe, parent.task)
         team = self._output_team(who, req, parent.model.team)
+        check_torch_weights(name, parent, f"compressed again ({recipe.method})",
+                            quantized_ok=False)
         dataset, splits = None, None
         if recipe.needs_dataset:
             dataset, splits = self._dataset(who, req, training, team)

@@ -424,9 +424,8 @@ def default_engine(version, task: str) -> str:
     bundle, else the task's default."""
     if task in ("embed", "classify") and _is_onnx(version):
         return "onnx"
-    if task == "generate" and not _has_file(version, _safetensors) and \
-            _has_file(version, lambda path: path.endswith(".gguf")):
-        return "llamacpp"  # a GGUF export: its weights are the .gguf file alone
+    if task == "generate" and _gguf_export(version):
+        return "llamacpp"  # its weights are the .gguf file alone
     return DEFAULT_ENGINE[task]
 
 
@@ -448,14 +447,16 @@ def _check_engine(model: str, version, task: str, engine: str) -> None:
     if engine == "llamacpp" and not _has_file(version, lambda path: path.endswith(".gguf")):
         raise InvalidRequest(f"{model}:{version.version} holds no GGUF file; the llamacpp "
                              "engine serves versions imported from GGUF")
-    if engine in ("torch", "encoder") and not _has_file(version, _safetensors):
-        raise InvalidRequest(f"{model}:{version.version} holds no safetensors weights; the "
-                             f"{engine} engine loads those (a GGUF export is served by "
-                             "llamacpp, an ONNX bundle by onnx)")
+    if engine in ("torch", "encoder") and _gguf_export(version):
+        raise InvalidRequest(f"{model}:{version.version} is a GGUF export (its weights are "
+                             f"the .gguf file alone); serve it with the llamacpp engine")
 
 
-def _safetensors(path: str) -> bool:
-    return path.endswith(".safetensors")
+def _gguf_export(version) -> bool:
+    """A version whose weights are one .gguf file (optimize's GGUF export); a GGUF import
+    keeps safetensors beside its file."""
+    return (_has_file(version, lambda path: path.endswith(".gguf"))
+            and not _has_file(version, lambda path: path.endswith(".safetensors")))
 
 
 def _model_and_number(text: str) -> tuple[str, int | None]:

@@ -81,7 +81,6 @@ class TrainService:
             raise InvalidRequest(str(e)) from None
         name, ref = parse_ref(req.model)
         base = self.registry.version(who, name, ref)
-        check_torch_weights(name, base, "fine-tuned", quantized_ok=False)
         if base.task not in BASES[recipe.task]:
             raise InvalidRequest(f"{name}:{base.version} is a {base.task} model; a "
                                  f"{recipe.task} recipe starts from "
@@ -98,6 +97,7 @@ class TrainService:
                                  f"split (splits: {', '.join(sorted(present)) or 'none'})")
         check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
         team = self._output_team(who, req, base.model.team)
+        check_torch_weights(name, base, "fine-tuned", quantized_ok=False)
         # The job names what it reads as seen from its own team (names are per team).
         tokenizer = t and {"model": names.for_job(team, t.model.team, t.model.name),
                            "version": t.version}
@@ -130,7 +130,6 @@ class TrainService:
     def evaluate(self, who: Principal, req: EvaluateRequest) -> Job:
         name, ref = parse_ref(req.model)
         v = self.registry.version(who, name, ref)
-        check_torch_weights(name, v, "evaluated (`llmos models compare` measures any format)")
         task = v.task if v.task in BASES else None
         if task is None:
             raise InvalidRequest(f"{name}:{v.version} is a {v.task} model; evaluation is for "
@@ -145,6 +144,7 @@ class TrainService:
             raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.split} split")
         check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
         who.check(CREATE, v.model.team, f"model {name}")
+        check_torch_weights(name, v, "evaluated (`llmos models compare` measures any format)")
         spec = JobSpec(program="train.evaluate", name=f"evaluate {name}:{v.version}",
                        params={"model": {"name": v.model.name, "version": v.version},
                                "task": task,
@@ -162,7 +162,9 @@ def check_torch_weights(name: str, version, purpose: str, quantized_ok: bool = T
     paths = [f["path"] for f in version.info.get("files", [])]
     what = None
     if not any(p.endswith(".safetensors") for p in paths):
-        what = "an ONNX export" if "model.onnx" in paths else "a GGUF export"
+        # (a folder with no weights at all fails its job, naming what is missing)
+        what = ("an ONNX export" if "model.onnx" in paths else "a GGUF export"
+                if any(p.endswith(".gguf") for p in paths) else None)
     elif not quantized_ok and "int8" in version.info.get("dtypes", []):
         what = "int8-quantized"
     if what:
