@@ -125,6 +125,10 @@ def test_smollm2_exported_to_gguf_q8_0_is_served_by_llamacpp_through_the_gateway
     deploy(served, "smollm2-q8", "smollm2-q8", max_batch=4, cpu=1, memory_mb=2048)
     assert c.deployments.get("smollm2-q8")["engine"] == "llamacpp"  # its only weights
     ready(served, "smollm2-q8")
-    reply = oai(served).chat.completions.create(model="smollm2-q8", messages=FRANCE,
-                                                max_tokens=24, temperature=0)
-    assert "Paris" in reply.choices[0].message.content
+    client = oai(served)
+    text = client.completions.create(model="smollm2-q8", prompt="The capital of France is",
+                                     max_tokens=4, temperature=0)
+    assert "Paris" in text.choices[0].text
+    reply = client.chat.completions.create(model="smollm2-q8", messages=FRANCE, max_tokens=24,
+                                           temperature=0)
+    assert reply.usage.completion_tokens > 0 and reply.choices[0].message.content.strip()
