@@ -21,19 +21,19 @@ from pydantic import Field
 
 from llmos.data.datasets import DatasetService
 from llmos.errors import InvalidRequest
-from llmos.kernel.jobs import JobSpec, PriorityClass, ResourceSpec
+from llmos.kernel.jobs import JobSpec
 from llmos.kernel.service import JobService
-from llmos.models.registry import ModelRegistry, check_model_name, parse_ref
+from llmos.models.registry import ModelRegistry, parse_ref
 from llmos.optimize.recipe import PARENT_TASKS, CompressRecipe, parse_compress_recipe
-from llmos.schema import RequestBody
 from llmos.security import names
 from llmos.security.rbac import Principal
-from llmos.store.models import Job, Model
+from llmos.store.models import Job
 from llmos.train.errors import RecipeError
-from llmos.train.service import check_columns, check_torch_weights
+from llmos.train.service import (TrainingJobFields, check_torch_weights, output_team,
+                                 training_splits)
 
 
-class CompressRequest(RequestBody):
+class CompressRequest(TrainingJobFields):
     recipe: dict[str, Any] | str = Field(description="The compression recipe, as an object "
                                          "or YAML text.")
     model: str = Field(min_length=1, max_length=200,
@@ -43,15 +43,6 @@ class CompressRequest(RequestBody):
     dataset: str | None = Field(default=None, min_length=1, max_length=200,
                                 description="NAME or NAME:VERSION: what distillation and "
                                 "recovery fine-tuning train on.")
-    train_split: str = Field(default="train", pattern=r"^(train|validation|test)$")
-    validation_split: str | None = Field(default="validation",
-                                         pattern=r"^(train|validation|test)$")
-    test_split: str | None = Field(default="test", pattern=r"^(train|validation|test)$")
-    team: str | None = Field(default=None, min_length=1, max_length=100)
-    resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=2, memory_mb=4096))
-    priority: PriorityClass = "normal"
-    max_retries: int = Field(default=0, ge=0, le=100)
-    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
 
 class CompressService:
@@ -72,7 +63,7 @@ class CompressService:
                                  "LMs only (transformers cannot load a BERT-style model with "
                                  "heads removed); use structure: ffn")
         training = _training(recipe, parent.task)
-        team = self._output_team(who, req, parent.model.team)
+        team = output_team(self.jobs, who, req, parent.model.team)
         check_torch_weights(name, parent, f"compressed again ({recipe.method})",
                             quantized_ok=False)
         dataset, splits = None, None
@@ -114,25 +105,9 @@ class CompressService:
         if not req.dataset:
             raise InvalidRequest("dataset: this recipe trains (distill, or prune with "
                                  "recover); name the dataset it trains on")
-        ds_name, _, ds_ref = req.dataset.partition(":")
-        ds = self.datasets.version(who, ds_name, ds_ref or "latest")
-        present = {s["split"] for s in ds.shards}
-        if req.train_split not in present:
-            raise InvalidRequest(f"dataset: {ds_name}:{ds.version} has no {req.train_split} "
-                                 f"split (splits: {', '.join(sorted(present)) or 'none'})")
-        check_columns(training, ds.schema, f"dataset {ds_name}:{ds.version}")
-        splits = {"train": req.train_split,
-                  "validation": req.validation_split if req.validation_split in present else None,
-                  "test": req.test_split if req.test_split in present else None}
+        ds, splits = training_splits(self.datasets, who, req, training)
         return ({"name": names.for_job(team, ds.dataset.team, ds.dataset.name),
                  "version": ds.version}, splits)
-
-    def _output_team(self, who: Principal, req: CompressRequest, parent_team: str) -> str:
-        check_model_name(req.output)
-        with self.jobs.db.session() as s:
-            team, _, _ = names.for_create(s, who, Model, "model", req.output,
-                                          asked=req.team, default=parent_team)
-        return team
 
 
 def _recipe(raw) -> CompressRecipe:

@@ -39,16 +39,10 @@ BASES = {
 }
 
 
-class FinetuneRequest(RequestBody):
-    recipe: dict[str, Any] | str = Field(description="The training recipe, as an object or "
-                                         "YAML text.")
-    model: str = Field(min_length=1, max_length=200,
-                       description="Base model: NAME, NAME:VERSION or NAME@ALIAS.")
-    dataset: str = Field(min_length=1, max_length=200, description="NAME or NAME:VERSION.")
-    output: str = Field(min_length=1, max_length=100,
-                        description="The model the result is registered as (a new version).")
-    tokenizer: str | None = Field(default=None, min_length=1, max_length=200,
-                                  description="Train with this model's tokenizer instead.")
+class TrainingJobFields(RequestBody):
+    """What every request for a job that trains into a new model version also says (fine-tuning
+    here, compression in ``optimize``): the splits it reads, the team and the job's limits."""
+
     train_split: str = Field(default="train", pattern=r"^(train|validation|test)$")
     validation_split: str | None = Field(default="validation",
                                          pattern=r"^(train|validation|test)$")
@@ -58,6 +52,18 @@ class FinetuneRequest(RequestBody):
     priority: PriorityClass = "normal"
     max_retries: int = Field(default=0, ge=0, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+
+class FinetuneRequest(TrainingJobFields):
+    recipe: dict[str, Any] | str = Field(description="The training recipe, as an object or "
+                                         "YAML text.")
+    model: str = Field(min_length=1, max_length=200,
+                       description="Base model: NAME, NAME:VERSION or NAME@ALIAS.")
+    dataset: str = Field(min_length=1, max_length=200, description="NAME or NAME:VERSION.")
+    output: str = Field(min_length=1, max_length=100,
+                        description="The model the result is registered as (a new version).")
+    tokenizer: str | None = Field(default=None, min_length=1, max_length=200,
+                                  description="Train with this model's tokenizer instead.")
 
 
 class EvaluateRequest(RequestBody):
@@ -89,21 +95,12 @@ class TrainService:
         if req.tokenizer:
             t_name, t_ref = parse_ref(req.tokenizer)
             t = self.registry.version(who, t_name, t_ref)
-        ds_name, _, ds_ref = req.dataset.partition(":")
-        ds = self.datasets.version(who, ds_name, ds_ref or "latest")
-        present = {s["split"] for s in ds.shards}
-        if req.train_split not in present:
-            raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.train_split} "
-                                 f"split (splits: {', '.join(sorted(present)) or 'none'})")
-        check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
-        team = self._output_team(who, req, base.model.team)
+        ds, splits = training_splits(self.datasets, who, req, recipe)
+        team = output_team(self.jobs, who, req, base.model.team)
         check_torch_weights(name, base, "fine-tuned", quantized_ok=False)
         # The job names what it reads as seen from its own team (names are per team).
         tokenizer = t and {"model": names.for_job(team, t.model.team, t.model.name),
                            "version": t.version}
-        splits = {"train": req.train_split,
-                  "validation": req.validation_split if req.validation_split in present else None,
-                  "test": req.test_split if req.test_split in present else None}
         spec = JobSpec(program="train.finetune", name=f"train {req.output}",
                        params={"recipe": recipe.to_dict(),
                                "base": {"model": names.for_job(team, base.model.team,
@@ -117,15 +114,6 @@ class TrainService:
                        checkpointable=True, max_retries=req.max_retries,
                        timeout_s=req.timeout_s)
         return self.jobs.submit(who, spec)
-
-    def _output_team(self, who: Principal, req: FinetuneRequest, base_team: str) -> str:
-        check_model_name(req.output)
-        # The asked-for team, else the caller's team that has the name (a new version),
-        # else the base model's (names are per team: other teams' do not matter).
-        with self.jobs.db.session() as s:
-            team, _, _ = names.for_create(s, who, Model, "model", req.output,
-                                          asked=req.team, default=base_team)
-        return team
 
     def evaluate(self, who: Principal, req: EvaluateRequest) -> Job:
         name, ref = parse_ref(req.model)
@@ -154,6 +142,33 @@ class TrainService:
                                "split": req.split, "fields": req.fields},
                        resources=req.resources, priority=req.priority, team=v.model.team)
         return self.jobs.submit(who, spec)
+
+
+def training_splits(datasets: DatasetService, who: Principal, req, recipe: TrainRecipe
+                    ) -> tuple[Any, dict]:
+    """The dataset version ``req.dataset`` names and the splits a training job reads from it:
+    422 without the training split or a column the recipe reads."""
+    ds_name, _, ds_ref = req.dataset.partition(":")
+    ds = datasets.version(who, ds_name, ds_ref or "latest")
+    present = {s["split"] for s in ds.shards}
+    if req.train_split not in present:
+        raise InvalidRequest(f"dataset {ds_name}:{ds.version} has no {req.train_split} "
+                             f"split (splits: {', '.join(sorted(present)) or 'none'})")
+    check_columns(recipe, ds.schema, f"dataset {ds_name}:{ds.version}")
+    return ds, {"train": req.train_split,
+                "validation": req.validation_split if req.validation_split in present else None,
+                "test": req.test_split if req.test_split in present else None}
+
+
+def output_team(jobs: JobService, who: Principal, req, default_team: str) -> str:
+    """The team whose model ``req.output`` the result is registered as: the asked-for team,
+    else the caller's team that has the name (a new version), else ``default_team`` (the
+    base model's; names are per team: other teams' do not matter)."""
+    check_model_name(req.output)
+    with jobs.db.session() as s:
+        team, _, _ = names.for_create(s, who, Model, "model", req.output,
+                                      asked=req.team, default=default_team)
+    return team
 
 
 def check_torch_weights(name: str, version, purpose: str, quantized_ok: bool = True) -> None:
