@@ -37,21 +37,33 @@ def smollm2_gguf() -> Path:
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:
     """De-quantize a GGUF file once into a Hugging Face folder (float32 safetensors)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _weights_from_gguf(gguf, dest)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(dest)
+    return dest
+
+
+def _weights_from_gguf(gguf: Path, dest: Path) -> Path:
+    """:func:`convert_gguf` without the tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  dtype=torch.float32)
     model.hf_quantizer = None  # de-quantized already: save it as plain weights
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
     return dest
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once per session."""
-    return convert_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2"))
+    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once per session. Its
+    tokenizer files are the ones tiny_models.smollm2_tokenizer reads from the GGUF file
+    once per session (the same bytes ``convert_gguf`` would write)."""
+    import tiny_models
+
+    dest = _weights_from_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2"))
+    return tiny_models.smollm2_tokenizer(dest)

@@ -57,12 +57,29 @@ def llama(dest: Path, tokenizer_dir: Path, hidden: int = 32, layers: int = 2,
     return Path(dest)
 
 
+_SMOLLM2_TOKENIZER: dict[str, bytes] = {}  # file name -> bytes, read once per process
+
+
 def smollm2_tokenizer(dest: Path) -> Path:
-    """SmolLM2's tokenizer and chat template alone (no weights), read from the GGUF file."""
+    """SmolLM2's tokenizer and chat template alone (no weights), read from the GGUF file.
+
+    Reading it from the GGUF file takes seconds; the files are the same every time, so the
+    first call keeps them and later calls write the same bytes (as new files, like
+    ``save_pretrained``)."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
     from offline_models import smollm2_gguf
 
-    gguf = smollm2_gguf()
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(dest)
-    return Path(dest)
+    if not _SMOLLM2_TOKENIZER:
+        gguf = smollm2_gguf()
+        with tempfile.TemporaryDirectory() as tmp:
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
+        _SMOLLM2_TOKENIZER.update(files)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, data in _SMOLLM2_TOKENIZER.items():
+        (dest / name).write_bytes(data)
+    return dest

@@ -368,7 +368,7 @@ def greedy(model, tokenizer, n: int = 12) -> list[int]:
 
 
 @pytest.mark.slow
-def test_import_gguf_smollm2_matches_the_gguf_model(tmp_path):
+def test_import_gguf_smollm2_matches_the_gguf_model(tmp_path, smollm2_dir):
     gguf_file = smollm2_gguf()
     stages = []
     dest = tmp_path / "out" / "smollm2"
@@ -389,9 +389,10 @@ def test_import_gguf_smollm2_matches_the_gguf_model(tmp_path):
 
     converted = AutoModelForCausalLM.from_pretrained(dest)
     tokenizer = AutoTokenizer.from_pretrained(dest)
-    reference = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                     dtype=torch.float32)
-    ref_tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    # The reference: transformers' own GGUF loader, de-quantized once per session by the test
+    # helpers (offline_models.convert_gguf, no llmos code) and saved as float32 as it loaded.
+    reference = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    ref_tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     tokens = greedy(converted, tokenizer)
     assert tokens == greedy(reference, ref_tokenizer)
     assert tokenizer.decode(tokens).strip()

@@ -1,21 +1,19 @@
-"""The model registry through a live daemon: imports as jobs (Hugging Face folder, GGUF),
-versions with hashes, lineage and cards, aliases, removal, and what is refused before any
-job exists."""
+"""The model registry through a live daemon: imports as jobs (Hugging Face folder; the
+SmolLM2 GGUF import job is checked in tests/serve/test_serving_real.py, on the import that
+module serves), versions with hashes, lineage and cards, aliases, removal, and what is
+refused before any job exists."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from live import LiveDaemon
 from llmos.sdk import APIError
-from offline_models import minilm_dir, smollm2_gguf
+from offline_models import minilm_dir
 
 
 def cli(daemon, *args: str) -> subprocess.CompletedProcess:
@@ -134,45 +132,3 @@ def test_registering_checks_files_against_their_hashes(registry):
                                "info": info})
         assert resp.status_code == 422 and "bad model file path" in resp.text
     assert c.models.list() == []
-
-
-@pytest.mark.slow
-def test_the_smollm2_gguf_is_converted_once_and_then_loads_from_safetensors(registry):
-    c = registry.client
-    job = c.models.import_("smollm2", smollm2_gguf(), memory_mb=6144)
-    assert registry.wait_job(job["id"], timeout=600)["state"] == "SUCCEEDED"
-    v = c.models.version("smollm2")
-    assert v["architecture"] == "LlamaForCausalLM" and v["task"] == "causal_lm"
-    assert 134_000_000 < v["parameters"] < 135_000_000
-    source = v["lineage"]["source"]
-    assert source["kind"] == "gguf" and source["quantization"] == "Q4_1"
-    assert source["sha256"] == hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()
-    assert v["info"]["chat_template"]
-    assert {"model.safetensors", smollm2_gguf().name} <= {f["path"] for f in v["files"]}
-    # The version's folder (links to verified blobs) loads as plain safetensors.
-    folder = registry.home / "models" / "version-1"
-    assert not folder.exists()
-    from llmos.models.registry import ModelRegistry  # the daemon's own layout code
-    from llmos.security.artifacts import ArtifactService
-    from llmos.security.rbac import SYSTEM
-    from llmos.store import ArtifactStore, open_database
-
-    db = open_database(f"sqlite:///{registry.home / 'llmos.db'}")
-    reg = ModelRegistry(ArtifactService(db, ArtifactStore(registry.home / "artifacts"), 1),
-                        registry.home / "models")
-    _, folder = reg.folder(SYSTEM, "smollm2")
-    db.close()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    tok = AutoTokenizer.from_pretrained(folder)
-    loaded_s = time.perf_counter() - started
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)["input_ids"]
-    out = model.generate(ids, max_new_tokens=8, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
-    print(f"SmolLM2 loaded from the registry in {loaded_s:.2f} s")
-    assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
-    shutil.rmtree(folder)

@@ -5,7 +5,11 @@ SmolLM2-135M-Instruct imported from its GGUF file (on the default "torch" engine
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import math
+import shutil
+import time
 
 import pytest
 from live import LiveDaemon
@@ -28,6 +32,48 @@ def served(tmp_path_factory):
         assert live.wait_job(j["id"], timeout=900)["state"] == "SUCCEEDED"
     yield live
     live.stop()
+
+
+def test_the_smollm2_gguf_is_converted_once_and_then_loads_from_safetensors(served):
+    """The fixture's import job (the GGUF file, de-quantized once by the job): the version
+    records its source, and its folder loads as plain safetensors."""
+    c = served.client
+    v = c.models.version("smollm2")
+    assert v["architecture"] == "LlamaForCausalLM" and v["task"] == "causal_lm"
+    assert 134_000_000 < v["parameters"] < 135_000_000
+    source = v["lineage"]["source"]
+    assert source["kind"] == "gguf" and source["quantization"] == "Q4_1"
+    assert source["sha256"] == hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()
+    assert v["info"]["chat_template"]
+    assert {"model.safetensors", smollm2_gguf().name} <= {f["path"] for f in v["files"]}
+    # The version's folder (links to verified blobs) loads as plain safetensors.
+    from llmos.models.registry import ModelRegistry  # the daemon's own layout code
+    from llmos.security.artifacts import ArtifactService
+    from llmos.security.rbac import SYSTEM
+    from llmos.store import ArtifactStore, open_database
+
+    db = open_database(f"sqlite:///{served.home / 'llmos.db'}")
+    reg = ModelRegistry(ArtifactService(db, ArtifactStore(served.home / "artifacts"), 1),
+                        served.home / "models")
+    expected = served.home / "models" / f"version-{reg.version(SYSTEM, 'smollm2').id}"
+    assert not expected.exists()  # made by the first use (this test runs before any deploy)
+    _, folder = reg.folder(SYSTEM, "smollm2")
+    db.close()
+    assert folder == expected
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    loaded_s = time.perf_counter() - started
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    print(f"SmolLM2 loaded from the registry in {loaded_s:.2f} s")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
+    shutil.rmtree(folder)
 
 
 def test_the_openai_client_against_smollm2_and_minilm(served):
