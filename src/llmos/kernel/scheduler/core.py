@@ -43,7 +43,7 @@ def schedule(
     profile: Profile | None = None,
 ) -> SchedulerOutput:
     cycle = Cycle(now, config or SchedulerConfig(), [copy_node(n) for n in nodes],
-                  list(running))
+                  list(running), pending=pending)
     return _Pass(profile or DEFAULT_PROFILE, cycle).run(pending)
 
 

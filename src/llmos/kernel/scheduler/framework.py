@@ -56,6 +56,13 @@ class Status:
 OK = Status(Code.OK)
 
 
+def job_named(job_id: int, team: str | None, for_team: str | None) -> str:
+    """Another job as a waiting job's reason names it: by id within the same team, and as
+    "a job of another team" otherwise (a reason is shown to the waiting job's team only,
+    which must learn nothing of other teams' jobs, not even their ids)."""
+    return f"job {job_id}" if team == for_team else "a job of another team"
+
+
 @dataclass(frozen=True)
 class PendingJob:
     id: int
@@ -73,6 +80,13 @@ class PendingJob:
     group: str | None = None
     spread: bool = False
     anti_affinity: bool = False
+    # Service already received in earlier attempts: GPU-seconds (GPUs x seconds run), or
+    # cpu-seconds for a job without GPUs (the attained-service policies order by it).
+    attained_s: float = 0.0
+    # Oracle run time: only a simulator knows it, only the ``sjf`` policy reads it.
+    duration_s: float | None = None
+    checkpointable: bool = False  # may yield and resume (a preemption loses little)
+    last_run_s: float = 0.0  # seconds its last attempt ran (tiresias' starvation guard)
 
 
 @dataclass(frozen=True)
@@ -85,18 +99,39 @@ class RunningJob:
     checkpointable: bool = False
     team: str | None = None
     group: str | None = None  # its placement group (PendingJob.group)
+    attained_s: float = 0.0  # service received before this attempt (PendingJob.attained_s)
+    # A gang over several nodes: its allocations beyond the leader's (``allocation``).
+    extra: tuple[Allocation, ...] = ()
 
     @property
     def expected_end(self) -> float:
         """The latest moment it can still hold its resources (its timeout), or infinity."""
         return self.started_at + self.timeout_s if self.timeout_s else math.inf
 
+    @property
+    def allocations(self) -> tuple[Allocation, ...]:
+        """Every allocation it holds, the leader's first."""
+        return (self.allocation, *self.extra)
+
+    @property
+    def gpus(self) -> int:
+        """Whole GPUs held over all its nodes."""
+        return self.allocation.whole_gpus + sum(a.whole_gpus for a in self.extra)
+
+    def service(self, now: float) -> float:
+        """Attained service by ``now``: earlier attempts plus this one, in GPU-seconds
+        (cpu-seconds without GPUs), as :attr:`PendingJob.attained_s` counts it."""
+        gpus = self.gpus
+        rate = gpus if gpus else sum(a.cpu for a in self.allocations)
+        return self.attained_s + max(0.0, now - self.started_at) * rate
+
 
 @dataclass(frozen=True)
 class Binding:
     job_id: int
-    allocation: Allocation
+    allocation: Allocation  # the leader's, where the job's program starts
     backfilled: bool = False
+    extra: tuple[Allocation, ...] = ()  # a multi-node gang's allocations on further nodes
 
 
 @dataclass(frozen=True)
@@ -144,6 +179,9 @@ class SchedulerConfig:
     aging_s: float = 600.0  # a job waiting this long rises one priority class
     max_rank: int = 2
     quotas: dict[str, Quota] = field(default_factory=dict)  # team -> limit
+    # Whether a gang larger than every node may span nodes (the gang stages); without,
+    # such a job is NEVER, as with the default profile.
+    multi_node: bool = True
 
 
 @dataclass
@@ -165,6 +203,10 @@ class Cycle:
     allocations: dict[int, Allocation] = field(default_factory=dict)
     state: dict[Any, Any] = field(default_factory=dict)
     views: dict[int, list[NodeState]] = field(default_factory=dict)
+    # A multi-node gang's allocations beyond the leader's (in ``allocations``), while
+    # reserved; and the pass's whole queue (for stages that weigh pending demand).
+    extras: dict[int, tuple[Allocation, ...]] = field(default_factory=dict)
+    pending: list[PendingJob] = field(default_factory=list)
 
 
 class Stage:

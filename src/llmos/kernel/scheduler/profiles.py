@@ -45,6 +45,7 @@ from llmos.kernel.scheduler.framework import (
     RunningJob,
     Stage,
     Status,
+    job_named,
 )
 
 Nodes = list[NodeState]
@@ -91,8 +92,9 @@ class TeamQuota(Stage):
 
     def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
         state: _Usage = cycle.state[self]
-        alloc = cycle.allocations[job.id]
-        held = (sum(alloc.cores.values()), alloc.memory_mb, len(alloc.gpus))
+        allocs = (cycle.allocations[job.id], *cycle.extras.get(job.id, ()))
+        held = (sum(sum(a.cores.values()) for a in allocs), sum(a.memory_mb for a in allocs),
+                sum(len(a.gpus) for a in allocs))
         state.usage.add(job.team, *held)
         state.held[job.id] = held
         return OK
@@ -206,7 +208,7 @@ class Fit(Stage):
 
     def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
         r = job.request  # keyed by a plain tuple: hashed and compared in C, not Python
-        key = (r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb)
+        key = (r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb, r.gpu_share_mb)
         if nodes is not cycle.nodes:
             if id(nodes) not in cycle.views:  # a list made for this job alone
                 return self._fit(cycle, job, nodes)
@@ -258,6 +260,7 @@ class Fit(Stage):
 class _Backfill:
     futures: dict[str, NodeState] = field(default_factory=dict)  # nodes at the reservation
     claims: dict[int, tuple[str, Allocation]] = field(default_factory=dict)
+    head_team: str | None = None  # the team of the job holding the reservation
 
 
 class Backfill(Stage):
@@ -282,8 +285,8 @@ class Backfill(Stage):
                 if stages.backfill_allowed(job, n, cycle.now, reservation, futures)]
         if kept:
             return kept, OK
-        return kept, Status.wait(
-            f"waiting for job {reservation.job_id}, which holds the reservation")
+        head = job_named(reservation.job_id, cycle.state[self].head_team, job.team)
+        return kept, Status.wait(f"waiting for {head}, which holds the reservation")
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
         if cycle.out.reservation is None:
@@ -292,6 +295,7 @@ class Backfill(Stage):
                 return True
             cycle.out.reservation, cycle.state[self].futures = stages.reserve(
                 job, nodes, cycle.running)
+            cycle.state[self].head_team = job.team
         return False  # one reservation per pass
 
     def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
@@ -343,7 +347,8 @@ class Binder(Stage):
 
     def bind(self, cycle: Cycle, job: PendingJob, node: NodeState) -> None:
         cycle.out.bindings.append(Binding(job.id, cycle.allocations[job.id],
-                                          backfilled=cycle.out.reservation is not None))
+                                          backfilled=cycle.out.reservation is not None,
+                                          extra=cycle.extras.get(job.id, ())))
 
 
 def default_profile() -> Profile:

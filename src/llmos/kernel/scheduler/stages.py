@@ -66,8 +66,9 @@ class TeamUsage:
         self.gpu: dict[str | None, int] = defaultdict(int)
         self.jobs: dict[str | None, int] = defaultdict(int)
         for r in running:
-            self.add(r.team, sum(r.allocation.cores.values()), r.allocation.memory_mb,
-                     len(r.allocation.gpus))
+            allocs = r.allocations
+            self.add(r.team, sum(sum(a.cores.values()) for a in allocs),
+                     sum(a.memory_mb for a in allocs), sum(len(a.gpus) for a in allocs))
 
     def add(self, team: str | None, millicores: int, memory_mb: int, gpus: int,
             jobs: int = 1) -> None:
@@ -94,7 +95,8 @@ def quota(job: PendingJob, usage: TeamUsage, config: SchedulerConfig) -> Status:
     if limit.memory_mb is not None and usage.memory[team] + r.memory_mb > limit.memory_mb:
         return Status.wait(f"over team quota: team {team} may use {limit.memory_mb} MB "
                            f"memory, {usage.memory[team]} MB in use")
-    if limit.gpu is not None and usage.gpu[team] + r.gpu > limit.gpu:
+    gpus = r.gpu or (1 if r.gpu_share_mb else 0)  # a share holds one GPU, as TeamUsage counts
+    if limit.gpu is not None and usage.gpu[team] + gpus > limit.gpu:
         return Status.wait(f"over team quota: team {team} may use {limit.gpu} gpu, "
                            f"{usage.gpu[team]} in use")
     return OK
@@ -111,7 +113,7 @@ def beyond_quota(request: Request, limit: Quota | None) -> str | None:
     if limit.memory_mb is not None and request.memory_mb > limit.memory_mb:
         return (f"needs {request.memory_mb} MB memory but its team's quota is "
                 f"{limit.memory_mb} MB")
-    if limit.gpu is not None and request.gpu > limit.gpu:
+    if limit.gpu is not None and (request.gpu or (1 if request.gpu_share_mb else 0)) > limit.gpu:
         return f"needs {request.gpu} gpu but its team's quota is {limit.gpu} gpu"
     return None
 
@@ -220,12 +222,11 @@ def reserve(
     (:func:`eligible_nodes`), at least one."""
     best: tuple[float, str] | None = None
     futures: dict[str, NodeState] = {}
+    by_node = running_by_node(running)
     for node in nodes:
         future = copy_node(node)
         at = -math.inf
-        on_node = sorted(
-            (r for r in running if r.allocation.node == node.name), key=lambda r: r.expected_end
-        )
+        on_node = sorted(by_node.get(node.name, ()), key=lambda r: r.expected_end)
         for r in on_node:
             if future.fits(job.request):
                 break
@@ -286,12 +287,11 @@ def preemption(
     a node where it could not start anyway."""
     rank = effective_priority(job, now, config)
     best: Preemption | None = None
+    by_node = running_by_node(r for r in running if r.checkpointable and r.priority < rank)
     for node in nodes:
-        candidates = sorted(
-            (r for r in running
-             if r.allocation.node == node.name and r.checkpointable and r.priority < rank),
-            key=lambda r: (r.priority, -r.started_at),
-        )
+        if node.name not in by_node:
+            continue  # no victim here
+        candidates = sorted(by_node[node.name], key=lambda r: (r.priority, -r.started_at))
         future = copy_node(node)
         victims: list[int] = []
         for r in candidates:
@@ -305,7 +305,18 @@ def preemption(
     return best
 
 
+def running_by_node(running) -> dict[str, list[RunningJob]]:
+    """The running jobs on each node (by their leader's allocation), in their order."""
+    by_node: dict[str, list[RunningJob]] = defaultdict(list)
+    for r in running:
+        by_node[r.allocation.node].append(r)
+    return by_node
+
+
 def copy_node(node: NodeState) -> NodeState:
     """A private copy of a node's accounting and state (the pass works on copies)."""
-    return NodeState(node.capacity, dict(node.core_used), node.memory_used, set(node.gpus_used),
-                     node.state)
+    copy = object.__new__(NodeState)  # its fields as they are: no __post_init__ to redo
+    copy.__dict__.update(capacity=node.capacity, core_used=dict(node.core_used),
+                         memory_used=node.memory_used, gpus_used=set(node.gpus_used),
+                         state=node.state, gpu_shared=dict(node.gpu_shared))
+    return copy

@@ -1,0 +1,547 @@
+"""The policies' own stages: queue orders, head-of-line blocking, the attained-service
+rules (Tiresias' discretized 2D-LAS, llmos' aging classes), team fair share, and the
+preemption and reservation rules that go with them. :mod:`.policies` lists them in
+profiles; the generic stages are in :mod:`.profiles` and :mod:`.gang`.
+
+Attained service (``PendingJob.attained_s``, ``RunningJob.service(now)``) is GPU-seconds:
+GPUs held x seconds run over every attempt (cpu-seconds for a job without GPUs), the
+"2D" of Tiresias' 2D-LAS (spatial x temporal). No rule here needs to know a duration,
+except :class:`ShortestFirst` (the ``sjf`` oracle).
+
+Constants are round figures chosen before any trace was looked at, never fitted:
+LAS classes are decades of GPU-seconds (10^3, 10^4, 10^5: about 17 GPU-minutes, 2.8
+GPU-hours, 28 GPU-hours); waiting lifts a job one class per decade of waiting beyond
+``aging_s`` (1x, 10x, 100x ``aging_s``); a checkpointable job is preempted only after it
+ran one quantum (``aging_s``) in its attempt, so a preemption costs at most the restore
+plus the work since its last checkpoint against at least a quantum gained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import replace
+from operator import attrgetter
+
+from llmos.kernel.resources import MILLI, Allocation, NodeState
+from llmos.kernel.scheduler import gang, stages
+from llmos.kernel.scheduler.framework import (
+    OK,
+    Cycle,
+    PendingJob,
+    Preemption,
+    Reservation,
+    RunningJob,
+    Status,
+    job_named,
+)
+from llmos.kernel.scheduler.gang import GangBackfill, gang_plan, is_multi_node
+from llmos.kernel.scheduler.profiles import Nodes, Stage
+
+# --- orders -----------------------------------------------------------------------------------
+
+_ARRIVAL = attrgetter("queued_at", "id")  # (time queued, id), built in C
+
+
+class ArrivalOrder(Stage):
+    """Queue sort: strict arrival order (time queued, then id); no classes."""
+
+    name = "arrival-order"
+
+    def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
+        return sorted(jobs, key=_ARRIVAL)
+
+
+class HeadBlock(Stage):
+    """Strict FIFO's head-of-line blocking. Post-filter: the first job that finds no room
+    blocks the queue; pre-filter: every job after it waits (no backfill). A job that can
+    NEVER run, or waits for its dependencies or its quota, blocks nobody."""
+
+    name = "head-block"
+
+    def begin(self, cycle: Cycle) -> bool:
+        cycle.state[self] = None
+        return True
+
+    def pre_filter(self, cycle: Cycle, job: PendingJob) -> Status:
+        head = cycle.state[self]
+        if head is None:
+            return OK
+        who = job_named(head[0], head[1], job.team)
+        return Status.wait(f"waiting for {who} at the head of the queue (fifo)")
+
+    def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
+        cycle.state[self] = (job.id, job.team)
+        return False
+
+
+class ShortestFirst(Stage):
+    """Queue sort (oracle): shortest ``duration_s`` first (unknown last), then arrival."""
+
+    name = "shortest-first"
+
+    def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
+        inf = math.inf
+        return sorted(jobs, key=lambda j: (inf if j.duration_s is None else j.duration_s,
+                                           j.queued_at, j.id))
+
+
+# --- Tiresias: discretized 2D-LAS ------------------------------------------------------------
+
+TIRESIAS_THRESHOLDS = (3600.0,)  # GPU-seconds: K = 2 queues split at one GPU-hour
+STARVE_LIMIT = 10.0  # waited more than 10x its last run: back to the top queue
+
+
+def tiresias_queue(attained: float, thresholds: tuple[float, ...] = TIRESIAS_THRESHOLDS) -> int:
+    q = 0
+    for t in thresholds:
+        if attained < t:
+            break
+        q += 1
+    return q
+
+
+def last_run(job: PendingJob) -> float:
+    """Seconds its last attempt ran (``last_run_s``; else attained over its GPUs)."""
+    if job.last_run_s:
+        return job.last_run_s
+    return job.attained_s / max(1, job.request.gpu) if job.attained_s else 0.0
+
+
+def tiresias_pending_queue(job: PendingJob, now: float) -> int:
+    """Its queue by attained service; queue 0 again once it waited STARVE_LIMIT times its
+    last run (the paper's starvation guard)."""
+    ran = last_run(job)
+    if ran and now - job.queued_at >= STARVE_LIMIT * ran:
+        return 0
+    return tiresias_queue(job.attained_s)
+
+
+class TiresiasQueues(Stage):
+    """Queue sort: Tiresias' queues (least attained GPU-service first, discretized), FIFO
+    (time queued) inside a queue. Post-filter: preemption of checkpointable running jobs
+    of lower-priority queues, for every job that finds no room while such jobs run."""
+
+    name = "tiresias"
+
+    def begin(self, cycle: Cycle) -> bool:
+        now = cycle.now
+        queue = {r.id: tiresias_queue(r.service(now)) for r in cycle.running
+                 if r.checkpointable}
+        pool = {r.id: r for r in cycle.running if queue.get(r.id, 0) > 0}  # queue 0: never
+        cycle.state[self] = {"pool": pool, "queue": queue, "fail": None, "nodes": None,
+                             "top": max((queue[r] for r in pool), default=0), "free": None}
+        return True
+
+    def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
+        now = cycle.now
+        keyed = sorted((tiresias_pending_queue(j, now), j.queued_at, j.id, j) for j in jobs)
+        return [k[3] for k in keyed]
+
+    def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
+        """Preempt for ``job`` (True: go on with the next blocked job; False: no job after
+        it can preempt in this pass)."""
+        state = cycle.state[self]
+        pool, queue = state["pool"], state["queue"]
+        mine = tiresias_pending_queue(job, cycle.now)
+        if not pool or state["top"] <= mine:
+            return False  # the queue is sorted: no job after this one has a lower queue
+        size = (job.request.gpu, job.request.millicores, job.request.memory_mb)
+        fail = state["fail"]  # the pool only shrinks: what failed fails again
+        if fail is not None and all(x >= y for x, y in zip(size, fail)):
+            return True
+        if job.selector or job.anti_affinity:
+            nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
+        else:
+            if state["nodes"] is None:
+                state["nodes"] = stages.eligible_nodes(job, cycle.nodes, cycle.running)
+            nodes = state["nodes"]
+        key = lambda r: (-queue[r.id], -r.started_at)
+        if state["free"] is None:  # free GPUs per node at the start of the pass
+            state["free"] = {n.name: len(n.free_gpus()) for n in cycle.nodes}
+            state["largest"] = {}
+        largest = state["largest"].get(id(nodes))
+        if largest is None:
+            largest = state["largest"][id(nodes)] = gang.largest_node_gpus(nodes)
+        if cycle.config.multi_node and 1 < job.request.gpu > largest:
+            candidates = [r for r in pool.values() if queue[r.id] > mine]
+            plans = _victims_over_nodes(job, nodes, candidates, key,
+                                        {n.name: n for n in nodes})
+        else:
+            plans = self._on_one_node(cycle, state, job, nodes, mine, key)
+        if not plans:
+            state["fail"] = size if fail is None else tuple(map(min, size, fail))
+        left = state.get("left")
+        for plan in plans or ():
+            cycle.out.preemptions.append(plan)
+            for victim in plan.victims:
+                r = pool.pop(victim, None)
+                if r is not None and left is not None:
+                    for a in r.allocations:
+                        if a.node in left:
+                            left[a.node] -= a.whole_gpus
+        return True
+
+    @staticmethod
+    def _on_one_node(cycle: Cycle, state: dict, job: PendingJob, nodes: Nodes, mine: int,
+                     key) -> list[Preemption] | None:
+        """:func:`choose_victims` on one node, fast when the pass preempts for thousands:
+        the victims on each node sorted once a pass, the node needing the fewest found by
+        counting GPUs, then checked exactly."""
+        pool, queue = state["pool"], state["queue"]
+        on_node = state.get("on_node")
+        if on_node is None:
+            on_node = state["on_node"] = defaultdict(list)
+            for r in sorted(pool.values(), key=key):
+                for a in r.allocations:
+                    on_node[a.node].append((r, a))
+            state["by_name"] = {n.name: n for n in cycle.nodes}
+            state["left"] = {name: sum(a.whole_gpus for _, a in here)
+                             for name, here in on_node.items()}
+        by_name, want, left = state["by_name"], job.request.gpu, state["left"]
+        free = state["free"]
+        allowed = {n.name for n in nodes} if len(nodes) != len(cycle.nodes) else None
+        best = None
+        for name, here in on_node.items():
+            if allowed is not None and name not in allowed:
+                continue
+            node = by_name[name]
+            have = free[name]
+            if want and left[name] + have < want:
+                continue  # not enough here even if every victim yielded
+            picked = []
+            for r, a in here:
+                if r.id in pool and queue[r.id] > mine:
+                    have += a.whole_gpus
+                    picked.append((r, a))
+                    if have >= want:
+                        break
+            if not picked or have < want or (best is not None and len(picked) >= len(best[1])):
+                continue
+            future = stages.copy_node(node)
+            for _, a in picked:
+                future.release(a)
+            if future.fits(job.request):
+                best = (name, picked)
+                if len(picked) == 1:
+                    break
+        if best is None:
+            if want:
+                return None
+            candidates = [r for r in pool.values() if queue[r.id] > mine]
+            return choose_victims(job, nodes, candidates, key=key, multi=False)
+        return [Preemption(job.id, best[0], tuple(r.id for r, _ in best[1]))]
+
+
+# --- preemption (any node, or a gang over several) --------------------------------------------
+
+
+def choose_victims(
+    job: PendingJob, nodes: Nodes, candidates: list[RunningJob],
+    key: Callable[[RunningJob], tuple], multi: bool = True,
+) -> list[Preemption] | None:
+    """The fewest ``candidates`` whose yielding lets ``job`` start: on one node (the node
+    needing the fewest, candidates in ``key`` order), or for a gang larger than every node
+    over several (in ``key`` order until its plan fits). One Preemption per node."""
+    if not nodes or not candidates:
+        return None
+    names = {n.name: n for n in nodes}
+    on_node: dict[str, list[RunningJob]] = defaultdict(list)
+    for r in candidates:
+        for a in r.allocations:
+            if a.node in names:
+                on_node[a.node].append(r)
+    if multi and is_multi_node(job.request, nodes):
+        return _victims_over_nodes(job, nodes, candidates, key, names)
+    best: tuple[int, str, list[int]] | None = None
+    want = job.request.gpu
+    for name, here in on_node.items():
+        if want and len(names[name].free_gpus()) + sum(r.gpus for r in here) < want:
+            continue  # not enough GPUs here even if all of them yielded
+        future = stages.copy_node(names[name])
+        victims: list[int] = []
+        for r in sorted(here, key=key):
+            if future.fits(job.request):
+                break
+            for a in r.allocations:
+                if a.node == name:
+                    future.release(a)
+            victims.append(r.id)
+        if victims and future.fits(job.request) and (best is None or len(victims) < best[0]):
+            best = (len(victims), name, victims)
+            if len(victims) == 1:
+                break  # none can do with fewer
+    if best is None:
+        return None
+    return [Preemption(job.id, best[1], tuple(best[2]))]
+
+
+def _victims_over_nodes(job, nodes, candidates, key, names) -> list[Preemption] | None:
+    """Victims in ``key`` order until a multi-node gang's plan fits (GPUs counted per node,
+    the plan tried only when they add up)."""
+    want, mem = job.request.gpu, job.request.gpu_memory_mb
+    counts = {id(n): len(n.free_gpus(mem)) for n in nodes}
+    free = sum(counts.values())
+    if free + sum(r.gpus for r in candidates) < want:
+        return None
+    copies: dict[str, NodeState] = {}  # the nodes a victim yields on, copied when touched
+
+    def plan_now():
+        view = [copies.get(n.name, n) for n in nodes]
+        return gang_plan(job.request, view, None if mem else
+                         {id(v): counts[id(n)] for v, n in zip(view, nodes)})
+
+    chosen: list[RunningJob] = []
+    plan = None
+    for r in sorted(candidates, key=key):
+        if free >= want:
+            plan = plan_now()
+            if plan is not None:
+                break
+        held = [a for a in r.allocations if a.node in names]
+        if not held:
+            continue
+        for a in held:
+            if a.node not in copies:
+                copies[a.node] = stages.copy_node(names[a.node])
+            future = copies[a.node]
+            future.release(a)
+            now_free = len(future.free_gpus(mem))
+            key = id(names[a.node])
+            free += now_free - counts[key]
+            counts[key] = now_free
+        chosen.append(r)
+    if plan is None and free >= want:
+        plan = plan_now()
+    if not chosen or plan is None:
+        return None
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for r in chosen:
+        grouped[r.allocation.node].append(r.id)
+    return [Preemption(job.id, node, tuple(ids)) for node, ids in grouped.items()]
+
+
+# --- llmos: priority classes x attained-service classes, aging, fair share --------------------
+
+LAS_THRESHOLDS = (1e3, 1e4, 1e5)  # GPU-seconds (cpu-seconds without GPUs): decades
+
+
+def las_class(attained: float) -> int:
+    return tiresias_queue(attained, LAS_THRESHOLDS)
+
+
+def waiting_lift(waited: float, aging_s: float) -> int:
+    """Classes a wait lifts: one at ``aging_s``, one more per decade beyond."""
+    if waited < aging_s:
+        return 0
+    return 1 + int(math.log10(waited / aging_s))
+
+
+def llmos_rank(job: PendingJob, now: float, aging_s: float, max_rank: int) -> tuple[int, int]:
+    """(priority class, aged as today, negated; attained-service class lowered by the
+    wait): smaller runs first. A long job waits at most ~100x aging_s behind short ones,
+    a short one never waits behind long ones that have not waited."""
+    waited = now - job.queued_at
+    rank = min(max_rank, job.priority + (1 if waited >= aging_s else 0))
+    return -rank, max(0, las_class(job.attained_s) - waiting_lift(waited, aging_s))
+
+
+def dominant_share(team_cpu: float, team_mem: float, team_gpu: float,
+                   totals: tuple[float, float, float]) -> float:
+    return max(team_cpu / totals[0], team_mem / totals[1],
+               team_gpu / totals[2] if totals[2] else 0.0)
+
+
+class LasAging(Stage):
+    """Queue sort of ``llmos``: by :func:`llmos_rank` (priority class with aging, then
+    attained-service class lowered by waiting); inside a rank, teams in turn by least
+    dominant share (DRF, equal weights; quotas cap each team separately), FIFO inside a
+    team. Each job's fair-share key is its team's share at the start of the pass plus
+    the dominant shares of the team's jobs before it in the rank, as if those ran
+    (weighted fair queueing's virtual start): one loop, one sort."""
+
+    name = "las-aging"
+
+    def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
+        cfg, now = cycle.config, cycle.now
+        fifo = sorted(jobs, key=_ARRIVAL)
+        aging, top, log10 = cfg.aging_s, cfg.max_rank, math.log10
+        t0, t1, t2 = LAS_THRESHOLDS
+        # llmos_rank as one int ((top - class) * 8 + attained-service class) and the team's
+        # fair-share start, in one loop: this runs for 10,000s of jobs
+        totals, shares = team_shares(cycle)
+        cpu_t, mem_t, gpu_t = totals
+        gpu_t = gpu_t or math.inf
+        acc: dict = {}
+        keyed = []
+        for n, j in enumerate(fifo):
+            waited, a = now - j.queued_at, j.attained_s
+            cls = 0 if a < t0 else 1 if a < t1 else 2 if a < t2 else 3
+            if waited >= aging:
+                cls -= 1 + int(log10(waited / aging))
+                rank = (top - min(j.priority + 1, top)) * 8 + max(0, cls)
+            else:
+                rank = (top - j.priority) * 8 + cls
+            slot = (rank, j.team)
+            start = acc.get(slot)
+            if start is None:
+                start = shares.get(j.team, 0.0)
+            r = j.request
+            acc[slot] = start + max(r.cpu / cpu_t, r.memory_mb / mem_t, r.gpu / gpu_t)
+            keyed.append((rank, start, n))
+        keyed.sort()
+        return [fifo[k[2]] for k in keyed]
+
+
+def team_shares(cycle: Cycle) -> tuple[tuple[float, float, float], dict]:
+    caps = [n.capacity for n in cycle.nodes]
+    totals = (max(1.0, float(sum(len(c.cores) for c in caps))),
+              max(1.0, float(sum(c.memory_mb for c in caps))),
+              float(sum(len(c.gpus) for c in caps)))
+    used: dict = {}
+    for r in cycle.running:
+        cpu, mem, gpu = used.get(r.team, (0, 0, 0))
+        for a in r.allocations:
+            cpu, mem, gpu = cpu + sum(a.cores.values()), mem + a.memory_mb, gpu + len(a.gpus)
+        used[r.team] = (cpu, mem, gpu)
+    shares = {t: dominant_share(c / MILLI, m, g, totals) for t, (c, m, g) in used.items()}
+    return totals, shares
+
+
+class LasPreemption(Stage):
+    """Post-filter of ``llmos``: for the first job that finds no room, the fewest running
+    checkpointable jobs of a strictly lower rank: of a lower priority class (at once, as
+    ``llmos-easy``), or of its class with more attained service (the class of what they
+    have received by now) once they ran one quantum (``aging_s``) in their attempt;
+    lowest rank first, then the most recently started (least work lost)."""
+
+    name = "las-preemption"
+
+    def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
+        cfg, now = cycle.config, cycle.now
+        nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
+        if not nodes:
+            return True
+        mine = llmos_rank(job, now, cfg.aging_s, cfg.max_rank)
+
+        def rank(r: RunningJob) -> tuple[int, int]:
+            return -r.priority, las_class(r.service(now))
+
+        candidates = [r for r in cycle.running if r.checkpointable and rank(r) > mine
+                      and (-r.priority > mine[0] or now - r.started_at >= cfg.aging_s)]
+        plans = choose_victims(job, nodes, candidates,
+                               key=lambda r: (tuple(-x for x in rank(r)), -r.started_at),
+                               multi=cfg.multi_node)
+        cycle.out.preemptions.extend(plans or ())
+        return False
+
+
+class LeastBlockingBackfill(GangBackfill):
+    """EASY backfill of ``llmos``: the blocked head reserves ONE node (or its gang's
+    nodes), the one it can start on soonest: by running jobs' timeouts when they have
+    them, else the node where the fewest running jobs must end (the youngest first: with
+    heavy-tailed run times the least-served are likeliest to end soon). Only the reserved
+    node(s) keep room for it; any job may backfill elsewhere. When the reservation's
+    moment is unknown (running jobs without timeouts), no job counts as ending before it:
+    on the reserved node(s) a job goes only beside the head's room, whatever its timeout
+    (else a stream of short jobs with timeouts could hold the head off for ever)."""
+
+    name = "least-blocking-backfill"
+
+    def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
+        with _known_moment(cycle):
+            return super().filter(cycle, job, nodes)
+
+    def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
+        with _known_moment(cycle):
+            return super().reserve(cycle, job, node)
+
+    @staticmethod
+    def reserve_one(job: PendingJob, nodes: Nodes, cycle: Cycle):
+        return reserve_least_blocking(job, nodes, cycle.running, cycle.now)
+
+    @staticmethod
+    def keep(futures: dict[str, NodeState], plan) -> dict[str, NodeState]:
+        names = {node.name for node, _ in plan or ()}
+        return {n: f for n, f in futures.items() if n in names}
+
+
+@contextmanager
+def _known_moment(cycle: Cycle):
+    """While inside: a reservation at an unknown moment (infinity) reads as -infinity, so
+    that no job "ends before" it (stages.ends_before); put back on the way out."""
+    res = cycle.out.reservation
+    if res is None or res.at != math.inf:
+        yield
+        return
+    cycle.out.reservation = replace(res, at=-math.inf)
+    try:
+        yield
+    finally:
+        cycle.out.reservation = res
+
+
+def reserve_least_blocking(job: PendingJob, nodes: Nodes, running: list[RunningJob],
+                           now: float) -> tuple[Reservation, dict[str, NodeState]]:
+    """The one node the blocked ``job`` can start on soonest, and that node's state then
+    with the job placed. Soonest: the least ``at`` (the latest timeout among the running
+    jobs that must end first, infinite without timeouts), then the fewest such jobs.
+    Counted in GPUs for a GPU job (checked exactly on the chosen node)."""
+    request = job.request
+    by_node: dict[str, list[tuple[RunningJob, Allocation]]] = defaultdict(list)
+    service: dict[int, float] = {}
+    for r in running:
+        service[r.id] = r.service(now)
+        for a in r.allocations:
+            by_node[a.node].append((r, a))
+    best = None
+    for node in nodes:
+        if request.gpu > len(node.capacity.gpus):
+            continue
+        if node.fits(request):
+            best = ((-math.inf, 0), node)
+            break
+        here = sorted(by_node.get(node.name, ()),
+                      key=lambda ra: (ra[0].expected_end, service[ra[0].id]))
+        key = _release_until(node, request, here, exact=not request.gpu)
+        if key is not None and (best is None or key < best[0]):
+            best = (key, node)
+    if best is None:
+        return Reservation(job.id, nodes[0].name, math.inf), {}
+    node = best[1]
+    here = sorted(by_node.get(node.name, ()),
+                  key=lambda ra: (ra[0].expected_end, service[ra[0].id]))
+    future = stages.copy_node(node)
+    at = -math.inf
+    for r, a in here:
+        if future.fits(request):
+            break
+        future.release(a)
+        at = max(at, r.expected_end)
+    if not future.fits(request):
+        return Reservation(job.id, node.name, math.inf), {}
+    future.allocate(request)
+    return Reservation(job.id, node.name, at), {node.name: future}
+
+
+def _release_until(node: NodeState, request, here, exact: bool) -> tuple[float, int] | None:
+    """(at, count) of running jobs on ``node`` that must end, in ``here``'s order, before
+    ``request`` fits: by whole GPUs (cheap) unless ``exact``; None when it never does."""
+    at, count = -math.inf, 0
+    if exact:
+        future = stages.copy_node(node)
+        for r, a in here:
+            future.release(a)
+            at, count = max(at, r.expected_end), count + 1
+            if future.fits(request):
+                return at, count
+        return None
+    free = len(node.free_gpus(request.gpu_memory_mb))
+    for r, a in here:
+        free += a.whole_gpus
+        at, count = max(at, r.expected_end), count + 1
+        if free >= request.gpu:
+            return at, count
+    return None

@@ -1,0 +1,364 @@
+"""The discrete-event simulator: recorded jobs on a simulated cluster, scheduled by the
+very function and stage objects the daemon uses (:func:`llmos.kernel.scheduler.core.schedule`
+with a policy's :class:`Profile`), on a simulated clock with a simulated executor.
+
+The loop follows the daemon's (:meth:`llmos.kernel.daemon.Daemon._schedule`): whenever
+something changed (jobs arrived, attempts ended, victims stopped) one pass runs over the
+whole queue and every node; its bindings are applied (the resources taken on each node,
+the attempt started) and its preemption victims stopped (here at once: the simulated
+executor's yield takes no time). A preempted job is queued again (``queued_at`` = now, as
+the daemon's requeue does) and keeps only the work up to its last checkpoint (every
+``checkpoint_interval_s`` of progress); resuming from a checkpoint costs ``restore_s``.
+While jobs wait, a pass also runs every ``tick_s`` of simulated time (the daemon's
+periodic pass: aging and attained-service priorities move with time alone).
+
+Speed: events at the same instant are handled together before one pass; a pass runs only
+when the state changed (or a tick is due); the queue and the running set are kept as
+dicts updated in place, never rebuilt from the trace.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field, fields, replace
+
+from llmos.kernel.resources import NodeCapacity, NodeState, Request, too_large_reason
+from llmos.kernel.scheduler.core import schedule
+from llmos.kernel.scheduler.framework import (
+    Binding,
+    PendingJob,
+    Profile,
+    RunningJob,
+    SchedulerConfig,
+)
+from llmos.kernel.scheduler.sim.trace import TraceJob
+
+_PENDING_FIELDS = {f.name for f in fields(PendingJob)}
+_RUNNING_FIELDS = {f.name for f in fields(RunningJob)}
+GANGS = "extra" in {f.name for f in fields(Binding)}  # multi-node gangs in this scheduler
+
+SUCCEEDED, TIMED_OUT, REFUSED, NEVER_RAN = "succeeded", "time limit", "refused", "never ran"
+
+
+def profile_for(name: str) -> Profile:
+    """The policy ``name`` from :mod:`llmos.kernel.scheduler.policies`; ValueError naming
+    the known ones."""
+    try:
+        from llmos.kernel.scheduler.policies import policy
+    except ImportError:  # a scheduler without named policies: only its default profile
+        from llmos.kernel.scheduler.profiles import DEFAULT_PROFILE
+        if name in ("llmos-easy", "default"):
+            return DEFAULT_PROFILE
+        raise ValueError(f"unknown policy {name!r} (known: llmos-easy)") from None
+    return policy(name)
+
+
+def known_policies() -> list[str]:
+    try:
+        from llmos.kernel.scheduler.policies import POLICIES
+    except ImportError:
+        return ["llmos-easy"]
+    return list(POLICIES)
+
+
+@dataclass
+class SimParams:
+    checkpoint_interval_s: float = 1800.0  # progress between checkpoints (0: no loss)
+    restore_s: float = 60.0  # resuming from a checkpoint costs this much
+    tick_s: float = 300.0  # a pass at least this often while jobs wait
+    config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cpus_per_gpu: float | None = None  # a GPU job's cpu, per GPU (None: the node's share)
+    memory_mb_per_gpu: int | None = None
+    max_passes_per_instant: int = 64  # preemption chains at one instant stop there
+    # Seconds a preemption victim takes to yield (the daemon's grace); 0: at once. While
+    # victims are yielding no pass preempts more (the daemon's rule), and they are passed
+    # to the scheduler as not checkpointable.
+    stop_s: float = 0.0
+
+
+class SimJob:
+    """One trace job's life in the simulation."""
+
+    __slots__ = (
+        "allocs",
+        "attained",
+        "attempt_start",
+        "bindings",
+        "done",
+        "end",
+        "first_start",
+        "last_run",
+        "lost",
+        "outcome",
+        "pending_since",
+        "preemptions",
+        "request",
+        "restore",
+        "trace",
+        "version",
+        "waited",
+    )
+
+    def __init__(self, trace: TraceJob, request: Request):
+        self.trace, self.request = trace, request
+        self.done = 0.0  # checkpointed progress, seconds
+        self.attained = 0.0  # GPU-seconds (cpu-seconds without GPUs) received so far
+        self.first_start: float | None = None
+        self.end: float | None = None
+        self.waited = 0.0  # seconds spent queued, all attempts together
+        self.pending_since = trace.submit
+        self.attempt_start = 0.0
+        self.restore = 0.0  # restore time of the current attempt
+        self.preemptions = 0
+        self.lost = 0.0  # seconds of work lost to preemptions (restores included)
+        self.outcome: str | None = None
+        self.version = 0  # an end event of an older attempt is stale
+        self.allocs: tuple = ()
+        self.bindings: list[tuple[float, tuple]] = []  # (time, allocations) per attempt
+        self.last_run = 0.0  # seconds its last attempt ran
+
+    @property
+    def share(self) -> float:  # what attained service counts per second
+        return float(self.request.gpu) if self.request.gpu else self.request.cpu
+
+
+@dataclass
+class SimResult:
+    policy: str
+    jobs: list[SimJob]
+    gpus: int
+    start: float
+    end: float
+    busy: list[tuple[float, int]]  # (time, GPUs held) at every change
+    passes: int
+    pass_s: list[float]  # wall seconds of each pass
+    wall_s: float
+    preemptions: int
+    decisions: list[tuple[float, int, str]] = field(default_factory=list)  # (t, job, node)
+
+
+class Simulator:
+    def __init__(self, jobs: list[TraceJob], nodes: list[NodeCapacity], profile: Profile,
+                 params: SimParams | None = None, record_decisions: bool = False):
+        self.params = params or SimParams()
+        self.profile = profile
+        self.capacities = nodes
+        self.nodes = {cap.name: NodeState(cap) for cap in nodes}
+        self.node_list = list(self.nodes.values())
+        self.gpus = sum(len(c.gpus) for c in nodes)
+        self.jobs = [SimJob(t, self._request(t)) for t in jobs]
+        self.by_id = {j.trace.id: j for j in self.jobs}
+        self.pending: dict[int, PendingJob] = {}
+        self.running: dict[int, RunningJob] = {}
+        self.ends: list[tuple[float, int, int]] = []  # (time, job id, version)
+        self.stops: list[tuple[float, int, int]] = []  # victims yielding: (time, id, version)
+        self.busy_gpus = 0
+        self.busy: list[tuple[float, int]] = []
+        self.pass_s: list[float] = []
+        self.preemptions = 0
+        self.record = record_decisions
+        self.decisions: list[tuple[float, int, str]] = []
+
+    def _request(self, t: TraceJob) -> Request:
+        p = self.params
+        gpu_node = next((c for c in self.capacities if c.gpus), None)
+        if t.gpus and gpu_node is not None:
+            cpu_share = p.cpus_per_gpu or max(1, len(gpu_node.cores) // len(gpu_node.gpus))
+            mem_share = p.memory_mb_per_gpu or gpu_node.memory_mb // len(gpu_node.gpus)
+        else:
+            cpu_share, mem_share = 1.0, 1024
+        cpu = t.cpu if t.cpu is not None else cpu_share * max(1, t.gpus)
+        memory = t.memory_mb if t.memory_mb is not None else int(mem_share * max(1, t.gpus))
+        return Request(cpu=cpu, memory_mb=memory, gpu=t.gpus)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        began = time.perf_counter()
+        arrivals, n = self.jobs, len(self.jobs)
+        ai = 0
+        now = arrivals[0].trace.submit if arrivals else 0.0
+        start, last_pass, passes = now, -math.inf, 0
+        tick = self.params.tick_s
+        idle_passes = 0
+        while True:
+            candidates = []
+            if ai < n:
+                candidates.append(arrivals[ai].trace.submit)
+            if self.ends:
+                candidates.append(self.ends[0][0])
+            if self.stops:
+                candidates.append(self.stops[0][0])
+            if self.pending and tick > 0 and (self.running or ai < n or idle_passes == 0):
+                candidates.append(last_pass + tick)
+            if not candidates:
+                break
+            now = max(now, min(candidates))
+            changed = False
+            while ai < n and arrivals[ai].trace.submit <= now:
+                changed |= self._arrive(arrivals[ai], now)
+                ai += 1
+            while self.ends and self.ends[0][0] <= now:
+                _, job_id, version = heapq.heappop(self.ends)
+                job = self.by_id[job_id]
+                if job.version == version:
+                    self._end(job, now)
+                    changed = True
+            while self.stops and self.stops[0][0] <= now:
+                _, job_id, version = heapq.heappop(self.stops)
+                job = self.by_id[job_id]
+                if job.version == version and job_id in self.running:
+                    self._preempt(job, now)
+                    changed = True
+            if not self.pending:
+                continue
+            if changed or now >= last_pass + tick:
+                bound = self._passes(now)
+                passes += bound[0]
+                last_pass = now
+                idle_passes = 0 if (bound[1] or changed) else idle_passes + 1
+        for job in self.jobs:
+            if job.outcome is None:
+                job.outcome = NEVER_RAN
+        return SimResult(self.profile.name, self.jobs, self.gpus, start, now, self.busy,
+                         passes, self.pass_s, time.perf_counter() - began, self.preemptions,
+                         self.decisions)
+
+    def _passes(self, now: float) -> tuple[int, int]:
+        """Passes at ``now`` until one stops no victim; returns (passes, jobs bound)."""
+        passes = bound = 0
+        for _ in range(self.params.max_passes_per_instant):
+            passes += 1
+            stopped, started = self._pass(now)
+            bound += started
+            if not stopped or not self.pending:
+                break
+        return passes, bound
+
+    def _pass(self, now: float) -> tuple[int, int]:
+        began = time.perf_counter()
+        running = list(self.running.values())
+        if self.stops:  # yielding victims cannot be preempted again (as in the daemon)
+            yielding = {job_id for _, job_id, _ in self.stops}
+            running = [replace(r, checkpointable=False) if r.id in yielding else r
+                       for r in running]
+        out = schedule(list(self.pending.values()), self.node_list, running, now,
+                       self.params.config, self.profile)
+        self.pass_s.append(time.perf_counter() - began)
+        for b in out.bindings:
+            self._start(self.by_id[b.job_id], b, now)
+        stopped = 0
+        plans = [] if self.stops else out.preemptions  # none while victims still yield
+        for plan in plans:  # the daemon asks each victim to yield
+            for victim in plan.victims:
+                if victim not in self.running:
+                    continue
+                if self.params.stop_s > 0:
+                    heapq.heappush(self.stops, (now + self.params.stop_s, victim,
+                                                self.by_id[victim].version))
+                else:
+                    self._preempt(self.by_id[victim], now)
+                    stopped += 1
+        if out.bindings or stopped:
+            self.busy.append((now, self.busy_gpus))
+        return stopped, len(out.bindings)
+
+    # -- the simulated executor -----------------------------------------------------------
+
+    def _arrive(self, job: SimJob, now: float) -> bool:
+        if self._refused(job.request):
+            job.outcome = REFUSED
+            return False
+        job.pending_since = job.trace.submit
+        self._enqueue(job, job.trace.submit)
+        return True
+
+    def _refused(self, request: Request) -> bool:
+        """What the daemon's submission refuses: larger than every node (than the whole
+        cluster, when the scheduler places gangs over several nodes)."""
+        if request.gpu > self.gpus:
+            return True
+        return not GANGS and too_large_reason(request, self.capacities) is not None
+
+    def _enqueue(self, job: SimJob, queued_at: float) -> None:
+        t = job.trace
+        values = {"id": t.id, "request": job.request, "priority": t.priority,
+                  "queued_at": queued_at, "timeout_s": t.time_limit_s, "team": t.team,
+                  "attained_s": job.attained, "duration_s": t.duration,
+                  "checkpointable": t.checkpointable, "last_run_s": job.last_run}
+        self.pending[t.id] = PendingJob(**{k: v for k, v in values.items()
+                                           if k in _PENDING_FIELDS})
+
+    def _start(self, job: SimJob, binding: Binding, now: float) -> None:
+        del self.pending[job.trace.id]
+        allocs = (binding.allocation, *getattr(binding, "extra", ()))
+        for alloc in allocs:
+            self.nodes[alloc.node].take(alloc)
+            self.busy_gpus += _whole_gpus(alloc)
+        job.allocs = allocs
+        job.waited += now - job.pending_since
+        if job.first_start is None:
+            job.first_start = now
+        job.attempt_start = now
+        job.restore = self.params.restore_s if job.done > 0 else 0.0
+        t = job.trace
+        values = {"id": t.id, "allocation": binding.allocation, "priority": t.priority,
+                  "started_at": now, "timeout_s": t.time_limit_s,
+                  "checkpointable": t.checkpointable, "team": t.team,
+                  "attained_s": job.attained, "extra": tuple(allocs[1:])}
+        self.running[t.id] = RunningJob(**{k: v for k, v in values.items()
+                                           if k in _RUNNING_FIELDS})
+        end = now + job.restore + (t.duration - job.done)
+        if t.time_limit_s is not None:
+            end = min(end, now + t.time_limit_s)
+        job.version += 1
+        heapq.heappush(self.ends, (end, t.id, job.version))
+        if self.record:
+            self.decisions.append((now, t.id, binding.allocation.node))
+            job.bindings.append((now, allocs))
+
+    def _release(self, job: SimJob, now: float) -> float:
+        del self.running[job.trace.id]
+        for alloc in job.allocs:
+            self.nodes[alloc.node].release(alloc)
+            self.busy_gpus -= _whole_gpus(alloc)
+        job.allocs = ()
+        held = now - job.attempt_start
+        job.attained += held * job.share
+        job.last_run = held
+        self.busy.append((now, self.busy_gpus))
+        return held
+
+    def _end(self, job: SimJob, now: float) -> None:
+        held = self._release(job, now)
+        progress = held - job.restore
+        if job.done + progress + 1e-6 >= job.trace.duration:
+            job.outcome = SUCCEEDED
+        else:  # stopped at its declared time limit
+            job.outcome = TIMED_OUT
+        job.end = now
+
+    def _preempt(self, job: SimJob, now: float) -> None:
+        held = self._release(job, now)
+        progress = max(0.0, held - job.restore)
+        interval = self.params.checkpoint_interval_s
+        saved = progress if interval <= 0 else math.floor(progress / interval) * interval
+        job.done += saved
+        job.lost += held - saved
+        job.preemptions += 1
+        self.preemptions += 1
+        job.version += 1  # its pending end event is stale
+        job.pending_since = now
+        self._enqueue(job, now)
+
+
+def _whole_gpus(alloc) -> int:
+    return 0 if getattr(alloc, "gpu_share_mb", 0) else len(alloc.gpus)
+
+
+def simulate(jobs: list[TraceJob], nodes: list[NodeCapacity], policy: str | Profile,
+             params: SimParams | None = None, record_decisions: bool = False) -> SimResult:
+    profile = profile_for(policy) if isinstance(policy, str) else policy
+    return Simulator(jobs, nodes, profile, params, record_decisions).run()

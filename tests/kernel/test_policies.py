@@ -1,0 +1,331 @@
+"""The scheduling policies (kernel/scheduler/policies.py) and the GPU-aware stages, one pure
+pass at a time: order, head-of-line blocking, Tiresias' queues, preemption and starvation
+guard, gangs all or nothing, GPU packing, GPU shares by memory, team fair share, and the
+llmos policy's aging both ways. No daemon, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmos.kernel.resources import GPU, Allocation, NodeCapacity, NodeState, Request
+from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler.policies import POLICIES, policy
+
+NOW = 100_000.0
+LOW, NORMAL, HIGH = 0, 1, 2
+GB = 1024
+
+
+def gpu_node(name: str = "n1", gpus: int = 8, memory_mb: int = 40 * GB) -> NodeState:
+    return NodeState(NodeCapacity(name, tuple(range(8 * gpus)), 64 * GB * gpus,
+                                  tuple(GPU(i, "a100", memory_mb) for i in range(gpus))))
+
+
+def job(i: int, gpus: int = 1, priority: int = NORMAL, queued: float = NOW, **kw) -> PendingJob:
+    share = kw.pop("share_mb", 0)
+    request = Request(cpu=gpus or 1, memory_mb=1024 * max(1, gpus), gpu=gpus,
+                      gpu_share_mb=share)
+    return PendingJob(i, request, priority, queued, **kw)
+
+
+def hold(i: int, node: NodeState, gpus: int, started: float = NOW - 10, **kw) -> RunningJob:
+    alloc = node.allocate(Request(cpu=gpus, memory_mb=1024 * gpus, gpu=gpus))
+    return RunningJob(i, alloc, kw.pop("priority", NORMAL), started, **kw)
+
+
+def bound(out) -> dict[int, str]:
+    return {b.job_id: b.allocation.node for b in out.bindings}
+
+
+def test_policy_names_and_unknown_name():
+    assert set(POLICIES) == {"fifo", "sjf", "tiresias", "llmos-easy", "llmos"}
+    assert all(policy(name).name == name for name in POLICIES)
+    with pytest.raises(ValueError, match="known: fifo, sjf, tiresias, llmos-easy, llmos"):
+        policy("yarn")
+
+
+# --- fifo and sjf -----------------------------------------------------------------------------
+
+
+def test_fifo_keeps_arrival_order_whatever_the_priority():
+    n = gpu_node(gpus=2)
+    pending = [job(3, priority=HIGH, queued=NOW - 1), job(1, priority=LOW, queued=NOW - 3),
+               job(2, queued=NOW - 2)]
+    assert list(bound(schedule(pending, [n], [], NOW, profile=policy("fifo")))) == [1, 2]
+    # llmos-easy orders by priority class instead
+    assert list(bound(schedule(pending, [n], [], NOW, profile=policy("llmos-easy")))) == [3, 2]
+
+
+def test_fifo_head_blocks_everyone_behind_it_and_sjf_does_not():
+    n = gpu_node(gpus=4)
+    running = [hold(99, n, 2)]
+    pending = [job(1, gpus=4, queued=NOW - 2, duration_s=50.0),
+               job(2, gpus=1, queued=NOW - 1, duration_s=100.0)]
+    out = schedule(pending, [n], running, NOW, profile=policy("fifo"))
+    assert out.bindings == [] and out.preemptions == []
+    assert out.reasons[2] == "waiting for job 1 at the head of the queue (fifo)"
+    assert out.reasons[1] == "needs 4 gpu, 2 free"
+    out = schedule(pending, [n], running, NOW, profile=policy("sjf"))
+    assert bound(out) == {2: "n1"}  # skipped ahead: no reservation
+
+
+def test_sjf_runs_the_shortest_known_job_first():
+    n = gpu_node(gpus=1)
+    pending = [job(1, queued=NOW - 3, duration_s=100.0), job(2, queued=NOW - 2, duration_s=10.0),
+               job(3, queued=NOW - 1, duration_s=50.0)]
+    assert bound(schedule(pending, [n], [], NOW, profile=policy("sjf"))) == {2: "n1"}
+
+
+# --- tiresias ---------------------------------------------------------------------------------
+
+
+def test_tiresias_serves_the_least_attained_queue_first_fifo_inside():
+    n = gpu_node(gpus=1)
+    pending = [job(1, queued=NOW - 30, attained_s=5000.0),  # queue 1 (over one GPU-hour)
+               job(2, queued=NOW - 20), job(3, queued=NOW - 10)]  # queue 0, FIFO
+    out = schedule(pending, [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {2: "n1"}
+
+
+def test_tiresias_preempts_checkpointable_jobs_of_lower_queues_only():
+    n = gpu_node(gpus=2)
+    served = hold(10, n, 1, started=NOW - 4000, checkpointable=True)  # 4000 GPU-s: queue 1
+    fresh = hold(11, n, 1, started=NOW - 100, checkpointable=True)  # queue 0
+    out = schedule([job(1)], [n], [served, fresh], NOW, profile=policy("tiresias"))
+    assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == [(1, "n1", (10,))]
+    stubborn = RunningJob(10, served.allocation, NORMAL, served.started_at)  # not checkpointable
+    out = schedule([job(1)], [n], [stubborn, fresh], NOW, profile=policy("tiresias"))
+    assert out.preemptions == []
+
+
+def test_tiresias_starvation_guard_puts_a_long_waiting_job_back_on_top():
+    n = gpu_node(gpus=1)
+    # attained 10,000 GPU-s (queue 1), last run 100 s: back to queue 0 after 10 x 100 s
+    starved = job(1, queued=NOW - 1001, attained_s=10_000.0, last_run_s=100.0)
+    newer = job(2, queued=NOW - 5)
+    assert bound(schedule([starved, newer], [n], [], NOW, profile=policy("tiresias"))) == {1: "n1"}
+    waiting = job(1, queued=NOW - 900, attained_s=10_000.0, last_run_s=100.0)
+    assert bound(schedule([waiting, newer], [n], [], NOW, profile=policy("tiresias"))) == {2: "n1"}
+
+
+# --- gangs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_a_gang_that_fits_one_node_never_splits(name):
+    a, b = gpu_node("a", gpus=4), gpu_node("b", gpus=4)
+    running = [hold(90, a, 2), hold(91, b, 2)]
+    out = schedule([job(1, gpus=4)], [a, b], running, NOW, profile=policy(name))
+    assert out.bindings == []  # 2 + 2 free, never a partial or split 4-GPU gang
+    assert "needs 4 gpu, 2 free" in out.reasons[1]
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_a_gang_larger_than_every_node_spans_the_fewest_nodes(name):
+    nodes = [gpu_node(f"n{i}") for i in range(4)]
+    running = [hold(90, nodes[0], 4), hold(91, nodes[2], 4)]  # free: 4, 8, 4, 8
+    out = schedule([job(1, gpus=12)], nodes, running, NOW, profile=policy(name))
+    [b] = out.bindings
+    parts = [(a.node, len(a.gpus)) for a in (b.allocation, *b.extra)]
+    assert parts == [("n1", 8), ("n0", 4)]  # 2 nodes: a whole one, then the tightest fit
+    assert sum(a.memory_mb for a in (b.allocation, *b.extra)) >= 12 * 1024
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_a_gang_over_nodes_is_all_or_nothing(name):
+    nodes = [gpu_node(f"n{i}") for i in range(2)]
+    running = [hold(90, nodes[0], 4)]  # 12 free of 16
+    out = schedule([job(1, gpus=16)], nodes, running, NOW, profile=policy(name))
+    assert out.bindings == []
+    assert out.reasons[1] == "gang of 16 gpu over several nodes: 12 free"
+
+
+def test_without_multi_node_a_gang_larger_than_every_node_never_runs():
+    nodes = [gpu_node(f"n{i}") for i in range(2)]
+    out = schedule([job(1, gpus=16)], nodes, [], NOW, SchedulerConfig(multi_node=False),
+                   profile=policy("llmos"))
+    assert out.bindings == []
+    assert "needs 16 gpu, node n0 has 8" in out.reasons[1]
+    assert "gang over several nodes is not run here" in out.reasons[1]
+
+
+def test_a_running_gang_holds_and_frees_every_part():
+    nodes = [gpu_node(f"n{i}") for i in range(2)]
+    out = schedule([job(1, gpus=16)], nodes, [], NOW, profile=policy("llmos"))
+    [b] = out.bindings
+    gang = RunningJob(1, b.allocation, NORMAL, NOW, extra=b.extra)
+    for a in gang.allocations:
+        next(n for n in nodes if n.name == a.node).take(a)
+    assert gang.gpus == 16 and all(not n.free_gpus() for n in nodes)
+    out = schedule([job(2, gpus=1)], nodes, [gang], NOW, profile=policy("llmos"))
+    assert out.bindings == []
+
+
+# --- packing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llmos", "tiresias", "sjf", "fifo"])
+def test_packing_keeps_a_whole_node_free_for_an_8_gpu_gang(name):
+    empty, half = gpu_node("a-empty"), gpu_node("b-half")
+    running = [hold(90, half, 4)]
+    pending = [job(1, gpus=2, queued=NOW - 2), job(2, gpus=8, queued=NOW - 1)]
+    out = schedule(pending, [empty, half], running, NOW, profile=policy(name))
+    assert bound(out) == {1: "b-half", 2: "a-empty"}
+
+
+def test_packing_prefers_leaving_a_gpu_count_that_a_pending_job_asks_for():
+    six, five = gpu_node("a-six-free"), gpu_node("b-five-free")
+    running = [hold(90, six, 2), hold(91, five, 3)]
+    # a 1-GPU job leaves 5 or 4 free; a pending 5-GPU job (waiting for another job) makes
+    # leaving 5 the better
+    one = job(1, gpus=1, queued=NOW - 2)
+    five_later = job(3, gpus=5, queued=NOW, waiting_for=(77,))
+    out = schedule([one, five_later], [six, five], running, NOW, profile=policy("llmos"))
+    assert bound(out) == {1: "a-six-free"}
+    out = schedule([one], [six, five], running, NOW, profile=policy("llmos"))
+    assert bound(out) == {1: "b-five-free"}  # no demand for 5: the fullest node
+
+
+# --- GPU shares by memory ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_two_20gb_shares_share_a_40gb_gpu_and_a_third_waits(name):
+    n = gpu_node(gpus=1, memory_mb=40_000)
+    pending = [job(i, gpus=0, share_mb=20_000, queued=NOW - 10 + i) for i in (1, 2, 3)]
+    out = schedule(pending, [n], [], NOW, profile=policy(name))
+    assert bound(out) == {1: "n1", 2: "n1"}
+    assert [(b.allocation.gpus, b.allocation.gpu_share_mb) for b in out.bindings] == \
+        [((0,), 20_000), ((0,), 20_000)]
+    assert "needs a 20000 MB share of a gpu" in out.reasons[3]
+
+
+def test_a_whole_gpu_job_never_gets_a_shared_gpu():
+    n = gpu_node(gpus=2, memory_mb=40_000)
+    share = n.allocate(Request(cpu=1, memory_mb=100, gpu_share_mb=10_000))
+    assert n.free_gpus() == [1]
+    whole = n.allocate(Request(cpu=1, memory_mb=100, gpu=1))
+    assert whole.gpus == (1,) and share.gpus == (0,)
+    running = [RunningJob(1, share, NORMAL, NOW), RunningJob(2, whole, NORMAL, NOW)]
+    out = schedule([job(3, gpus=1)], [n], running, NOW, profile=policy("llmos"))
+    assert out.bindings == [] and out.reasons[3] == "needs 1 gpu, 0 free"
+    with pytest.raises(ValueError, match="shared"):
+        n.take(Allocation("n1", {}, 0, (0,)))
+    n.release(share)  # the last share leaves: the GPU is whole again
+    assert n.free_gpus() == [0]
+    assert Allocation.from_json(share.to_json()) == share
+
+
+# --- fair share -------------------------------------------------------------------------------
+
+
+def test_fair_share_lets_two_teams_take_turns():
+    n = gpu_node(gpus=2)
+    pending = ([job(i, team="a", queued=NOW - 100 + i) for i in range(1, 5)]
+               + [job(i, team="b", queued=NOW - 50 + i) for i in (5, 6)])
+    out = schedule(pending, [n], [], NOW, profile=policy("llmos"))
+    assert bound(out) == {1: "n1", 5: "n1"}
+
+
+def test_fair_share_favours_the_team_holding_less():
+    busy, free = gpu_node("busy", gpus=2), gpu_node("free", gpus=1)
+    running = [hold(90, busy, 2, team="a")]
+    pending = [job(1, team="a", queued=NOW - 10), job(2, team="b", queued=NOW - 5)]
+    out = schedule(pending, [busy, free], running, NOW, profile=policy("llmos"))
+    assert bound(out) == {2: "free"}
+
+
+# --- llmos: attained-service classes and aging, both ways -------------------------------------
+
+
+def test_llmos_short_jobs_are_not_starved_by_long_ones():
+    n = gpu_node(gpus=1)
+    long_one = job(1, priority=HIGH, queued=NOW - 30, attained_s=200_000.0)
+    fresh = job(2, priority=HIGH, queued=NOW - 1)
+    assert bound(schedule([long_one, fresh], [n], [], NOW, SchedulerConfig(aging_s=60),
+                          profile=policy("llmos"))) == {2: "n1"}
+
+
+def test_llmos_long_jobs_are_not_starved_by_short_ones():
+    n = gpu_node(gpus=1)
+    fresh = job(2, priority=HIGH, queued=NOW - 1)
+    config = SchedulerConfig(aging_s=60)
+    # class 3 (>= 1e5 GPU-s); waiting 100 x aging_s lifts it 3 classes: FIFO with the fresh
+    long_one = job(1, priority=HIGH, queued=NOW - 6000, attained_s=200_000.0)
+    assert bound(schedule([long_one, fresh], [n], [], NOW, config,
+                          profile=policy("llmos"))) == {1: "n1"}
+    not_yet = job(1, priority=HIGH, queued=NOW - 3000, attained_s=200_000.0)
+    assert bound(schedule([not_yet, fresh], [n], [], NOW, config,
+                          profile=policy("llmos"))) == {2: "n1"}
+
+
+def test_llmos_preempts_a_long_running_job_only_after_its_quantum():
+    config = SchedulerConfig(aging_s=600)
+    for ran, expected in ((100, []), (700, [(1, "n1", (10,))])):
+        n = gpu_node(gpus=1)
+        long_one = hold(10, n, 1, started=NOW - ran, checkpointable=True, attained_s=50_000.0)
+        out = schedule([job(1)], [n], [long_one], NOW, config, profile=policy("llmos"))
+        assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == expected
+
+
+def test_llmos_backfill_reserves_one_node_and_others_stay_usable():
+    a, b = gpu_node("a"), gpu_node("b")
+    running = [hold(90, a, 4, timeout_s=100.0), hold(91, b, 6)]
+    pending = [job(1, gpus=8, queued=NOW - 10), job(2, gpus=2, queued=NOW - 5)]
+    out = schedule(pending, [a, b], running, NOW, profile=policy("llmos"))
+    assert out.reservation.node == "a" and out.reservation.at == NOW - 10 + 100
+    assert bound(out) == {2: "b"}  # not on the reserved node: it would delay job 1
+
+
+# --- the daemon's attained service, from the stored transitions --------------------------------
+
+
+def test_service_of_counts_the_gpu_seconds_of_ended_attempts(tmp_path):
+    from datetime import timedelta
+
+    from llmos.config import Settings
+    from llmos.kernel.daemon import service_of
+    from llmos.kernel.jobs import JobSpec, JobState, create_job, transition
+    from llmos.store.db import Database
+
+    db = Database(Settings(home=tmp_path).db_url)
+    db.upgrade()
+    with db.session() as s:
+        job = create_job(s, JobSpec(program="noop", checkpointable=True),
+                         Request(cpu=1, memory_mb=100, gpu=2), "local")
+        t0 = job.created_at
+        steps = [(JobState.SCHEDULED, 10), (JobState.RUNNING, 11), (JobState.PREEMPTED, 111),
+                 (JobState.PENDING, 111), (JobState.SCHEDULED, 200), (JobState.RUNNING, 201)]
+        for state, at in steps:  # ran 100 s on 2 GPUs, then started again (still running)
+            transition(s, job, state, at=t0 + timedelta(seconds=at))
+        s.flush()
+        assert service_of(s, job) == (200.0, 100.0)
+    db.engine.dispose()
+
+
+def test_llmos_reservation_at_an_unknown_moment_lets_no_timeout_jump_it():
+    a = gpu_node("a")
+    running = [hold(90, a, 4)]  # no timeout: when job 1 can start is unknown
+    pending = [job(1, gpus=8, queued=NOW - 10), job(2, gpus=2, queued=NOW - 5, timeout_s=60.0)]
+    out = schedule(pending, [a], running, NOW, profile=policy("llmos"))
+    assert out.reservation.node == "a" and out.bindings == []
+    assert out.reasons[2] == "waiting for job 1, which holds the reservation"
+    # llmos-easy lets it in: a timeout always "ends before" an unknown moment
+    out = schedule(pending, [a], running, NOW, profile=policy("llmos-easy"))
+    assert bound(out) == {2: "a"}
+
+
+def test_a_waiting_job_learns_nothing_of_another_teams_job_from_its_reason():
+    """Wait reasons are shown to the waiting job's team: another team's job is never named
+    by its id (fifo's head, and the job holding the backfill reservation)."""
+    n = gpu_node(gpus=4)
+    running = [hold(99, n, 2, timeout_s=600.0)]
+    pending = [job(1, gpus=4, queued=NOW - 2, team="alpha"),
+               job(2, gpus=2, queued=NOW - 1, team="beta"),
+               job(3, gpus=2, queued=NOW, team="alpha")]
+    out = schedule(pending, [n], running, NOW, profile=policy("fifo"))
+    assert out.reasons[2] == "waiting for a job of another team at the head of the queue (fifo)"
+    assert out.reasons[3] == "waiting for job 1 at the head of the queue (fifo)"
+    out = schedule(pending, [n], running, NOW, profile=policy("llmos-easy"))
+    assert out.reasons[2] == "waiting for a job of another team, which holds the reservation"
+    assert out.reasons[3] == "waiting for job 1, which holds the reservation"

@@ -1,0 +1,386 @@
+"""The scheduler simulator (`llmos sim`): hand-made traces whose exact schedule is known for
+each policy, the trace and cluster readers' errors, the command line, and the same
+decisions as the daemon on the same input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llmos.kernel.resources import GPU, NodeCapacity
+from llmos.kernel.scheduler.sim import (
+    ClusterError,
+    SimParams,
+    TraceError,
+    TraceJob,
+    from_flags,
+    load_cluster,
+    load_trace,
+    select,
+    simulate,
+)
+from llmos.kernel.scheduler.sim.engine import SUCCEEDED, Simulator, profile_for
+
+HIGH, NORMAL, LOW = 2, 1, 0
+
+
+def job(id: int, submit: float, duration: float, gpus: int = 1, **kw) -> TraceJob:
+    return TraceJob(id, submit, duration, gpus, **kw)
+
+
+def run(policy: str, jobs: list[TraceJob], nodes: int = 1, gpus: int = 1,
+        **params) -> dict[int, object]:
+    """Each job's end state after simulating ``jobs`` on ``nodes`` nodes of ``gpus`` GPUs
+    (8 cpu per GPU, 64 GB per GPU)."""
+    cluster = from_flags(nodes, gpus, cpus_per_node=8 * gpus, memory_gb=64 * gpus)
+    result = simulate(jobs, cluster.capacities(), policy,
+                      SimParams(**{"tick_s": 60.0, **params}), record_decisions=True)
+    return {j.trace.id: j for j in result.jobs}
+
+
+def starts(done: dict) -> dict[int, float]:
+    return {i: j.first_start for i, j in done.items()}
+
+
+# --- known schedules ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["fifo", "llmos-easy", "llmos"])
+def test_jobs_start_in_arrival_order_on_a_busy_gpu(policy):
+    done = run(policy, [job(1, 0, 100), job(2, 1, 50), job(3, 2, 10)])
+    assert starts(done) == {1: 0, 2: 100, 3: 150}
+    assert {i: j.end for i, j in done.items()} == {1: 100, 2: 150, 3: 160}
+    assert all(j.outcome == SUCCEEDED and j.preemptions == 0 for j in done.values())
+
+
+def test_sjf_knows_durations_and_runs_the_shortest_first():
+    done = run("sjf", [job(1, 0, 100), job(2, 1, 50), job(3, 2, 10)])
+    assert starts(done) == {1: 0, 2: 110, 3: 100}
+
+
+@pytest.mark.parametrize("policy", ["llmos-easy", "llmos"])
+def test_easy_backfill_lets_a_short_declared_job_pass_but_not_one_that_would_delay(policy):
+    # A holds one of two GPUs until 100 (its declared limit); B needs both, so it holds
+    # the reservation at 100. C declares it ends by 62: it runs at once in the free GPU.
+    # D declares nothing: it could delay B, so it waits behind B.
+    jobs = [job(1, 0, 100, 1, time_limit_s=100), job(2, 1, 10, 2),
+            job(3, 2, 50, 1, time_limit_s=60), job(4, 3, 200, 1)]
+    done = run(policy, jobs, gpus=2)
+    assert starts(done) == {1: 0, 2: 100, 3: 2, 4: 110}
+    assert done[3].trace.id == 3 and done[3].end == 52
+
+
+def test_fifo_never_backfills():
+    jobs = [job(1, 0, 100, 1, time_limit_s=100), job(2, 1, 10, 2),
+            job(3, 2, 50, 1, time_limit_s=60)]
+    assert starts(run("fifo", jobs, gpus=2)) == {1: 0, 2: 100, 3: 110}
+
+
+@pytest.mark.parametrize("policy", ["fifo", "llmos"])
+def test_a_gang_starts_all_at_once_across_nodes_and_holds_nothing_before(policy):
+    # Two nodes of 4 GPUs; job 1 holds 2 GPUs until 100; the 8-GPU gang needs both nodes
+    # whole: it holds nothing until 100, then all 8 GPUs on the two nodes at once.
+    cluster = from_flags(2, 4, cpus_per_node=32, memory_gb=256)
+    result = simulate([job(1, 0, 100, 2), job(2, 1, 50, 8)], cluster.capacities(), policy,
+                      SimParams(tick_s=60.0), record_decisions=True)
+    gang = next(j for j in result.jobs if j.trace.id == 2)
+    assert gang.first_start == 100 and gang.end == 150
+    assert sorted(a.node for a in gang_allocations(result, 2)) == ["node-0", "node-1"]
+    held_before = [busy for t, busy in result.busy if t < 100]
+    assert max(held_before) == 2  # never a part of the gang before it all fits
+
+
+def gang_allocations(result, job_id):
+    sim_job = next(j for j in result.jobs if j.trace.id == job_id)
+    return sim_job.bindings[0][1]
+
+
+def test_a_preempted_job_loses_the_work_since_its_checkpoint_and_pays_the_restore():
+    # L (low, checkpointable) runs from 0; H (high) arrives at 700 and preempts it. L had
+    # checkpointed at 300 and 600: it loses 100 s, then resumes at 800 after H, pays 60 s
+    # to restore, and runs the 400 s left: it ends at 1260.
+    jobs = [job(1, 0, 1000, priority=LOW), job(2, 700, 100, priority=HIGH)]
+    done = run("llmos-easy", jobs, checkpoint_interval_s=300, restore_s=60)
+    low, high = done[1], done[2]
+    assert (high.first_start, high.end) == (700, 800)
+    assert low.preemptions == 1 and low.lost == 100
+    assert [t for t, _ in low.bindings] == [0, 800] and low.end == 1260
+    assert low.waited == 100  # queued again from 700 to 800
+
+
+def test_a_victim_yields_after_the_grace_and_its_preemptor_starts_then():
+    # As the daemon: L is asked to yield at 700 and stops at 730 (checkpoint at 600: 130 s
+    # lost); H starts at 730.
+    jobs = [job(1, 0, 1000, priority=LOW), job(2, 700, 100, priority=HIGH)]
+    done = run("llmos-easy", jobs, checkpoint_interval_s=300, restore_s=60, stop_s=30)
+    assert done[2].first_start == 730 and done[1].lost == 130
+    assert [t for t, _ in done[1].bindings] == [0, 830] and done[1].end == 830 + 60 + 400
+
+
+def test_jobs_that_are_not_checkpointable_are_never_preempted():
+    jobs = [job(1, 0, 1000, priority=LOW, checkpointable=False),
+            job(2, 700, 100, priority=HIGH)]
+    done = run("llmos-easy", jobs)
+    assert done[1].preemptions == 0 and done[1].end == 1000 and done[2].first_start == 1000
+
+
+def test_tiresias_preempts_a_job_past_one_gpu_hour_for_a_new_one():
+    # At 4000 the long job has 4000 GPU-s (queue 1), the newcomer none (queue 0): it
+    # yields, keeping its checkpoint at 3600 (400 s lost), resumes at 4100 after 60 s of
+    # restore with 6400 s left: it ends at 10560.
+    done = run("tiresias", [job(1, 0, 10000), job(2, 4000, 100)],
+               checkpoint_interval_s=1800, restore_s=60)
+    assert (done[2].first_start, done[2].end) == (4000, 4100)
+    assert [t for t, _ in done[1].bindings] == [0, 4100] and done[1].lost == 400
+    assert done[1].end == 10560
+
+
+def test_llmos_lets_short_jobs_pass_a_long_one_without_starving_it():
+    # One GPU; a 3000 s job from 0; from 1000, a 100 s job every 50 s (twice what the GPU
+    # can do) until 3850. fifo and tiresias keep the long job running: the first short
+    # one waits until 3000. llmos preempts it after its quantum (aging_s = 600 s ran) for
+    # the short one, and its wait lifts it back within aging_s: it runs again at 1600
+    # and ends, while the stream still arrives.
+    stream = [job(1, 0, 3000)] + [job(k, 1000 + 50 * (k - 2), 100) for k in range(2, 60)]
+    for policy in ("fifo", "tiresias"):
+        done = run(policy, stream, checkpoint_interval_s=0, restore_s=0)
+        assert done[2].first_start == 3000 and done[1].preemptions == 0
+    done = run("llmos", stream, checkpoint_interval_s=0, restore_s=0)
+    assert done[2].first_start == 1000
+    assert [t for t, _ in done[1].bindings][:2] == [0, 1600]
+    assert done[1].outcome == SUCCEEDED and done[1].end == 8800
+    assert max(j.waited for j in done.values()) < 6000
+
+
+def test_llmos_gives_two_teams_turns_where_fifo_serves_the_first_comer():
+    # Two GPUs; team a queues four 100 s jobs at 0, team b two at 1. fifo runs all of a's
+    # first; llmos interleaves by dominant share: b's first job starts at 100.
+    fair = [job(i, 0, 100, team="a") for i in (1, 2, 3, 4)] + \
+           [job(i, 1, 100, team="b") for i in (5, 6)]
+    assert starts(run("fifo", fair, gpus=2)) == {1: 0, 2: 0, 3: 100, 4: 100, 5: 200, 6: 200}
+    assert starts(run("llmos", fair, gpus=2)) == {1: 0, 2: 0, 3: 100, 4: 200, 5: 100, 6: 200}
+
+
+# --- trace and cluster files ---------------------------------------------------------------
+
+
+PHILLY = ("timestamp,duration,num_gpus,gpu_time,cluster\n"
+          "2017-10-01 00:00:00,100.0,1,100.0,aaa\n"
+          "2017-10-01 00:00:10,50.0,2,100.0,bbb\n"
+          "2017-10-01 00:00:20,10.0,1,10.0,aaa\n")
+
+
+def test_the_philly_csv_is_read_filtered_and_compressed(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(PHILLY)
+    jobs = load_trace(path)
+    assert [(j.id, j.duration, j.gpus, j.team) for j in jobs] == [
+        (1, 100, 1, "aaa"), (2, 50, 2, "bbb"), (3, 10, 1, "aaa")]
+    assert [j.id for j in select(jobs, team="aaa")] == [1, 3]
+    fast = select(jobs, load=2.0)
+    assert [j.submit - fast[0].submit for j in fast] == [0, 5, 10]
+    assert [j.id for j in select(jobs, start=jobs[1].submit)] == [2, 3]
+    with pytest.raises(TraceError, match="no job of the trace passes the filters"):
+        select(jobs, team="zzz")
+
+
+@pytest.mark.parametrize("row,error", [
+    ("2017-10-01 00:00:30,abc,1,1.0,aaa", "line 5: duration must be a number, not 'abc'"),
+    ("2017-10-01 00:00:30,10,1,aaa", "line 5: 4 fields, the header has 5"),
+    ("yesterday,10,1,10,aaa", "line 5: timestamp 'yesterday' is neither a date"),
+    ("2017-10-01 00:00:30,10,1.5,15,aaa", "line 5: num_gpus must be a whole number"),
+    ("2017-10-01 00:00:30,-3,1,1,aaa", "line 5: duration must be at least 0"),
+])
+def test_a_malformed_csv_row_is_reported_with_its_line_number(tmp_path, row, error):
+    path = tmp_path / "t.csv"
+    path.write_text(PHILLY + row + "\n")
+    with pytest.raises(TraceError) as e:
+        load_trace(path)
+    assert str(e.value) == f"{path}, {error}" or str(e.value).startswith(f"{path}, {error}")
+
+
+@pytest.mark.parametrize("line,error", [
+    ('{"submit": 0, "duration": ', "line 3: not JSON"),
+    ('{"submit": 0}', "line 3: missing field 'duration'"),
+    ('{"submit": 0, "duration": 5, "gpu": 1}', "line 3: unknown field(s) gpu"),
+    ('{"submit": 0, "duration": 5, "priority": "urgent"}', "line 3: priority must be one of"),
+    ('{"submit": 0, "duration": 5, "checkpointable": "yes"}', "line 3: checkpointable must"),
+    ('[1, 2]', "line 3: a line must be a JSON object"),
+])
+def test_a_malformed_jsonl_line_is_reported_with_its_line_number(tmp_path, line, error):
+    path = tmp_path / "t.jsonl"
+    path.write_text('# submit, duration, ...\n{"submit": 0, "duration": 5}\n' + line + "\n")
+    with pytest.raises(TraceError, match=None) as e:
+        load_trace(path)
+    assert str(e.value).startswith(f"{path}, {error}"), str(e.value)
+
+
+def test_the_jsonl_format_carries_priority_team_memory_and_limits(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [
+        {"id": 7, "submit": "2017-10-01 00:00:00", "duration": 60, "gpus": 2, "cpu": 4,
+         "memory_mb": 2048, "priority": "high", "team": "vision", "checkpointable": False,
+         "time_limit_s": 120},
+        {"submit": 1506816005, "duration": 30}]) + "\n")
+    first, second = load_trace(path)
+    assert first == TraceJob(7, 1506816000.0, 60, 2, "vision", HIGH, 4, 2048, False, 120)
+    assert (second.id, second.gpus, second.priority, second.checkpointable) == (2, 0, 1, True)
+
+
+def test_a_cluster_yaml_gives_node_groups_and_names_the_field_in_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("nodes:\n  - {name: a100, count: 2, gpus: 8, cpus: 64, memory_gb: 512,"
+                    " labels: {gpu: a100}}\n  - {name: cpu, count: 1, gpus: 0, cpus: 32,"
+                    " memory_gb: 128}\n")
+    cluster = load_cluster(path)
+    caps = cluster.capacities()
+    assert [c.name for c in caps] == ["a100-0", "a100-1", "cpu-0"]
+    assert cluster.gpus == 16 and caps[0].labels == {"gpu": "a100"}
+    assert len(caps[2].cores) == 32 and caps[2].memory_mb == 128 * 1024
+    path.write_text("nodes:\n  - {name: a, count: 2, gpus: many}\n")
+    with pytest.raises(ClusterError, match="node group 1: gpus must be a number"):
+        load_cluster(path)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def llmos(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOS_")}
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "llmos.cli.main", *args], check=False, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_sim_help_documents_both_trace_formats():
+    result = llmos("sim", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.replace("│", " ").split())
+    for word in ("timestamp", "duration", "num_gpus", "gpu_time", "cluster", "submit",
+                 "priority", "team", "memory_mb", "checkpointable", "time_limit_s",
+                 "--load", "--vc", "--checkpoint-interval-s", "--restore-s"):
+        assert word in text, word
+
+
+def test_sim_writes_a_table_json_and_plots(tmp_path):
+    trace = tmp_path / "philly.csv"
+    trace.write_text(PHILLY)
+    out = tmp_path / "out"
+    result = llmos("sim", str(trace), "--policy", "fifo,llmos", "--nodes", "1",
+                   "--gpus-per-node", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "fifo" in result.stdout and "llmos" in result.stdout and "avg JCT" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    fifo = summary["policies"][0]
+    assert [p["policy"] for p in summary["policies"]] == ["fifo", "llmos"]
+    # 1 at 0 (100 s), 2 at 100 (needs both GPUs), 3 at 150: JCTs 100, 140, 140.
+    assert fifo["ended"] == 3 and fifo["avg_jct_s"] == pytest.approx(380 / 3)
+    assert summary["meta"]["gpus"] == 2
+    for name in ("jct_cdf.png", "utilisation.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["missing.csv"], 1, "missing.csv: no such trace file"),
+    (["BAD"], 1, "line 3: num_gpus must be a number"),
+    (["GOOD", "--policy", "fifo,lottery"], 2, "unknown policy lottery (known: "),
+    (["GOOD", "--load", "0"], 2, "--load must be above 0"),
+])
+def test_sim_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, monkeypatch, args, code,
+                                                       message):
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text(PHILLY)
+    bad.write_text(PHILLY.replace(",2,100.0,bbb", ",two,100.0,bbb"))
+    args = [{"GOOD": str(good), "BAD": str(bad)}.get(a, a) for a in args]
+    monkeypatch.chdir(tmp_path)
+    result = llmos("sim", *args)
+    assert result.returncode == code
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+# --- the same decisions as the daemon -----------------------------------------------------
+
+
+# Two waves of jobs (gpus, class, team, seconds it runs): the first occupies part of the
+# cluster, the second arrives while it runs; then the two short ones of the first end.
+WAVES = [
+    [(2, NORMAL, "a", 2), (1, NORMAL, "b", 1e6), (3, HIGH, "a", 2), (1, LOW, "b", 1e6)],
+    [(4, NORMAL, "b", 1e6), (2, LOW, "a", 1e6), (1, HIGH, "b", 1e6), (4, NORMAL, "a", 1e6),
+     (1, NORMAL, "a", 1e6), (2, HIGH, "b", 1e6), (1, LOW, "a", 1e6), (3, NORMAL, "b", 1e6)],
+]
+CAPS = [NodeCapacity(f"n{i}", tuple(range(16)), 65536,
+                     tuple(GPU(g, "sim", 81920) for g in range(4))) for i in range(3)]
+
+
+@pytest.mark.parametrize("policy", ["llmos", "llmos-easy"])
+def test_the_simulator_and_the_daemon_bind_the_same_jobs_in_the_same_order(tmp_path, policy):
+    """A real daemon (store, queue, node accounting, its own passes) over a simulated
+    cluster through the simulated executor, against the simulator on the same jobs: the
+    same bindings (job, node, GPUs), in the same order, pass after pass."""
+    ids, daemon_order = daemon_decisions(tmp_path, policy)
+    trace = [job(i, float(w), run_s, gpus, priority=prio, cpu=2 * gpus, team=team,
+                 memory_mb=4096 * gpus, checkpointable=False)
+             for w, wave in enumerate(WAVES) for i, (gpus, prio, team, run_s) in zip(ids[w], wave)]
+    sim = Simulator(trace, CAPS, profile_for(policy), SimParams(tick_s=1e9),
+                    record_decisions=True)
+    result = sim.run()
+    sim_order = [(j, node, sim.by_id[j].bindings[0][1][0].gpus)
+                 for t, j, node in result.decisions if t <= 2]
+    assert len(daemon_order) >= 6
+    assert sim_order == daemon_order
+
+
+def daemon_decisions(tmp_path, policy: str):
+    """The daemon's bindings (job, node, GPUs) in order over three steps: after each wave
+    is submitted, then after the two short jobs of the first wave ended."""
+    from llmos import extensions
+    from llmos.config import Settings
+    from llmos.kernel.jobs import JobSpec, ResourceSpec
+    from llmos.kernel.scheduler.sim.executor import executor_for
+    from llmos.security.identity import ADMIN_USER
+    from llmos.security.rbac import SYSTEM, Principal
+    from llmos.store.models import Job, JobTransition, User
+    from llmos.system import System
+
+    extensions.executors.register("sim-test", executor_for(CAPS), replace=True)
+    system = System(Settings(home=tmp_path / "home", executor="sim-test", tick_s=3600,
+                             require_isolation="off"))
+    try:
+        daemon = system.daemon
+        daemon.profile = profile_for(policy)  # the daemon's policy, as LLMOS_SCHEDULER_POLICY
+        daemon.nodes.sync(time.time(), force=True)
+        for team in ("a", "b"):
+            system.identity.create_team(SYSTEM, team)
+        with system.db.session() as s:
+            admin_id = s.query(User).filter(User.name == ADMIN_USER).one().id
+        admin = Principal(name=ADMIN_USER, user_id=admin_id, is_admin=True)
+        names = {LOW: "low", NORMAL: "normal", HIGH: "high"}
+        ids: list[list[int]] = []
+        for wave in WAVES:
+            jobs = system.jobs.submit_many(admin, [
+                JobSpec(program="noop", priority=names[prio], checkpointable=False, team=team,
+                        resources=ResourceSpec(cpu=2 * gpus, memory_mb=4096 * gpus, gpu=gpus))
+                for gpus, prio, team, _ in wave])
+            ids.append([j.id for j in jobs])
+            with daemon.lock:
+                daemon.step()
+        executor = daemon.executor("sim-test")
+        for job_id, (*_, run_s) in zip(ids[0], WAVES[0]):
+            if run_s == 2:
+                executor.finish(job_id)
+        with daemon.lock:
+            daemon.step()
+        with system.db.session() as s:
+            rows = s.query(JobTransition).filter(JobTransition.to_state == "SCHEDULED") \
+                .order_by(JobTransition.id).all()
+            order = [(r.job_id, s.get(Job, r.job_id)) for r in rows]
+            return ids, [(j, job.node, tuple(job.allocation["gpus"])) for j, job in order]
+    finally:
+        system.db.close()
+        extensions.executors.unregister("sim-test")
