@@ -63,6 +63,27 @@ class Settings(BaseSettings):
         gt=0,
         description="A job pending this many seconds rises one priority class (once).",
     )
+    scheduler_policy: Literal["llmos", "llmos-easy", "fifo", "sjf", "tiresias"] = Field(
+        default="llmos",
+        description="The daemon's scheduling policy (kernel/scheduler/policies.py): llmos "
+        "(attained-service classes, fair share, EASY backfill, gangs, GPU packing), "
+        "llmos-easy (priority classes, EASY backfill), fifo, tiresias; sjf needs job "
+        "durations, which only the simulator knows (the daemon treats them as unknown).",
+    )
+    sample_interval_s: float = Field(
+        default=5.0, gt=0,
+        description="Seconds between two measurements of the resources each running job, "
+        "node and GPU uses (monitor/sampler.py; history kept in the store, downsampled).",
+    )
+    alerts_file: Path | None = Field(
+        default=None,
+        description="YAML file of alert rules (monitor/alerts.py); default LLMOS_HOME/"
+        "alerts.yaml when present. A malformed file refuses the daemon's start.",
+    )
+    alert_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds between two evaluations of the "
+        "alert rules.",
+    )
     executor: str = Field(default="local", description="Executor used for new jobs.")
     node_labels: str = Field(
         default="",

@@ -82,7 +82,8 @@ def load_yaml(text: str, what: str, max_depth: int = YAML_MAX_DEPTH) -> Any:
     """YAML text a user sent (a recipe, a pipeline), read safely: a 422 (``InvalidRequest``)
     that starts with ``what`` for text that is not YAML, for aliases (``*name``: a few
     hundred bytes of nested ones expand to billions of values once read) and for nesting
-    deeper than ``max_depth`` — both refused before anything is built."""
+    deeper than ``max_depth`` — both refused before anything is built. A value PyYAML
+    cannot build (an integer of over 4300 digits, an impossible date) is the same 422."""
     import yaml
 
     from llmos.errors import InvalidRequest
@@ -100,5 +101,12 @@ def load_yaml(text: str, what: str, max_depth: int = YAML_MAX_DEPTH) -> Any:
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
         return yaml.safe_load(text)
+    except InvalidRequest:
+        raise
     except yaml.YAMLError as e:
         raise InvalidRequest(f"{what}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        # what PyYAML's constructors let through: an integer of over 4300 digits
+        # (ValueError), a date out of range ...; the same clear 422, never a traceback
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise InvalidRequest(f"{what}: not valid YAML: {first}") from None

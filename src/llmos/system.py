@@ -27,7 +27,12 @@ from llmos.kernel.daemon import Daemon
 from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.service import JobService
 from llmos.models.registry import ModelRegistry
-from llmos.monitor.metrics import Metrics
+from llmos.monitor.alert_checks import LatencyWindow
+from llmos.monitor.alerts import AlertEngine, FiringCollector
+from llmos.monitor.events import EventLog
+from llmos.monitor.metrics import Metrics, Resources
+from llmos.monitor.sampler import Sampler
+from llmos.monitor.signals import Signals
 from llmos.optimize.compare import CompareService
 from llmos.optimize.service import CompressService
 from llmos.optimize.tune import TuneService
@@ -70,6 +75,8 @@ class System:
             self._build_core(node, api_url)
             self._build_serving()
             self._build_pipelines()
+            self._build_sampler()
+            self._build_monitor()
             self._bootstrap(on_bootstrap)
         except BaseException:
             self.db.close()
@@ -115,6 +122,23 @@ class System:
         # Tuning studies: their driver submits trials as jobs, woken when jobs end.
         self.tune = TuneService(self)
 
+    def _build_sampler(self) -> None:
+        """The resource sampler (jobs, this node, GPUs) and its /metrics families."""
+        self.sampler = Sampler(self.settings, self.daemon, self.db)
+        self.metrics.add_collector(Resources(self.sampler, self.db))
+
+    def _build_monitor(self) -> None:
+        """The event log (hooks on the store's sessions: changed rows become events in
+        their own transaction), the gate's security signals (``app.state.signals``) and
+        the alert engine, whose rules file refuses the start when malformed."""
+        self.events = EventLog(self.db)
+        self.events.install()
+        self.signals = Signals()
+        self.alerts = AlertEngine(self.settings, self.db, self.events, self.signals,
+                                  sampler=self.sampler,
+                                  latency=LatencyWindow(self.metrics.latency))
+        self.metrics.add_collector(FiringCollector(self.alerts))
+
     def _bootstrap(self, on_bootstrap: Callable[[Bootstrap], None] | None) -> None:
         first = self.identity.bootstrap()
         if first is not None:
@@ -129,6 +153,8 @@ class System:
         self.controller.start()
         self.pipelines.engine.start()
         self.tune.driver.start()
+        self.sampler.start()
+        self.alerts.start()
 
     async def close(self) -> None:
         """Stop serving and the daemon (running jobs stopped or left, as the settings
@@ -136,6 +162,8 @@ class System:
         loop that used them."""
         self.pipelines.engine.stop()
         self.tune.driver.stop()
+        self.sampler.stop()
+        self.alerts.stop()
         self.controller.stop()
         await self.gateway.close()
         self.daemon.shutdown()

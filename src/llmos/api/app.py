@@ -15,16 +15,19 @@ from llmos.api import (
     datasets,
     deployments,
     errors,
+    events,
     gate,
     identity,
     jobs,
     lineage,
+    monitor,
     openai,
     optimize,
     pipelines,
     registry,
     training,
     tune,
+    web,
 )
 from llmos.api import system as system_routes
 from llmos.system import System
@@ -32,7 +35,7 @@ from llmos.system import System
 # The services the routers find on ``app.state`` (by these names).
 SERVICES = ("daemon", "tokens", "identity", "throttle", "jobs", "artifacts", "datasets",
             "registry", "train", "workers", "deployments", "controller", "metrics", "gateway",
-            "audit", "pipelines", "lineage")
+            "audit", "pipelines", "lineage", "sampler")
 
 
 def create_app(system: System) -> FastAPI:
@@ -57,6 +60,7 @@ def create_app(system: System) -> FastAPI:
     app.state.system = system
     for name in SERVICES:
         setattr(app.state, name, getattr(system, name))
+    app.state.signals = system.signals  # the gate feeds the security alerts
     errors.install(app)
     gate.install(app)
     app.include_router(system_routes.router)
@@ -78,4 +82,7 @@ def create_app(system: System) -> FastAPI:
     app.include_router(tune.router)
     app.include_router(lineage.router)
     app.include_router(audit.router)
+    app.include_router(monitor.router)
+    app.include_router(events.router)
+    app.include_router(web.router)
     return app

@@ -1,7 +1,7 @@
 """The gate every request passes: a request id, authentication, and the audit record.
 
 Pure ASGI middleware (artifact uploads stream through untouched). For every route but
-``/healthz``:
+``/healthz`` and reads of the dashboard's static files (``/``, ``/assets/...``: no data):
 
 1. the request gets an id, returned as ``X-Request-ID``;
 2. its ``Authorization: Bearer <token>`` is turned into a principal (``request.state``),
@@ -15,6 +15,12 @@ Pure ASGI middleware (artifact uploads stream through untouched). For every rout
    of administrator power and every failed authentication is appended to the keyed audit
    chain, with actor, action (method and route), target (the path), outcome (the status
    code), the request id and what a 201 created, committed before the response leaves.
+
+It also feeds the security alerts (``app.state.signals``, ``monitor/signals.py``): each
+refused token with its address, each token with the address it came from (the
+connection's, never a client-sent header such as X-Forwarded-For), each artifact
+download, and the teams an administrator token read objects of (noted by
+``security.rbac``).
 
 Then the body of a write (:class:`Bodies`, inside the gate, so its refusals are audited
 too): at most ``LLMOS_MAX_BODY_MB`` (413 in JSON beyond it, before a route parses a byte;
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 
 from fastapi import Depends, FastAPI, Request
@@ -46,8 +53,11 @@ from llmos.serve.openai import PATHS as OPENAI_PATHS
 from llmos.serve.openai import error_body
 
 OPEN_PATHS = frozenset({"/healthz"})
+# The dashboard's static files (api/web.py): the same for everyone, no data; read only.
+OPEN_PAGES = ("/", "/assets/")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UPLOADS = frozenset({"/v1/artifacts"})  # raw bodies, streamed under their own limit
+DOWNLOAD = re.compile(r"^/v1/artifacts/\d+/content$")  # counted for the security alerts
 
 bearer = HTTPBearer(auto_error=False, description="An llmos API token (llmos_...).")
 
@@ -82,7 +92,7 @@ class Gate:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or _page(scope):
             return await self.app(scope, receive, send)
         state = scope["app"].state
         request_id = uuid.uuid4().hex
@@ -97,12 +107,17 @@ class Gate:
                 principal = await run_in_threadpool(state.tokens.authenticate, token)
             except Unauthorized as e:
                 refusal = _failed(state.throttle, address, token[:SHOWN], e.message)
+        signals = getattr(state, "signals", None)  # monitor/signals.py: security alerts
         if refusal is not None:
+            if signals is not None and token is not None:  # a token presented, and wrong
+                signals.auth_failed(address)
             await _audit(scope, f"anonymous@{address}", refusal[0], request_id,
                          {"auth": refusal[2]}, auth_failed=True)
             return await _refuse(send, request_id, *refusal,
                                  openai=scope["path"] in OPENAI_PATHS)
         scope.setdefault("state", {})["principal"] = principal
+        if signals is not None:
+            signals.token_used(_token_name(principal), address)
         await self._pass(scope, receive, send, principal, request_id)
 
     async def _pass(self, scope, receive, send, principal: Principal, request_id: str):
@@ -115,9 +130,11 @@ class Gate:
         notes = audit_policy.begin_request()  # services note sensitive reads, admin power
         held = None
 
+        answered = 500
+
         async def record(status: int, created=None) -> None:
-            nonlocal recorded
-            recorded = True
+            nonlocal recorded, answered
+            recorded, answered = True, status
             if audit_policy.should_record(scope["method"], _action(scope), status, notes):
                 extra = audit_policy.notes_detail(notes)
                 if created:
@@ -145,6 +162,7 @@ class Gate:
         finally:
             if not recorded:  # the app raised before answering
                 await record(500)
+            _signal(scope, principal, notes, answered)
 
 
 class Bodies:
@@ -200,6 +218,32 @@ def _failed(throttle, address: str, prefix: str, reason: str) -> tuple:
                 f"{math.ceil(wait)} s", "throttled", math.ceil(wait))
     throttle.failed(address, prefix)
     return (401, reason, reason)
+
+
+def _page(scope) -> bool:
+    """A read of the dashboard's page or one of its assets (no token: they hold no data)."""
+    path = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (
+        path == OPEN_PAGES[0] or path.startswith(OPEN_PAGES[1]))
+
+
+def _token_name(principal: Principal) -> str:
+    """How the security signals name a token: its shown prefix, never the secret."""
+    return principal.token_prefix or f"user {principal.name}"
+
+
+def _signal(scope, principal: Principal, notes, status: int) -> None:
+    """Tell the security signals (``monitor/signals.py``) of an artifact download and
+    of the teams an administrator token read objects of (noted by ``security.rbac``)."""
+    signals = getattr(scope["app"].state, "signals", None)
+    if signals is None:
+        return
+    token = _token_name(principal)
+    if (scope["method"] == "GET" and status == 200
+            and DOWNLOAD.match(scope["path"]) is not None):
+        signals.downloaded(token)
+    if notes.teams:
+        signals.admin_read(token, sorted(notes.teams))
 
 
 def _max_body_mb(state) -> int:

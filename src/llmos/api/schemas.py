@@ -45,6 +45,7 @@ class ResourcesOut(BaseModel):
     memory_mb: int
     gpu: int
     gpu_memory_mb: int
+    gpu_share_mb: int = 0
 
 
 class ProgressOut(BaseModel):
@@ -103,7 +104,8 @@ class JobOut(BaseModel):
         return cls(
             id=job.id, name=job.name, program=job.program, params=job.params,
             resources=ResourcesOut(cpu=job.cpu, memory_mb=job.memory_mb, gpu=job.gpu,
-                                   gpu_memory_mb=job.gpu_memory_mb),
+                                   gpu_memory_mb=job.gpu_memory_mb,
+                                   gpu_share_mb=job.gpu_share_mb or 0),
             priority=job.priority, owner=job.owner, team=job.team, max_retries=job.max_retries,
             timeout_s=job.timeout_s, checkpointable=job.checkpointable,
             depends_on=job.depends_on, executor=job.executor, state=job.state,

@@ -27,9 +27,12 @@ def healthz() -> Health:
     "content": {"text/plain": {}}, "description": "Prometheus text format"}})
 def metrics(request: Request, who: Principal = Depends(current)) -> Response:
     """Prometheus metrics: serving requests, time to first token, inter-token latency,
-    tokens, queue depth, batch size, resident models, loads, evictions; the job queue.
-    Each series is labelled with its team; a caller sees those of the teams it may read
-    (administrators: every series)."""
+    tokens, queue depth, batch size, resident models, loads, evictions; the job queue,
+    queue waits, run times and outcomes, scheduling passes, preemptions; each node's and
+    GPU's capacity, allocation and measured use; each team's use and artifact store (the
+    families are listed in ``llmos/monitor/metrics.py``). A series with a team is shown
+    to callers who may read that team; node and GPU series to every caller; other series
+    without a team to administrators only."""
     return Response(request.app.state.metrics.render(who.readable_teams()),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 

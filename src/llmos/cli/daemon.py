@@ -20,6 +20,13 @@ from llmos.config import get_settings
 def serve(port: int | None, host: str | None, console: Console,
           tls_cert: Path | None = None, tls_key: Path | None = None,
           ray_address: str | None = None, advertise_url: str | None = None) -> None:
+    from llmos.monitor.alert_rules import AlertRulesError, load_rules_file
+
+    try:  # before the heavy imports below: a malformed alert rules file refuses at once
+        load_rules_file(get_settings())
+    except AlertRulesError as e:
+        Console(stderr=True).print(f"[red]error:[/] llmos will not start: {escape(str(e))}")
+        raise SystemExit(1) from None
     import uvicorn
 
     from llmos.api import create_app
@@ -64,7 +71,7 @@ def serve(port: int | None, host: str | None, console: Console,
         api_url = f"{scheme}://{socket.gethostbyname(socket.gethostname())}:{settings.port}"
     try:
         system = System(settings, api_url=api_url, on_bootstrap=first_start)
-    except CryptoError as e:  # a wrong encryption or audit key: refuse, plainly
+    except (CryptoError, AlertRulesError) as e:  # a wrong key, a bad rules file: refuse
         Console(stderr=True).print(f"[red]error:[/] llmos will not start: {escape(str(e))}")
         raise SystemExit(1) from None
     if settings.ray_address:
@@ -106,12 +113,23 @@ async def _serve_with_socket(server, app, path: Path) -> None:
         await asyncio.sleep(0.01)
     if local.started:
         os.chmod(path, 0o666)  # any job's user may connect; its token says who it is
+    ender = asyncio.create_task(_end_streams_on_exit(server, app))
     try:
         await server.serve()
     finally:
+        ender.cancel()
         local.should_exit = True
         await task
         path.unlink(missing_ok=True)
+
+
+async def _end_streams_on_exit(server, app) -> None:
+    """End the event streams (api/events.py) once the server begins to stop: uvicorn waits
+    for open responses before the lifespan closes the system, and a stream never ends by
+    itself (an open dashboard would hold ``llmos down`` for the whole grace period)."""
+    while not server.should_exit:
+        await asyncio.sleep(0.2)
+    app.state.system.events.close()
 
 
 def _cluster_settings(settings):

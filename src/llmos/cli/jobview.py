@@ -10,8 +10,8 @@ import re
 from rich.console import Console
 from rich.markup import escape
 
-from llmos.cli.render import (print_yaml, progress_text, resources_text, state, table,
-                              time_text)
+from llmos.cli.render import (print_yaml, printable, progress_text, resources_text, state,
+                              table, time_text)
 
 BARS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 24
@@ -22,7 +22,9 @@ def detail(console: Console, job: dict, metrics: list[dict]) -> None:
     """`llmos job show`: the spec, why it waits or how it ended, history and metrics."""
     # What a job or its submitter wrote (name, reason, progress, metric names) is text,
     # never rich markup: escape() keeps a stray '[/x]' from breaking the screen.
-    console.print(f"[bold]job {job['id']}[/] {escape(job['name'] or '')}  "
+    # Control characters (a terminal escape in a name or a failed job's error) are shown as
+    # visible \xNN by printable(), so they never reach the terminal.
+    console.print(f"[bold]job {job['id']}[/] {escape(printable(job['name'] or ''))}  "
                   f"{state(job['state'])}")
     exit_ = (f"code {job['exit_code']}" if job["exit_code"] is not None else
              (f"signal {job['signal']}" if job["signal"] else "-"))
@@ -45,7 +47,7 @@ def detail(console: Console, job: dict, metrics: list[dict]) -> None:
     if job.get("progress"):
         rows.append(("progress", progress_text(job["progress"])))
     for key, value in rows:
-        console.print(f"  [dim]{key:>10}[/]  {escape(str(value))}", highlight=False)
+        console.print(f"  [dim]{key:>10}[/]  {escape(printable(value))}", highlight=False)
     console.print(f"  [dim]{'params':>10}[/]" + ("" if job["params"] else "  none"))
     if job["params"]:
         print_yaml(console, job["params"], indent=4)
@@ -53,7 +55,7 @@ def detail(console: Console, job: dict, metrics: list[dict]) -> None:
                     keep=("at", "from", "to", "attempt"))
     for t in job.get("transitions") or []:
         history.add_row(time_text(t["at"]), t["from_state"] or "", state(t["to_state"]),
-                        str(t["attempt"]), escape(t["reason"] or ""))
+                        str(t["attempt"]), escape(printable(t["reason"] or "")))
     console.print(history)
     if metrics:
         console.print(metric_table(metrics))
@@ -88,7 +90,7 @@ def metric_table(metrics: list[dict]):
     for name, points in series(metrics).items():
         values = [p["value"] for p in points]
         last = points[-1]
-        t.add_row(escape(name), f"{last['value']:.4g}",
+        t.add_row(escape(printable(name)), f"{last['value']:.4g}",
                   str(last["step"]) if last["step"] is not None else "",
                   f"{min(values):.4g}", f"{max(values):.4g}", sparkline(values))
     return t

@@ -13,13 +13,17 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llmos.cli import identity, jobview, lineage, render, serve, train
+from llmos.cli import monitor as monitor_cli
 from llmos.cli import optimize as optimize_cli
+from llmos.cli import sim as sim_cli
 from llmos.cli.data import data_app
 from llmos.cli.models import models_app
 from llmos.cli.pipeline import pipeline_app
 from llmos.cli.tune import tune_app
+from llmos.cli.top import top as top_cli
 from llmos.cli.errors import UsageError
 from llmos.config import parse_labels
 from llmos.sdk.client import APIError, Client, DaemonUnreachable, LLMOSClientError, parse_params
@@ -51,6 +55,10 @@ app.command()(identity.whoami)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(tune_app, name="tune")
 app.command()(lineage.lineage)
+app.command("events")(monitor_cli.events)
+app.add_typer(monitor_cli.alerts_app, name="alerts")
+app.command("sim")(sim_cli.sim)
+app.command("top")(top_cli)
 
 out = Console()
 err = Console(stderr=True)
@@ -148,6 +156,8 @@ def job_submit(
     memory: Optional[int] = typer.Option(None, "--memory", help="Memory limit in MB."),
     gpu: Optional[int] = typer.Option(None, help="Whole GPUs."),
     gpu_memory: Optional[int] = typer.Option(None, "--gpu-memory", help="MB needed on each GPU."),
+    gpu_share: Optional[int] = typer.Option(None, "--gpu-share", help="MB of one GPU's memory, "
+                                            "shared with other jobs (instead of --gpu)."),
     priority: str = typer.Option("normal", help="high, normal or low."),
     timeout: Optional[float] = typer.Option(None, help="Stop the job after this many seconds."),
     retries: int = typer.Option(0, "--retries", help="Run again this many times on failure."),
@@ -182,8 +192,9 @@ def job_submit(
     with _client() as c:
         job = c.jobs.submit(_absolute_program(program), parsed, name=name, cpu=cpu,
                             memory_mb=memory, gpu=gpu, gpu_memory_mb=gpu_memory,
-                            priority=priority, max_retries=retries, timeout_s=timeout,
-                            checkpointable=checkpointable, depends_on=after, team=team,
+                            gpu_share_mb=gpu_share, priority=priority, max_retries=retries,
+                            timeout_s=timeout, checkpointable=checkpointable, depends_on=after,
+                            team=team,
                             node_labels=labels, group=group, spread=spread,
                             anti_affinity=anti_affinity)
         if wait:
@@ -252,7 +263,8 @@ def job_wait(job_id: int = typer.Argument(..., min=1, help="Job id.")) -> None:
     """Show live progress until the job ends; exit 0 only if it succeeded."""
     with _client() as c:
         job = render.watch(out, c, job_id)
-    out.print(f"job [bold]{job['id']}[/] {render.state(job['state'])}  {job.get('reason') or ''}")
+    out.print(f"job [bold]{job['id']}[/] {render.state(job['state'])}  "
+              f"{escape(render.printable(job.get('reason') or ''))}")
     if job["state"] != "SUCCEEDED":
         raise typer.Exit(1)
 
@@ -281,7 +293,8 @@ def job_logs(
         for event, line in c.jobs.follow(job_id, stream=stream, tail=tail):
             if event == "end":
                 end = json.loads(line)
-                err.print(f"[dim]-- job {job_id} {end['state']}: {end.get('reason') or ''}[/]")
+                err.print(f"[dim]-- job {job_id} {end['state']}: "
+                          f"{escape(render.printable(end.get('reason') or ''))}[/]")
                 if end["state"] != "SUCCEEDED":
                     raise typer.Exit(1)
                 return

@@ -4,17 +4,31 @@ when the output is not a terminal). One job's detail and logs: ``jobview``."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import yaml
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 COLORS = {"PENDING": "yellow", "SCHEDULED": "cyan", "RUNNING": "blue", "SUCCEEDED": "green",
           "FAILED": "red", "CANCELLED": "magenta", "PREEMPTED": "yellow"}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text, newlines: bool = False) -> str:
+    """``text`` (a job's name or reason, an event's detail: whatever the API answered) with
+    every C0/C1 control character and DEL shown as a visible ``\\xNN`` (line breaks too,
+    unless ``newlines``), so that no text a job wrote can move the cursor, clear the
+    screen, retitle the terminal, set its clipboard or fake another line (rich's
+    ``escape`` only stops markup: use both when the text goes through markup)."""
+    pattern = _CONTROL_BUT_NEWLINE if newlines else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def table(title: str | None, *columns: str, keep: tuple[str, ...] = ()) -> Table:
@@ -97,9 +111,10 @@ def job_table(console: Console, data: dict) -> None:
                  "state", "prio", "resources", "created", "reason",
                  keep=("id", "state", "prio", "created"))
     for j in data["jobs"]:
-        jobs.add_row(str(j["id"]), j["name"] or "", j["program"], state(j["state"]),
+        jobs.add_row(str(j["id"]), escape(printable(j["name"] or "")),
+                     escape(printable(j["program"])), state(j["state"]),
                      j["priority"], resources_text(j["resources"]),
-                     _time(j["created_at"])[:16], j["reason"] or "")
+                     _time(j["created_at"])[:16], escape(printable(j["reason"] or "")))
     console.print(jobs)
 
 
@@ -169,7 +184,8 @@ def _watch_lines(console: Console, client, job_id: int, every_s: float) -> dict:
         now = time.monotonic()
         if (job["state"], tenth) != shown or now - shown_at >= every_s:
             text = progress_text(p) if p else ""
-            console.print(f"job {job_id} {job['state']}  {text}  {now - started:.0f} s",
+            console.print(f"job {job_id} {job['state']}  {printable(text)}  "
+                          f"{now - started:.0f} s",
                           markup=False, highlight=False, soft_wrap=True)
             shown, shown_at = (job["state"], tenth), now
         if job["state"] in TERMINAL:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import typer
@@ -13,7 +14,8 @@ from rich.console import Console
 
 from llmos.cli.errors import UsageError
 
-out = Console()
+# the table has 14 columns: wide enough when piped to a file, too (rich assumes 80 there)
+out = Console(width=None if sys.stdout.isatty() else 180)
 err = Console(stderr=True)
 
 HELP = """Replay a job trace on a simulated cluster under scheduling policies, and compare

@@ -19,6 +19,7 @@ loses nothing and never runs an attempt twice.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import threading
 import time
@@ -37,7 +38,6 @@ from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, transition
 from llmos.kernel.nodes import Nodes
 from llmos.kernel.resources import Allocation, NodeCapacity
 from llmos.kernel.scheduler import (
-    DEFAULT_PROFILE,
     PendingJob,
     Profile,
     Quota,
@@ -45,8 +45,11 @@ from llmos.kernel.scheduler import (
     SchedulerConfig,
     schedule,
 )
+from llmos.kernel.scheduler.framework import job_named
+from llmos.kernel.scheduler.policies import policy
+from llmos.kernel.stats import KernelStats
 from llmos.store.db import Database
-from llmos.store.models import Job, Team, utcnow
+from llmos.store.models import Job, JobTransition, Team, utcnow
 
 log = logging.getLogger("llmos.daemon")
 
@@ -104,14 +107,20 @@ class Daemon:
         # Every node jobs may run on, kept in step with the executor (a fixed ``node``,
         # for tests and benchmarks, stands in for this machine's discovery).
         self.nodes = Nodes(self, fixed=node)
-        self.config = SchedulerConfig(aging_s=settings.aging_s)
-        # The scheduling policy: another profile (fair share, gangs) plugs in here.
-        self.profile: Profile = DEFAULT_PROFILE
+        # Gangs stay on one node here (multi_node=False): a gang larger than every node
+        # is refused with the reason; gangs over nodes are the scheduler's and the
+        # simulator's (the daemon does not yet hold allocations on several nodes).
+        self.config = SchedulerConfig(aging_s=settings.aging_s, multi_node=False)
+        # The scheduling policy (settings.scheduler_policy, kernel/scheduler/policies.py).
+        self.profile: Profile = policy(settings.scheduler_policy)
         self.lock = threading.RLock()
         self.pending: dict[int, PendingJob] = {}
         self.running: dict[int, Tracked] = {}
         self.dependents: dict[int, set[int]] = defaultdict(set)
         self.last_pass_ms = 0.0
+        # Pass times, preemptions, queue waits, run times and outcomes, read by the
+        # monitor at scrape time (plain data: the kernel imports nothing of the monitor).
+        self.stats = KernelStats()
         self._dirty = True  # something changed since the last scheduling pass
         self._last_pass_at = 0.0
         self._reasons: dict[int, str] = {}
@@ -249,13 +258,15 @@ class Daemon:
             if dep.state != JobState.SUCCEEDED.value:
                 waiting.append(dep_id)
                 self.dependents[dep_id].add(job.id)
+        attained, last = service_of(session, job) if job.attempt else (0.0, 0.0)
         self.pending[job.id] = PendingJob(
             id=job.id, request=request_of(job), priority=PRIORITY_RANK[job.priority],
             queued_at=job.queued_at.timestamp(), timeout_s=job.timeout_s, team=job.team,
             waiting_for=tuple(waiting),
             selector=tuple(sorted((job.node_labels or {}).items())),
             group=job.spread_group, spread=bool(job.spread),
-            anti_affinity=bool(job.anti_affinity))
+            anti_affinity=bool(job.anti_affinity), attained_s=attained,
+            checkpointable=bool(job.checkpointable), last_run_s=last)
         self._reasons[job.id] = job.reason or ""
         self._dirty = True
 
@@ -277,6 +288,7 @@ class Daemon:
                 self.pending.pop(job_id, None)
                 self._dirty = True
                 transition(s, job, JobState.CANCELLED, "cancelled by the user")
+                self._note_end(job, ran=False)
                 self._cascade_failure(s, job)
                 self._ended = True
                 self.wake()  # the loop announces it, after this commits
@@ -388,6 +400,7 @@ class Daemon:
         intent = tracked.stop.intent if tracked.stop else None
         if intent is StopIntent.CANCEL:
             transition(s, job, JobState.CANCELLED, "cancelled by the user")
+            self._note_end(job, ran=True)
             self._cascade_failure(s, job)
         elif intent is StopIntent.SHUTDOWN:
             transition(s, job, JobState.PENDING, "requeued: the daemon shut down while it ran")
@@ -400,6 +413,7 @@ class Daemon:
         elif ended.kind in (ExitKind.SUCCEEDED, ExitKind.YIELDED):
             job.result = (ended.result or {}).get("return")
             transition(s, job, JobState.SUCCEEDED, "exited with code 0")
+            self._note_end(job, ran=True)
             self._release_dependents(s, job)
         else:
             limits = (StopIntent.TIMEOUT, StopIntent.MEMORY)
@@ -414,7 +428,14 @@ class Daemon:
             self.enqueue(s, job)
         else:
             transition(s, job, JobState.FAILED, reason)
+            # it ran when its last start came after its last binding (not a failed launch)
+            self._note_end(job, ran=bool(job.started_at and job.scheduled_at
+                                         and job.started_at >= job.scheduled_at))
             self._cascade_failure(s, job)
+
+    def _note_end(self, job: Job, ran: bool) -> None:
+        started = job.started_at.timestamp() if ran and job.started_at else None
+        self.stats.ended(job.team, job.state, started, (job.ended_at or utcnow()).timestamp())
 
     def _release_dependents(self, s: Session, job: Job) -> None:
         for dep_id in self.dependents.pop(job.id, ()):
@@ -436,6 +457,7 @@ class Daemon:
         self._ended = True
         transition(s, job, JobState.FAILED,
                    f"dependency job {dep.id} {dep.state.lower()}; not started")
+        self._note_end(job, ran=False)
         self._cascade_failure(s, job)
 
     def _stop_all_for_shutdown(self) -> None:
@@ -463,6 +485,7 @@ class Daemon:
         out = schedule(list(self.pending.values()), self.nodes.schedulable(), running, now,
                        self.config, self.profile)
         self.last_pass_ms = (time.perf_counter() - started) * 1000
+        self.stats.scheduled(self.last_pass_ms / 1000)
         if out.bindings:
             self._bind(out.bindings)
         self._write_reasons(out.reasons)
@@ -472,8 +495,13 @@ class Daemon:
             for plan in out.preemptions:
                 for victim in plan.victims:
                     if victim in self.running:
-                        self._begin_stop(self.running[victim], StopIntent.PREEMPT,
-                                         f"preempted by higher-priority job {plan.for_job}",
+                        self.stats.preempted(self.running[victim].job.team)
+                        tracked = self.running[victim]
+                        waiting = self.pending.get(plan.for_job)
+                        by = job_named(plan.for_job, waiting.team if waiting else None,
+                                       tracked.job.team)
+                        self._begin_stop(tracked, StopIntent.PREEMPT,
+                                         f"preempted by higher-priority {by}",
                                          now, grace=self.settings.preempt_grace_s)
 
     def _bind(self, bindings) -> None:
@@ -525,6 +553,8 @@ class Daemon:
                     continue
                 self.record_handle(job, handle)
                 transition(s, job, JobState.RUNNING, f"started as {handle.describe()}")
+                self.stats.started(job.team, job.queued_at.timestamp(),
+                                   job.started_at.timestamp())
                 self.track(job, handle)
 
     @staticmethod
@@ -537,9 +567,13 @@ class Daemon:
         allocation = Allocation.from_json(job.allocation)
         started = (job.started_at or utcnow()).timestamp()
         handle.extra["events_offset"] = job.events_offset
+        attained = 0.0
+        session = Session.object_session(job)
+        if job.attempt > 1 and session is not None:  # service of its earlier attempts
+            attained = service_of(session, job)[0]
         self.running[job.id] = Tracked(
             RunningJob(job.id, allocation, PRIORITY_RANK[job.priority], started, job.timeout_s,
-                       job.checkpointable, job.team, job.spread_group),
+                       job.checkpointable, job.team, job.spread_group, attained),
             handle, job.executor)
 
     # -- nodes ---------------------------------------------------------------------------
@@ -583,3 +617,20 @@ class Daemon:
             s.execute(update(Job), changed)
         for row in changed:
             self._reasons[row["id"]] = row["reason"]
+
+
+def service_of(session: Session, job: Job) -> tuple[float, float]:
+    """The service a job received in its ended attempts, from its stored transitions
+    (each RUNNING period up to the next transition): (GPU-seconds, or cpu-seconds without
+    GPUs, as the attained-service policies count them; seconds its last attempt ran). An
+    attempt still running counts nothing yet."""
+    times = session.execute(
+        select(JobTransition.to_state, JobTransition.at)
+        .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()
+    rate = job.gpu or job.cpu or 0.0
+    total = last = 0.0
+    for (state, at), (_, after) in itertools.pairwise(times):
+        if state == JobState.RUNNING.value:
+            last = max(0.0, (after - at).total_seconds())
+            total += last * rate
+    return total, last

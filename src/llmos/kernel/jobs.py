@@ -13,10 +13,11 @@ Every change goes through :func:`transition`, which records it with its time and
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
 from llmos.config import parse_labels
@@ -58,6 +59,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 
 PriorityClass = Literal["high", "normal", "low"]
 PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ResourceSpec(RequestBody):
@@ -68,6 +70,16 @@ class ResourceSpec(RequestBody):
     gpu: int = Field(default=0, ge=0, le=64, description="Whole GPUs.")
     gpu_memory_mb: int = Field(default=0, ge=0, le=INT32_MAX,
                                description="Memory needed on each GPU.")
+    gpu_share_mb: int = Field(default=0, ge=0, le=INT32_MAX,
+                              description="A share of one GPU by its memory, in MB (small "
+                              "jobs and serving replicas share a GPU); excludes gpu.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_gpu(self) -> ResourceSpec:
+        if self.gpu and self.gpu_share_mb:
+            raise ValueError("gpu (whole GPUs) and gpu_share_mb (a share of one GPU) "
+                             "exclude each other")
+        return self
 
     def to_request(self, default_memory_mb: int) -> Request:
         return Request(
@@ -75,6 +87,7 @@ class ResourceSpec(RequestBody):
             memory_mb=self.memory_mb or default_memory_mb,
             gpu=self.gpu,
             gpu_memory_mb=self.gpu_memory_mb,
+            gpu_share_mb=self.gpu_share_mb,
         )
 
 
@@ -111,6 +124,16 @@ class JobSpec(RequestBody):
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         return parse_labels(labels)
+
+    @field_validator("name", "group")
+    @classmethod
+    def _no_control(cls, text: str | None) -> str | None:
+        # A name is shown by `llmos jobs`, `top`, `events` and the dashboard: no control
+        # character (a terminal escape, a line break) may hide in it.
+        if text is not None and _CONTROL.search(text):
+            raise ValueError("must not contain control characters (such as ESC, tab or "
+                             "a line break)")
+        return text
 
     @property
     def placement_group(self) -> str | None:
@@ -167,6 +190,7 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
         memory_mb=request.memory_mb,
         gpu=request.gpu,
         gpu_memory_mb=request.gpu_memory_mb,
+        gpu_share_mb=request.gpu_share_mb,
         priority=spec.priority,
         owner=owner,
         team=team or spec.team,
@@ -201,4 +225,4 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
 
 def request_of(job: Job) -> Request:
     return Request(cpu=job.cpu, memory_mb=job.memory_mb, gpu=job.gpu,
-                   gpu_memory_mb=job.gpu_memory_mb)
+                   gpu_memory_mb=job.gpu_memory_mb, gpu_share_mb=job.gpu_share_mb or 0)

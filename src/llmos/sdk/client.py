@@ -27,6 +27,7 @@ import httpx
 
 from llmos.config import get_settings
 from llmos.sdk.credentials import find_token
+from llmos.sdk.monitor import Monitor
 from llmos.sdk.optimize import Optimize
 from llmos.sdk.pipeline import Pipelines
 from llmos.sdk.tune import Tune
@@ -80,6 +81,7 @@ class Client:
         self.pipelines = Pipelines(self)
         self.tune = Tune(self)
         self.optimize = Optimize(self)
+        self.monitor = Monitor(self)
 
     def close(self) -> None:
         self._http.close()
@@ -170,16 +172,17 @@ class Jobs:
 
     def submit(self, program: str, params: dict | None = None, *, name: str | None = None,
                cpu: float | None = None, memory_mb: int | None = None, gpu: int | None = None,
-               gpu_memory_mb: int | None = None, priority: str = "normal",
-               max_retries: int = 0, timeout_s: float | None = None,
+               gpu_memory_mb: int | None = None, gpu_share_mb: int | None = None,
+               priority: str = "normal", max_retries: int = 0, timeout_s: float | None = None,
                checkpointable: bool = False, depends_on: Iterable[int] = (),
                team: str | None = None, node_labels: dict[str, str] | None = None,
                group: str | None = None, spread: bool = False,
                anti_affinity: bool = False) -> dict:
         return self._c.request("POST", "/v1/jobs", json=job_spec(
             program, params, name=name, cpu=cpu, memory_mb=memory_mb, gpu=gpu,
-            gpu_memory_mb=gpu_memory_mb, priority=priority, max_retries=max_retries,
-            timeout_s=timeout_s, checkpointable=checkpointable, depends_on=depends_on,
+            gpu_memory_mb=gpu_memory_mb, gpu_share_mb=gpu_share_mb, priority=priority,
+            max_retries=max_retries, timeout_s=timeout_s, checkpointable=checkpointable,
+            depends_on=depends_on,
             team=team, node_labels=node_labels, group=group, spread=spread,
             anti_affinity=anti_affinity)).json()
 
@@ -253,14 +256,16 @@ class Jobs:
 
 def job_spec(program: str, params: dict | None = None, *, name: str | None = None,
              cpu: float | None = None, memory_mb: int | None = None, gpu: int | None = None,
-             gpu_memory_mb: int | None = None, priority: str = "normal", max_retries: int = 0,
+             gpu_memory_mb: int | None = None, gpu_share_mb: int | None = None,
+             priority: str = "normal", max_retries: int = 0,
              timeout_s: float | None = None, checkpointable: bool = False,
              depends_on: Iterable[int] = (), team: str | None = None,
              node_labels: dict[str, str] | None = None, group: str | None = None,
              spread: bool = False, anti_affinity: bool = False) -> dict:
     """The JSON body of a job submission, leaving out what the server defaults."""
     resources = {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "gpu": gpu,
-                                   "gpu_memory_mb": gpu_memory_mb}.items() if v is not None}
+                                   "gpu_memory_mb": gpu_memory_mb,
+                                   "gpu_share_mb": gpu_share_mb}.items() if v is not None}
     spec: dict[str, Any] = {"program": program, "params": params or {}, "priority": priority,
                             "max_retries": max_retries, "checkpointable": checkpointable,
                             "depends_on": list(depends_on), "resources": resources}

@@ -99,6 +99,9 @@ class RequestNotes:
 
     reads: list[str] = field(default_factory=list)  # sensitive things read
     admin: list[str] = field(default_factory=list)  # administrator powers used
+    # teams whose objects an administrator token read without being a member (for the
+    # security alerts, ``monitor/signals.py``; not a reason to write an audit record)
+    teams: set[str] = field(default_factory=set)
 
 
 _NOTES: ContextVar[RequestNotes | None] = ContextVar("llmos_audit_notes", default=None)
@@ -123,6 +126,13 @@ def note_admin(what: str) -> None:
     notes = _NOTES.get()
     if notes is not None and what not in notes.admin and len(notes.admin) < 50:
         notes.admin.append(what)
+
+
+def note_team_read(team: str) -> None:
+    """An administrator read an object of ``team``, a team it is no member of."""
+    notes = _NOTES.get()
+    if notes is not None and len(notes.teams) < 100:
+        notes.teams.add(team)
 
 
 def should_record(method: str, action: str, status: int, notes: RequestNotes | None) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from llmos.errors import Forbidden, InvalidRequest, NotFound
-from llmos.security.audit import note_admin
+from llmos.security.audit import note_admin, note_team_read
 
 
 class Role(enum.IntEnum):
@@ -46,6 +46,9 @@ ROLES = tuple(r.label for r in Role)
 # read: look at resources; write: create and change them; inference: call served models;
 # admin: manage users, teams, quotas, keys and read the audit log.
 SCOPES = ("read", "write", "inference", "admin")
+# How the security signals name "every team": an unrestricted administrator listed
+# objects of all teams (``readable_teams`` answered None).
+ALL_TEAMS = "*"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class Principal:
         if role < need.role:
             raise Forbidden(f"{self.name} is {role.label} in team {team}; to {need.verb} "
                             f"{what} needs {need.role.label} or above")
+        if self.is_admin and team not in self.roles and need.scope == "read":
+            note_team_read(team)  # an administrator reading another team's object
 
     def can(self, need: Need, team: str | None) -> bool:
         role = self.role_in(team)
@@ -135,6 +140,9 @@ class Principal:
         if "read" not in self.scopes:
             return set()
         if self.is_admin and self.team is None:
+            # A list of every team: noted as reading all of them (ALL_TEAMS), since which
+            # teams the returned rows belong to is not known here (see ``check``).
+            note_team_read(ALL_TEAMS)
             return None
         if self.team is not None:
             return {self.team} if self.role_in(self.team) else set()

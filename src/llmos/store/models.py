@@ -62,6 +62,8 @@ class Job(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     gpu: Mapped[int] = mapped_column(Integer, default=0)
     gpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    # A share of one GPU by its memory (MB), instead of whole GPUs (Request.gpu_share_mb).
+    gpu_share_mb: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     owner: Mapped[str] = mapped_column(String(200), default="local")
     team: Mapped[str | None] = mapped_column(String(200))
@@ -618,3 +620,49 @@ class TuneStudy(Base):
     best: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- monitoring (monitor/) ----------------------------------------------------------------
+
+
+class UsageSample(Base):
+    """What a running job's process tree, or a node, or one GPU used, measured by the
+    sampler (``monitor/sampler.py``). ``kind``: job | node | gpu; ``subject``: the job's id,
+    the node's name, or ``node/gpu-index``. Raw samples (``resolution_s`` = the sampling
+    interval) are averaged into coarser rows (60 s, then 600 s) as they age, so the
+    history stays bounded."""
+
+    __tablename__ = "usage_samples"
+    __table_args__ = (Index("ix_usage_samples_subject", "kind", "subject", "resolution_s",
+                            "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    subject: Mapped[str] = mapped_column(String(200))
+    team: Mapped[str | None] = mapped_column(String(100), index=True)  # a job's team
+    resolution_s: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    cpu: Mapped[float | None] = mapped_column(Float)  # cores busy
+    memory_mb: Mapped[float | None] = mapped_column(Float)  # resident
+    read_bytes_s: Mapped[float | None] = mapped_column(Float)
+    write_bytes_s: Mapped[float | None] = mapped_column(Float)
+    gpu_util: Mapped[float | None] = mapped_column(Float)  # 0..1
+    gpu_memory_mb: Mapped[float | None] = mapped_column(Float)
+
+
+class Event(Base):
+    """One change of a job, deployment, model, dataset or node, or an alert firing or
+    resolving, in the order it happened (``id`` is the stream's cursor: ``/v1/events``).
+    ``team`` decides who sees it (None: administrators only)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_kind_id", "kind", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(20))  # job|deployment|model|dataset|node|alert
+    subject: Mapped[str] = mapped_column(String(200))  # its id or name
+    action: Mapped[str] = mapped_column(String(50))  # created | state | firing | resolved ...
+    team: Mapped[str | None] = mapped_column(String(100), index=True)
+    state: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict | None] = mapped_column(JSON)

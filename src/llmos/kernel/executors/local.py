@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from socket import gethostname
 import subprocess
@@ -60,7 +61,7 @@ class LocalExecutor:
         s = self.settings
         self._cgroups = JobGroups.detect(str(s.home_dir))
         secrets = [s.key_path, s.credentials_path, s.tls_key, s.audit_key_path,
-                   s.audit_head_path]
+                   s.audit_head_path, s.alerts_file]  # alert rules: webhook URLs hold keys
         if s.db_url.startswith("sqlite:///"):
             secrets.append(Path(s.db_url.removeprefix("sqlite:///")))
         self.sandbox = sandboxes.detect(
@@ -93,6 +94,8 @@ class LocalExecutor:
                           max_processes=self.settings.job_max_processes if cap_processes
                           else None)
         env = job_environment(alloc.gpus, self.settings.job_env)
+        if alloc.gpu_share_mb:  # a share of one GPU: its memory budget (advisory)
+            env["LLMOS_GPU_MEMORY_MB"] = str(alloc.gpu_share_mb)
         if self.sandbox.isolated:
             env.update(HOME=str(folder), TMPDIR="/tmp")
             if identity is not None:
@@ -373,12 +376,16 @@ def _exit_from(handle: Handle, code: int | None, result: dict | None, oom: bool)
     return Exit(ExitKind.FAILED, code, None, message, result)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and line break
+
+
 def _read_result(folder: Path, attempt: int) -> dict | None:
     result = read_json(folder / RESULT_FILE)
     if result is None or result.get("attempt") != attempt:
         return None
-    if result.get("error") is not None:  # becomes the job's reason: text, bounded
-        result["error"] = str(result["error"])[:2000]
+    if result.get("error") is not None:  # becomes the job's reason: text, bounded, and
+        # without control characters (no terminal escape reaches `llmos events` or `top`)
+        result["error"] = _CONTROL.sub("", str(result["error"]))[:2000]
     return result
 
 

@@ -156,7 +156,8 @@ class RayExecutor:
     def _agent_config(self) -> dict:
         s = self.settings
         return {"sandbox": s.sandbox, "job_network": s.job_network, "job_env": s.job_env,
-                "job_max_processes": s.job_max_processes}
+                "job_max_processes": s.job_max_processes,
+                "alerts_file": str(s.alerts_file) if s.alerts_file else None}
 
     def _abandon(self, node_id: str, job: dict) -> str:
         try:

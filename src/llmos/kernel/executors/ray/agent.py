@@ -46,7 +46,8 @@ from llmos.kernel.resources import Allocation
 MIRRORED = ("stdout.log", "stderr.log", "events.jsonl")
 CHUNK_MAX = 1 << 20  # bytes of one file per poll: a chatty job cannot flood one call
 # Settings of the daemon's that shape how a job runs; nothing else crosses.
-AGENT_SETTINGS = ("sandbox", "job_network", "job_env", "job_max_processes")
+# alerts_file: masked in the node's jobs too (an agent may run on the daemon's machine)
+AGENT_SETTINGS = ("sandbox", "job_network", "job_env", "job_max_processes", "alerts_file")
 _EXITS_KEPT = 4096
 SWEEP_S = 5.0
 AGENT_PROCESS = "ray::NodeAgentActor"  # the name Ray gives the agent's process
