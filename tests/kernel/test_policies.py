@@ -5,6 +5,8 @@ llmos policy's aging both ways. No daemon, no clock."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llmos.kernel.resources import GPU, Allocation, NodeCapacity, NodeState, Request
@@ -268,6 +270,55 @@ def test_llmos_preempts_a_long_running_job_only_after_its_quantum():
         assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == expected
 
 
+@pytest.mark.parametrize("name", ["llmos", "llmos-easy"])
+def test_waiting_never_justifies_preempting_a_job_of_the_same_class(name):
+    """Aging lifts a waiting job in the queue, never over a running job of its own class:
+    else two equal jobs preempt each other every aging_s and never progress. A job of a
+    truly lower class still yields at once."""
+    config = SchedulerConfig(aging_s=600)
+    aged = job(1, queued=NOW - 5000)  # waited 8x aging_s: ranks one class up in the queue
+
+    def preempted(waiting: PendingJob, **running) -> list:
+        n = gpu_node(gpus=1)
+        held = hold(10, n, 1, checkpointable=True, **running)
+        out = schedule([waiting], [n], [held], NOW, config, profile=policy(name))
+        return [p.victims for p in out.preemptions]
+
+    # same nominal class, ran less than a quantum: never, whatever its attained service
+    assert preempted(aged, started=NOW - 100, attained_s=50_000.0) == []
+    # an aged low job does not preempt a normal one either
+    assert preempted(replace(aged, priority=LOW), started=NOW - 5000) == []
+    # a job of a lower class yields at once
+    assert preempted(aged, started=NOW - 10, priority=LOW) == [(10,)]
+
+
+def test_llmos_preempts_within_a_class_only_for_less_attained_service_after_a_quantum():
+    config = SchedulerConfig(aging_s=600)
+    for waiter_attained, expected in ((0.0, [(10,)]), (50_000.0, [])):
+        n = gpu_node(gpus=1)
+        running = hold(10, n, 1, started=NOW - 700, checkpointable=True, attained_s=50_000.0)
+        # waited long (its queue rank is lifted): the wait is left out of the comparison
+        waiter = job(1, queued=NOW - 50_000, attained_s=waiter_attained)
+        out = schedule([waiter], [n], [running], NOW, config, profile=policy("llmos"))
+        assert [p.victims for p in out.preemptions] == expected
+    # llmos-easy never preempts within a class
+    out = schedule([job(1, queued=NOW - 50_000)], [n], [running], NOW, config,
+                   profile=policy("llmos-easy"))
+    assert out.preemptions == []
+
+
+def test_a_gpu_share_accrues_service_as_its_fraction_of_the_gpu():
+    n = gpu_node(gpus=2, memory_mb=40_000)
+    share = n.allocate(Request(cpu=4, memory_mb=100, gpu_share_mb=10_000))
+    whole = n.allocate(Request(cpu=4, memory_mb=100, gpu=1))
+    cpu_only = n.allocate(Request(cpu=4, memory_mb=100))
+    ran = NOW - 1000
+    assert RunningJob(1, share, NORMAL, ran, gpu_memory_mb=40_000).service(NOW) == 250.0
+    assert RunningJob(1, share, NORMAL, ran).service(NOW) == 1000.0  # memory unknown: 1 GPU
+    assert RunningJob(2, whole, NORMAL, ran).service(NOW) == 1000.0
+    assert RunningJob(3, cpu_only, NORMAL, ran).service(NOW) == 4000.0  # cpu-seconds
+
+
 def test_llmos_backfill_reserves_one_node_and_others_stay_usable():
     a, b = gpu_node("a"), gpu_node("b")
     running = [hold(90, a, 4, timeout_s=100.0), hold(91, b, 6)]
@@ -293,13 +344,18 @@ def test_service_of_counts_the_gpu_seconds_of_ended_attempts(tmp_path):
     with db.session() as s:
         job = create_job(s, JobSpec(program="noop", checkpointable=True),
                          Request(cpu=1, memory_mb=100, gpu=2), "local")
-        t0 = job.created_at
+        # a share of a GPU (the GPU's memory unknown here) counts as one GPU, not 4 cpus
+        share = create_job(s, JobSpec(program="noop", checkpointable=True),
+                           Request(cpu=4, memory_mb=100, gpu_share_mb=4096), "local")
         steps = [(JobState.SCHEDULED, 10), (JobState.RUNNING, 11), (JobState.PREEMPTED, 111),
                  (JobState.PENDING, 111), (JobState.SCHEDULED, 200), (JobState.RUNNING, 201)]
-        for state, at in steps:  # ran 100 s on 2 GPUs, then started again (still running)
-            transition(s, job, state, at=t0 + timedelta(seconds=at))
+        for each in (job, share):
+            t0 = each.created_at
+            for state, at in steps:  # ran 100 s, then started again (still running)
+                transition(s, each, state, at=t0 + timedelta(seconds=at))
         s.flush()
         assert service_of(s, job) == (200.0, 100.0)
+        assert service_of(s, share) == (100.0, 100.0)
     db.engine.dispose()
 
 

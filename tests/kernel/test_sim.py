@@ -4,6 +4,7 @@ decisions as the daemon on the same input."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -157,6 +158,43 @@ def test_llmos_lets_short_jobs_pass_a_long_one_without_starving_it():
     assert max(j.waited for j in done.values()) < 6000
 
 
+@pytest.mark.parametrize("policy", ["fifo", "sjf", "tiresias", "llmos-easy", "llmos"])
+def test_two_equal_jobs_on_one_node_both_finish_with_few_preemptions(policy):
+    # Two identical 8-GPU jobs a second apart: aging must never make them preempt each
+    # other every aging_s (each attempt shorter than the 1800 s checkpoint: no progress).
+    jobs = [job(1, 0, 10000, gpus=8), job(2, 1, 10000, gpus=8)]
+    for stop_s in (0.0, 30.0):
+        done = run(policy, jobs, gpus=8, tick_s=300.0, stop_s=stop_s)
+        assert all(j.outcome == SUCCEEDED for j in done.values())
+        assert sum(j.preemptions for j in done.values()) <= 4
+        assert max(j.end for j in done.values()) < 25_000
+
+
+def test_a_livelocked_policy_stops_with_a_clear_error_instead_of_hanging(monkeypatch):
+    from dataclasses import replace
+
+    from llmos.kernel.scheduler.framework import Preemption, Stage
+    from llmos.kernel.scheduler.sim import NoProgress, engine
+
+    monkeypatch.setattr(engine, "HORIZON_FACTOR", 10.0)  # 100 by default: 10x less to wait
+
+    class PreemptEveryone(Stage):  # a broken policy: any waiting job preempts any other
+        name = "preempt-everyone"
+
+        def post_filter(self, cycle, pending):
+            cycle.out.preemptions.extend(Preemption(pending.id, r.allocation.node, (r.id,))
+                                         for r in cycle.running if r.checkpointable)
+            return False
+
+    broken = replace(profile_for("llmos-easy"), post_filters=(PreemptEveryone(),))
+    cluster = from_flags(1, 8, cpus_per_node=64, memory_gb=512)
+    began = time.perf_counter()
+    with pytest.raises(NoProgress, match="no progress: livelock"):
+        simulate([job(1, 0, 10000, gpus=8), job(2, 1, 10000, gpus=8)],
+                 cluster.capacities(), broken, SimParams(tick_s=300.0))
+    assert time.perf_counter() - began < 30
+
+
 def test_llmos_gives_two_teams_turns_where_fifo_serves_the_first_comer():
     # Two GPUs; team a queues four 100 s jobs at 0, team b two at 1. fifo runs all of a's
     # first; llmos interleaves by dominant share: b's first job starts at 100.
@@ -195,6 +233,9 @@ def test_the_philly_csv_is_read_filtered_and_compressed(tmp_path):
     ("yesterday,10,1,10,aaa", "line 5: timestamp 'yesterday' is neither a date"),
     ("2017-10-01 00:00:30,10,1.5,15,aaa", "line 5: num_gpus must be a whole number"),
     ("2017-10-01 00:00:30,-3,1,1,aaa", "line 5: duration must be at least 0"),
+    ("nan,10,1,10,aaa", "line 5: timestamp 'nan' is neither a date"),
+    ("2017-10-01 00:00:30,inf,1,1,aaa", "line 5: duration must be finite"),
+    ('2017-10-01 00:00:30,10,1,10,"' + "x" * 200_000 + '"', "line 5: not CSV (field larger"),
 ])
 def test_a_malformed_csv_row_is_reported_with_its_line_number(tmp_path, row, error):
     path = tmp_path / "t.csv"
@@ -211,6 +252,15 @@ def test_a_malformed_csv_row_is_reported_with_its_line_number(tmp_path, row, err
     ('{"submit": 0, "duration": 5, "priority": "urgent"}', "line 3: priority must be one of"),
     ('{"submit": 0, "duration": 5, "checkpointable": "yes"}', "line 3: checkpointable must"),
     ('[1, 2]', "line 3: a line must be a JSON object"),
+    ('{"submit": NaN, "duration": 5}', "line 3: submit must be finite"),
+    ('{"submit": "inf", "duration": 5}', "line 3: submit 'inf' is neither a date"),
+    ('{"submit": 1e20, "duration": 5}', "line 3: submit must be at most"),
+    ('{"submit": 0, "duration": 1e400}', "line 3: duration must be finite"),
+    ('{"submit": 0, "duration": 4e8}', "line 3: duration must be at most ten years"),
+    ('{"submit": 0, "duration": 5, "time_limit_s": 4e8}', "line 3: time_limit_s must be at"),
+    ('{"submit": 0, "duration": 5, "gpus": 5000}', "line 3: gpus must be at most 4,096"),
+    ('{"submit": 0, "duration": 5, "id": 1' + "0" * 400 + "}", "line 3: id is too large"),
+    ("[" * 100_000, "line 3: not JSON a trace can hold (nested too deep"),
 ])
 def test_a_malformed_jsonl_line_is_reported_with_its_line_number(tmp_path, line, error):
     path = tmp_path / "t.jsonl"
@@ -218,6 +268,13 @@ def test_a_malformed_jsonl_line_is_reported_with_its_line_number(tmp_path, line,
     with pytest.raises(TraceError, match=None) as e:
         load_trace(path)
     assert str(e.value).startswith(f"{path}, {error}"), str(e.value)
+
+
+def test_a_trace_with_a_byte_order_mark_reads_as_without(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("\ufeff" + PHILLY, encoding="utf-8")
+    assert [(j.id, j.line, j.team) for j in load_trace(path)] == [
+        (1, 2, "aaa"), (2, 3, "bbb"), (3, 4, "aaa")]
 
 
 def test_the_jsonl_format_carries_priority_team_memory_and_limits(tmp_path):
@@ -245,6 +302,39 @@ def test_a_cluster_yaml_gives_node_groups_and_names_the_field_in_error(tmp_path)
     path.write_text("nodes:\n  - {name: a, count: 2, gpus: many}\n")
     with pytest.raises(ClusterError, match="node group 1: gpus must be a number"):
         load_cluster(path)
+    for group, error in (("{count: 200000}", "count must be a number from 1 to 100,000"),
+                         ("{count: 1, gpus: 2000}", "gpus must be a number from 0 to 1,024"),
+                         ("{count: 1, cpus: 5000}", "cpus must be a number from 1 to 4,096"),
+                         ("{count: 1, memory_gb: .nan}", "memory_gb must be a number"),
+                         ("{count: 1, memory_gb: .inf}", "memory_gb must be a number")):
+        path.write_text(f"nodes:\n  - {group}\n")
+        with pytest.raises(ClusterError, match=f"node group 1: {error}"):
+            load_cluster(path)
+    path.write_text("nodes:\n  - {name: a, count: 60000}\n  - {name: b, count: 60000}\n")
+    with pytest.raises(ClusterError, match="120,000 nodes in all, over the 100,000"):
+        load_cluster(path)
+
+
+def test_the_table_shows_refused_jobs_only_when_there_are_some():
+    from rich.console import Console
+
+    from llmos.kernel.scheduler.sim import report
+
+    def text(jobs) -> str:
+        cluster = from_flags(1, 1, cpus_per_node=8, memory_gb=64)
+        summary = report.summarize(simulate(jobs, cluster.capacities(), "fifo"))
+        console = Console(width=250, record=True, file=io.StringIO())
+        console.print(report.table([summary]))
+        return console.export_text()
+
+    assert "refused" not in text([job(1, 0, 10)])
+    lines = text([job(1, 0, 10), job(2, 0, 10, gpus=16)]).splitlines()
+    header = next(line for line in lines if "refused" in line)
+    row = next(line for line in lines if "fifo" in line)
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.replace("┃", "│").split("│")]
+
+    assert cells(row)[cells(header).index("refused")] == "1"
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -290,6 +380,8 @@ def test_sim_writes_a_table_json_and_plots(tmp_path):
     (["BAD"], 1, "line 3: num_gpus must be a number"),
     (["GOOD", "--policy", "fifo,lottery"], 2, "unknown policy lottery (known: "),
     (["GOOD", "--load", "0"], 2, "--load must be above 0"),
+    (["GOOD", "--tick-s", "0.5"], 2, "--tick-s must be at least 1"),
+    (["GOOD", "--start", "nan"], 2, "--start/--end: not a date or epoch seconds"),
 ])
 def test_sim_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, monkeypatch, args, code,
                                                        message):
@@ -302,6 +394,42 @@ def test_sim_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, monkeypatch, ar
     assert result.returncode == code
     assert message in " ".join(result.stderr.split()), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"tick_s": float("nan")}, "--tick-s must be at least 1"),
+    ({"load": float("inf")}, "--load must be above 0"),
+    ({"restore_s": float("inf")}, "--restore-s must be from 0 to ten years"),
+    ({"checkpoint_interval_s": -1.0}, "--checkpoint-interval-s must be from 0"),
+    ({"preempt_grace_s": 1e12}, "--preempt-grace-s must be from 0"),
+])
+def test_sim_flags_must_be_finite_and_bounded(flags, message):
+    from llmos.cli.errors import UsageError
+    from llmos.cli.sim import _check_numbers
+
+    values = {"load": 1.0, "tick_s": 300.0, "checkpoint_interval_s": 1800.0,
+              "restore_s": 60.0, "preempt_grace_s": 30.0, **flags}
+    with pytest.raises(UsageError, match=message):
+        _check_numbers(**values)
+
+
+def test_the_cluster_flags_are_bounded_and_the_derived_size_is_capped():
+    from llmos.cli.errors import UsageError
+    from llmos.cli.sim import _cluster
+
+    jobs = [job(1, 0, 10)]
+    for args, message in (((200_000, 8, 64, 512.0), "--nodes must be from 1 to 100,000"),
+                          ((1, 2000, 64, 512.0), "--gpus-per-node must be from 0 to 1,024"),
+                          ((1, 8, 5000, 512.0), "--cpus-per-node must be from 1 to 4,096"),
+                          ((1, 8, 64, float("nan")), "--memory-gb must be from")):
+        with pytest.raises(UsageError, match=message):
+            _cluster(jobs, None, *args)
+    # 60 jobs of 4096 GPUs, a second apart, 1000 s each: ~123,000 GPUs busy on average
+    huge = [TraceJob(i, float(i), 1000.0, 4096 if i != 7 else 4000, line=i + 1)
+            for i in range(60)]
+    with pytest.raises(ClusterError, match=r"needs 1\d\d,\d{3} nodes of 1 GPUs, over the "
+                       r"100,000 .*its largest job, line 1, needs 4,096 GPUs"):
+        _cluster(huge, None, None, 1, 64, 512.0)
 
 
 # --- the same decisions as the daemon -----------------------------------------------------

@@ -14,8 +14,9 @@ from rich.console import Console
 
 from llmos.cli.errors import UsageError
 
-# the table has 14 columns: wide enough when piped to a file, too (rich assumes 80 there)
-out = Console(width=None if sys.stdout.isatty() else 180)
+# the table has 14 columns (15 with "refused"): wide enough when piped to a file, too (rich
+# assumes 80 there)
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 HELP = """Replay a job trace on a simulated cluster under scheduling policies, and compare
@@ -50,7 +51,9 @@ Cluster YAML (--cluster):
     - {name: a100, count: 16, gpus: 8, cpus: 64, memory_gb: 512, labels: {gpu: a100}}
 
 A malformed line is reported with its line number; the exit status is 1 for bad input
-(a file, a row), 2 for bad usage."""
+(a file, a row; a run that makes no progress: a livelock), 2 for bad usage. Numbers must
+be finite: durations and time limits up to ten years, up to 4096 GPUs a job; up to
+100,000 nodes of up to 1024 GPUs and 4096 cpus; --tick-s at least 1."""
 
 
 def sim(
@@ -99,11 +102,7 @@ def sim(
     if not names or unknown:
         raise UsageError(f"unknown policy {', '.join(unknown) or '(none given)'} "
                          f"(known: {', '.join(known)})")
-    for value, what in ((load, "--load"), (tick_s, "--tick-s")):
-        if not value > 0:
-            raise UsageError(f"{what} must be above 0")
-    if checkpoint_interval_s < 0 or restore_s < 0 or preempt_grace_s < 0:
-        raise UsageError("--checkpoint-interval-s, --restore-s and --preempt-grace-s must be 0 or more")
+    _check_numbers(load, tick_s, checkpoint_interval_s, restore_s, preempt_grace_s)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
     try:
@@ -122,7 +121,11 @@ def sim(
     results, summaries = [], []
     for name in names:
         with err.status(f"simulating {len(jobs):,} jobs under {name} ..."):
-            result = simpkg.simulate(jobs, shape.capacities(), name, params)
+            try:
+                result = simpkg.simulate(jobs, shape.capacities(), name, params)
+            except simpkg.NoProgress as e:
+                err.print(f"[red]error:[/] {e}")
+                raise typer.Exit(1) from None
         results.append(result)
         summaries.append(report.summarize(result))
     meta = {"trace": str(trace), "jobs": len(jobs), "vc": vc, "load": load,
@@ -143,29 +146,60 @@ def sim(
 sim.__doc__ = HELP
 
 
+def _check_numbers(load: float, tick_s: float, checkpoint_interval_s: float,
+                   restore_s: float, preempt_grace_s: float) -> None:
+    """UsageError for a simulation flag that is not a finite number within its bounds."""
+    from llmos.kernel.scheduler.sim.trace import MAX_SECONDS
+
+    if not 0 < load <= 1e6:  # NaN compares False: refused too
+        raise UsageError("--load must be above 0 (and at most 1,000,000)")
+    if not 1 <= tick_s <= MAX_SECONDS:
+        raise UsageError("--tick-s must be at least 1 (simulated seconds) and at most ten "
+                         "years")
+    for value, what in ((checkpoint_interval_s, "--checkpoint-interval-s"),
+                        (restore_s, "--restore-s"), (preempt_grace_s, "--preempt-grace-s")):
+        if not 0 <= value <= MAX_SECONDS:
+            raise UsageError(f"{what} must be from 0 to ten years (315,360,000 s), not "
+                             f"{value:g}")
+
+
 def _cluster(jobs, cluster, nodes, gpus_per_node, cpus_per_node, memory_gb):
     from llmos.kernel.scheduler import sim as simpkg
+    from llmos.kernel.scheduler.sim.cluster import LIMITS
 
     if cluster is not None:
         if nodes is not None:
             raise UsageError("give --cluster or --nodes, not both")
         return simpkg.load_cluster(cluster)
-    if gpus_per_node < 0 or cpus_per_node < 1 or memory_gb <= 0:
-        raise UsageError("--gpus-per-node must be 0 or more, --cpus-per-node and "
-                         "--memory-gb above 0")
+    for value, key, flag in ((gpus_per_node, "gpus", "--gpus-per-node"),
+                             (cpus_per_node, "cpus", "--cpus-per-node"),
+                             (memory_gb, "memory_gb", "--memory-gb"),
+                             (nodes, "count", "--nodes")):
+        least, most, _ = LIMITS[key]
+        if value is not None and not least <= value <= most:  # NaN compares False
+            raise UsageError(f"{flag} must be from {least:g} to {most:,}, not {value:g}")
     if nodes is None:
         nodes = default_nodes(jobs, gpus_per_node)
-    if nodes < 1:
-        raise UsageError("--nodes must be at least 1")
     return simpkg.from_flags(nodes, gpus_per_node, cpus_per_node, memory_gb)
 
 
 def default_nodes(jobs, gpus_per_node: int) -> int:
-    """Enough nodes for the trace's average GPU demand, and for its largest job."""
+    """Enough nodes for the trace's average GPU demand, and for its largest job; a
+    ClusterError when that is more nodes than the simulator takes."""
+    from llmos.kernel.scheduler import sim as simpkg
+    from llmos.kernel.scheduler.sim.cluster import MAX_NODES
     from llmos.kernel.scheduler.sim.trace import average_gpu_demand
 
     if gpus_per_node < 1:
         return 1
     demand = average_gpu_demand(jobs)
-    largest = max(j.gpus for j in jobs)
-    return max(1, math.ceil(max(demand, largest) / gpus_per_node))
+    largest = max(jobs, key=lambda j: j.gpus)
+    nodes = max(1, math.ceil(max(demand, largest.gpus) / gpus_per_node))
+    if nodes > MAX_NODES:
+        where = f"line {largest.line}" if largest.line else f"job {largest.id}"
+        raise simpkg.ClusterError(
+            f"the trace's average GPU demand ({demand:,.0f} GPUs) needs {nodes:,} nodes of "
+            f"{gpus_per_node} GPUs, over the {MAX_NODES:,} the simulator takes (its largest "
+            f"job, {where}, needs {largest.gpus:,} GPUs): give --nodes or --cluster, or "
+            "--vc/--start/--end/--limit to take part of the trace")
+    return nodes

@@ -623,11 +623,12 @@ def service_of(session: Session, job: Job) -> tuple[float, float]:
     """The service a job received in its ended attempts, from its stored transitions
     (each RUNNING period up to the next transition): (GPU-seconds, or cpu-seconds without
     GPUs, as the attained-service policies count them; seconds its last attempt ran). An
-    attempt still running counts nothing yet."""
+    attempt still running counts nothing yet. A share of a GPU counts as one GPU (the
+    shared GPU's memory is not at hand here; RunningJob.service counts it so too)."""
     times = session.execute(
         select(JobTransition.to_state, JobTransition.at)
         .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()
-    rate = job.gpu or job.cpu or 0.0
+    rate = job.gpu or (1.0 if job.gpu_share_mb else job.cpu) or 0.0
     total = last = 0.0
     for (state, at), (_, after) in itertools.pairwise(times):
         if state == JobState.RUNNING.value:

@@ -102,6 +102,8 @@ class RunningJob:
     attained_s: float = 0.0  # service received before this attempt (PendingJob.attained_s)
     # A gang over several nodes: its allocations beyond the leader's (``allocation``).
     extra: tuple[Allocation, ...] = ()
+    # The memory (MB) of the GPU a share runs on (0: unknown; the share counts as one GPU).
+    gpu_memory_mb: int = 0
 
     @property
     def expected_end(self) -> float:
@@ -121,9 +123,22 @@ class RunningJob:
     def service(self, now: float) -> float:
         """Attained service by ``now``: earlier attempts plus this one, in GPU-seconds
         (cpu-seconds without GPUs), as :attr:`PendingJob.attained_s` counts it."""
-        gpus = self.gpus
-        rate = gpus if gpus else sum(a.cpu for a in self.allocations)
+        rate = service_rate(self.allocations, self.gpu_memory_mb)
         return self.attained_s + max(0.0, now - self.started_at) * rate
+
+
+def service_rate(allocations, gpu_memory_mb: int = 0) -> float:
+    """Attained service per second of what a job holds: its whole GPUs; a share of one
+    GPU as its fraction of that GPU's memory (``gpu_memory_mb``; one GPU when unknown, so
+    a share never accrues at a cpu rate and sits in the least-served class for days);
+    cpus for a job without GPUs."""
+    gpus = sum(a.whole_gpus for a in allocations)
+    if gpus:
+        return float(gpus)
+    share = sum(a.gpu_share_mb for a in allocations)
+    if share:
+        return min(1.0, share / gpu_memory_mb) if gpu_memory_mb > 0 else 1.0
+    return sum(a.cpu for a in allocations)
 
 
 @dataclass(frozen=True)

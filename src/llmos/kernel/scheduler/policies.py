@@ -14,17 +14,20 @@ call. ``policy(name)`` builds one; ``POLICIES`` lists the builders.
                 checkpoint and restore costs are the simulator's business
     llmos-easy  the daemon's profile until now, unchanged: priority classes with aging,
                 EASY backfill from declared timeouts (the reservation guards every node),
-                preemption of lower-class checkpointable jobs for the blocked head; only
-                addition: a gang larger than every node spans nodes (it was NEVER)
+                preemption of lower-class checkpointable jobs for the blocked head (by
+                their classes as declared: waiting never lets a job preempt its own class);
+                only addition: a gang larger than every node spans nodes (it was NEVER)
     llmos       the default, needs no durations: priority classes x attained-service
                 classes (decades of GPU-seconds), lifted by waiting (one class per decade
                 of waiting beyond aging_s) so neither short nor long jobs starve; teams in
                 turn by dominant share inside a class (DRF, within quotas); EASY backfill
                 where the head reserves ONE node (the one it can start on soonest; with
                 no timeouts known, nothing jumps it there); preemption of a checkpointable
-                job of a lower class at once (as llmos-easy), of its class but more
-                attained service only after it ran one quantum (aging_s); gangs and GPU
-                packing (best-fit tier, then cpu/memory bin-pack)
+                job of a lower class at once (as llmos-easy), of its class but a higher
+                attained-service class only after it ran one quantum (aging_s); classes as
+                declared and as served, never as lifted by waiting (else equal jobs would
+                preempt each other every aging_s); gangs and GPU packing (best-fit tier,
+                then cpu/memory bin-pack)
 
 The Tiresias constants (one GPU-hour, STARVE_LIMIT 10) and the llmos ones (decades of
 GPU-seconds, aging_s) are round figures set before any trace was run, never fitted to one.
@@ -46,10 +49,9 @@ from llmos.kernel.scheduler.profiles import (
     BinPack,
     Dependencies,
     NodeSelector,
-    Preemption,
-    PriorityAging,
     Spread,
     TeamQuota,
+    default_profile,
 )
 from llmos.kernel.scheduler.queueing import (
     ArrivalOrder,
@@ -92,18 +94,8 @@ def tiresias() -> Profile:
 
 
 def llmos_easy() -> Profile:
-    fit, quota, backfill = GangFit(), TeamQuota(), GangBackfill()
-    apart, spread = AntiAffinity(), Spread()
-    return Profile(
-        name="llmos-easy",
-        queue_sort=PriorityAging(),
-        bind=Binder(),
-        pre_filters=(Dependencies(), quota),
-        filters=(NodeSelector(), apart, fit, backfill),
-        post_filters=(backfill, Preemption()),
-        scores=(BinPack(), spread),
-        reserves=(fit, quota, backfill, apart, spread),
-    )
+    """The default profile with the gang stages (multi-node gangs)."""
+    return default_profile("llmos-easy", fit=GangFit, backfill=GangBackfill)
 
 
 def llmos() -> Profile:

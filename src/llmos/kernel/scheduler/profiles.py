@@ -351,11 +351,14 @@ class Binder(Stage):
                                           extra=cycle.extras.get(job.id, ())))
 
 
-def default_profile() -> Profile:
-    fit, quota, backfill = Fit(), TeamQuota(), Backfill()
-    apart, spread = AntiAffinity(), Spread()
+def default_profile(name: str = "default", fit: type[Stage] | None = None,
+                    backfill: type[Stage] | None = None) -> Profile:
+    """The default profile (above); ``llmos-easy`` is the same with the gang stages
+    (``fit``: :class:`~.gang.GangFit`, ``backfill``: :class:`~.gang.GangBackfill`)."""
+    fit, backfill = (fit or Fit)(), (backfill or Backfill)()
+    quota, apart, spread = TeamQuota(), AntiAffinity(), Spread()
     return Profile(
-        name="default",
+        name=name,
         queue_sort=PriorityAging(),
         bind=Binder(),
         pre_filters=(Dependencies(), quota),

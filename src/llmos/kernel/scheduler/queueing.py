@@ -412,10 +412,18 @@ def team_shares(cycle: Cycle) -> tuple[tuple[float, float, float], dict]:
 
 class LasPreemption(Stage):
     """Post-filter of ``llmos``: for the first job that finds no room, the fewest running
-    checkpointable jobs of a strictly lower rank: of a lower priority class (at once, as
-    ``llmos-easy``), or of its class with more attained service (the class of what they
-    have received by now) once they ran one quantum (``aging_s``) in their attempt;
-    lowest rank first, then the most recently started (least work lost)."""
+    checkpointable jobs of a strictly lower rank: of a lower NOMINAL priority class (at
+    once, as ``llmos-easy``), or of its nominal class with a higher attained-service class
+    (what they have received by now, against what the waiting job received, its wait
+    left aside) once they ran one quantum (``aging_s``) in their attempt; lowest rank
+    first, then the most recently started (least work lost).
+
+    Waiting orders the queue (:func:`llmos_rank`) but never justifies a preemption: were
+    the aged rank compared, two equal jobs would preempt each other every quantum (each
+    requeue restarts the other's wait) and, with checkpoints rarer than a quantum, never
+    progress. Compared without the wait, a preemption within a class needs the victim's
+    attained-service class strictly above the waiting job's; classes only grow and are
+    few, so a set of jobs preempts each other a bounded number of times."""
 
     name = "las-preemption"
 
@@ -424,13 +432,13 @@ class LasPreemption(Stage):
         nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
         if not nodes:
             return True
-        mine = llmos_rank(job, now, cfg.aging_s, cfg.max_rank)
+        mine = (-job.priority, las_class(job.attained_s))  # nominal: no aging
 
         def rank(r: RunningJob) -> tuple[int, int]:
             return -r.priority, las_class(r.service(now))
 
         candidates = [r for r in cycle.running if r.checkpointable and rank(r) > mine
-                      and (-r.priority > mine[0] or now - r.started_at >= cfg.aging_s)]
+                      and (r.priority < job.priority or now - r.started_at >= cfg.aging_s)]
         plans = choose_victims(job, nodes, candidates,
                                key=lambda r: (tuple(-x for x in rank(r)), -r.started_at),
                                multi=cfg.multi_node)

@@ -284,8 +284,12 @@ def preemption(
     """The fewest lower-priority checkpointable jobs whose yielding lets ``job`` fit:
     lowest class first, and inside a class the most recently started (least work lost).
     ``nodes``: those the job may use at all (:func:`eligible_nodes`), so no job yields on
-    a node where it could not start anyway."""
-    rank = effective_priority(job, now, config)
+    a node where it could not start anyway.
+
+    Lower by the NOMINAL classes: aging orders the queue (:func:`queue_order`) but never
+    lets a job preempt one of its own class (two equal jobs would otherwise preempt each
+    other every ``aging_s``, each requeue restarting the other's wait, and never progress)."""
+    rank = job.priority
     best: Preemption | None = None
     by_node = running_by_node(r for r in running if r.checkpointable and r.priority < rank)
     for node in nodes:

@@ -14,6 +14,7 @@ from llmos.kernel.scheduler.sim.cluster import (
     load_cluster,
 )
 from llmos.kernel.scheduler.sim.engine import (
+    NoProgress,
     SimParams,
     SimResult,
     Simulator,
@@ -24,7 +25,7 @@ from llmos.kernel.scheduler.sim.engine import (
 from llmos.kernel.scheduler.sim.trace import TraceError, TraceJob, load_trace, select
 
 __all__ = [
-    "Cluster", "ClusterError", "SimParams", "SimResult", "Simulator", "TraceError", "TraceJob",
+    "Cluster", "ClusterError", "NoProgress", "SimParams", "SimResult", "Simulator", "TraceError", "TraceJob",
     "from_flags", "known_policies", "load_cluster", "load_trace", "profile_for", "select",
     "simulate",
 ]

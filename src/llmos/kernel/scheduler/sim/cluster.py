@@ -11,7 +11,8 @@ YAML (read with :func:`llmos.schema.load_yaml`: no aliases, bounded nesting)::
         gpu_memory_gb: 80       # optional (default 80)
         labels: {gpu: a100}     # optional
 
-Every mistake is a :class:`ClusterError` that names the group and the field.
+Every mistake is a :class:`ClusterError` that names the group and the field. Numbers
+must be finite and within :data:`LIMITS` (a cluster the simulator can hold).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from pathlib import Path
 from llmos.kernel.resources import GPU, NodeCapacity
 
 GROUP_FIELDS = ("name", "count", "gpus", "cpus", "memory_gb", "gpu_memory_gb", "labels")
+MAX_NODES = 100_000  # nodes in the whole cluster
+# field: (least, most, default); count, gpus and cpus are whole numbers
+LIMITS = {"count": (1, MAX_NODES, None), "gpus": (0, 1024, 8), "cpus": (1, 4096, 64),
+          "memory_gb": (0.001, 1 << 20, 512), "gpu_memory_gb": (0.001, 1 << 16, 80)}
 
 
 class ClusterError(ValueError):
@@ -94,6 +99,9 @@ def load_cluster(path: str | Path) -> Cluster:
     names = [g.name for g in groups]
     if len(set(names)) != len(names):
         raise ClusterError(f"{path}: two node groups share a name")
+    if sum(g.count for g in groups) > MAX_NODES:
+        raise ClusterError(f"{path}: {sum(g.count for g in groups):,} nodes in all, over "
+                           f"the {MAX_NODES:,} the simulator takes")
     return Cluster(groups)
 
 
@@ -108,14 +116,14 @@ def _group(data, where: str) -> NodeGroup:
     if not isinstance(name, str) or not name or not name.replace("-", "").isalnum():
         raise ClusterError(f"{where}: name must be letters, digits and '-', not {name!r}")
     values = {}
-    for key, minimum, default in (("count", 1, None), ("gpus", 0, 8), ("cpus", 1, 64),
-                                  ("memory_gb", 0.001, 512), ("gpu_memory_gb", 0.001, 80)):
+    for key, (minimum, maximum, default) in LIMITS.items():
         value = data.get(key, default)
         if value is None:
             raise ClusterError(f"{where}: missing field {key!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise ClusterError(f"{where}: {key} must be a number of at least {minimum:g}, "
-                               f"not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not minimum <= value <= maximum:  # NaN compares False: refused too
+            raise ClusterError(f"{where}: {key} must be a number from {minimum:g} to "
+                               f"{maximum:,}, not {_shown(value)}")
         if key in ("count", "gpus", "cpus") and value != int(value):
             raise ClusterError(f"{where}: {key} must be a whole number, not {value!r}")
         values[key] = int(value) if key in ("count", "gpus", "cpus") else float(value)
@@ -123,3 +131,12 @@ def _group(data, where: str) -> NodeGroup:
     if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
         raise ClusterError(f"{where}: labels must be a mapping of names to values")
     return NodeGroup(name, labels={k: str(v) for k, v in labels.items()}, **values)
+
+
+def _shown(value) -> str:
+    """A value as a message shows it: its repr, cut to 40 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "a number too large"
+    return text if len(text) <= 40 else text[:37] + "..."

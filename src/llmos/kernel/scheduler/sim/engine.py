@@ -41,6 +41,15 @@ GANGS = "extra" in {f.name for f in fields(Binding)}  # multi-node gangs in this
 
 SUCCEEDED, TIMED_OUT, REFUSED, NEVER_RAN = "succeeded", "time limit", "refused", "never ran"
 
+# A run stops with NoProgress past this many times (the trace's span + its total work +
+# each job's restore and yield): no schedule that makes progress comes near it.
+HORIZON_FACTOR = 100.0
+
+
+class NoProgress(RuntimeError):
+    """The simulation went on far beyond any schedule that makes progress (jobs preempting
+    each other for ever: a livelock); the message says how far."""
+
 
 def profile_for(name: str) -> Profile:
     """The policy ``name`` from :mod:`llmos.kernel.scheduler.policies`; ValueError naming
@@ -89,6 +98,7 @@ class SimJob:
         "done",
         "end",
         "first_start",
+        "gpu_memory",
         "last_run",
         "lost",
         "outcome",
@@ -118,10 +128,17 @@ class SimJob:
         self.allocs: tuple = ()
         self.bindings: list[tuple[float, tuple]] = []  # (time, allocations) per attempt
         self.last_run = 0.0  # seconds its last attempt ran
+        self.gpu_memory = 0  # MB of the GPU its share runs on (RunningJob.gpu_memory_mb)
 
     @property
-    def share(self) -> float:  # what attained service counts per second
-        return float(self.request.gpu) if self.request.gpu else self.request.cpu
+    def share(self) -> float:
+        """What attained service counts per second, as RunningJob.service counts it."""
+        r = self.request
+        if r.gpu:
+            return float(r.gpu)
+        if r.gpu_share_mb:
+            return min(1.0, r.gpu_share_mb / self.gpu_memory) if self.gpu_memory > 0 else 1.0
+        return r.cpu
 
 
 @dataclass
@@ -183,6 +200,7 @@ class Simulator:
         start, last_pass, passes = now, -math.inf, 0
         tick = self.params.tick_s
         idle_passes = 0
+        horizon, max_passes = self._limits(start)
         while True:
             candidates = []
             if ai < n:
@@ -196,6 +214,8 @@ class Simulator:
             if not candidates:
                 break
             now = max(now, min(candidates))
+            if now > horizon or passes > max_passes:
+                self._no_progress(now - start, passes)
             changed = False
             while ai < n and arrivals[ai].trace.submit <= now:
                 changed |= self._arrive(arrivals[ai], now)
@@ -225,6 +245,29 @@ class Simulator:
         return SimResult(self.profile.name, self.jobs, self.gpus, start, now, self.busy,
                          passes, self.pass_s, time.perf_counter() - began, self.preemptions,
                          self.decisions)
+
+    def _limits(self, start: float) -> tuple[float, int]:
+        """(the simulated moment, the number of passes) past which a run is a livelock:
+        HORIZON_FACTOR times the trace's span plus its total work (each job's run time,
+        restore and yield), and as many passes as ticks over that time plus events."""
+        p, jobs = self.params, self.jobs
+        span = (max(j.trace.submit for j in jobs) - start) if jobs else 0.0
+        work = sum(j.trace.duration + p.restore_s + p.stop_s for j in jobs)
+        budget = HORIZON_FACTOR * (span + work + max(p.tick_s, 1.0))
+        ticks = budget / p.tick_s if p.tick_s > 0 else 0.0
+        passes = int(min(ticks, 1e12)) + 1000 * (len(jobs) + 1)
+        return start + budget, passes
+
+    def _no_progress(self, elapsed: float, passes: int) -> None:
+        running = ", ".join(str(i) for i in sorted(self.running)[:5])
+        worst = max(self.jobs, key=lambda j: j.preemptions, default=None)
+        most = (f"; job {worst.trace.id} was preempted {worst.preemptions:,} times"
+                if worst is not None and worst.preemptions else "")
+        raise NoProgress(
+            f"no progress: livelock? policy {self.profile.name} ran {elapsed:,.0f} simulated "
+            f"seconds and {passes:,} passes, over {HORIZON_FACTOR:g}x the trace's span plus "
+            f"its total work, with {len(self.pending):,} job(s) waiting and "
+            f"{len(self.running):,} running{f' (job {running} ...)' if running else ''}{most}")
 
     def _passes(self, now: float) -> tuple[int, int]:
         """Passes at ``now`` until one stops no victim; returns (passes, jobs bound)."""
@@ -303,11 +346,13 @@ class Simulator:
             job.first_start = now
         job.attempt_start = now
         job.restore = self.params.restore_s if job.done > 0 else 0.0
+        job.gpu_memory = self._shared_gpu_memory(binding.allocation)
         t = job.trace
         values = {"id": t.id, "allocation": binding.allocation, "priority": t.priority,
                   "started_at": now, "timeout_s": t.time_limit_s,
                   "checkpointable": t.checkpointable, "team": t.team,
-                  "attained_s": job.attained, "extra": tuple(allocs[1:])}
+                  "attained_s": job.attained, "extra": tuple(allocs[1:]),
+                  "gpu_memory_mb": job.gpu_memory}
         self.running[t.id] = RunningJob(**{k: v for k, v in values.items()
                                            if k in _RUNNING_FIELDS})
         end = now + job.restore + (t.duration - job.done)
@@ -318,6 +363,14 @@ class Simulator:
         if self.record:
             self.decisions.append((now, t.id, binding.allocation.node))
             job.bindings.append((now, allocs))
+
+    def _shared_gpu_memory(self, alloc) -> int:
+        """The memory (MB) of the GPU a share holds; 0 for anything else."""
+        if not getattr(alloc, "gpu_share_mb", 0) or not alloc.gpus:
+            return 0
+        gpus = {g.index: g for g in self.nodes[alloc.node].capacity.gpus}
+        gpu = gpus.get(alloc.gpus[0])
+        return gpu.memory_mb if gpu is not None else 0
 
     def _release(self, job: SimJob, now: float) -> float:
         del self.running[job.trace.id]

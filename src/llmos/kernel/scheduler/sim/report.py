@@ -107,15 +107,23 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+REFUSED_COLUMN = ("refused", "refused", "{:,}")  # shown only when some job was refused
+
+
 def table(summaries: list[dict], title: str = ""):
-    """A rich table: one row per policy."""
+    """A rich table: one row per policy (a "refused" column when some job was refused:
+    larger than the cluster)."""
     from rich.table import Table
 
+    columns = list(COLUMNS)
+    if any(s.get("refused") for s in summaries):
+        at = next(i for i, c in enumerate(columns) if c[0] == "never_ran")
+        columns.insert(at + 1, REFUSED_COLUMN)
     t = Table(title=title or None)
-    for key, header, _ in COLUMNS:
+    for key, header, _ in columns:
         t.add_column(header, justify="left" if key == "policy" else "right")
     for s in summaries:
-        t.add_row(*(_cell(s[key], form) for key, _, form in COLUMNS))
+        t.add_row(*(_cell(s[key], form) for key, _, form in columns))
     return t
 
 

@@ -16,7 +16,7 @@ optional ``id`` (int), ``gpus`` (0), ``cpu`` (per-GPU share of a node when absen
 a job that runs past it is stopped there and counted as failed).
 
 A malformed line is a :class:`TraceError` naming the file, the line number and what is
-wrong; no traceback reaches a user. Filters: one virtual cluster (team), a time window;
+wrong (numbers must be finite, within the caps below); no traceback reaches a user. Filters: one virtual cluster (team), a time window;
 a load factor divides the inter-arrival times (2.0: jobs arrive twice as fast).
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,13 @@ PRIORITIES = {"low": 0, "normal": 1, "high": 2}
 CSV_COLUMNS = ("timestamp", "duration", "num_gpus", "cluster")
 JSON_FIELDS = ("id", "submit", "duration", "gpus", "cpu", "memory_mb", "priority", "team",
                "checkpointable", "time_limit_s")
+
+
+MAX_SECONDS = 10 * 365 * 86400.0  # a duration or time limit: at most ten years
+MAX_GPUS = 4096  # GPUs of one job
+MAX_CPU = 1_000_000.0  # cpus of one job
+MAX_MEMORY_MB = 1 << 40  # memory of one job
+MIN_EPOCH, MAX_EPOCH = -62135596800.0, 253402300799.0  # a time: years 1 to 9999 (UTC)
 
 
 class TraceError(ValueError):
@@ -53,19 +60,24 @@ class TraceJob:
     memory_mb: int | None = None
     checkpointable: bool = True
     time_limit_s: float | None = None
+    line: int = field(default=0, compare=False)  # its line in the trace file (0: none)
 
 
 def parse_time(text: str) -> float:
-    """Epoch seconds from a number or a ``YYYY-MM-DD[ HH:MM:SS]`` text (UTC)."""
+    """Epoch seconds from a number or a ``YYYY-MM-DD[ HH:MM:SS]`` text (UTC); ValueError
+    for anything else, a number that is not finite or beyond the year 9999 included."""
     text = text.strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
-        pass
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    if not math.isfinite(number) or not MIN_EPOCH <= number <= MAX_EPOCH:
+        raise ValueError(f"{text[:40]!r} is not a time: epoch seconds must be finite, "
+                         "within the years 1 to 9999")
+    return number
 
 
 def load_trace(path: str | Path) -> list[TraceJob]:
@@ -74,37 +86,61 @@ def load_trace(path: str | Path) -> list[TraceJob]:
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no header
             if path.suffix.lower() in (".jsonl", ".ndjson"):
                 jobs = _read_jsonl(f, path)
             else:
                 jobs = _read_csv(f, path)
     except UnicodeDecodeError as e:
         raise TraceError(f"{path}: not a text file ({e.reason})") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read the trace ({e.strerror or e})") from None
     if not jobs:
         raise TraceError(f"{path}: no jobs in the trace")
     jobs.sort(key=lambda j: j.submit)
     return jobs
 
 
-def _number(value, what: str, minimum: float | None = None, integer: bool = False) -> float:
+def _number(value, what: str, minimum: float | None = None, integer: bool = False,
+            maximum: float | None = None) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a number, not {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, not {value!r}") from None
+        raise ValueError(f"{what} must be a number, not {_short(value)}") from None
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{what} is too large: {_short(value)}") from None
     if not math.isfinite(number):
-        raise ValueError(f"{what} must be finite, not {value!r}")
+        raise ValueError(f"{what} must be finite, not {_short(value)}")
     if minimum is not None and number < minimum:
-        raise ValueError(f"{what} must be at least {minimum:g}, not {value!r}")
+        raise ValueError(f"{what} must be at least {minimum:g}, not {_short(value)}")
+    if maximum is not None and number > maximum:
+        cap = "ten years" if maximum == MAX_SECONDS else f"{maximum:,.0f}"
+        raise ValueError(f"{what} must be at most {cap}, not {_short(value)}")
     if integer and number != int(number):
         raise ValueError(f"{what} must be a whole number, not {value!r}")
     return number
 
 
+def _short(value) -> str:
+    """A value as a message shows it: its repr, cut to 40 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "a number too large"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _read_csv(f, path: Path) -> list[TraceJob]:
     reader = csv.reader(f)
+    try:
+        return _csv_rows(reader, path)
+    except csv.Error as e:  # a NUL byte, a field over csv.field_size_limit (128 KiB) ...
+        raise TraceError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
+
+
+def _csv_rows(reader, path: Path) -> list[TraceJob]:
     header = next(reader, None)
     if header is None:
         raise TraceError(f"{path}: empty file")
@@ -128,12 +164,14 @@ def _read_csv(f, path: Path) -> list[TraceJob]:
             raise TraceError(f"{path}, line {line}: timestamp {row[at['timestamp']]!r} is "
                              "neither a date (YYYY-MM-DD HH:MM:SS) nor epoch seconds") from None
         try:
-            duration = _number(row[at["duration"]], "duration", 0)
-            gpus = int(_number(row[at["num_gpus"]], "num_gpus", 0, integer=True))
+            duration = _number(row[at["duration"]], "duration", 0, maximum=MAX_SECONDS)
+            gpus = int(_number(row[at["num_gpus"]], "num_gpus", 0, integer=True,
+                               maximum=MAX_GPUS))
         except ValueError as e:
             raise TraceError(f"{path}, line {line}: {e}") from None
         team = row[at["cluster"]].strip() or None
-        jobs.append(TraceJob(len(jobs) + 1, submit, max(1.0, duration), gpus, team))
+        jobs.append(TraceJob(len(jobs) + 1, submit, max(1.0, duration), gpus, team,
+                             line=line))
     return jobs
 
 
@@ -148,8 +186,11 @@ def _read_jsonl(f, path: Path) -> list[TraceJob]:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise TraceError(f"{path}, line {line}: not JSON ({e.msg})") from None
+        except (RecursionError, ValueError):  # nested too deep; an int of too many digits
+            raise TraceError(f"{path}, line {line}: not JSON a trace can hold (nested too "
+                             "deep, or a number too long)") from None
         try:
-            job = _json_job(obj, len(jobs) + 1)
+            job = replace(_json_job(obj, len(jobs) + 1), line=line)
         except ValueError as e:
             raise TraceError(f"{path}, line {line}: {e}") from None
         if job.id in ids:
@@ -176,13 +217,15 @@ def _json_job(obj, default_id: int) -> TraceJob:
         except ValueError:
             raise ValueError(f"submit {obj['submit']!r} is neither a date nor epoch "
                              "seconds") from None
-    submit = _number(submit, "submit")
-    duration = _number(obj["duration"], "duration", 0)
-    job_id = int(_number(obj.get("id", default_id), "id", 1, integer=True))
-    gpus = int(_number(obj.get("gpus", 0), "gpus", 0, integer=True))
-    cpu = None if obj.get("cpu") is None else _number(obj["cpu"], "cpu", 0.001)
+    submit = _number(submit, "submit", MIN_EPOCH, maximum=MAX_EPOCH)
+    duration = _number(obj["duration"], "duration", 0, maximum=MAX_SECONDS)
+    job_id = int(_number(obj.get("id", default_id), "id", 1, integer=True, maximum=2**53))
+    gpus = int(_number(obj.get("gpus", 0), "gpus", 0, integer=True, maximum=MAX_GPUS))
+    cpu = (None if obj.get("cpu") is None
+           else _number(obj["cpu"], "cpu", 0.001, maximum=MAX_CPU))
     memory = (None if obj.get("memory_mb") is None
-              else int(_number(obj["memory_mb"], "memory_mb", 1, integer=True)))
+              else int(_number(obj["memory_mb"], "memory_mb", 1, integer=True,
+                               maximum=MAX_MEMORY_MB)))
     priority = obj.get("priority", "normal")
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
@@ -193,7 +236,7 @@ def _json_job(obj, default_id: int) -> TraceJob:
     if not isinstance(checkpointable, bool):
         raise ValueError(f"checkpointable must be true or false, not {checkpointable!r}")
     limit = obj.get("time_limit_s")
-    limit = None if limit is None else _number(limit, "time_limit_s", 1)
+    limit = None if limit is None else _number(limit, "time_limit_s", 1, maximum=MAX_SECONDS)
     return TraceJob(job_id, submit, max(1.0, duration), gpus, team or None,
                     PRIORITIES[priority], cpu, memory, checkpointable, limit)
 
