@@ -494,6 +494,20 @@ CASES = [
     Case("DELETE", "/v1/pipelines/{name}", "developer",
          lambda w, t, p: (f"/v1/pipelines/{_doomed_pipeline(w, t)}", {}),
          shows=lambda s: (s.body["name"], s.body["team"]) == (s.last, "red")),
+    # -- monitoring (the team filtering of what these show: tests/monitor/)
+    Case("GET", "/v1/monitor/overview", "any", lambda w, t, p: ("/v1/monitor/overview", {}),
+         shows=lambda s: len(s.body["nodes"]) == 1 and "pending" in s.body),
+    Case("GET", "/v1/monitor/usage", "any", lambda w, t, p: (
+        "/v1/monitor/usage", {"params": {"kind": "node", "subject": _node(w)}}),
+        shows=lambda s: (s.body["kind"], s.body["subject"]) == ("node", s.kwargs["params"][
+            "subject"])),
+    Case("GET", "/v1/events", "any", lambda w, t, p: ("/v1/events", {}),
+         shows=lambda s: isinstance(s.body["events"], list)),
+    Case("GET", "/v1/alerts", "any", lambda w, t, p: ("/v1/alerts", {}),
+         shows=lambda s: isinstance(s.body["rules"], list)),
+    Case("PUT", "/v1/alerts/rules", "sysadmin",
+         lambda w, t, p: ("/v1/alerts/rules", {"content": "rules: []\n"}), 403,
+         shows=lambda s: s.body["rules"] == []),
     # -- audit
     Case("GET", "/v1/audit", "sysadmin", lambda w, t, p: ("/v1/audit", {}), 403),
     Case("GET", "/v1/audit/verify", "sysadmin", lambda w, t, p: ("/v1/audit/verify", {}), 403),

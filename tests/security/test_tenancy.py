@@ -114,6 +114,9 @@ def has(text: str, name: str, **labels) -> bool:
 # -- /metrics -------------------------------------------------------------------------------
 
 
+NODE_SERIES = ("llmos_node_", "llmos_gpu_")
+
+
 def test_metrics_show_a_caller_only_its_teams_series(world):
     live, c = world
     for team in TEAMS:  # a running job, and a serving request to its deployment, per team
@@ -137,7 +140,10 @@ def test_metrics_show_a_caller_only_its_teams_series(world):
 
     for team, other in (("alpha", "beta"), ("beta", "alpha")):
         text = scrape(live, c[team].token)
-        shown = samples(text)
+        # the node and GPU series carry no team: every member sees them (as /v1/nodes)
+        public = [(n, labels) for n, labels in samples(text) if n.startswith(NODE_SERIES)]
+        shown = [(n, labels) for n, labels in samples(text) if not n.startswith(NODE_SERIES)]
+        assert public and all("team" not in labels for _, labels in public), public
         assert shown and all(labels.get("team") == team for _, labels in shown), shown
         assert f'team="{other}"' not in text and "no-such-model" not in text
         assert has(text, "llmos_jobs", team=team, state="running")
@@ -145,7 +151,8 @@ def test_metrics_show_a_caller_only_its_teams_series(world):
         assert has(text, "llmos_serving_requests_total", team=team, deployment="chat")
         assert "# HELP llmos_serving_requests" in text  # every family, even when empty
     both = scrape(live, c["both"].token)  # a member of both sees both, not the unattributed
-    assert {labels["team"] for _, labels in samples(both)} == set(TEAMS)
+    assert {labels["team"] for n, labels in samples(both)
+            if not n.startswith(NODE_SERIES)} == set(TEAMS)
     with Client(live.url, token=c["beta"].tokens.create("calls-only", scopes=["inference"])[
             "token"]) as no_read:  # no "read" scope: no series at all
         assert samples(scrape(live, no_read.token)) == []

@@ -31,9 +31,10 @@ def metrics(request: Request, who: Principal = Depends(current)) -> Response:
     queue waits, run times and outcomes, scheduling passes, preemptions; each node's and
     GPU's capacity, allocation and measured use; each team's use and artifact store (the
     families are listed in ``llmos/monitor/metrics.py``). A series with a team is shown
-    to callers who may read that team; node and GPU series to every caller; other series
-    without a team to administrators only."""
-    return Response(request.app.state.metrics.render(who.readable_teams()),
+    to callers who may read that team; node and GPU series to every caller whose token
+    may read; other series without a team to administrators only."""
+    return Response(request.app.state.metrics.render(who.readable_teams(),
+                                                     public="read" in who.scopes),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

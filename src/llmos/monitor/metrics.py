@@ -98,24 +98,26 @@ class Metrics:
         are shown to administrators only unless their family is listed in ``PUBLIC``."""
         self.registry.register(collector)
 
-    def render(self, teams: set[str] | None = None) -> bytes:
-        """The Prometheus text of the series of ``teams`` (None: every series). Families
-        stay (with their HELP and TYPE) even when none of their series is shown."""
+    def render(self, teams: set[str] | None = None, public: bool = True) -> bytes:
+        """The Prometheus text of the series of ``teams`` (None: every series), and with
+        ``public`` the node and GPU series. Families stay (with their HELP and TYPE) even
+        when none of their series is shown."""
         if teams is None:
             return generate_latest(self.registry)
-        return generate_latest(_OfTeams(self.registry, frozenset(teams)))
+        return generate_latest(_OfTeams(self.registry, frozenset(teams), public))
 
 
 class _OfTeams:
     """A registry's view holding only the samples labelled with one of ``teams``."""
 
-    def __init__(self, registry: CollectorRegistry, teams: frozenset[str]):
-        self.registry, self.teams = registry, teams
+    def __init__(self, registry: CollectorRegistry, teams: frozenset[str],
+                 public: bool = True):
+        self.registry, self.teams, self.public = registry, teams, public
 
     def collect(self):
         for family in self.registry.collect():
             shown = Metric(family.name, family.documentation, family.type, family.unit)
-            public = family.name.startswith(PUBLIC_PREFIXES)
+            public = self.public and family.name.startswith(PUBLIC_PREFIXES)
             shown.samples = [s for s in family.samples
                              if s.labels.get("team") in self.teams
                              or (public and "team" not in s.labels)]
