@@ -335,7 +335,7 @@ def test_service_of_counts_the_gpu_seconds_of_ended_attempts(tmp_path):
     from datetime import timedelta
 
     from llmos.config import Settings
-    from llmos.kernel.daemon import service_of
+    from llmos.kernel.jobs import service_of
     from llmos.kernel.jobs import JobSpec, JobState, create_job, transition
     from llmos.store.db import Database
 

@@ -37,7 +37,8 @@ from starlette.concurrency import run_in_threadpool
 from llmos.api.gate import current
 from llmos.api.schemas import ERRORS
 from llmos.errors import Forbidden, InvalidRequest, TooManyRequests, Unauthorized
-from llmos.monitor.events import KINDS, EventLog, visible_teams
+from llmos.monitor.events import EventLog, visible_teams
+from llmos.monitor.kinds import KINDS, parse_kinds
 from llmos.security.rbac import Principal
 
 router = APIRouter(tags=["monitor"])
@@ -117,13 +118,10 @@ def _log(request: Request) -> EventLog:
 
 
 def _kinds(kind: str | None) -> list[str] | None:
-    if not kind:
-        return None
-    kinds = [k.strip() for k in kind.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise InvalidRequest(f"unknown event kind {unknown[0]!r}; one of {', '.join(KINDS)}")
-    return kinds
+    try:
+        return parse_kinds(kind)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
 
 
 @router.get("/v1/events", responses={**ERRORS, 200: {"content": {

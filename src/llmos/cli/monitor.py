@@ -15,22 +15,19 @@ from rich.table import Table
 
 from llmos.cli.errors import UsageError
 from llmos.cli.render import printable
+from llmos.monitor.kinds import KINDS, parse_kinds
 from llmos.sdk.client import Client
 
-KINDS = ("job", "deployment", "model", "dataset", "node", "alert")
 alerts_app = typer.Typer(help="Alert rules and what fires: ls, load.", no_args_is_help=True)
 out = Console()
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
 def _kinds(kind: str | None) -> list[str] | None:
-    if not kind:
-        return None
-    kinds = [k.strip() for k in kind.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise UsageError(f"unknown event kind {unknown[0]!r}; one of {', '.join(KINDS)}")
-    return kinds
+    try:
+        return parse_kinds(kind)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _cell(text) -> str:

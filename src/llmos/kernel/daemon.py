@@ -19,7 +19,6 @@ loses nothing and never runs an attempt twice.
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from llmos.config import Settings
 from llmos.kernel import events
 from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan,
                                     NodeUnavailable, executor_class)
-from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, transition
+from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, service_of, transition
 from llmos.kernel.nodes import Nodes
 from llmos.kernel.resources import Allocation, NodeCapacity
 from llmos.kernel.scheduler import (
@@ -49,7 +48,7 @@ from llmos.kernel.scheduler.framework import job_named
 from llmos.kernel.scheduler.policies import policy
 from llmos.kernel.stats import KernelStats
 from llmos.store.db import Database
-from llmos.store.models import Job, JobTransition, Team, utcnow
+from llmos.store.models import Job, Team, utcnow
 
 log = logging.getLogger("llmos.daemon")
 
@@ -617,21 +616,3 @@ class Daemon:
             s.execute(update(Job), changed)
         for row in changed:
             self._reasons[row["id"]] = row["reason"]
-
-
-def service_of(session: Session, job: Job) -> tuple[float, float]:
-    """The service a job received in its ended attempts, from its stored transitions
-    (each RUNNING period up to the next transition): (GPU-seconds, or cpu-seconds without
-    GPUs, as the attained-service policies count them; seconds its last attempt ran). An
-    attempt still running counts nothing yet. A share of a GPU counts as one GPU (the
-    shared GPU's memory is not at hand here; RunningJob.service counts it so too)."""
-    times = session.execute(
-        select(JobTransition.to_state, JobTransition.at)
-        .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()
-    rate = job.gpu or (1.0 if job.gpu_share_mb else job.cpu) or 0.0
-    total = last = 0.0
-    for (state, at), (_, after) in itertools.pairwise(times):
-        if state == JobState.RUNNING.value:
-            last = max(0.0, (after - at).total_seconds())
-            total += last * rate
-    return total, last

@@ -13,11 +13,13 @@ Every change goes through :func:`transition`, which records it with its time and
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmos.config import parse_labels
@@ -226,3 +228,21 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
 def request_of(job: Job) -> Request:
     return Request(cpu=job.cpu, memory_mb=job.memory_mb, gpu=job.gpu,
                    gpu_memory_mb=job.gpu_memory_mb, gpu_share_mb=job.gpu_share_mb or 0)
+
+
+def service_of(session: Session, job: Job) -> tuple[float, float]:
+    """The service a job received in its ended attempts, from its stored transitions
+    (each RUNNING period up to the next transition): (GPU-seconds, or cpu-seconds without
+    GPUs, as the attained-service policies count them; seconds its last attempt ran). An
+    attempt still running counts nothing yet. A share of a GPU counts as one GPU (the
+    shared GPU's memory is not at hand here; RunningJob.service counts it so too)."""
+    times = session.execute(
+        select(JobTransition.to_state, JobTransition.at)
+        .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()
+    rate = job.gpu or (1.0 if job.gpu_share_mb else job.cpu) or 0.0
+    total = last = 0.0
+    for (state, at), (_, after) in itertools.pairwise(times):
+        if state == JobState.RUNNING.value:
+            last = max(0.0, (after - at).total_seconds())
+            total += last * rate
+    return total, last

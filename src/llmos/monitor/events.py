@@ -54,12 +54,11 @@ from llmos.store.models import (
     Node,
     utcnow,
 )
+from llmos.monitor.kinds import PUBLIC_KINDS
 from llmos.store.models import Job as JobRow
 
 log = logging.getLogger("llmos.monitor")
 
-KINDS = ("job", "deployment", "model", "dataset", "node", "alert")
-PUBLIC_KINDS = ("node",)  # shown to every authenticated reader
 GAP_S = 5.0  # a missing id older than this was rolled back
 KEEP_S = 30 * 86400.0  # events are kept 30 days (pruned by the alert engine's thread)
 SCAN = 1000  # ids looked at per read when checking for gaps
