@@ -129,8 +129,16 @@ class LiveDaemon:
         return self.proc.returncode if self.proc else 0
 
     def wait_job(self, job_id: int, timeout: float = 60.0, states=TERMINAL) -> dict:
-        return wait_for(lambda: (j := self.client.jobs.get(job_id))["state"] in states and j,
-                        timeout=timeout, what=f"job {job_id} to reach {states}")
+        try:
+            return wait_for(lambda: (j := self.client.jobs.get(job_id))["state"] in states and j,
+                            timeout=timeout, what=f"job {job_id} to reach {states}")
+        except AssertionError as e:  # say where the job stands and what the daemon logged
+            job = self.client.jobs.get(job_id)
+            history = [(t["to_state"], t["attempt"], t["reason"]) for t in job["transitions"]]
+            lines = self.log().splitlines()
+            raise AssertionError(f"{e}: it is {job['state']} on {job.get('node')} "
+                                 f"({job.get('reason')}), history {history}\n"
+                                 "daemon log (end):\n" + "\n".join(lines[-60:])) from None
 
     def wait_all(self, ids: list[int], timeout: float = 120.0) -> list[dict]:
         def done():

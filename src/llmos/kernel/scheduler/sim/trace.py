@@ -39,6 +39,8 @@ MAX_SECONDS = 10 * 365 * 86400.0  # a duration or time limit: at most ten years
 MAX_GPUS = 4096  # GPUs of one job
 MAX_CPU = 1_000_000.0  # cpus of one job
 MAX_MEMORY_MB = 1 << 40  # memory of one job
+MAX_FIELD = 1024  # characters of one CSV field: checked here, since csv.field_size_limit is
+#                   process-wide and other readers (data/readers.py) raise it
 MIN_EPOCH, MAX_EPOCH = -62135596800.0, 253402300799.0  # a time: years 1 to 9999 (UTC)
 
 
@@ -158,6 +160,9 @@ def _csv_rows(reader, path: Path) -> list[TraceJob]:
         if len(row) != len(header):
             raise TraceError(f"{path}, line {line}: {len(row)} fields, the header has "
                              f"{len(header)}")
+        if max(map(len, row)) > MAX_FIELD:
+            raise TraceError(f"{path}, line {line}: not CSV (field larger than {MAX_FIELD} "
+                             "characters)")
         try:
             submit = parse_time(row[at["timestamp"]])
         except ValueError:
