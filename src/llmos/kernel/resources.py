@@ -171,10 +171,14 @@ class NodeState:
     gpus_used: set[int] = field(default_factory=set)
     state: str = READY  # READY | DRAINING | LOST: only a ready node takes new work
     gpu_shared: dict[int, int] = field(default_factory=dict)  # gpu -> MB held by shares
+    # sum(core_used.values()), kept as cores are taken and released (the scheduler asks for
+    # the free cpu of thousands of nodes per pass)
+    milli_used: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         for core in self.capacity.cores:
             self.core_used.setdefault(core, 0)
+        self.milli_used = sum(self.core_used.values())
 
     @property
     def name(self) -> str:
@@ -182,7 +186,7 @@ class NodeState:
 
     @property
     def free_millicores(self) -> int:
-        return len(self.core_used) * MILLI - sum(self.core_used.values())
+        return len(self.core_used) * MILLI - self.milli_used
 
     @property
     def free_memory_mb(self) -> int:
@@ -279,6 +283,7 @@ class NodeState:
             raise ValueError(f"gpu is shared on {self.name}; it cannot be held whole")
         for core, milli in allocation.cores.items():
             self.core_used[core] += milli
+            self.milli_used += milli
         self.memory_used += allocation.memory_mb
         if share:
             for g in allocation.gpus:
@@ -288,7 +293,9 @@ class NodeState:
 
     def release(self, allocation: Allocation) -> None:
         for core, milli in allocation.cores.items():
-            self.core_used[core] = max(0, self.core_used[core] - milli)
+            before = self.core_used[core]
+            self.core_used[core] = max(0, before - milli)
+            self.milli_used -= before - self.core_used[core]
         self.memory_used = max(0, self.memory_used - allocation.memory_mb)
         if allocation.gpu_share_mb:
             for g in allocation.gpus:

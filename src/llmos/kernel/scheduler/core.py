@@ -100,10 +100,14 @@ class _Pass:
 
     def _place(self, job: PendingJob, nodes: list[NodeState]) -> Status:
         cycle = self.cycle
-        if len(nodes) == 1 or not self.scores:
+        scores = self.scores
+        if len(nodes) == 1 or not scores:
             node = nodes[0]
+        elif len(scores) == 2:  # the usual profile (bin-pack, spread): no generator per node
+            first, second = scores
+            node = max(nodes, key=lambda n: first(cycle, job, n) + second(cycle, job, n))
         else:
-            node = max(nodes, key=lambda n: sum(score(cycle, job, n) for score in self.scores))
+            node = max(nodes, key=lambda n: sum(score(cycle, job, n) for score in scores))
         for stage in self.reserves:
             status = stage.reserve(cycle, job, node)
             if not status.ok:

@@ -28,6 +28,9 @@ profiles that want it weighed against others).
 from __future__ import annotations
 
 import math
+from collections import Counter
+from functools import partial
+from operator import is_not
 
 from llmos.kernel.resources import Allocation, NodeState, Request
 from llmos.kernel.scheduler import stages
@@ -113,16 +116,23 @@ def gpu_pack_score(request: Request, node: NodeState, demand: frozenset[int],
                    free: int | None = None) -> float:
     """``free``: the node's free GPUs, when the caller knows them."""
     gpus = len(node.capacity.gpus)
+    if free is None:
+        free = len(node.free_gpus()) if gpus else 0
+    return pack_score(request, free, gpus, bool(node.gpu_shared), demand)
+
+
+def pack_score(request: Request, free: int, gpus: int, shared: bool,
+               demand: frozenset[int]) -> float:
+    """:func:`gpu_pack_score` of a node known by its free and total GPUs (and whether
+    shares hold any of its GPUs)."""
     if not gpus:
         return 0.0 if (request.gpu or request.gpu_share_mb) else GPU_PACK_WEIGHT * 0.5
-    if free is None:
-        free = len(node.free_gpus())
     if request.gpu:
         left = free - request.gpu
         bonus = 0.5 if (left == 0 or left in demand) else 0.0
         return GPU_PACK_WEIGHT * (bonus - left / gpus)
     if request.gpu_share_mb:
-        return GPU_PACK_WEIGHT * (0.5 if node.gpu_shared else 0.0) - free / gpus
+        return GPU_PACK_WEIGHT * (0.5 if shared else 0.0) - free / gpus
     return -GPU_PACK_WEIGHT * free / gpus  # a cpu-only job keeps off free GPUs
 
 
@@ -183,6 +193,10 @@ class _Index:
         self.nodes = nodes
         self.free = {n.name: len(n.free_gpus()) for n in nodes}
         self.by_id = {id(n): self.free[n.name] for n in nodes}  # the same, by identity
+        # (free GPUs, GPUs) by identity: what the packing score of a node depends on; and
+        # how many nodes have each shape
+        self.shape = {id(n): (self.free[n.name], len(n.capacity.gpus)) for n in nodes}
+        self.shapes = Counter(self.shape.values())
         self.total = sum(self.free.values())  # free GPUs over ``nodes``
         self.largest: dict[int, int] = {}
         self.version = 0
@@ -210,6 +224,10 @@ class _Index:
         now = len(node.free_gpus())
         self.total += now - self.free[node.name]
         self.free[node.name] = self.by_id[id(node)] = now
+        shape = (now, len(node.capacity.gpus))
+        self.shapes[self.shape[id(node)]] -= 1
+        self.shapes[shape] += 1
+        self.shape[id(node)] = shape
         self.version += 1
 
 
@@ -327,8 +345,11 @@ class GangFit(Fit):
                 if first is not None and id(first) in ids:
                     del cache[key]
                 continue
-            kept = [n for n in fitting if id(n) not in ids or n.fits(request)]
-            if len(kept) != len(fitting):
+            kept = fitting
+            for t in touched:  # few nodes, a long list: drop them by identity, in C
+                if not t.fits(request):
+                    kept = list(filter(partial(is_not, t), kept))
+            if kept is not fitting:
                 if kept:
                     cache[key] = (kept, status, request, None)
                 else:
@@ -364,8 +385,7 @@ class GangBackfill(Backfill):
             futures = self.keep(futures, plan)
         else:
             reservation, futures = self.reserve_one(job, nodes, cycle)
-        cycle.out.reservation, cycle.state[self].futures = reservation, futures
-        cycle.state[self].head_team = job.team
+        self.hold(cycle, reservation, futures, job.team)
         return False
 
     @staticmethod
@@ -401,14 +421,43 @@ class GpuBestFit(Stage):
         if demand is None:
             demand = cycle.state[self] = gpu_demand(cycle.pending)
         index = cycle.state.get(GPU_INDEX)
-        if index is not None:
-            by_id = index.by_id
-            scores = [gpu_pack_score(r, n, demand, by_id.get(id(n))) for n in nodes]
-        else:
-            scores = [gpu_pack_score(r, n, demand) for n in nodes]
+        if index is not None and not r.gpu_share_mb:
+            best = _best_shapes(r, nodes, index, demand)
+            if best:
+                return best, OK
+        scores = [gpu_pack_score(r, n, demand) for n in nodes]
         top = max(scores)
         best = [n for n, s in zip(nodes, scores) if s >= top]
         return best[:SCORED_NODES], OK
+
+
+def _best_shapes(request: Request, nodes: Nodes, index: _Index,
+                 demand: frozenset[int]) -> Nodes:
+    """:class:`GpuBestFit`'s answer without scoring every node (it runs for every job
+    placed): a node's score depends on its shape (free GPUs, GPUs) alone, so the shapes
+    the pass's nodes have are scored and tried best first, each by a walk of ``nodes`` that
+    stops at SCORED_NODES of that shape; the first shape found among ``nodes`` is the
+    best one there. Empty when none is (the caller then scores every node)."""
+    want = request.gpu
+    scored = sorted(((pack_score(request, free, gpus, False, demand), (free, gpus))
+                     for (free, gpus), count in index.shapes.items()
+                     if count and free >= want), reverse=True)
+    shape_of = index.shape
+    i = 0
+    while i < len(scored):
+        top, good = scored[i][0], set()
+        while i < len(scored) and scored[i][0] >= top:
+            good.add(scored[i][1])
+            i += 1
+        best = []
+        for n in nodes:
+            if shape_of.get(id(n)) in good:
+                best.append(n)
+                if len(best) == SCORED_NODES:
+                    break
+        if best:
+            return best
+    return []
 
 
 class GpuPack(Stage):

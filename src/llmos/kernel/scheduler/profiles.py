@@ -33,6 +33,8 @@ permit; a trace simulator: the same profile driven by recorded jobs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
+from operator import is_not
 
 from llmos.kernel.resources import READY, Allocation, NodeState, too_large_reason
 from llmos.kernel.scheduler import stages
@@ -64,6 +66,9 @@ class Dependencies(Stage):
     """Pre-filter: a job waits for the jobs it depends on."""
 
     name = "dependencies"
+
+    def begin(self, cycle: Cycle) -> bool:  # idle when no pending job depends on another
+        return any(j.waiting_for for j in cycle.pending)
 
     def pre_filter(self, cycle: Cycle, job: PendingJob) -> Status:
         return stages.dependencies(job) if job.waiting_for else OK
@@ -117,7 +122,9 @@ class NodeSelector(Stage):
 
     def begin(self, cycle: Cycle) -> bool:
         cycle.state[self] = {}  # selector -> (nodes, status)
-        return True
+        # idle when every job may use every node
+        return not (cycle.nodes and all(n.state == READY for n in cycle.nodes)
+                    and not any(j.selector for j in cycle.pending))
 
     def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
         if nodes is not cycle.nodes:  # listed after a filter that narrowed them: no reuse
@@ -171,6 +178,9 @@ class AntiAffinity(_GroupCount):
 
     name = "anti-affinity"
 
+    def begin(self, cycle: Cycle) -> bool:  # idle when no pending job keeps apart
+        return super().begin(cycle) and any(j.anti_affinity and j.group for j in cycle.pending)
+
     def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
         if not (job.anti_affinity and job.group):
             return nodes, OK
@@ -187,6 +197,9 @@ class Spread(_GroupCount):
     (strong enough to outweigh bin-pack, which then breaks ties)."""
 
     name = "spread"
+
+    def begin(self, cycle: Cycle) -> bool:  # idle when no pending job spreads
+        return super().begin(cycle) and any(j.spread and j.group for j in cycle.pending)
 
     def score(self, cycle: Cycle, job: PendingJob, node: NodeState) -> float:
         if not (job.spread and job.group):
@@ -261,6 +274,15 @@ class _Backfill:
     futures: dict[str, NodeState] = field(default_factory=dict)  # nodes at the reservation
     claims: dict[int, tuple[str, Allocation]] = field(default_factory=dict)
     head_team: str | None = None  # the team of the job holding the reservation
+    by_name: dict[str, NodeState] | None = None  # the pass's nodes by name, when needed
+    # the filter's answers while the futures stay as they are: request -> (nodes, kept);
+    # and its WAIT, by whether the job is of the head's team
+    answers: dict = field(default_factory=dict)
+    waits: dict[bool, Status] = field(default_factory=dict)
+
+    def changed(self) -> None:
+        self.answers.clear()
+        self.waits.clear()
 
 
 class Backfill(Stage):
@@ -280,31 +302,76 @@ class Backfill(Stage):
         reservation = cycle.out.reservation
         if reservation is None:
             return nodes, OK
+        # It may jump ahead if it ends before the reservation starts, or where it also fits
+        # in what the reservation leaves free (a node without a future is one the reserved
+        # job may not use: nothing there can delay it).
         futures = cycle.state[self].futures
-        kept = [n for n in nodes
-                if stages.backfill_allowed(job, n, cycle.now, reservation, futures)]
+        if not futures or self.ends_in_time(cycle, job, reservation):
+            return nodes, OK  # nothing guarded, or it ends before the reservation anyway
+        state: _Backfill = cycle.state[self]
+        request = job.request
+        known = state.answers.get(request)  # the same request over the same nodes: as then
+        if known is not None and known[0] is nodes:
+            kept = known[1]
+        else:
+            kept = self._allowed(state, request, nodes, cycle.nodes)
+            state.answers[request] = (nodes, kept)  # (holding ``nodes``: its id stays its)
         if kept:
             return kept, OK
-        head = job_named(reservation.job_id, cycle.state[self].head_team, job.team)
-        return kept, Status.wait(f"waiting for {head}, which holds the reservation")
+        same = state.head_team == job.team
+        status = state.waits.get(same)
+        if status is None:
+            head = job_named(reservation.job_id, state.head_team, job.team)
+            status = state.waits[same] = Status.wait(
+                f"waiting for {head}, which holds the reservation")
+        return kept, status
+
+    @staticmethod
+    def ends_in_time(cycle: Cycle, job: PendingJob, reservation) -> bool:
+        """Whether ``job`` ends (by its timeout) before the reservation's moment."""
+        return stages.ends_before(job, cycle.now, reservation)
+
+    @staticmethod
+    def _allowed(state: _Backfill, request, nodes: Nodes, every: Nodes) -> Nodes:
+        """Those of ``nodes`` where ``request`` fits beside the reservation (``nodes``
+        itself when all of them)."""
+        futures = state.futures
+        if len(futures) >= len(nodes):
+            return [n for n in nodes
+                    if (f := futures.get(n.capacity.name)) is None or f.fits(request)]
+        # few nodes guarded (a reservation on one node): drop those, by identity, in C
+        blocked = [name for name, f in futures.items() if not f.fits(request)]
+        if state.by_name is None and blocked:
+            state.by_name = {n.capacity.name: n for n in every}
+        kept = nodes
+        for name in blocked:
+            kept = list(filter(partial(is_not, state.by_name.get(name)), kept))
+        return nodes if len(kept) == len(nodes) else kept
+
+    def hold(self, cycle: Cycle, reservation, futures: dict[str, NodeState],
+             head_team: str | None) -> None:
+        """The pass's reservation, with the node states at its moment."""
+        state: _Backfill = cycle.state[self]
+        cycle.out.reservation, state.futures, state.head_team = reservation, futures, head_team
+        state.changed()
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
         if cycle.out.reservation is None:
             nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
             if not nodes:  # no node it may use at all: the next blocked job gets it
                 return True
-            cycle.out.reservation, cycle.state[self].futures = stages.reserve(
-                job, nodes, cycle.running)
-            cycle.state[self].head_team = job.team
+            self.hold(cycle, *stages.reserve(job, nodes, cycle.running), job.team)
         return False  # one reservation per pass
 
     def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
         reservation = cycle.out.reservation
         if reservation is not None:
             state: _Backfill = cycle.state[self]
-            room = stages.claim_future_room(job, node, cycle.now, reservation, state.futures)
+            room = (None if self.ends_in_time(cycle, job, reservation)
+                    else stages.claim_future_room(job, node, state.futures))
             if room is not None:
                 state.claims[job.id] = (node.name, room)
+                state.changed()
         return OK
 
     def unreserve(self, cycle: Cycle, job: PendingJob) -> None:
@@ -312,6 +379,7 @@ class Backfill(Stage):
         claim = state.claims.pop(job.id, None)
         if claim is not None:
             state.futures[claim[0]].release(claim[1])
+            state.changed()
 
 
 class Preemption(Stage):

@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import replace
 from operator import attrgetter
 
 from llmos.kernel.resources import MILLI, Allocation, NodeState
@@ -258,11 +256,18 @@ def choose_victims(
     best: tuple[int, str, list[int]] | None = None
     want = job.request.gpu
     for name, here in on_node.items():
-        if want and len(names[name].free_gpus()) + sum(r.gpus for r in here) < want:
-            continue  # not enough GPUs here even if all of them yielded
+        here = sorted(here, key=key)
+        if want:  # counted in GPUs first (cheap): at least this many must yield here
+            have, least = len(names[name].free_gpus()), 0
+            for r in here:
+                if have >= want:
+                    break
+                have, least = have + r.gpus, least + 1
+            if have < want or (best is not None and least >= best[0]):
+                continue  # not enough GPUs here, or no fewer victims than the best
         future = stages.copy_node(names[name])
         victims: list[int] = []
-        for r in sorted(here, key=key):
+        for r in here:
             if future.fits(job.request):
                 break
             for a in r.allocations:
@@ -437,10 +442,15 @@ class LasPreemption(Stage):
         def rank(r: RunningJob) -> tuple[int, int]:
             return -r.priority, las_class(r.service(now))
 
-        candidates = [r for r in cycle.running if r.checkpointable and rank(r) > mine
-                      and (r.priority < job.priority or now - r.started_at >= cfg.aging_s)]
-        plans = choose_victims(job, nodes, candidates,
-                               key=lambda r: (tuple(-x for x in rank(r)), -r.started_at),
+        ranks, candidates = {}, []  # (each rank worked out once: thousands may run)
+        for r in cycle.running:
+            if r.checkpointable and (r.priority < job.priority
+                                     or now - r.started_at >= cfg.aging_s):
+                theirs = rank(r)
+                if theirs > mine:
+                    ranks[r.id] = (-theirs[0], -theirs[1], -r.started_at)
+                    candidates.append(r)
+        plans = choose_victims(job, nodes, candidates, key=lambda r: ranks[r.id],
                                multi=cfg.multi_node)
         cycle.out.preemptions.extend(plans or ())
         return False
@@ -458,13 +468,10 @@ class LeastBlockingBackfill(GangBackfill):
 
     name = "least-blocking-backfill"
 
-    def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
-        with _known_moment(cycle):
-            return super().filter(cycle, job, nodes)
-
-    def reserve(self, cycle: Cycle, job: PendingJob, node: NodeState) -> Status:
-        with _known_moment(cycle):
-            return super().reserve(cycle, job, node)
+    @staticmethod
+    def ends_in_time(cycle: Cycle, job: PendingJob, reservation) -> bool:
+        """At an unknown moment (infinity), no job ends before it."""
+        return reservation.at != math.inf and stages.ends_before(job, cycle.now, reservation)
 
     @staticmethod
     def reserve_one(job: PendingJob, nodes: Nodes, cycle: Cycle):
@@ -474,21 +481,6 @@ class LeastBlockingBackfill(GangBackfill):
     def keep(futures: dict[str, NodeState], plan) -> dict[str, NodeState]:
         names = {node.name for node, _ in plan or ()}
         return {n: f for n, f in futures.items() if n in names}
-
-
-@contextmanager
-def _known_moment(cycle: Cycle):
-    """While inside: a reservation at an unknown moment (infinity) reads as -infinity, so
-    that no job "ends before" it (stages.ends_before); put back on the way out."""
-    res = cycle.out.reservation
-    if res is None or res.at != math.inf:
-        yield
-        return
-    cycle.out.reservation = replace(res, at=-math.inf)
-    try:
-        yield
-    finally:
-        cycle.out.reservation = res
 
 
 def reserve_least_blocking(job: PendingJob, nodes: Nodes, running: list[RunningJob],

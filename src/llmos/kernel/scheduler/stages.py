@@ -247,31 +247,13 @@ def ends_before(job: PendingJob, now: float, reservation: Reservation) -> bool:
     return job.timeout_s is not None and now + job.timeout_s <= reservation.at
 
 
-def backfill_allowed(
-    job: PendingJob, node: NodeState, now: float, reservation: Reservation,
-    futures: dict[str, NodeState],
-) -> bool:
-    """A job may jump ahead of the reserved one if it ends before the reservation starts,
-    or if it also fits in what the reservation leaves free on that node. A node without a
-    future is one the reserved job may not use (not ready, without its labels): nothing
-    there can delay it."""
-    if ends_before(job, now, reservation):
-        return True
-    future = futures.get(node.name)
-    return future is None or future.fits(job.request)
-
-
-def claim_future_room(
-    job: PendingJob, node: NodeState, now: float, reservation: Reservation,
-    futures: dict[str, NodeState],
-) -> Allocation | None:
+def claim_future_room(job: PendingJob, node: NodeState,
+                      futures: dict[str, NodeState]) -> Allocation | None:
     """A backfilled job that may outlive the reservation keeps its room at that moment
-    (the room it took, for an unreserve to give back; None when it ends in time, or runs
-    on a node the reserved job may not use)."""
+    (the room it took, for an unreserve to give back; None when it runs on a node the
+    reserved job may not use)."""
     future = futures.get(node.name)
-    if future is not None and not ends_before(job, now, reservation):
-        return future.allocate(job.request)
-    return None
+    return future.allocate(job.request) if future is not None else None
 
 
 # --- preemption ----------------------------------------------------------------------------
@@ -322,5 +304,6 @@ def copy_node(node: NodeState) -> NodeState:
     copy = object.__new__(NodeState)  # its fields as they are: no __post_init__ to redo
     copy.__dict__.update(capacity=node.capacity, core_used=dict(node.core_used),
                          memory_used=node.memory_used, gpus_used=set(node.gpus_used),
-                         state=node.state, gpu_shared=dict(node.gpu_shared))
+                         state=node.state, gpu_shared=dict(node.gpu_shared),
+                         milli_used=node.milli_used)
     return copy
