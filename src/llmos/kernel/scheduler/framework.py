@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from llmos.kernel.resources import Allocation, NodeState, Request
@@ -120,11 +121,15 @@ class RunningJob:
         """Whole GPUs held over all its nodes."""
         return self.allocation.whole_gpus + sum(a.whole_gpus for a in self.extra)
 
+    @cached_property
+    def rate(self) -> float:
+        """Service per second of what it holds (:func:`service_rate`), worked out once."""
+        return service_rate(self.allocations, self.gpu_memory_mb)
+
     def service(self, now: float) -> float:
         """Attained service by ``now``: earlier attempts plus this one, in GPU-seconds
         (cpu-seconds without GPUs), as :attr:`PendingJob.attained_s` counts it."""
-        rate = service_rate(self.allocations, self.gpu_memory_mb)
-        return self.attained_s + max(0.0, now - self.started_at) * rate
+        return self.attained_s + max(0.0, now - self.started_at) * self.rate
 
 
 def service_rate(allocations, gpu_memory_mb: int = 0) -> float:

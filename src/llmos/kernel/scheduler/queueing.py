@@ -381,20 +381,26 @@ class LasAging(Stage):
         gpu_t = gpu_t or math.inf
         acc: dict = {}
         keyed = []
-        for n, j in enumerate(fifo):
-            waited, a = now - j.queued_at, j.attained_s
+        for n, j in enumerate(fifo):  # (comparisons, not min/max calls: this is hot)
+            a, p, waited = j.attained_s, j.priority, now - j.queued_at
             cls = 0 if a < t0 else 1 if a < t1 else 2 if a < t2 else 3
             if waited >= aging:
                 cls -= 1 + int(log10(waited / aging))
-                rank = (top - min(j.priority + 1, top)) * 8 + max(0, cls)
-            else:
-                rank = (top - j.priority) * 8 + cls
+                if cls < 0:
+                    cls = 0
+                p = p + 1 if p < top else top
+            rank = (top - p) * 8 + cls
             slot = (rank, j.team)
             start = acc.get(slot)
             if start is None:
                 start = shares.get(j.team, 0.0)
             r = j.request
-            acc[slot] = start + max(r.cpu / cpu_t, r.memory_mb / mem_t, r.gpu / gpu_t)
+            share, mem, gpu = r.cpu / cpu_t, r.memory_mb / mem_t, r.gpu / gpu_t
+            if mem > share:
+                share = mem
+            if gpu > share:
+                share = gpu
+            acc[slot] = start + share
             keyed.append((rank, start, n))
         keyed.sort()
         return [fifo[k[2]] for k in keyed]
