@@ -328,6 +328,19 @@ def test_llmos_backfill_reserves_one_node_and_others_stay_usable():
     assert bound(out) == {2: "b"}  # not on the reserved node: it would delay job 1
 
 
+def test_room_claimed_beside_the_reservation_is_not_given_twice():
+    """Two equal jobs may outlive the reservation: the first takes the room the reserved
+    job leaves free on its node; the second, asking the same, finds that room gone."""
+    a, b = gpu_node("a"), gpu_node("b")
+    running = [hold(90, a, 4, timeout_s=100.0), hold(91, b, 8)]
+    pending = [job(1, gpus=6, queued=NOW - 10), job(2, gpus=2, queued=NOW - 5),
+               job(3, gpus=2, queued=NOW - 4)]
+    out = schedule(pending, [a, b], running, NOW, profile=policy("llmos"))
+    assert out.reservation.node == "a"
+    assert bound(out) == {2: "a"}
+    assert out.reasons[3] == "waiting for job 1, which holds the reservation"
+
+
 # --- the daemon's attained service, from the stored transitions --------------------------------
 
 
