@@ -341,6 +341,25 @@ def test_room_claimed_beside_the_reservation_is_not_given_twice():
     assert out.reasons[3] == "waiting for job 1, which holds the reservation"
 
 
+def test_yielding_a_gpu_share_frees_its_gpu_for_a_preemption():
+    """A share's victim frees the GPU it shares: one victim on node a beats two on b."""
+    def node(name: str, cores: int) -> NodeState:
+        return NodeState(NodeCapacity(name, tuple(range(cores)), 64 * GB,
+                                      tuple(GPU(i, "a100", 40 * GB) for i in range(2))))
+
+    b, a = node("b", 2), node("a", 4)
+    one = Request(cpu=1, memory_mb=GB, gpu=1)
+    running = [RunningJob(1, b.allocate(one), LOW, NOW - 10, checkpointable=True),
+               RunningJob(2, b.allocate(one), LOW, NOW - 10, checkpointable=True),
+               RunningJob(3, a.allocate(Request(cpu=1, memory_mb=GB, gpu_share_mb=1000)),
+                          LOW, NOW - 10, checkpointable=True, attained_s=1e6,
+                          gpu_memory_mb=40 * GB),
+               RunningJob(4, a.allocate(one), LOW, NOW - 10, checkpointable=True)]
+    pending = [PendingJob(10, Request(cpu=2, memory_mb=GB, gpu=1), HIGH, NOW)]
+    out = schedule(pending, [b, a], running, NOW, profile=policy("llmos"))
+    assert [(p.node, p.victims) for p in out.preemptions] == [("a", (3,))]
+
+
 # --- the daemon's attained service, from the stored transitions --------------------------------
 
 

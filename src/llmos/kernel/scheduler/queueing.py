@@ -160,9 +160,13 @@ class TiresiasQueues(Stage):
         if state["free"] is None:  # free GPUs per node at the start of the pass
             state["free"] = {n.name: len(n.free_gpus()) for n in cycle.nodes}
             state["largest"] = {}
-        largest = state["largest"].get(id(nodes))
+        # remembered by the list's id only for the pass's shared list: a list made for one
+        # job dies with its turn, and a later list may get the same id
+        largest = state["largest"].get(id(nodes)) if nodes is state["nodes"] else None
         if largest is None:
-            largest = state["largest"][id(nodes)] = gang.largest_node_gpus(nodes)
+            largest = gang.largest_node_gpus(nodes)
+            if nodes is state["nodes"]:
+                state["largest"][id(nodes)] = largest
         if cycle.config.multi_node and 1 < job.request.gpu > largest:
             candidates = [r for r in pool.values() if queue[r.id] > mine]
             plans = _victims_over_nodes(job, nodes, candidates, key,
@@ -258,11 +262,13 @@ def choose_victims(
     for name, here in on_node.items():
         here = sorted(here, key=key)
         if want:  # counted in GPUs first (cheap): at least this many must yield here
+            # each victim frees at most the GPUs it holds here, whole or by a share
             have, least = len(names[name].free_gpus()), 0
             for r in here:
                 if have >= want:
                     break
-                have, least = have + r.gpus, least + 1
+                have += sum(len(a.gpus) for a in r.allocations if a.node == name)
+                least += 1
             if have < want or (best is not None and least >= best[0]):
                 continue  # not enough GPUs here, or no fewer victims than the best
         future = stages.copy_node(names[name])
