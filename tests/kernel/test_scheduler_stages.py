@@ -102,6 +102,19 @@ def test_release_gives_everything_back():
     assert n.free_millicores == 2000 and n.free_memory_mb == 8000
 
 
+def test_releasing_a_job_from_a_node_that_shrank_under_it_frees_what_is_left():
+    """A node re-counted smaller (as Ray reports a dead node: no cores) while a job held
+    cores it no longer has: ending that job must not fail the daemon's loop."""
+    before = node(cores=4)
+    alloc = before.allocate(Request(cpu=3, memory_mb=700))
+    after = node(cores=1)
+    after.release(alloc)  # core 0 is still there: it had nothing taken, nothing goes below 0
+    assert after.free_millicores == 1000 and after.free_memory_mb == 8000
+    shrunk = node(cores=0)
+    shrunk.release(alloc)
+    assert shrunk.free_millicores == 0
+
+
 def test_gpus_are_whole_and_filtered_by_memory():
     n = node(gpus=[GPU(0, "small", 8000), GPU(1, "big", 80000)])
     alloc = n.allocate(Request(cpu=1, memory_mb=10, gpu=1, gpu_memory_mb=40000))

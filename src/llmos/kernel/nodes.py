@@ -98,7 +98,10 @@ class Nodes:
             seen.add(info.name)
             state = DRAINING if info.state == READY and info.name in drains else info.state
             node = self.states.get(info.name)
-            if node is None or _shape(node.capacity) != _shape(info.capacity):
+            # A dead node's reported resources mean nothing (Ray reports none): it keeps
+            # its last known capacity and the accounts of the jobs that were running there,
+            # which end as lost below.
+            if node is None or (state != LOST and _shape(node.capacity) != _shape(info.capacity)):
                 node = self._account(info.capacity, node)
                 changed = True
             if node.state != state:

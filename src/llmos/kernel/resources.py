@@ -293,7 +293,9 @@ class NodeState:
 
     def release(self, allocation: Allocation) -> None:
         for core, milli in allocation.cores.items():
-            before = self.core_used[core]
+            before = self.core_used.get(core)
+            if before is None:  # a core this node no longer has (it shrank under the job)
+                continue
             self.core_used[core] = max(0, before - milli)
             self.milli_used -= before - self.core_used[core]
         self.memory_used = max(0, self.memory_used - allocation.memory_mb)
