@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmos.kernel.resources import GPU, NodeCapacity
+from llmos.kernel.scheduler.sim.trace import shown
 
 GROUP_FIELDS = ("name", "count", "gpus", "cpus", "memory_gb", "gpu_memory_gb", "labels")
 MAX_NODES = 100_000  # nodes in the whole cluster
@@ -123,7 +124,7 @@ def _group(data, where: str) -> NodeGroup:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not minimum <= value <= maximum:  # NaN compares False: refused too
             raise ClusterError(f"{where}: {key} must be a number from {minimum:g} to "
-                               f"{maximum:,}, not {_shown(value)}")
+                               f"{maximum:,}, not {shown(value)}")
         if key in ("count", "gpus", "cpus") and value != int(value):
             raise ClusterError(f"{where}: {key} must be a whole number, not {value!r}")
         values[key] = int(value) if key in ("count", "gpus", "cpus") else float(value)
@@ -131,12 +132,3 @@ def _group(data, where: str) -> NodeGroup:
     if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
         raise ClusterError(f"{where}: labels must be a mapping of names to values")
     return NodeGroup(name, labels={k: str(v) for k, v in labels.items()}, **values)
-
-
-def _shown(value) -> str:
-    """A value as a message shows it: its repr, cut to 40 characters."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        return "a number too large"
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -110,22 +110,22 @@ def _number(value, what: str, minimum: float | None = None, integer: bool = Fals
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, not {_short(value)}") from None
+        raise ValueError(f"{what} must be a number, not {shown(value)}") from None
     except OverflowError:  # an int beyond any float
-        raise ValueError(f"{what} is too large: {_short(value)}") from None
+        raise ValueError(f"{what} is too large: {shown(value)}") from None
     if not math.isfinite(number):
-        raise ValueError(f"{what} must be finite, not {_short(value)}")
+        raise ValueError(f"{what} must be finite, not {shown(value)}")
     if minimum is not None and number < minimum:
-        raise ValueError(f"{what} must be at least {minimum:g}, not {_short(value)}")
+        raise ValueError(f"{what} must be at least {minimum:g}, not {shown(value)}")
     if maximum is not None and number > maximum:
         cap = "ten years" if maximum == MAX_SECONDS else f"{maximum:,.0f}"
-        raise ValueError(f"{what} must be at most {cap}, not {_short(value)}")
+        raise ValueError(f"{what} must be at most {cap}, not {shown(value)}")
     if integer and number != int(number):
         raise ValueError(f"{what} must be a whole number, not {value!r}")
     return number
 
 
-def _short(value) -> str:
+def shown(value) -> str:
     """A value as a message shows it: its repr, cut to 40 characters."""
     try:
         text = repr(value)
