@@ -18,12 +18,11 @@ loses nothing and never runs an attempt twice.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 from sqlalchemy import func, select, update
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from llmos.config import Settings
 from llmos.kernel import events
+from llmos.kernel.attempts import Stop, StopIntent, StopStage, Tracked
 from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan,
                                     NodeUnavailable, executor_class)
 from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, service_of, transition
@@ -54,43 +54,6 @@ log = logging.getLogger("llmos.daemon")
 
 MEMORY_CHECK_S = 0.5
 RESCHEDULE_S = 5.0  # a pass even when nothing changed: aging moves jobs up over time
-
-
-class StopIntent(enum.Enum):
-    """Why the daemon stops an attempt, which decides the job's state afterwards."""
-
-    CANCEL = "cancel"  # CANCELLED
-    TIMEOUT = "timeout"  # FAILED (or retried) with the timeout as the reason
-    MEMORY = "memory"  # FAILED (or retried) for going over its memory limit
-    PREEMPT = "preempt"  # PREEMPTED, then PENDING again (resumes from its checkpoint)
-    SHUTDOWN = "shutdown"  # PENDING again: the daemon is stopping
-
-
-class StopStage(enum.Enum):
-    """How far a stop has escalated: yield -> SIGTERM -> SIGKILL."""
-
-    ASKED_TO_YIELD = 0
-    TERMINATED = 1  # SIGTERM sent to its process group
-    KILLED = 2  # SIGKILL sent to its process group
-
-
-@dataclass
-class Stop:
-    """Why the daemon is stopping an attempt, and when it escalates next."""
-
-    intent: StopIntent
-    reason: str
-    stage: StopStage
-    next_at: float
-
-
-@dataclass
-class Tracked:
-    job: RunningJob
-    handle: Handle
-    executor: str
-    stop: Stop | None = None
-    memory_check_at: float = 0.0
 
 
 class Daemon:
