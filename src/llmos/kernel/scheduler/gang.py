@@ -348,7 +348,9 @@ class GangFit(Fit):
             kept = fitting
             for t in touched:  # few nodes, a long list: drop them by identity, in C
                 if not t.fits(request):
-                    kept = list(filter(partial(is_not, t), kept))
+                    dropped = list(filter(partial(is_not, t), kept))
+                    if len(dropped) != len(kept):  # (else the same list: known by identity)
+                        kept = dropped
             if kept is not fitting:
                 if kept:
                     cache[key] = (kept, status, request, None)
