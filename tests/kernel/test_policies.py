@@ -11,6 +11,7 @@ import pytest
 
 from llmos.kernel.resources import GPU, Allocation, NodeCapacity, NodeState, Request
 from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler.history import MIN_JOBS, ServiceHistory
 from llmos.kernel.scheduler.policies import POLICIES, policy
 
 NOW = 100_000.0
@@ -305,6 +306,61 @@ def test_llmos_preempts_within_a_class_only_for_less_attained_service_after_a_qu
     out = schedule([job(1, queued=NOW - 50_000)], [n], [running], NOW, config,
                    profile=policy("llmos-easy"))
     assert out.preemptions == []
+
+
+def history_of(team: str, services) -> ServiceHistory:
+    history = ServiceHistory()
+    for service in services:
+        history.add(team, service)
+    return history
+
+
+def test_the_history_estimates_remaining_service_from_a_teams_finished_jobs():
+    history = history_of("sweep", [2000.0] * 30)
+    assert history.remaining("sweep", 0.0) == 2000.0
+    assert history.remaining("sweep", 1200.0) == 800.0
+    assert history.remaining("sweep", 5000.0) == 5000.0  # past them all: as much again
+    # a team with too few finished jobs has no estimate (plain LAS): none is borrowed
+    # from another team, whose jobs cannot change it
+    assert history.remaining("other-team", 0.0) is None
+    assert history_of("t", [10.0] * (MIN_JOBS - 1)).remaining("t", 0.0) is None
+    # heavy tail: most jobs end at once, a few run long; a job that ran long expects more
+    tail = history_of("t", [100.0] * 25 + [1e6] * 5)
+    assert tail.remaining("t", 5000.0) == 1e6 - 5000.0
+    # only the last KEEP are remembered (the oldest go first)
+    recent = ServiceHistory(keep=30)
+    for service in [1e6] * 30 + [100.0] * 30:
+        recent.add("t", service)
+    assert recent.remaining("t", 0.0) == 100.0 and recent.jobs("t") == 30
+
+
+def test_llmos_spares_a_half_done_job_of_a_team_whose_jobs_are_all_alike():
+    """A team's sweep of equal jobs: least attained service would preempt a job half done
+    for a fresh one that needs twice as much (losing the victim's work since its last
+    checkpoint); with the team's history the half-done job is the nearer to its end, so it
+    keeps running, and once preempted it comes back before fresh jobs."""
+    config, llmos = SchedulerConfig(aging_s=600), policy("llmos")
+    sweep = history_of("a", [2000.0] * 30)
+    for history, expected in ((None, [(10,)]), (sweep, [])):
+        n = gpu_node(gpus=1)
+        half_done = hold(10, n, 1, started=NOW - 1200, checkpointable=True, team="a")
+        out = schedule([job(1, team="a")], [n], [half_done], NOW, config, llmos, history)
+        assert [p.victims for p in out.preemptions] == expected
+    fresh = job(1, team="a", queued=NOW - 100)
+    resumed = job(2, team="a", queued=NOW - 10, attained_s=1200.0)
+    assert bound(schedule([fresh, resumed], [gpu_node(gpus=1)], [], NOW, config, llmos)) \
+        == {1: "n1"}  # least attained first, without a history
+    assert bound(schedule([fresh, resumed], [gpu_node(gpus=1)], [], NOW, config, llmos,
+                          sweep)) == {2: "n1"}
+
+
+def test_llmos_still_preempts_a_long_runner_where_the_teams_jobs_are_heavy_tailed():
+    config, llmos = SchedulerConfig(aging_s=600), policy("llmos")
+    history = history_of("a", [100.0] * 25 + [50_000.0] * 5)
+    n = gpu_node(gpus=1)
+    runner = hold(10, n, 1, started=NOW - 5000, checkpointable=True, team="a")
+    out = schedule([job(1, team="a")], [n], [runner], NOW, config, llmos, history)
+    assert [p.victims for p in out.preemptions] == [(10,)]
 
 
 def test_a_gpu_share_accrues_service_as_its_fraction_of_the_gpu():

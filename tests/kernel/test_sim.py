@@ -171,6 +171,25 @@ def test_two_equal_jobs_on_one_node_both_finish_with_few_preemptions(policy):
         assert max(j.end for j in done.values()) < 25_000
 
 
+def test_llmos_learns_a_teams_sweep_and_stops_preempting_its_half_done_jobs():
+    """A team's jobs all run 2,000 s. Two of them 1,100 s apart on one GPU: on a fresh
+    cluster llmos goes by attained service and preempts the first for the second, losing
+    its 1,100 s (no checkpoint yet); once 20 of the team's jobs have ended it knows the
+    first is 900 s from its end, the second 2,000 s, and lets the first finish."""
+    pair = [job(1, 0, 2000, team="a"), job(2, 1100, 2000, team="a")]
+    fresh = run("llmos", pair, tick_s=300.0)
+    assert fresh[1].preemptions == 1 and fresh[1].lost >= 1100
+    before = [job(100 + i, i * 2100.0, 2000, team="a") for i in range(20)]
+    later = [job(j.id, j.submit + 20 * 2100.0, 2000, team="a") for j in pair]
+    learnt = run("llmos", before + later, tick_s=300.0)
+    assert learnt[1].preemptions == 0 and learnt[2].preemptions == 0
+    def total_jct(done: dict) -> float:
+        return sum(done[i].end - done[i].trace.submit for i in (1, 2))
+
+    assert total_jct(fresh) == 5100 + 2000  # the first resumes from scratch at 3,100 s
+    assert total_jct(learnt) == 2000 + 2900
+
+
 def test_a_livelocked_policy_stops_with_a_clear_error_instead_of_hanging(monkeypatch):
     from dataclasses import replace
 
@@ -516,4 +535,52 @@ def daemon_decisions(tmp_path, policy: str):
             return ids, [(j, job.node, tuple(job.allocation["gpus"])) for j, job in order]
     finally:
         system.db.close()
+        extensions.executors.unregister("sim-test")
+
+
+def test_the_daemon_learns_what_ended_jobs_received_and_remembers_it_at_restart(tmp_path):
+    """The history llmos' policy estimates remaining service from: each ended job's
+    service goes in as it ends (one per job, whatever its attempts), and a restarted
+    daemon reads the latest back from the store."""
+    from llmos import extensions
+    from llmos.config import Settings
+    from llmos.kernel.jobs import JobSpec, ResourceSpec
+    from llmos.kernel.scheduler.sim.executor import executor_for
+    from llmos.security.identity import ADMIN_USER
+    from llmos.security.rbac import SYSTEM, Principal
+    from llmos.store.models import User
+    from llmos.system import System
+
+    extensions.executors.register("sim-test", executor_for(CAPS), replace=True)
+    settings = Settings(home=tmp_path / "home", executor="sim-test", tick_s=3600,
+                        require_isolation="off")
+    try:
+        system = System(settings)
+        try:
+            daemon = system.daemon
+            daemon.nodes.sync(time.time(), force=True)
+            system.identity.create_team(SYSTEM, "a")
+            with system.db.session() as s:
+                admin_id = s.query(User).filter(User.name == ADMIN_USER).one().id
+            admin = Principal(name=ADMIN_USER, user_id=admin_id, is_admin=True)
+            jobs = system.jobs.submit_many(admin, [
+                JobSpec(program="noop", team="a", resources=ResourceSpec(cpu=1, gpu=1))] * 3)
+            with daemon.lock:
+                daemon.step()
+            for j in jobs:
+                daemon.executor("sim-test").finish(j.id)
+            with daemon.lock:
+                daemon.step()
+            assert daemon.history.jobs("a") == 3
+        finally:
+            system.db.close()
+        again = System(settings)
+        try:
+            assert again.daemon.history.jobs("a") == 0
+            again.daemon.start()
+            again.daemon.shutdown()
+            assert again.daemon.history.jobs("a") == 3
+        finally:
+            again.db.close()
+    finally:
         extensions.executors.unregister("sim-test")

@@ -33,7 +33,8 @@ from llmos.kernel import events
 from llmos.kernel.attempts import Stop, StopIntent, StopStage, Tracked
 from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan,
                                     NodeUnavailable, executor_class)
-from llmos.kernel.jobs import PRIORITY_RANK, JobState, request_of, service_of, transition
+from llmos.kernel.jobs import (PRIORITY_RANK, JobState, recent_services, request_of, service_of,
+                               transition)
 from llmos.kernel.nodes import Nodes
 from llmos.kernel.resources import Allocation, NodeCapacity
 from llmos.kernel.scheduler import (
@@ -45,6 +46,8 @@ from llmos.kernel.scheduler import (
     schedule,
 )
 from llmos.kernel.scheduler.framework import job_named
+from llmos.kernel.scheduler.history import KEEP as HISTORY_KEEP
+from llmos.kernel.scheduler.history import ServiceHistory
 from llmos.kernel.scheduler.policies import policy
 from llmos.kernel.stats import KernelStats
 from llmos.store.db import Database
@@ -83,6 +86,9 @@ class Daemon:
         # Pass times, preemptions, queue waits, run times and outcomes, read by the
         # monitor at scrape time (plain data: the kernel imports nothing of the monitor).
         self.stats = KernelStats()
+        # What ended jobs received, per team: the policy's estimate of a job's remaining
+        # service (kernel/scheduler/history.py); read back from the store at start.
+        self.history = ServiceHistory()
         self._dirty = True  # something changed since the last scheduling pass
         self._last_pass_at = 0.0
         self._reasons: dict[int, str] = {}
@@ -105,6 +111,9 @@ class Daemon:
         with self.lock:
             self.nodes.sync(time.time(), force=True)  # an unreachable cluster fails here
             reconcile(self)
+            with self.db.session() as s:
+                for team, service in recent_services(s, 5 * HISTORY_KEEP):
+                    self.history.add(team, service)
         self._thread = threading.Thread(target=self._loop, name="llmos-control", daemon=True)
         self._thread.start()
 
@@ -398,6 +407,9 @@ class Daemon:
     def _note_end(self, job: Job, ran: bool) -> None:
         started = job.started_at.timestamp() if ran and job.started_at else None
         self.stats.ended(job.team, job.state, started, (job.ended_at or utcnow()).timestamp())
+        session = Session.object_session(job)
+        if job.started_at is not None and session is not None:  # it ran, in some attempt
+            self.history.add(job.team, service_of(session, job)[0])
 
     def _release_dependents(self, s: Session, job: Job) -> None:
         for dep_id in self.dependents.pop(job.id, ()):
@@ -445,7 +457,7 @@ class Daemon:
         ]
         started = time.perf_counter()
         out = schedule(list(self.pending.values()), self.nodes.schedulable(), running, now,
-                       self.config, self.profile)
+                       self.config, self.profile, self.history)
         self.last_pass_ms = (time.perf_counter() - started) * 1000
         self.stats.scheduled(self.last_pass_ms / 1000)
         if out.bindings:

@@ -239,6 +239,11 @@ def service_of(session: Session, job: Job) -> tuple[float, float]:
     times = session.execute(
         select(JobTransition.to_state, JobTransition.at)
         .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()
+    return _service(job, times)
+
+
+def _service(job: Job, times) -> tuple[float, float]:
+    """:func:`service_of` from the job's (state, at) transitions, in order."""
     rate = job.gpu or (1.0 if job.gpu_share_mb else job.cpu) or 0.0
     total = last = 0.0
     for (state, at), (_, after) in itertools.pairwise(times):
@@ -246,3 +251,25 @@ def service_of(session: Session, job: Job) -> tuple[float, float]:
             last = max(0.0, (after - at).total_seconds())
             total += last * rate
     return total, last
+
+
+ENDED = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+
+
+def recent_services(session: Session, limit: int) -> list[tuple[str, float]]:
+    """(team, service received in all) of the ``limit`` jobs that ended last after having
+    run, oldest first: what the daemon's :class:`~llmos.kernel.scheduler.history.
+    ServiceHistory` starts from. One query for the jobs, one per 500 for their transitions.
+    """
+    jobs = session.scalars(
+        select(Job).where(Job.state.in_(ENDED), Job.started_at.is_not(None))
+        .order_by(Job.ended_at.desc(), Job.id.desc()).limit(limit)).all()
+    times: dict[int, list] = {job.id: [] for job in jobs}
+    ids = list(times)
+    for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):  # bounded IN lists
+        rows = session.execute(
+            select(JobTransition.job_id, JobTransition.to_state, JobTransition.at)
+            .where(JobTransition.job_id.in_(chunk)).order_by(JobTransition.id))
+        for job_id, state, at in rows:
+            times[job_id].append((state, at))
+    return [(job.team, _service(job, times[job.id])[0]) for job in reversed(jobs)]

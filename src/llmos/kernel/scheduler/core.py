@@ -28,6 +28,7 @@ from llmos.kernel.scheduler.framework import (
     SchedulerOutput,
     Status,
 )
+from llmos.kernel.scheduler.history import ServiceHistory
 from llmos.kernel.scheduler.profiles import DEFAULT_PROFILE
 from llmos.kernel.scheduler.stages import copy_node
 
@@ -41,9 +42,12 @@ def schedule(
     now: float,
     config: SchedulerConfig | None = None,
     profile: Profile | None = None,
+    history: ServiceHistory | None = None,
 ) -> SchedulerOutput:
+    """One pass of ``profile`` (``history``: what finished jobs received, for the
+    policies that estimate remaining service; the caller keeps it up to date)."""
     cycle = Cycle(now, config or SchedulerConfig(), [copy_node(n) for n in nodes],
-                  list(running), pending=pending)
+                  list(running), pending=pending, history=history)
     return _Pass(profile or DEFAULT_PROFILE, cycle).run(pending)
 
 

@@ -227,6 +227,9 @@ class Cycle:
     # reserved; and the pass's whole queue (for stages that weigh pending demand).
     extras: dict[int, tuple[Allocation, ...]] = field(default_factory=dict)
     pending: list[PendingJob] = field(default_factory=list)
+    # What finished jobs received, per team (kernel/scheduler/history.py), for the
+    # policies that estimate a job's remaining service; None when the caller keeps none.
+    history: Any = None
 
 
 class Stage:

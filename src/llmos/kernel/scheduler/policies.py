@@ -17,14 +17,17 @@ call. ``policy(name)`` builds one; ``POLICIES`` lists the builders.
                 preemption of lower-class checkpointable jobs for the blocked head (by
                 their classes as declared: waiting never lets a job preempt its own class);
                 only addition: a gang larger than every node spans nodes (it was NEVER)
-    llmos       the default, needs no durations: priority classes x attained-service
-                classes (decades of GPU-seconds), lifted by waiting (one class per decade
-                of waiting beyond aging_s) so neither short nor long jobs starve; teams in
+    llmos       the default, needs no durations: priority classes x service classes
+                (decades of GPU-seconds) of what a job is expected to still need, learnt
+                from its team's finished jobs (kernel/scheduler/history.py; what it
+                received while its team has fewer than 20), lifted by waiting (one class
+                per decade of waiting beyond aging_s) so neither short nor long jobs
+                starve; teams in
                 turn by dominant share inside a class (DRF, within quotas); EASY backfill
                 where the head reserves ONE node (the one it can start on soonest; with
                 no timeouts known, nothing jumps it there); preemption of a checkpointable
                 job of a lower class at once (as llmos-easy), of its class but a higher
-                attained-service class only after it ran one quantum (aging_s); classes as
+                service class only after it ran one quantum (aging_s); classes as
                 declared and as served, never as lifted by waiting (else equal jobs would
                 preempt each other every aging_s); gangs and GPU packing (best-fit tier,
                 then cpu/memory bin-pack)

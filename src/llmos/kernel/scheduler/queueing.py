@@ -6,7 +6,10 @@ profiles; the generic stages are in :mod:`.profiles` and :mod:`.gang`.
 Attained service (``PendingJob.attained_s``, ``RunningJob.service(now)``) is GPU-seconds:
 GPUs held x seconds run over every attempt (cpu-seconds for a job without GPUs), the
 "2D" of Tiresias' 2D-LAS (spatial x temporal). No rule here needs to know a duration,
-except :class:`ShortestFirst` (the ``sjf`` oracle).
+except :class:`ShortestFirst` (the ``sjf`` oracle). llmos' classes are those of the
+service a job is expected to still need, learnt from its team's finished jobs
+(:mod:`.history`, passed in as ``Cycle.history``), or of the service it received while
+its team has too few finished jobs (plain LAS).
 
 Constants are round figures chosen before any trace was looked at, never fitted:
 LAS classes are decades of GPU-seconds (10^3, 10^4, 10^5: about 17 GPU-minutes, 2.8
@@ -343,6 +346,17 @@ def las_class(attained: float) -> int:
     return tiresias_queue(attained, LAS_THRESHOLDS)
 
 
+def need_class(history, team: str | None, attained: float) -> int:
+    """The class of the service a job of ``team`` that received ``attained`` is expected to
+    still need (``history``'s estimate, :mod:`.history`), or, without an estimate, of the
+    service it received (plain LAS). Smaller runs first."""
+    if history is not None:
+        left = history.remaining(team, attained)
+        if left is not None:
+            return las_class(left)
+    return las_class(attained)
+
+
 def waiting_lift(waited: float, aging_s: float) -> int:
     """Classes a wait lifts: one at ``aging_s``, one more per decade beyond."""
     if waited < aging_s:
@@ -350,13 +364,15 @@ def waiting_lift(waited: float, aging_s: float) -> int:
     return 1 + int(math.log10(waited / aging_s))
 
 
-def llmos_rank(job: PendingJob, now: float, aging_s: float, max_rank: int) -> tuple[int, int]:
-    """(priority class, aged as today, negated; attained-service class lowered by the
-    wait): smaller runs first. A long job waits at most ~100x aging_s behind short ones,
-    a short one never waits behind long ones that have not waited."""
+def llmos_rank(job: PendingJob, now: float, aging_s: float, max_rank: int,
+               history=None) -> tuple[int, int]:
+    """(priority class, aged as today, negated; service class (:func:`need_class`)
+    lowered by the wait): smaller runs first. A long job waits at most ~100x aging_s
+    behind short ones, a short one never waits behind long ones that have not waited."""
     waited = now - job.queued_at
     rank = min(max_rank, job.priority + (1 if waited >= aging_s else 0))
-    return -rank, max(0, las_class(job.attained_s) - waiting_lift(waited, aging_s))
+    cls = need_class(history, job.team, job.attained_s)
+    return -rank, max(0, cls - waiting_lift(waited, aging_s))
 
 
 def dominant_share(team_cpu: float, team_mem: float, team_gpu: float,
@@ -367,7 +383,9 @@ def dominant_share(team_cpu: float, team_mem: float, team_gpu: float,
 
 class LasAging(Stage):
     """Queue sort of ``llmos``: by :func:`llmos_rank` (priority class with aging, then
-    attained-service class lowered by waiting); inside a rank, teams in turn by least
+    service class lowered by waiting: the class of the service it is expected to still
+    need, :func:`need_class`, which is its attained-service class without a history);
+    inside a rank, teams in turn by least
     dominant share (DRF, equal weights; quotas cap each team separately), FIFO inside a
     team. Each job's fair-share key is its team's share at the start of the pass plus
     the dominant shares of the team's jobs before it in the rank, as if those ran
@@ -380,16 +398,23 @@ class LasAging(Stage):
         fifo = sorted(jobs, key=_ARRIVAL)
         aging, top, log10 = cfg.aging_s, cfg.max_rank, math.log10
         t0, t1, t2 = LAS_THRESHOLDS
-        # llmos_rank as one int ((top - class) * 8 + attained-service class) and the team's
+        # llmos_rank as one int ((top - class) * 8 + service class) and the team's
         # fair-share start, in one loop: this runs for 10,000s of jobs
         totals, shares = team_shares(cycle)
         cpu_t, mem_t, gpu_t = totals
         gpu_t = gpu_t or math.inf
         acc: dict = {}
         keyed = []
+        history = cycle.history
+        needs: dict = {}  # (team, attained) -> its class, once a pass
         for n, j in enumerate(fifo):  # (comparisons, not min/max calls: this is hot)
             a, p, waited = j.attained_s, j.priority, now - j.queued_at
-            cls = 0 if a < t0 else 1 if a < t1 else 2 if a < t2 else 3
+            if history is None:
+                cls = 0 if a < t0 else 1 if a < t1 else 2 if a < t2 else 3
+            else:
+                cls = needs.get((j.team, a))
+                if cls is None:
+                    cls = needs[(j.team, a)] = need_class(history, j.team, a)
             if waited >= aging:
                 cls -= 1 + int(log10(waited / aging))
                 if cls < 0:
@@ -430,10 +455,13 @@ def team_shares(cycle: Cycle) -> tuple[tuple[float, float, float], dict]:
 class LasPreemption(Stage):
     """Post-filter of ``llmos``: for the first job that finds no room, the fewest running
     checkpointable jobs of a strictly lower rank: of a lower NOMINAL priority class (at
-    once, as ``llmos-easy``), or of its nominal class with a higher attained-service class
-    (what they have received by now, against what the waiting job received, its wait
-    left aside) once they ran one quantum (``aging_s``) in their attempt; lowest rank
-    first, then the most recently started (least work lost).
+    once, as ``llmos-easy``), or of its nominal class with a higher service class (what
+    they are expected to still need by now, against what the waiting job is expected to
+    need, its wait left aside: :func:`need_class`) once they ran one quantum (``aging_s``)
+    in their attempt; lowest rank first, then the most recently started (least work lost).
+    With its team's history a job near the usual end of its team's jobs is not preempted
+    for a fresh one, which would need more (least attained service alone would: its class
+    only grows).
 
     Waiting orders the queue (:func:`llmos_rank`) but never justifies a preemption: were
     the aged rank compared, two equal jobs would preempt each other every quantum (each
@@ -449,10 +477,11 @@ class LasPreemption(Stage):
         nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
         if not nodes:
             return True
-        mine = (-job.priority, las_class(job.attained_s))  # nominal: no aging
+        history = cycle.history  # nominal: no aging
+        mine = (-job.priority, need_class(history, job.team, job.attained_s))
 
         def rank(r: RunningJob) -> tuple[int, int]:
-            return -r.priority, las_class(r.service(now))
+            return -r.priority, need_class(history, r.team, r.service(now))
 
         ranks, candidates = {}, []  # (each rank worked out once: thousands may run)
         for r in cycle.running:

@@ -10,7 +10,9 @@ executor's yield takes no time). A preempted job is queued again (``queued_at`` 
 the daemon's requeue does) and keeps only the work up to its last checkpoint (every
 ``checkpoint_interval_s`` of progress); resuming from a checkpoint costs ``restore_s``.
 While jobs wait, a pass also runs every ``tick_s`` of simulated time (the daemon's
-periodic pass: aging and attained-service priorities move with time alone).
+periodic pass: aging and attained-service priorities move with time alone). Each ended
+job's service goes into the run's :class:`~llmos.kernel.scheduler.history.ServiceHistory`,
+as the daemon's ended jobs go into its own.
 
 Speed: events at the same instant are handled together before one pass; a pass runs only
 when the state changed (or a tick is due); the queue and the running set are kept as
@@ -33,6 +35,7 @@ from llmos.kernel.scheduler.framework import (
     RunningJob,
     SchedulerConfig,
 )
+from llmos.kernel.scheduler.history import ServiceHistory
 from llmos.kernel.scheduler.sim.trace import TraceJob
 
 _PENDING_FIELDS = {f.name for f in fields(PendingJob)}
@@ -175,6 +178,7 @@ class Simulator:
         self.busy: list[tuple[float, int]] = []
         self.pass_s: list[float] = []
         self.preemptions = 0
+        self.history = ServiceHistory()  # what ended jobs received (as the daemon keeps)
         self.record = record_decisions
         self.decisions: list[tuple[float, int, str]] = []
 
@@ -288,7 +292,7 @@ class Simulator:
             running = [replace(r, checkpointable=False) if r.id in yielding else r
                        for r in running]
         out = schedule(list(self.pending.values()), self.node_list, running, now,
-                       self.params.config, self.profile)
+                       self.params.config, self.profile, self.history)
         self.pass_s.append(time.perf_counter() - began)
         for b in out.bindings:
             self._start(self.by_id[b.job_id], b, now)
@@ -392,6 +396,7 @@ class Simulator:
         else:  # stopped at its declared time limit
             job.outcome = TIMED_OUT
         job.end = now
+        self.history.add(job.trace.team, job.attained)
 
     def _preempt(self, job: SimJob, now: float) -> None:
         held = self._release(job, now)
