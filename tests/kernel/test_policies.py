@@ -363,6 +363,20 @@ def test_llmos_still_preempts_a_long_runner_where_the_teams_jobs_are_heavy_taile
     assert [p.victims for p in out.preemptions] == [(10,)]
 
 
+def test_llmos_starvation_guard_lets_a_gang_that_waited_100_agings_take_a_node_back():
+    """An 8-GPU gang that has received more than the small jobs holding the node: it may
+    not preempt them (they are less served) until it has waited 100 x aging_s; then it
+    counts as the least served and takes the node back."""
+    config, llmos = SchedulerConfig(aging_s=600), policy("llmos")
+    for waited, expected in ((59_000, []), (60_000, [(10, 11, 12, 13, 14, 15, 16, 17)])):
+        n = gpu_node(gpus=8)
+        small = [hold(10 + k, n, 1, started=NOW - 20_000, checkpointable=True)
+                 for k in range(8)]
+        gang = job(1, gpus=8, queued=NOW - waited, attained_s=8 * 30_000.0)
+        out = schedule([gang], [n], small, NOW, config, llmos)
+        assert [tuple(sorted(p.victims)) for p in out.preemptions] == expected
+
+
 def test_a_gpu_share_accrues_service_as_its_fraction_of_the_gpu():
     n = gpu_node(gpus=2, memory_mb=40_000)
     share = n.allocate(Request(cpu=4, memory_mb=100, gpu_share_mb=10_000))

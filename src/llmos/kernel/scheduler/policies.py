@@ -29,8 +29,9 @@ call. ``policy(name)`` builds one; ``POLICIES`` lists the builders.
                 job of a lower class at once (as llmos-easy), of its class but a higher
                 service class only after it ran one quantum (aging_s); classes as
                 declared and as served, never as lifted by waiting (else equal jobs would
-                preempt each other every aging_s); gangs and GPU packing (best-fit tier,
-                then cpu/memory bin-pack)
+                preempt each other every aging_s), except that a job that waited 100 x
+                aging_s counts as the least served (the starvation guard); gangs and GPU
+                packing (best-fit tier, then cpu/memory bin-pack)
 
 The Tiresias constants (one GPU-hour, STARVE_LIMIT 10) and the llmos ones (decades of
 GPU-seconds, aging_s) are round figures set before any trace was run, never fitted to one.

@@ -16,7 +16,9 @@ LAS classes are decades of GPU-seconds (10^3, 10^4, 10^5: about 17 GPU-minutes, 
 GPU-hours, 28 GPU-hours); waiting lifts a job one class per decade of waiting beyond
 ``aging_s`` (1x, 10x, 100x ``aging_s``); a checkpointable job is preempted only after it
 ran one quantum (``aging_s``) in its attempt, so a preemption costs at most the restore
-plus the work since its last checkpoint against at least a quantum gained.
+plus the work since its last checkpoint against at least a quantum gained. The one
+constant set after runs on the development trace is the starvation guard's
+(``STARVE_AGINGS``: the lift's third decade, 100x ``aging_s``; 10x preempted far too often).
 """
 
 from __future__ import annotations
@@ -340,6 +342,7 @@ def _victims_over_nodes(job, nodes, candidates, key, names) -> list[Preemption] 
 # --- llmos: priority classes x attained-service classes, aging, fair share --------------------
 
 LAS_THRESHOLDS = (1e3, 1e4, 1e5)  # GPU-seconds (cpu-seconds without GPUs): decades
+STARVE_AGINGS = 100  # waited this many aging_s: preempts as the least served (LasPreemption)
 
 
 def las_class(attained: float) -> int:
@@ -463,12 +466,16 @@ class LasPreemption(Stage):
     for a fresh one, which would need more (least attained service alone would: its class
     only grows).
 
-    Waiting orders the queue (:func:`llmos_rank`) but never justifies a preemption: were
+    Waiting orders the queue (:func:`llmos_rank`) but does not justify a preemption: were
     the aged rank compared, two equal jobs would preempt each other every quantum (each
     requeue restarts the other's wait) and, with checkpoints rarer than a quantum, never
     progress. Compared without the wait, a preemption within a class needs the victim's
-    attained-service class strictly above the waiting job's; classes only grow and are
-    few, so a set of jobs preempts each other a bounded number of times."""
+    service class strictly above the waiting job's, and gives the victim a quantum of
+    service first; a job past every ended job of its team only climbs classes, so a set
+    of jobs preempts each other a bounded number of times. The one exception is the
+    starvation guard (as Tiresias'): a job that waited STARVE_AGINGS x aging_s (16.7 h by
+    default) counts as the least served of its class, so a gang that lost its node to
+    small jobs takes one back; equal jobs then take turns that long, never thrash."""
 
     name = "las-preemption"
 
@@ -478,7 +485,8 @@ class LasPreemption(Stage):
         if not nodes:
             return True
         history = cycle.history  # nominal: no aging
-        mine = (-job.priority, need_class(history, job.team, job.attained_s))
+        starved = now - job.queued_at >= STARVE_AGINGS * cfg.aging_s
+        mine = (-job.priority, 0 if starved else need_class(history, job.team, job.attained_s))
 
         def rank(r: RunningJob) -> tuple[int, int]:
             return -r.priority, need_class(history, r.team, r.service(now))
