@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     scheduler_policy: Literal["llmos", "llmos-easy", "fifo", "sjf", "tiresias"] = Field(
         default="llmos",
         description="The daemon's scheduling policy (kernel/scheduler/policies.py): llmos "
-        "(attained-service classes, fair share, EASY backfill, gangs, GPU packing), "
+        "(classes of the service a job is expected to still need, learnt from its team's "
+        "ended jobs; fair share, EASY backfill, gangs, GPU packing), "
         "llmos-easy (priority classes, EASY backfill), fifo, tiresias; sjf needs job "
         "durations, which only the simulator knows (the daemon treats them as unknown).",
     )

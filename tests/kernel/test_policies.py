@@ -332,6 +332,28 @@ def test_the_history_estimates_remaining_service_from_a_teams_finished_jobs():
     for service in [1e6] * 30 + [100.0] * 30:
         recent.add("t", service)
     assert recent.remaining("t", 0.0) == 100.0 and recent.jobs("t") == 30
+    # a team's jobs without GPUs (cpu-seconds) are a history of their own
+    recent.add("t", 5e5, gpu=False)
+    assert recent.jobs("t", gpu=False) == 1 and recent.remaining("t", 0.0) == 100.0
+    # a value that is not a number is no job's service
+    for bad in (float("nan"), float("inf")):
+        recent.add("t", bad)
+    assert recent.remaining("t", 0.0) == 100.0
+
+
+def test_another_teams_history_never_changes_a_teams_order():
+    """Team b's ended jobs, however many and however long, leave team a's jobs ordered
+    as before (a's own history, or plain LAS without one)."""
+    llmos, config = policy("llmos"), SchedulerConfig(aging_s=600)
+    pending = [job(1, team="a", queued=NOW - 100), job(2, team="a", queued=NOW - 10,
+                                                        attained_s=1200.0)]
+    for own in (None, [2000.0] * 30):
+        history = history_of("a", own) if own else ServiceHistory()
+        before = bound(schedule(pending, [gpu_node(gpus=1)], [], NOW, config, llmos, history))
+        for service in [1e7] * 1000:
+            history.add("b", service)
+        after = bound(schedule(pending, [gpu_node(gpus=1)], [], NOW, config, llmos, history))
+        assert before == after == ({2: "n1"} if own else {1: "n1"})
 
 
 def test_llmos_spares_a_half_done_job_of_a_team_whose_jobs_are_all_alike():

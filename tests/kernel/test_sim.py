@@ -26,7 +26,10 @@ from llmos.kernel.scheduler.sim import (
     select,
     simulate,
 )
+from llmos.config import Settings
+from llmos.kernel.jobs import JobSpec, ResourceSpec
 from llmos.kernel.scheduler.sim.engine import SUCCEEDED, Simulator, profile_for
+from llmos.system import System
 
 HIGH, NORMAL, LOW = 2, 1, 0
 
@@ -538,49 +541,134 @@ def daemon_decisions(tmp_path, policy: str):
         extensions.executors.unregister("sim-test")
 
 
-def test_the_daemon_learns_what_ended_jobs_received_and_remembers_it_at_restart(tmp_path):
+def test_the_daemon_learns_what_ended_jobs_received_and_remembers_it_at_restart(
+        tmp_path, monkeypatch):
     """The history llmos' policy estimates remaining service from: each ended job's
-    service goes in as it ends (one per job, whatever its attempts), and a restarted
-    daemon reads the latest back from the store."""
-    from llmos import extensions
-    from llmos.config import Settings
-    from llmos.kernel.jobs import JobSpec, ResourceSpec
-    from llmos.kernel.scheduler.sim.executor import executor_for
-    from llmos.security.identity import ADMIN_USER
-    from llmos.security.rbac import SYSTEM, Principal
-    from llmos.store.models import User
-    from llmos.system import System
+    service goes in once as it ends, and a restarted daemon reads each team's latest
+    back from the store, counting the jobs that ended while it was down once."""
+    from llmos.kernel.executors import Exit, ExitKind
 
-    extensions.executors.register("sim-test", executor_for(CAPS), replace=True)
+    system, settings, cls = sim_system(tmp_path)
+    try:
+        daemon, admin = system.daemon, admin_of(system)
+        jobs = system.jobs.submit_many(admin, [
+            JobSpec(program="noop", team="a", resources=ResourceSpec(cpu=1, gpu=1))] * 3
+            + [JobSpec(program="noop", team="a", resources=ResourceSpec(cpu=1))])
+        with daemon.lock:
+            daemon.step()
+        for j in (jobs[0], jobs[3]):
+            daemon.executor("sim-test").finish(j.id)
+        with daemon.lock:
+            daemon.step()
+        assert daemon.history.jobs("a") == 1 and daemon.history.jobs("a", gpu=False) == 1
+    finally:
+        system.db.close()
+    # jobs 1 and 2 were still running: at restart they are found ended
+    monkeypatch.setattr(cls, "recover", lambda self, *a, **k: Exit(ExitKind.SUCCEEDED))
+    again = System(settings)
+    try:
+        assert again.daemon.history.jobs("a") == 0
+        again.daemon.start()
+        again.daemon.shutdown()
+        assert again.daemon.history.jobs("a") == 3
+        assert again.daemon.history.jobs("a", gpu=False) == 1
+    finally:
+        again.db.close()
+
+
+def test_the_history_read_back_keeps_each_teams_latest_jobs(tmp_path):
+    """A busy team's jobs never push a quiet team's out of what a restart reads back."""
+    from datetime import timedelta
+
+    from llmos.kernel.jobs import JobState, create_job, recent_services, transition
+    from llmos.kernel.resources import Request
+    from llmos.store.db import Database
+
+    db = Database(Settings(home=tmp_path).db_url)
+    db.upgrade()
+    with db.session() as s:
+        for team, n in (("quiet", 1), ("busy", 5)):
+            for k in range(n):
+                j = create_job(s, JobSpec(program="noop", team=team),
+                               Request(cpu=1, memory_mb=100, gpu=1), "local")
+                t0 = j.created_at + timedelta(seconds=100 * k)
+                for state, at in ((JobState.SCHEDULED, 0), (JobState.RUNNING, 1),
+                                  (JobState.SUCCEEDED, 11 + k)):
+                    transition(s, j, state, at=t0 + timedelta(seconds=at))
+        s.flush()
+        got = recent_services(s, 2)
+    db.engine.dispose()
+    assert sorted(got) == [("busy", True, 13.0), ("busy", True, 14.0), ("quiet", True, 10.0)]
+
+
+def test_a_dependent_waits_from_when_its_dependency_ended(tmp_path):
+    """Aging and the starvation guard count a job's wait from when it could run: a job
+    released by its dependency's end has waited nothing yet, live and after a restart."""
+    from llmos.kernel.reconcile import reconcile
+
+    system, settings, _ = sim_system(tmp_path)
+    try:
+        daemon, admin = system.daemon, admin_of(system)
+        gpus = ResourceSpec(cpu=1, gpu=4)
+        blockers = system.jobs.submit_many(
+            admin, [JobSpec(program="noop", team="a", resources=gpus)] * 3)
+        first = system.jobs.submit(admin, JobSpec(program="noop", team="a",
+                                                  resources=ResourceSpec(cpu=1)))
+        after = system.jobs.submit(admin, JobSpec(program="noop", team="a",
+                                                  depends_on=[first.id],
+                                                  resources=ResourceSpec(cpu=1, gpu=1)))
+        with daemon.lock:
+            daemon.step()
+        assert {b.id for b in blockers} | {first.id} <= set(daemon.running)
+        submitted = daemon.pending[after.id].queued_at
+        ended = time.time()
+        daemon.executor("sim-test").finish(first.id)
+        with daemon.lock:
+            daemon.step()  # released, but every GPU is held: it waits
+        assert daemon.pending[after.id].waiting_for == ()
+        assert daemon.pending[after.id].queued_at >= ended > submitted
+    finally:
+        system.db.close()
+    again = System(settings)
+    try:  # what start() does first, without its loop (which would place the job)
+        with again.daemon.lock:
+            again.daemon.nodes.sync(time.time(), force=True)
+            reconcile(again.daemon)
+        assert again.daemon.pending[after.id].queued_at >= ended
+    finally:
+        again.db.close()
+
+
+def sim_system(tmp_path):
+    """A System whose daemon runs on the simulated executor over CAPS (never started: the
+    test steps it), with team a; and its settings and executor class."""
+    from llmos import extensions
+    from llmos.kernel.scheduler.sim.executor import executor_for
+    from llmos.security.rbac import SYSTEM
+
+    cls = executor_for(CAPS)
+    extensions.executors.register("sim-test", cls, replace=True)
     settings = Settings(home=tmp_path / "home", executor="sim-test", tick_s=3600,
                         require_isolation="off")
-    try:
-        system = System(settings)
-        try:
-            daemon = system.daemon
-            daemon.nodes.sync(time.time(), force=True)
-            system.identity.create_team(SYSTEM, "a")
-            with system.db.session() as s:
-                admin_id = s.query(User).filter(User.name == ADMIN_USER).one().id
-            admin = Principal(name=ADMIN_USER, user_id=admin_id, is_admin=True)
-            jobs = system.jobs.submit_many(admin, [
-                JobSpec(program="noop", team="a", resources=ResourceSpec(cpu=1, gpu=1))] * 3)
-            with daemon.lock:
-                daemon.step()
-            for j in jobs:
-                daemon.executor("sim-test").finish(j.id)
-            with daemon.lock:
-                daemon.step()
-            assert daemon.history.jobs("a") == 3
-        finally:
-            system.db.close()
-        again = System(settings)
-        try:
-            assert again.daemon.history.jobs("a") == 0
-            again.daemon.start()
-            again.daemon.shutdown()
-            assert again.daemon.history.jobs("a") == 3
-        finally:
-            again.db.close()
-    finally:
-        extensions.executors.unregister("sim-test")
+    system = System(settings)
+    system.daemon.nodes.sync(time.time(), force=True)
+    system.identity.create_team(SYSTEM, "a")
+    return system, settings, cls
+
+
+def admin_of(system):
+    from llmos.security.identity import ADMIN_USER
+    from llmos.security.rbac import Principal
+    from llmos.store.models import User
+
+    with system.db.session() as s:
+        admin_id = s.query(User).filter(User.name == ADMIN_USER).one().id
+    return Principal(name=ADMIN_USER, user_id=admin_id, is_admin=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_sim_executor_left():
+    yield
+    from llmos import extensions
+
+    extensions.executors.unregister("sim-test")

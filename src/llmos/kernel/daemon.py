@@ -110,10 +110,10 @@ class Daemon:
         self.reload_quotas()
         with self.lock:
             self.nodes.sync(time.time(), force=True)  # an unreachable cluster fails here
+            with self.db.session() as s:  # before reconcile, which may end jobs (and add)
+                for team, gpu, service in recent_services(s, HISTORY_KEEP):
+                    self.history.add(team, service, gpu)
             reconcile(self)
-            with self.db.session() as s:
-                for team, service in recent_services(s, 5 * HISTORY_KEEP):
-                    self.history.add(team, service)
         self._thread = threading.Thread(target=self._loop, name="llmos-control", daemon=True)
         self._thread.start()
 
@@ -221,6 +221,7 @@ class Daemon:
     def enqueue(self, session: Session, job: Job) -> None:
         """Put a PENDING job in the in-memory queue (on submit, retry, requeue, restart)."""
         waiting = []
+        ready = job.queued_at.timestamp()  # when it could run: its last dependency ended
         for dep_id in job.depends_on:
             dep = session.get(Job, dep_id)
             if dep.state in (JobState.FAILED.value, JobState.CANCELLED.value):
@@ -229,10 +230,12 @@ class Daemon:
             if dep.state != JobState.SUCCEEDED.value:
                 waiting.append(dep_id)
                 self.dependents[dep_id].add(job.id)
+            elif dep.ended_at is not None:
+                ready = max(ready, dep.ended_at.timestamp())
         attained, last = service_of(session, job) if job.attempt else (0.0, 0.0)
         self.pending[job.id] = PendingJob(
             id=job.id, request=request_of(job), priority=PRIORITY_RANK[job.priority],
-            queued_at=job.queued_at.timestamp(), timeout_s=job.timeout_s, team=job.team,
+            queued_at=ready, timeout_s=job.timeout_s, team=job.team,
             waiting_for=tuple(waiting),
             selector=tuple(sorted((job.node_labels or {}).items())),
             group=job.spread_group, spread=bool(job.spread),
@@ -409,14 +412,18 @@ class Daemon:
         self.stats.ended(job.team, job.state, started, (job.ended_at or utcnow()).timestamp())
         session = Session.object_session(job)
         if job.started_at is not None and session is not None:  # it ran, in some attempt
-            self.history.add(job.team, service_of(session, job)[0])
+            self.history.add(job.team, service_of(session, job)[0],
+                             bool(job.gpu or job.gpu_share_mb))
 
     def _release_dependents(self, s: Session, job: Job) -> None:
         for dep_id in self.dependents.pop(job.id, ()):
             waiting = self.pending.get(dep_id)
             if waiting is not None:
                 rest = tuple(i for i in waiting.waiting_for if i != job.id)
-                self.pending[dep_id] = replace(waiting, waiting_for=rest)
+                # ready to run from now: its wait (aging, the starvation guard) starts here
+                ready = time.time() if not rest else waiting.queued_at
+                self.pending[dep_id] = replace(waiting, waiting_for=rest,
+                                               queued_at=max(waiting.queued_at, ready))
                 self._dirty = True
 
     def _cascade_failure(self, s: Session, job: Job) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from llmos.config import parse_labels
@@ -256,14 +256,21 @@ def _service(job: Job, times) -> tuple[float, float]:
 ENDED = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 
 
-def recent_services(session: Session, limit: int) -> list[tuple[str, float]]:
-    """(team, service received in all) of the ``limit`` jobs that ended last after having
-    run, oldest first: what the daemon's :class:`~llmos.kernel.scheduler.history.
-    ServiceHistory` starts from. One query for the jobs, one per 500 for their transitions.
-    """
-    jobs = session.scalars(
-        select(Job).where(Job.state.in_(ENDED), Job.started_at.is_not(None))
-        .order_by(Job.ended_at.desc(), Job.id.desc()).limit(limit)).all()
+def recent_services(session: Session, keep: int) -> list[tuple[str, bool, float]]:
+    """(team, whether it held GPUs, service received in all) of the ``keep`` jobs of each
+    team that ended last after having run, oldest first: what the daemon's
+    :class:`~llmos.kernel.scheduler.history.ServiceHistory` starts from. Per team, so a
+    busy team's jobs never push a quiet team's out. One query for the jobs (a window
+    over each team), one per 500 for their transitions."""
+    newest = func.row_number().over(partition_by=Job.team,
+                                    order_by=(Job.ended_at.desc(), Job.id.desc()))
+    ended = (select(Job.id, Job.team, Job.gpu, Job.gpu_share_mb, Job.cpu, Job.ended_at,
+                    newest.label("newest"))
+             .where(Job.state.in_(ENDED), Job.started_at.is_not(None),
+                    Job.ended_at.is_not(None))
+             .subquery())
+    jobs = session.execute(select(ended).where(ended.c.newest <= keep)
+                           .order_by(ended.c.ended_at, ended.c.id)).all()
     times: dict[int, list] = {job.id: [] for job in jobs}
     ids = list(times)
     for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):  # bounded IN lists
@@ -272,4 +279,5 @@ def recent_services(session: Session, limit: int) -> list[tuple[str, float]]:
             .where(JobTransition.job_id.in_(chunk)).order_by(JobTransition.id))
         for job_id, state, at in rows:
             times[job_id].append((state, at))
-    return [(job.team, _service(job, times[job.id])[0]) for job in reversed(jobs)]
+    return [(job.team, bool(job.gpu or job.gpu_share_mb), _service(job, times[job.id])[0])
+            for job in jobs]

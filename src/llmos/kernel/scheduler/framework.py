@@ -69,7 +69,7 @@ class PendingJob:
     id: int
     request: Request
     priority: int  # rank of its class: 0 low, 1 normal, 2 high
-    queued_at: float
+    queued_at: float  # since when it waits ready to run (queued, or its last dependency ended)
     timeout_s: float | None = None
     team: str | None = None
     waiting_for: tuple[int, ...] = ()  # unfinished dependencies

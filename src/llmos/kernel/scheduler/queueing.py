@@ -41,6 +41,7 @@ from llmos.kernel.scheduler.framework import (
     job_named,
 )
 from llmos.kernel.scheduler.gang import GangBackfill, gang_plan, is_multi_node
+from llmos.kernel.scheduler.history import uses_gpu
 from llmos.kernel.scheduler.profiles import Nodes, Stage
 
 # --- orders -----------------------------------------------------------------------------------
@@ -339,22 +340,23 @@ def _victims_over_nodes(job, nodes, candidates, key, names) -> list[Preemption] 
     return [Preemption(job.id, node, tuple(ids)) for node, ids in grouped.items()]
 
 
-# --- llmos: priority classes x attained-service classes, aging, fair share --------------------
+# --- llmos: priority classes x service classes (expected need), aging, fair share -------------
 
 LAS_THRESHOLDS = (1e3, 1e4, 1e5)  # GPU-seconds (cpu-seconds without GPUs): decades
-STARVE_AGINGS = 100  # waited this many aging_s: preempts as the least served (LasPreemption)
+STARVE_AGINGS = 100  # waited this many aging_s (ready to run): preempts as class 0
 
 
 def las_class(attained: float) -> int:
     return tiresias_queue(attained, LAS_THRESHOLDS)
 
 
-def need_class(history, team: str | None, attained: float) -> int:
+def need_class(history, team: str | None, attained: float, gpu: bool = True) -> int:
     """The class of the service a job of ``team`` that received ``attained`` is expected to
-    still need (``history``'s estimate, :mod:`.history`), or, without an estimate, of the
-    service it received (plain LAS). Smaller runs first."""
+    still need (``history``'s estimate from the team's ended jobs of the same kind, with
+    GPUs or without, :mod:`.history`), or, without an estimate, of the service it received
+    (plain LAS). Smaller runs first."""
     if history is not None:
-        left = history.remaining(team, attained)
+        left = history.remaining(team, attained, gpu)
         if left is not None:
             return las_class(left)
     return las_class(attained)
@@ -370,11 +372,12 @@ def waiting_lift(waited: float, aging_s: float) -> int:
 def llmos_rank(job: PendingJob, now: float, aging_s: float, max_rank: int,
                history=None) -> tuple[int, int]:
     """(priority class, aged as today, negated; service class (:func:`need_class`)
-    lowered by the wait): smaller runs first. A long job waits at most ~100x aging_s
-    behind short ones, a short one never waits behind long ones that have not waited."""
+    lowered by the wait): smaller runs first. A job expected to need much waits at most
+    ~100x aging_s behind those expected to need little, which never wait behind it
+    unless it has waited."""
     waited = now - job.queued_at
     rank = min(max_rank, job.priority + (1 if waited >= aging_s else 0))
-    cls = need_class(history, job.team, job.attained_s)
+    cls = need_class(history, job.team, job.attained_s, uses_gpu(job.request))
     return -rank, max(0, cls - waiting_lift(waited, aging_s))
 
 
@@ -415,9 +418,10 @@ class LasAging(Stage):
             if history is None:
                 cls = 0 if a < t0 else 1 if a < t1 else 2 if a < t2 else 3
             else:
-                cls = needs.get((j.team, a))
+                gpu = uses_gpu(j.request)
+                cls = needs.get((j.team, a, gpu))
                 if cls is None:
-                    cls = needs[(j.team, a)] = need_class(history, j.team, a)
+                    cls = needs[(j.team, a, gpu)] = need_class(history, j.team, a, gpu)
             if waited >= aging:
                 cls -= 1 + int(log10(waited / aging))
                 if cls < 0:
@@ -470,12 +474,14 @@ class LasPreemption(Stage):
     the aged rank compared, two equal jobs would preempt each other every quantum (each
     requeue restarts the other's wait) and, with checkpoints rarer than a quantum, never
     progress. Compared without the wait, a preemption within a class needs the victim's
-    service class strictly above the waiting job's, and gives the victim a quantum of
-    service first; a job past every ended job of its team only climbs classes, so a set
-    of jobs preempts each other a bounded number of times. The one exception is the
-    starvation guard (as Tiresias'): a job that waited STARVE_AGINGS x aging_s (16.7 h by
-    default) counts as the least served of its class, so a gang that lost its node to
-    small jobs takes one back; equal jobs then take turns that long, never thrash."""
+    service class strictly above the waiting job's, and each victim has had a quantum of
+    service in its attempt first: two jobs take turns of at least a quantum, never
+    thrash. (Expected need is not monotone in the service received, so within the range
+    of its team's history a job's class may fall as well as rise; past it, it only
+    rises.) The one exception is the starvation guard (as Tiresias'): a job that waited
+    STARVE_AGINGS x aging_s (16.7 h by default, counted from when it was ready to run)
+    counts as class 0, so a gang that lost its node to small jobs takes one back; equal
+    jobs then take turns that long."""
 
     name = "las-preemption"
 
@@ -486,15 +492,17 @@ class LasPreemption(Stage):
             return True
         history = cycle.history  # nominal: no aging
         starved = now - job.queued_at >= STARVE_AGINGS * cfg.aging_s
-        mine = (-job.priority, 0 if starved else need_class(history, job.team, job.attained_s))
+        mine = (-job.priority, 0 if starved else
+                need_class(history, job.team, job.attained_s, uses_gpu(job.request)))
 
         def rank(r: RunningJob) -> tuple[int, int]:
-            return -r.priority, need_class(history, r.team, r.service(now))
+            return -r.priority, need_class(history, r.team, r.service(now),
+                                           bool(r.allocation.gpus))
 
         ranks, candidates = {}, []  # (each rank worked out once: thousands may run)
-        for r in cycle.running:
-            if r.checkpointable and (r.priority < job.priority
-                                     or now - r.started_at >= cfg.aging_s):
+        for r in cycle.running:  # (one of a higher priority is never a victim)
+            if r.checkpointable and (r.priority < job.priority or (
+                    r.priority == job.priority and now - r.started_at >= cfg.aging_s)):
                 theirs = rank(r)
                 if theirs > mine:
                     ranks[r.id] = (-theirs[0], -theirs[1], -r.started_at)

@@ -35,7 +35,7 @@ from llmos.kernel.scheduler.framework import (
     RunningJob,
     SchedulerConfig,
 )
-from llmos.kernel.scheduler.history import ServiceHistory
+from llmos.kernel.scheduler.history import ServiceHistory, uses_gpu
 from llmos.kernel.scheduler.sim.trace import TraceJob
 
 _PENDING_FIELDS = {f.name for f in fields(PendingJob)}
@@ -396,7 +396,7 @@ class Simulator:
         else:  # stopped at its declared time limit
             job.outcome = TIMED_OUT
         job.end = now
-        self.history.add(job.trace.team, job.attained)
+        self.history.add(job.trace.team, job.attained, uses_gpu(job.request))
 
     def _preempt(self, job: SimJob, now: float) -> None:
         held = self._release(job, now)
