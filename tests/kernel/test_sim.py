@@ -576,15 +576,28 @@ def test_the_daemon_learns_what_ended_jobs_received_and_remembers_it_at_restart(
         again.db.close()
 
 
-def test_the_history_read_back_keeps_each_teams_latest_jobs(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_the_history_read_back_keeps_each_teams_latest_jobs(tmp_path, store):
     """A busy team's jobs never push a quiet team's out of what a restart reads back."""
+    from contextlib import nullcontext
+
+    from pg import fresh_database
+
+    with (fresh_database("llmos_history") if store == "postgresql"
+          else nullcontext(Settings(home=tmp_path).db_url)) as url:
+        assert read_back(url) == [("busy", True, 13.0), ("busy", True, 14.0),
+                                  ("quiet", True, 10.0)]
+
+
+def read_back(url: str) -> list:
+    """recent_services(keep=2) over a quiet team's one job and a busy team's five."""
     from datetime import timedelta
 
     from llmos.kernel.jobs import JobState, create_job, recent_services, transition
     from llmos.kernel.resources import Request
     from llmos.store.db import Database
 
-    db = Database(Settings(home=tmp_path).db_url)
+    db = Database(url)
     db.upgrade()
     with db.session() as s:
         for team, n in (("quiet", 1), ("busy", 5)):
@@ -598,7 +611,7 @@ def test_the_history_read_back_keeps_each_teams_latest_jobs(tmp_path):
         s.flush()
         got = recent_services(s, 2)
     db.engine.dispose()
-    assert sorted(got) == [("busy", True, 13.0), ("busy", True, 14.0), ("quiet", True, 10.0)]
+    return sorted(got)
 
 
 def test_a_dependent_waits_from_when_its_dependency_ended(tmp_path):
