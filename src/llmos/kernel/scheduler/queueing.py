@@ -391,11 +391,11 @@ class LasAging(Stage):
     """Queue sort of ``llmos``: by :func:`llmos_rank` (priority class with aging, then
     service class lowered by waiting: the class of the service it is expected to still
     need, :func:`need_class`, which is its attained-service class without a history);
-    inside a rank, teams in turn by least
-    dominant share (DRF, equal weights; quotas cap each team separately), FIFO inside a
-    team. Each job's fair-share key is its team's share at the start of the pass plus
-    the dominant shares of the team's jobs before it in the rank, as if those ran
-    (weighted fair queueing's virtual start): one loop, one sort."""
+    inside a rank, teams in turn by least dominant share (DRF, equal weights; quotas cap
+    each team separately), FIFO inside a team. Each job's fair-share key is its team's
+    share at the start of the pass plus the dominant shares of the team's jobs before it
+    in the rank, as if those ran (weighted fair queueing's virtual start): one loop, one
+    sort."""
 
     name = "las-aging"
 
@@ -412,7 +412,7 @@ class LasAging(Stage):
         acc: dict = {}
         keyed = []
         history = cycle.history
-        needs: dict = {}  # (team, attained) -> its class, once a pass
+        needs: dict = {}  # (team, attained, GPU or not) -> its class, once a pass
         for n, j in enumerate(fifo):  # (comparisons, not min/max calls: this is hot)
             a, p, waited = j.attained_s, j.priority, now - j.queued_at
             if history is None:
