@@ -494,27 +494,14 @@ def test_the_simulator_and_the_daemon_bind_the_same_jobs_in_the_same_order(tmp_p
 def daemon_decisions(tmp_path, policy: str):
     """The daemon's bindings (job, node, GPUs) in order over three steps: after each wave
     is submitted, then after the two short jobs of the first wave ended."""
-    from llmos import extensions
-    from llmos.config import Settings
-    from llmos.kernel.jobs import JobSpec, ResourceSpec
-    from llmos.kernel.scheduler.sim.executor import executor_for
-    from llmos.security.identity import ADMIN_USER
-    from llmos.security.rbac import SYSTEM, Principal
-    from llmos.store.models import Job, JobTransition, User
-    from llmos.system import System
+    from llmos.security.rbac import SYSTEM
+    from llmos.store.models import Job, JobTransition
 
-    extensions.executors.register("sim-test", executor_for(CAPS), replace=True)
-    system = System(Settings(home=tmp_path / "home", executor="sim-test", tick_s=3600,
-                             require_isolation="off"))
+    system, _, _ = sim_system(tmp_path)
     try:
-        daemon = system.daemon
+        daemon, admin = system.daemon, admin_of(system)
         daemon.profile = profile_for(policy)  # the daemon's policy, as LLMOS_SCHEDULER_POLICY
-        daemon.nodes.sync(time.time(), force=True)
-        for team in ("a", "b"):
-            system.identity.create_team(SYSTEM, team)
-        with system.db.session() as s:
-            admin_id = s.query(User).filter(User.name == ADMIN_USER).one().id
-        admin = Principal(name=ADMIN_USER, user_id=admin_id, is_admin=True)
+        system.identity.create_team(SYSTEM, "b")
         names = {LOW: "low", NORMAL: "normal", HIGH: "high"}
         ids: list[list[int]] = []
         for wave in WAVES:
@@ -537,8 +524,7 @@ def daemon_decisions(tmp_path, policy: str):
             order = [(r.job_id, s.get(Job, r.job_id)) for r in rows]
             return ids, [(j, job.node, tuple(job.allocation["gpus"])) for j, job in order]
     finally:
-        system.db.close()
-        extensions.executors.unregister("sim-test")
+        system.db.close()  # (the autouse fixture unregisters the executor)
 
 
 def test_the_daemon_learns_what_ended_jobs_received_and_remembers_it_at_restart(

@@ -1,7 +1,8 @@
 """The policies' own stages: queue orders, head-of-line blocking, the attained-service
 rules (Tiresias' discretized 2D-LAS, llmos' aging classes), team fair share, and the
 preemption and reservation rules that go with them. :mod:`.policies` lists them in
-profiles; the generic stages are in :mod:`.profiles` and :mod:`.gang`.
+profiles; the generic stages are in :mod:`.profiles` and :mod:`.gang`, the choice of
+preemption victims in :mod:`.preemption`.
 
 Attained service (``PendingJob.attained_s``, ``RunningJob.service(now)``) is GPU-seconds:
 GPUs held x seconds run over every attempt (cpu-seconds for a job without GPUs), the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
 from operator import attrgetter
 
 from llmos.kernel.resources import MILLI, Allocation, NodeState
@@ -40,8 +40,9 @@ from llmos.kernel.scheduler.framework import (
     Status,
     job_named,
 )
-from llmos.kernel.scheduler.gang import GangBackfill, gang_plan, is_multi_node
+from llmos.kernel.scheduler.gang import GangBackfill
 from llmos.kernel.scheduler.history import uses_gpu
+from llmos.kernel.scheduler.preemption import choose_victims, victims_over_nodes
 from llmos.kernel.scheduler.profiles import Nodes, Stage
 
 # --- orders -----------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class TiresiasQueues(Stage):
                 state["largest"][id(nodes)] = largest
         if cycle.config.multi_node and 1 < job.request.gpu > largest:
             candidates = [r for r in pool.values() if queue[r.id] > mine]
-            plans = _victims_over_nodes(job, nodes, candidates, key,
+            plans = victims_over_nodes(job, nodes, candidates, key,
                                         {n.name: n for n in nodes})
         else:
             plans = self._on_one_node(cycle, state, job, nodes, mine, key)
@@ -241,103 +242,6 @@ class TiresiasQueues(Stage):
             candidates = [r for r in pool.values() if queue[r.id] > mine]
             return choose_victims(job, nodes, candidates, key=key, multi=False)
         return [Preemption(job.id, best[0], tuple(r.id for r, _ in best[1]))]
-
-
-# --- preemption (any node, or a gang over several) --------------------------------------------
-
-
-def choose_victims(
-    job: PendingJob, nodes: Nodes, candidates: list[RunningJob],
-    key: Callable[[RunningJob], tuple], multi: bool = True,
-) -> list[Preemption] | None:
-    """The fewest ``candidates`` whose yielding lets ``job`` start: on one node (the node
-    needing the fewest, candidates in ``key`` order), or for a gang larger than every node
-    over several (in ``key`` order until its plan fits). One Preemption per node."""
-    if not nodes or not candidates:
-        return None
-    names = {n.name: n for n in nodes}
-    on_node: dict[str, list[RunningJob]] = defaultdict(list)
-    for r in candidates:
-        for a in r.allocations:
-            if a.node in names:
-                on_node[a.node].append(r)
-    if multi and is_multi_node(job.request, nodes):
-        return _victims_over_nodes(job, nodes, candidates, key, names)
-    best: tuple[int, str, list[int]] | None = None
-    want = job.request.gpu
-    for name, here in on_node.items():
-        here = sorted(here, key=key)
-        if want:  # counted in GPUs first (cheap): at least this many must yield here
-            # each victim frees at most the GPUs it holds here, whole or by a share
-            have, least = len(names[name].free_gpus()), 0
-            for r in here:
-                if have >= want:
-                    break
-                have += sum(len(a.gpus) for a in r.allocations if a.node == name)
-                least += 1
-            if have < want or (best is not None and least >= best[0]):
-                continue  # not enough GPUs here, or no fewer victims than the best
-        future = stages.copy_node(names[name])
-        victims: list[int] = []
-        for r in here:
-            if future.fits(job.request):
-                break
-            for a in r.allocations:
-                if a.node == name:
-                    future.release(a)
-            victims.append(r.id)
-        if victims and future.fits(job.request) and (best is None or len(victims) < best[0]):
-            best = (len(victims), name, victims)
-            if len(victims) == 1:
-                break  # none can do with fewer
-    if best is None:
-        return None
-    return [Preemption(job.id, best[1], tuple(best[2]))]
-
-
-def _victims_over_nodes(job, nodes, candidates, key, names) -> list[Preemption] | None:
-    """Victims in ``key`` order until a multi-node gang's plan fits (GPUs counted per node,
-    the plan tried only when they add up)."""
-    want, mem = job.request.gpu, job.request.gpu_memory_mb
-    counts = {id(n): len(n.free_gpus(mem)) for n in nodes}
-    free = sum(counts.values())
-    if free + sum(r.gpus for r in candidates) < want:
-        return None
-    copies: dict[str, NodeState] = {}  # the nodes a victim yields on, copied when touched
-
-    def plan_now():
-        view = [copies.get(n.name, n) for n in nodes]
-        return gang_plan(job.request, view, None if mem else
-                         {id(v): counts[id(n)] for v, n in zip(view, nodes)})
-
-    chosen: list[RunningJob] = []
-    plan = None
-    for r in sorted(candidates, key=key):
-        if free >= want:
-            plan = plan_now()
-            if plan is not None:
-                break
-        held = [a for a in r.allocations if a.node in names]
-        if not held:
-            continue
-        for a in held:
-            if a.node not in copies:
-                copies[a.node] = stages.copy_node(names[a.node])
-            future = copies[a.node]
-            future.release(a)
-            now_free = len(future.free_gpus(mem))
-            key = id(names[a.node])
-            free += now_free - counts[key]
-            counts[key] = now_free
-        chosen.append(r)
-    if plan is None and free >= want:
-        plan = plan_now()
-    if not chosen or plan is None:
-        return None
-    grouped: dict[str, list[int]] = defaultdict(list)
-    for r in chosen:
-        grouped[r.allocation.node].append(r.id)
-    return [Preemption(job.id, node, tuple(ids)) for node, ids in grouped.items()]
 
 
 # --- llmos: priority classes x service classes (expected need), aging, fair share -------------
