@@ -107,6 +107,9 @@ class _Pass:
         scores = self.scores
         if len(nodes) == 1 or not scores:
             node = nodes[0]
+        elif len(scores) == 1:  # one scorer (bin-pack alone, spread idle): no sum
+            only = scores[0]
+            node = max(nodes, key=lambda n: only(cycle, job, n))
         elif len(scores) == 2:  # the usual profile (bin-pack, spread): no generator per node
             first, second = scores
             node = max(nodes, key=lambda n: first(cycle, job, n) + second(cycle, job, n))

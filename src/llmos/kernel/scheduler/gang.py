@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from functools import partial
-from operator import is_not
 
 from llmos.kernel.resources import Allocation, NodeState, Request
 from llmos.kernel.scheduler import stages
@@ -313,10 +311,9 @@ class GangFit(Fit):
         if plan is None:
             alloc = node.allocate(job.request)
             allocs: tuple[Allocation, ...] = (alloc,)
-            touched = [node]
         else:
             allocs = tuple(n.allocate(piece) for n, piece in plan)
-            touched = [n for n, _ in plan]
+        touched = [node] if plan is None else [n for n, _ in plan]
         cycle.allocations[job.id] = allocs[0]
         if allocs[1:]:
             cycle.extras[job.id] = allocs[1:]
@@ -331,8 +328,12 @@ class GangFit(Fit):
         """Only these nodes lost room: drop them from the remembered answers where they no
         longer fit (an answer left without nodes is worked out again when asked)."""
         index = cycle.state[(self, "index")]
+        # a remembered list holds exactly the nodes where its request fitted: a node that
+        # had fewer free GPUs than the request asks for was never in it
+        before = {}
         if index is not None:
             for n in touched:
+                before[id(n)] = index.by_id[id(n)]
                 index.changed(n)
         cache, ids = cycle.state[self], {id(t) for t in touched}
         for key in list(cache):
@@ -346,11 +347,9 @@ class GangFit(Fit):
                     del cache[key]
                 continue
             kept = fitting
-            for t in touched:  # few nodes, a long list: drop them by identity, in C
-                if not t.fits(request):
-                    dropped = list(filter(partial(is_not, t), kept))
-                    if len(dropped) != len(kept):  # (else the same list: known by identity)
-                        kept = dropped
+            for t in touched:  # few nodes, a long list (the same list when t is not in it)
+                if before.get(id(t), math.inf) >= request.gpu and not t.fits(request):
+                    kept = stages.without(kept, t)
             if kept is not fitting:
                 if kept:
                     cache[key] = (kept, status, request, None)

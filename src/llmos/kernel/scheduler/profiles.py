@@ -33,8 +33,6 @@ permit; a trace simulator: the same profile driven by recorded jobs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
-from operator import is_not
 
 from llmos.kernel.resources import READY, Allocation, NodeState, too_large_reason
 from llmos.kernel.scheduler import stages
@@ -339,14 +337,15 @@ class Backfill(Stage):
         if len(futures) >= len(nodes):
             return [n for n in nodes
                     if (f := futures.get(n.capacity.name)) is None or f.fits(request)]
-        # few nodes guarded (a reservation on one node): drop those, by identity, in C
+        # few nodes guarded (a reservation on one node): drop those (the same list when
+        # none of them is in it)
         blocked = [name for name, f in futures.items() if not f.fits(request)]
         if state.by_name is None and blocked:
             state.by_name = {n.capacity.name: n for n in every}
         kept = nodes
         for name in blocked:
-            kept = list(filter(partial(is_not, state.by_name.get(name)), kept))
-        return nodes if len(kept) == len(nodes) else kept
+            kept = stages.without(kept, state.by_name.get(name))
+        return kept
 
     def hold(self, cycle: Cycle, reservation, futures: dict[str, NodeState],
              head_team: str | None) -> None:

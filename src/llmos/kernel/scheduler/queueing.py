@@ -452,11 +452,16 @@ def reserve_least_blocking(job: PendingJob, nodes: Nodes, running: list[RunningJ
     Counted in GPUs for a GPU job (checked exactly on the chosen node)."""
     request = job.request
     by_node: dict[str, list[tuple[RunningJob, Allocation]]] = defaultdict(list)
-    service: dict[int, float] = {}
     for r in running:
-        service[r.id] = r.service(now)
         for a in r.allocations:
             by_node[a.node].append((r, a))
+    # no node that must wait can do better than one job ending at the earliest timeout
+    floor = (min((r.expected_end for r in running), default=math.inf), 1)
+
+    def ending_order(name: str) -> list[tuple[RunningJob, Allocation]]:
+        return sorted(by_node.get(name, ()),
+                      key=lambda ra: (ra[0].expected_end, ra[0].service(now)))
+
     best = None
     for node in nodes:
         if request.gpu > len(node.capacity.gpus):
@@ -464,16 +469,17 @@ def reserve_least_blocking(job: PendingJob, nodes: Nodes, running: list[RunningJ
         if node.fits(request):
             best = ((-math.inf, 0), node)
             break
-        here = sorted(by_node.get(node.name, ()),
-                      key=lambda ra: (ra[0].expected_end, service[ra[0].id]))
-        key = _release_until(node, request, here, exact=not request.gpu)
+        if best is not None and _at_least(node, request, by_node.get(node.name, ())) >= best[0]:
+            continue  # cannot beat the best (cheaper to tell than to work out)
+        key = _release_until(node, request, ending_order(node.name), exact=not request.gpu)
         if key is not None and (best is None or key < best[0]):
             best = (key, node)
+            if key <= floor:
+                break  # the first node that good: none after it is chosen
     if best is None:
         return Reservation(job.id, nodes[0].name, math.inf), {}
     node = best[1]
-    here = sorted(by_node.get(node.name, ()),
-                  key=lambda ra: (ra[0].expected_end, service[ra[0].id]))
+    here = ending_order(node.name)
     future = stages.copy_node(node)
     at = -math.inf
     for r, a in here:
@@ -485,6 +491,23 @@ def reserve_least_blocking(job: PendingJob, nodes: Nodes, running: list[RunningJ
         return Reservation(job.id, node.name, math.inf), {}
     future.allocate(request)
     return Reservation(job.id, node.name, at), {node.name: future}
+
+
+def _at_least(node: NodeState, request, here) -> tuple[float, int]:
+    """A lower bound of :func:`_release_until`'s key on ``node``: no job there ends before
+    the earliest timeout, and at least the GPUs missing over the most one job holds must
+    end."""
+    at, most = math.inf, 0
+    for r, a in here:
+        end, whole = r.expected_end, a.whole_gpus
+        if end < at:
+            at = end
+        if whole > most:
+            most = whole
+    if not request.gpu or not most:
+        return at, 1
+    missing = request.gpu - len(node.free_gpus(request.gpu_memory_mb))
+    return at, max(1, -(-missing // most))
 
 
 def _release_until(node: NodeState, request, here, exact: bool) -> tuple[float, int] | None:

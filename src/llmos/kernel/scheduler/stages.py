@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from operator import indexOf
 
 from llmos.kernel.resources import MILLI, READY, Allocation, NodeState, Request
 from llmos.kernel.scheduler.framework import (
@@ -297,6 +298,17 @@ def running_by_node(running) -> dict[str, list[RunningJob]]:
     for r in running:
         by_node[r.allocation.node].append(r)
     return by_node
+
+
+def without(nodes: list[NodeState], node: NodeState | None) -> list[NodeState]:
+    """``nodes`` less ``node`` (by identity: node states compare by value), or ``nodes``
+    itself when it is not there. Found in C (by id), so dropping a node from the pass's
+    long lists costs a copy, not a Python call per node."""
+    try:
+        i = indexOf(map(id, nodes), id(node))
+    except ValueError:
+        return nodes
+    return nodes[:i] + nodes[i + 1:]
 
 
 def copy_node(node: NodeState) -> NodeState:
