@@ -101,6 +101,22 @@ def test_tiresias_preempts_checkpointable_jobs_of_lower_queues_only():
     assert out.preemptions == []
 
 
+def test_tiresias_counts_the_gpus_its_own_pass_gave_away_when_it_preempts():
+    # n2 has one GPU free and two served jobs (queue 1) on the others; n1 is full with a
+    # fresh job (queue 0: no victim). A 5-GPU gang first finds too few victims; a 1-GPU
+    # job then takes n2's free GPU, and a 2-GPU job must preempt both served jobs. Were
+    # n2's GPU counted as still free, one victim would seem enough, fail the exact check,
+    # and the job would wait a pass for nothing.
+    n1, n2 = gpu_node("n1", gpus=3), gpu_node("n2", gpus=3)
+    fresh = hold(10, n1, 3, started=NOW - 100, checkpointable=True)  # 300 GPU-s: queue 0
+    served = [hold(i, n2, 1, started=NOW - 4000, checkpointable=True) for i in (11, 12)]
+    pending = [job(1, gpus=5, queued=NOW - 3), job(2, queued=NOW - 2),
+               job(3, gpus=2, queued=NOW - 1)]
+    out = schedule(pending, [n1, n2], [fresh, *served], NOW, profile=policy("tiresias"))
+    assert bound(out) == {2: "n2"}
+    assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == [(3, "n2", (11, 12))]
+
+
 def test_tiresias_starvation_guard_puts_a_long_waiting_job_back_on_top():
     n = gpu_node(gpus=1)
     # attained 10,000 GPU-s (queue 1), last run 100 s: back to queue 0 after 10 x 100 s

@@ -33,6 +33,7 @@ permit; a trace simulator: the same profile driven by recorded jobs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from llmos.kernel.resources import READY, Allocation, NodeState, too_large_reason
 from llmos.kernel.scheduler import stages
@@ -51,6 +52,12 @@ from llmos.kernel.scheduler.framework import (
 Nodes = list[NodeState]
 
 
+def _any_has(jobs: list[PendingJob], attribute: str) -> bool:
+    """Whether any of ``jobs`` has ``attribute`` set: a stage's begin asks it of every
+    pending job, each pass (in C: a long queue waits at every pass)."""
+    return any(map(attrgetter(attribute), jobs))
+
+
 class PriorityAging(Stage):
     """Queue sort: highest effective priority first, FIFO among equals."""
 
@@ -66,7 +73,7 @@ class Dependencies(Stage):
     name = "dependencies"
 
     def begin(self, cycle: Cycle) -> bool:  # idle when no pending job depends on another
-        return any(j.waiting_for for j in cycle.pending)
+        return _any_has(cycle.pending, "waiting_for")
 
     def pre_filter(self, cycle: Cycle, job: PendingJob) -> Status:
         return stages.dependencies(job) if job.waiting_for else OK
@@ -122,7 +129,7 @@ class NodeSelector(Stage):
         cycle.state[self] = {}  # selector -> (nodes, status)
         # idle when every job may use every node
         return not (cycle.nodes and all(n.state == READY for n in cycle.nodes)
-                    and not any(j.selector for j in cycle.pending))
+                    and not _any_has(cycle.pending, "selector"))
 
     def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
         if nodes is not cycle.nodes:  # listed after a filter that narrowed them: no reuse
@@ -177,7 +184,8 @@ class AntiAffinity(_GroupCount):
     name = "anti-affinity"
 
     def begin(self, cycle: Cycle) -> bool:  # idle when no pending job keeps apart
-        return super().begin(cycle) and any(j.anti_affinity and j.group for j in cycle.pending)
+        return (super().begin(cycle) and _any_has(cycle.pending, "anti_affinity")
+                and any(j.anti_affinity and j.group for j in cycle.pending))
 
     def filter(self, cycle: Cycle, job: PendingJob, nodes: Nodes) -> tuple[Nodes, Status]:
         if not (job.anti_affinity and job.group):
@@ -197,7 +205,8 @@ class Spread(_GroupCount):
     name = "spread"
 
     def begin(self, cycle: Cycle) -> bool:  # idle when no pending job spreads
-        return super().begin(cycle) and any(j.spread and j.group for j in cycle.pending)
+        return (super().begin(cycle) and _any_has(cycle.pending, "spread")
+                and any(j.spread and j.group for j in cycle.pending))
 
     def score(self, cycle: Cycle, job: PendingJob, node: NodeState) -> float:
         if not (job.spread and job.group):

@@ -74,11 +74,18 @@ class HeadBlock(Stage):
         head = cycle.state[self]
         if head is None:
             return OK
-        who = job_named(head[0], head[1], job.team)
-        return Status.wait(f"waiting for {who} at the head of the queue (fifo)")
+        # the reason, made once per pass for the head's team and once for the others (a
+        # long FIFO queue waits behind one job)
+        same = head[1] == job.team
+        status = head[2].get(same)
+        if status is None:
+            who = job_named(head[0], head[1], job.team)
+            status = head[2][same] = Status.wait(
+                f"waiting for {who} at the head of the queue (fifo)")
+        return status
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
-        cycle.state[self] = (job.id, job.team)
+        cycle.state[self] = (job.id, job.team, {})
         return False
 
 
@@ -182,15 +189,20 @@ class TiresiasQueues(Stage):
             plans = self._on_one_node(cycle, state, job, nodes, mine, key)
         if not plans:
             state["fail"] = size if fail is None else tuple(map(min, size, fail))
-        left = state.get("left")
+        left, on_node = state.get("left"), state.get("on_node")
         for plan in plans or ():
             cycle.out.preemptions.append(plan)
             for victim in plan.victims:
                 r = pool.pop(victim, None)
                 if r is not None and left is not None:
-                    for a in r.allocations:
-                        if a.node in left:
+                    for a in r.allocations:  # (a later job's search skips what it took,
+                        if a.node in left:     # and a node with no victim left)
                             left[a.node] -= a.whole_gpus
+                            here = [ra for ra in on_node.get(a.node, ()) if ra[0] is not r]
+                            if here:
+                                on_node[a.node] = here
+                            else:
+                                del on_node[a.node]
         return True
 
     @staticmethod
@@ -209,8 +221,14 @@ class TiresiasQueues(Stage):
             state["by_name"] = {n.name: n for n in cycle.nodes}
             state["left"] = {name: sum(a.whole_gpus for _, a in here)
                              for name, here in on_node.items()}
-        by_name, want, left = state["by_name"], job.request.gpu, state["left"]
-        free = state["free"]
+            # the most GPUs one victim holds there (stays an upper bound as victims go)
+            state["most"] = {name: max(1, max(a.whole_gpus for _, a in here))
+                             for name, here in on_node.items()}
+        by_name, want, left, most = state["by_name"], job.request.gpu, state["left"], state["most"]
+        # free GPUs per node: the gang index's, kept as this pass binds jobs; else as at
+        # the pass's first blocked job, corrected where a node turns out fuller
+        index = cycle.state.get(gang.GPU_INDEX)
+        free = index.free if index is not None else state["free"]
         allowed = {n.name for n in nodes} if len(nodes) != len(cycle.nodes) else None
         best = None
         for name, here in on_node.items():
@@ -220,6 +238,8 @@ class TiresiasQueues(Stage):
             have = free[name]
             if want and left[name] + have < want:
                 continue  # not enough here even if every victim yielded
+            if best is not None and -(-(want - have) // most[name]) >= len(best[1]):
+                continue  # needs at least as many victims as the best
             picked = []
             for r, a in here:
                 if r.id in pool and queue[r.id] > mine:
@@ -236,6 +256,8 @@ class TiresiasQueues(Stage):
                 best = (name, picked)
                 if len(picked) == 1:
                     break
+            elif index is None:  # jobs bound in this pass took GPUs here
+                free[name] = len(node.free_gpus())
         if best is None:
             if want:
                 return None
