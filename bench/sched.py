@@ -1,22 +1,26 @@
 """Scheduling quality at cluster scale: every policy on the Philly trace, side by side.
 
     .venv/bin/python bench/sched.py [--trace ../shared/traces/philly-dev.csv]
-        [--days D] [--scale 1.25] [--workers 2] [--out docs/sched] [--no-pass-bench]
+        [--start DATE] [--days D] [--scale 1.25] [--workers 2] [--out DIR]
+        [--policies fifo,...] [--scenarios all-load1,...] [--no-pass-bench] [--no-sim]
 
 Runs the simulator (``llmos sim``: the daemon's own scheduler on a simulated clock) over
 ``philly-dev.csv`` in four scenarios — its busiest virtual cluster and the whole trace, at
 load factors 1 and 2 — on a cluster of 8-GPU nodes sized from the scenario's average GPU
 demand at load 1 (GPU-seconds / span) times ``--scale`` (1.25: about 80 % busy on average
 at load 1, overloaded at load 2: under real pressure). Prints the report table of all
-policies per scenario, writes ``sched-<scenario>.json`` and the JCT CDF / utilisation
-plots (PNG) to ``--out``, and checks the targets (issue 18) for ``llmos``: average JCT at
+policies per scenario, writes ``sched-<scenario>.json``, the JCT CDF / utilisation plots
+(PNG) and the printed output (``bench-output.txt``) to ``--out`` (by default
+``docs/sched/whole`` for the whole trace, ``docs/sched/<start>-<D>d`` for a window), and
+checks the targets (issue 18) for ``llmos``: average JCT at
 or below ``tiresias``'s, p99 queueing delay no worse than ``fifo``'s, no job starved (none
 never ran), and within 1.5x of the ``sjf`` oracle's average JCT.
 
 Then the pass time at 10,000 pending jobs over 1,000 nodes of 8 GPUs (7 of each node's 8
 GPUs busy), per policy: one :func:`llmos.kernel.scheduler.core.schedule` call, median of
-three (target: under 100 ms). ``--days`` keeps only the first D days of each scenario
-(for a quick run). Never fails on timing or on a target missed: it reports them.
+three (target: under 100 ms). ``--start`` / ``--days`` keep only the jobs submitted from
+that date, for D days (a quick run). Never fails on timing or on a target missed: it
+reports them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from llmos.kernel.scheduler.sim.trace import average_gpu_demand, parse_time, tea
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("fifo", "sjf", "tiresias", "llmos-easy", "llmos")
-console = Console(width=200)
+console = Console(width=200, record=True)  # what it prints is also saved to --out
 
 
 def scenarios(trace: Path, start: float | None, days: float | None) -> list[dict]:
@@ -77,7 +81,9 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=None, help="... for this many days")
     ap.add_argument("--scale", type=float, default=1.25)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs/sched")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="docs/sched/whole, docs/sched/<start>-<days>d for a window (with "
+                         "-<policies> for some policies only)")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--scenarios", default="", help="comma-separated scenario names")
     ap.add_argument("--no-pass-bench", action="store_true")
@@ -85,22 +91,42 @@ def main() -> None:
     a = ap.parse_args()
     policies = a.policies.split(",")
     params = SimParams(checkpoint_interval_s=1800, restore_s=60, tick_s=600, stop_s=30)
-    a.out.mkdir(parents=True, exist_ok=True)
     if not a.no_sim:
-        start = parse_time(a.start) if a.start else None
+        try:  # (a bad date fails before any run)
+            start = parse_time(a.start) if a.start else None
+        except ValueError as e:
+            ap.error(f"--start: {e}")
         chosen = scenarios(a.trace, start, a.days)
         if a.scenarios:
             chosen = [s for s in chosen if s["name"] in a.scenarios.split(",")]
+        # a run of some policies only writes apart, never over the full comparison
+        subset = "" if set(policies) == set(POLICIES) else "-" + "+".join(policies)
+        out = a.out or ROOT / "docs/sched" / (window_name(start, a.days) + subset)
+        out.mkdir(parents=True, exist_ok=True)
+        named = "" if not a.scenarios else "-" + "+".join(s["name"] for s in chosen)
         for s in chosen:  # sized from the demand at load 1, the same for both loads
             s["nodes"] = max(1, math.ceil(s["demand_gpus"] * a.scale / 8))
-        work = [(a.trace, s, p, s["nodes"], params) for s in chosen for p in policies]
-        with ProcessPoolExecutor(a.workers) as pool:
-            done = list(pool.map(run_one, work))
-        for i, s in enumerate(chosen):
-            mine = done[i * len(policies):(i + 1) * len(policies)]
-            show(s, mine, a.out, params)
+        with ProcessPoolExecutor(a.workers) as pool:  # each scenario shown when it is done
+            runs = [[pool.submit(run_one, (a.trace, s, p, s["nodes"], params))
+                     for p in policies] for s in chosen]
+            for s, mine in zip(chosen, runs):
+                show(s, [f.result() for f in mine], out, params)
+                console.save_text(str(out / f"bench-output{named}.txt"), clear=False)
     if not a.no_pass_bench:
         pass_bench(policies)
+    if not a.no_sim:
+        console.save_text(str(out / f"bench-output{named}.txt"), clear=False)
+
+
+def window_name(start: float | None, days: float | None) -> str:
+    """``whole``, or the window's first day and length (``2017-10-04-1d``)."""
+    if start is None and not days:
+        return "whole"
+    first = "first"
+    if start is not None:
+        day = time.gmtime(start)
+        first = time.strftime("%Y-%m-%d" if day[3:6] == (0, 0, 0) else "%Y-%m-%dT%H%M%S", day)
+    return f"{first}{f'-{days:g}d' if days else ''}"
 
 
 def show(s: dict, runs: list[dict], out: Path, params: SimParams) -> None:
@@ -183,7 +209,6 @@ def pass_bench(policies: list[str], pending_n: int = 10_000, nodes_n: int = 1_00
         console.print(f"  {name:<11} {ms:8.1f} ms   ({len(out.bindings)} bound, "
                       f"{sum(len(p.victims) for p in out.preemptions)} to preempt)")
         sys.stdout.flush()
-    (ROOT / "docs/sched").mkdir(parents=True, exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,29 @@ def test_tiresias_counts_the_gpus_its_own_pass_gave_away_when_it_preempts():
     assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == [(3, "n2", (11, 12))]
 
 
+def test_tiresias_counts_gpus_given_to_shares_when_no_whole_gpu_job_placed_before():
+    # Only anti-affinity jobs and GPU shares go before the preempting job, so the pass
+    # has no index of free GPUs: the free GPUs are counted on the node as it is now.
+    x = NodeState(NodeCapacity("x", tuple(range(32)), 256 * GB,
+                               tuple(GPU(i, "a100", 40 * GB) for i in range(4))))
+    y = NodeState(NodeCapacity("y", tuple(range(8)), 64 * GB))
+    big = RunningJob(90, x.allocate(Request(cpu=1, memory_mb=250 * GB)), NORMAL, NOW - 10)
+    kept_apart = RunningJob(91, y.allocate(Request(cpu=1, memory_mb=GB)), NORMAL, NOW - 10,
+                            group="g")
+    served = [RunningJob(i, x.allocate(Request(cpu=1, memory_mb=GB, gpu=1)), NORMAL,
+                         NOW - 4000, checkpointable=True) for i in (11, 12)]  # queue 1
+    apart = {"group": "g", "anti_affinity": True}
+    pending = [PendingJob(1, Request(cpu=1, memory_mb=8 * GB, gpu=1), NORMAL, NOW - 4, **apart),
+               PendingJob(2, Request(cpu=0.5, memory_mb=GB, gpu_share_mb=30 * GB), NORMAL,
+                          NOW - 3),
+               PendingJob(3, Request(cpu=0.5, memory_mb=GB, gpu_share_mb=30 * GB), NORMAL,
+                          NOW - 2),
+               PendingJob(4, Request(cpu=1, memory_mb=GB, gpu=2), NORMAL, NOW - 1, **apart)]
+    out = schedule(pending, [x, y], [big, kept_apart, *served], NOW, profile=policy("tiresias"))
+    assert sorted(bound(out)) == [2, 3]  # the shares took x's two free GPUs
+    assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == [(4, "x", (11, 12))]
+
+
 def test_tiresias_starvation_guard_puts_a_long_waiting_job_back_on_top():
     n = gpu_node(gpus=1)
     # attained 10,000 GPU-s (queue 1), last run 100 s: back to queue 0 after 10 x 100 s

@@ -234,8 +234,10 @@ def service_of(session: Session, job: Job) -> tuple[float, float]:
     """The service a job received in its ended attempts, from its stored transitions
     (each RUNNING period up to the next transition): (GPU-seconds, or cpu-seconds without
     GPUs, as the attained-service policies count them; seconds its last attempt ran). An
-    attempt still running counts nothing yet. A share of a GPU counts as one GPU (the
-    shared GPU's memory is not at hand here; RunningJob.service counts it so too)."""
+    attempt still running counts nothing yet. A share of a GPU counts as one GPU: the
+    shared GPU's memory is not at hand here, so an ended share weighs more in its team's
+    history than it accrued while running (RunningJob.service counts its fraction of the
+    GPU when the GPU's memory is known)."""
     times = session.execute(
         select(JobTransition.to_state, JobTransition.at)
         .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()

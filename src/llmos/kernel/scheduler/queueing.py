@@ -144,7 +144,7 @@ class TiresiasQueues(Stage):
                  if r.checkpointable}
         pool = {r.id: r for r in cycle.running if queue.get(r.id, 0) > 0}  # queue 0: never
         cycle.state[self] = {"pool": pool, "queue": queue, "fail": None, "nodes": None,
-                             "top": max((queue[r] for r in pool), default=0), "free": None}
+                             "top": max((queue[r] for r in pool), default=0), "largest": {}}
         return True
 
     def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
@@ -171,9 +171,6 @@ class TiresiasQueues(Stage):
                 state["nodes"] = stages.eligible_nodes(job, cycle.nodes, cycle.running)
             nodes = state["nodes"]
         key = lambda r: (-queue[r.id], -r.started_at)
-        if state["free"] is None:  # free GPUs per node at the start of the pass
-            state["free"] = {n.name: len(n.free_gpus()) for n in cycle.nodes}
-            state["largest"] = {}
         # remembered by the list's id only for the pass's shared list: a list made for one
         # job dies with its turn, and a later list may get the same id
         largest = state["largest"].get(id(nodes)) if nodes is state["nodes"] else None
@@ -197,12 +194,12 @@ class TiresiasQueues(Stage):
                 if r is not None and left is not None:
                     for a in r.allocations:  # (a later job's search skips what it took,
                         if a.node in left:     # and a node with no victim left)
-                            left[a.node] -= a.whole_gpus
+                            left[a.node] -= len(a.gpus)
                             here = [ra for ra in on_node.get(a.node, ()) if ra[0] is not r]
                             if here:
                                 on_node[a.node] = here
                             else:
-                                del on_node[a.node]
+                                on_node.pop(a.node, None)
         return True
 
     @staticmethod
@@ -210,7 +207,8 @@ class TiresiasQueues(Stage):
                      key) -> list[Preemption] | None:
         """:func:`choose_victims` on one node, fast when the pass preempts for thousands:
         the victims on each node sorted once a pass, the node needing the fewest found by
-        counting GPUs, then checked exactly."""
+        counting GPUs (a victim's GPUs, whole or shared, as :func:`choose_victims` counts
+        them: at most what it frees), then checked exactly."""
         pool, queue = state["pool"], state["queue"]
         on_node = state.get("on_node")
         if on_node is None:
@@ -219,23 +217,22 @@ class TiresiasQueues(Stage):
                 for a in r.allocations:
                     on_node[a.node].append((r, a))
             state["by_name"] = {n.name: n for n in cycle.nodes}
-            state["left"] = {name: sum(a.whole_gpus for _, a in here)
+            state["left"] = {name: sum(len(a.gpus) for _, a in here)
                              for name, here in on_node.items()}
             # the most GPUs one victim holds there (stays an upper bound as victims go)
-            state["most"] = {name: max(1, max(a.whole_gpus for _, a in here))
+            state["most"] = {name: max(1, max(len(a.gpus) for _, a in here))
                              for name, here in on_node.items()}
         by_name, want, left, most = state["by_name"], job.request.gpu, state["left"], state["most"]
-        # free GPUs per node: the gang index's, kept as this pass binds jobs; else as at
-        # the pass's first blocked job, corrected where a node turns out fuller
+        # free GPUs per node as the pass binds jobs: the gang index's, else counted
         index = cycle.state.get(gang.GPU_INDEX)
-        free = index.free if index is not None else state["free"]
+        free = index.free if index is not None else None
         allowed = {n.name for n in nodes} if len(nodes) != len(cycle.nodes) else None
         best = None
         for name, here in on_node.items():
             if allowed is not None and name not in allowed:
                 continue
             node = by_name[name]
-            have = free[name]
+            have = free[name] if free is not None else len(node.free_gpus())
             if want and left[name] + have < want:
                 continue  # not enough here even if every victim yielded
             if best is not None and -(-(want - have) // most[name]) >= len(best[1]):
@@ -243,7 +240,7 @@ class TiresiasQueues(Stage):
             picked = []
             for r, a in here:
                 if r.id in pool and queue[r.id] > mine:
-                    have += a.whole_gpus
+                    have += len(a.gpus)
                     picked.append((r, a))
                     if have >= want:
                         break
@@ -256,8 +253,6 @@ class TiresiasQueues(Stage):
                 best = (name, picked)
                 if len(picked) == 1:
                     break
-            elif index is None:  # jobs bound in this pass took GPUs here
-                free[name] = len(node.free_gpus())
         if best is None:
             if want:
                 return None
@@ -471,7 +466,9 @@ def reserve_least_blocking(job: PendingJob, nodes: Nodes, running: list[RunningJ
     """The one node the blocked ``job`` can start on soonest, and that node's state then
     with the job placed. Soonest: the least ``at`` (the latest timeout among the running
     jobs that must end first, infinite without timeouts), then the fewest such jobs.
-    Counted in GPUs for a GPU job (checked exactly on the chosen node)."""
+    Counted in GPUs for a GPU job (checked exactly on the chosen node). ``job`` is blocked:
+    it fits none of ``nodes`` now (the search stops at the first node that can do no
+    better, without looking for one where it would fit)."""
     request = job.request
     by_node: dict[str, list[tuple[RunningJob, Allocation]]] = defaultdict(list)
     for r in running:
