@@ -27,6 +27,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from llmos.models import gguf_convert
 from llmos.models import (
     GGUFSource,
     ModelImportError,
@@ -312,6 +313,29 @@ def test_a_gguf_transformers_cannot_convert_leaves_nothing(tmp_path):
                     progress=lambda done, total, stage: stages.append(stage))
     assert "de-quantizing" in stages   # it failed after the staging folder was made
     assert leftovers(tmp_path / "out") == []
+
+
+def test_a_gguf_file_is_parsed_once_per_import_and_gguf_is_itself_again_after(tmp_path):
+    import gguf
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(path, "llmos-test-arch")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    own = gguf.GGUFReader, gguf.get_tensor_name_map
+    with gguf_convert.one_parse():
+        first = gguf_convert.reader(path)
+        assert gguf.GGUFReader(str(path)) is first  # as transformers calls it, by str
+        arch = next(iter(gguf.MODEL_ARCH_NAMES))
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == own
+    assert gguf.GGUFReader(path) is not first
+    with pytest.raises(ModelImportError):  # a failed import gives gguf back as well
+        import_gguf(path, tmp_path / "out" / "model")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == own
 
 
 # -- model cards --------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos import extensions
+from llmos.models import gguf_convert
 from llmos.models.info import FileInfo, GGUFSource, ModelImportError, ModelInfo
 
 #: Files taken from a Hugging Face folder (besides the safetensors weights and their index).
@@ -244,14 +244,8 @@ def _onnx_headers(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def _gguf_tensors(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - truncated or malformed file
-        raise ModelImportError(f"{path.name} is not a readable GGUF file: {e}") from None
     return {t.name: (tuple(int(d) for d in t.shape), f"GGUF_{t.tensor_type.name}")
-            for t in reader.tensors}
+            for t in gguf_convert.reader(path).tensors}
 
 
 # -- describing a folder ------------------------------------------------------------------
@@ -497,73 +491,6 @@ def import_hf_dir(src: str | Path, dest: str | Path) -> ModelInfo:
 
 # -- GGUF ---------------------------------------------------------------------------------
 
-def _check_gguf_file(path: Path) -> None:
-    if path.is_dir():
-        raise ModelImportError(f"{path} is a folder; a Hugging Face folder goes through "
-                               f"import_hf_dir")
-    if not path.is_file():
-        raise ModelImportError(f"no GGUF file at {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ModelImportError(f"{path.name} is not a GGUF file: it starts with {magic!r}, "
-                               f"not b'GGUF'")
-
-
-def _gguf_header(path: Path) -> dict[str, Any]:
-    """Architecture, quantization and name from a GGUF header (the ``gguf`` package)."""
-    from gguf import GGUFReader, LlamaFileType
-
-    try:
-        reader = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - truncated or malformed header
-        raise ModelImportError(f"{path.name} is not a readable GGUF file: {e}") from None
-
-    def value(key: str) -> Any:
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else None
-
-    arch = value("general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise ModelImportError(f"{path.name} has no general.architecture in its GGUF header")
-    types = Counter(t.tensor_type.name for t in reader.tensors)
-    file_type = value("general.file_type")
-    try:
-        quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_")
-    except (ValueError, TypeError):
-        quant = types.most_common(1)[0][0] if types else "unknown"
-    name = value("general.name")
-    return {"architecture": arch, "quantization": quant,
-            "name": name if isinstance(name, str) else None,
-            "tensor_types": dict(sorted(types.items()))}
-
-
-def _dequantize(gguf_path: Path, out: Path, dtype: str, header: dict) -> None:
-    """Load the GGUF file with transformers (de-quantizing it) and save safetensors."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="llmos-gguf-") as link_dir:
-        # transformers reads from a folder: give it one holding only this file.
-        link = Path(link_dir) / gguf_path.name
-        link.symlink_to(gguf_path.resolve())
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(link_dir, gguf_file=link.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                link_dir, gguf_file=link.name, dtype=getattr(torch, dtype))
-        except Exception as e:  # noqa: BLE001 - transformers' many ways to refuse a file
-            raise ModelImportError(
-                f"transformers cannot convert {gguf_path.name} (GGUF architecture "
-                f"{header['architecture']!r}, {header['quantization']}): "
-                f"{type(e).__name__}: {e}") from None
-    # The weights are de-quantized already: save them as plain tensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
 def import_gguf(gguf_path: str | Path, dest: str | Path, dtype: str = "float32",
                 progress: ProgressFn | None = None) -> ModelInfo:
     """Convert a GGUF file once into a new folder ``dest`` of safetensors + tokenizer, and
@@ -578,21 +505,23 @@ def import_gguf(gguf_path: str | Path, dest: str | Path, dtype: str = "float32",
     if dtype not in GGUF_DTYPES:
         raise ModelImportError(f"dtype {dtype!r} is not one of {', '.join(GGUF_DTYPES)}")
     report = progress or (lambda done, total, stage: None)
-    _check_gguf_file(gguf_path)
+    gguf_convert.check_file(gguf_path)
     report(0, 4, "reading GGUF header")
-    header = _gguf_header(gguf_path)
-    with _staging(Path(dest)) as tmp:
-        report(1, 4, "de-quantizing")
-        _dequantize(gguf_path, tmp, dtype, header)
-        report(2, 4, "hashing the converted files")
-        folder = _read_folder(tmp)
-        hashes = _hash_all(folder)
-        report(3, 4, "keeping the GGUF file")
-        kept = _copy_hashed(gguf_path, tmp / gguf_path.name, gguf_path.name)
-        source = GGUFSource(file=gguf_path.name, sha256=kept.sha256, size=kept.size, **header)
-        info = _describe(folder, hashes, gguf=source)
-        info.files = sorted([*info.files, kept], key=lambda f: f.path)
-        info.size_bytes += kept.size
+    with gguf_convert.one_parse():  # the header read once, for this and for transformers
+        header = gguf_convert.header(gguf_path)
+        with _staging(Path(dest)) as tmp:
+            report(1, 4, "de-quantizing")
+            gguf_convert.dequantize(gguf_path, tmp, dtype, header)
+            report(2, 4, "hashing the converted files")
+            folder = _read_folder(tmp)
+            hashes = _hash_all(folder)
+            report(3, 4, "keeping the GGUF file")
+            kept = _copy_hashed(gguf_path, tmp / gguf_path.name, gguf_path.name)
+            source = GGUFSource(file=gguf_path.name, sha256=kept.sha256, size=kept.size,
+                                **header)
+            info = _describe(folder, hashes, gguf=source)
+            info.files = sorted([*info.files, kept], key=lambda f: f.path)
+            info.size_bytes += kept.size
     report(4, 4, "done")
     return info
 
@@ -626,7 +555,7 @@ def _load_gguf(src: Path, dest: Path, dtype: str, progress: ProgressFn | None
 
 
 HF_FOLDER = ModelLoader("hf", Path.is_dir, _read_folder, _load_hf)
-GGUF_FILE = ModelLoader("gguf", Path.is_file, _check_gguf_file, _load_gguf)
+GGUF_FILE = ModelLoader("gguf", Path.is_file, gguf_convert.check_file, _load_gguf)
 
 
 def model_loader(fmt: str, path: Path) -> ModelLoader:
