@@ -237,7 +237,8 @@ def test_a_killed_daemon_resumes_its_study_without_losing_or_repeating_trials(tm
         # it was still running when its daemon died: the new daemon's driver ended it
         assert datetime.fromisoformat(after["ended_at"]) > killed_at
         assert sorted(t["number"] for t in after["trials"]) == list(range(4))
-        assert after["done"] == 4
+        assert after["done"] == 4, [(t["number"], t["state"], t.get("reason"), t["job"])
+                                    for t in after["trials"]]
         for number, t in finished.items():  # finished before: kept, not run again
             again = next(x for x in after["trials"] if x["number"] == number)
             assert (again["value"], again["job"]) == (t["value"], t["job"])
