@@ -315,7 +315,8 @@ def test_a_gguf_transformers_cannot_convert_leaves_nothing(tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
-def test_a_gguf_file_is_parsed_once_per_import_and_gguf_is_itself_again_after(tmp_path):
+def test_a_gguf_file_is_parsed_once_per_import_and_gguf_is_itself_again_after(tmp_path,
+                                                                            monkeypatch):
     import gguf
 
     path = tmp_path / "odd.gguf"
@@ -325,16 +326,31 @@ def test_a_gguf_file_is_parsed_once_per_import_and_gguf_is_itself_again_after(tm
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    opened = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            opened.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
     own = gguf.GGUFReader, gguf.get_tensor_name_map
+    link = tmp_path / "elsewhere" / "link.gguf"  # transformers reads through such a link
+    link.parent.mkdir()
+    link.symlink_to(path)
     with gguf_convert.one_parse():
         first = gguf_convert.reader(path)
-        assert gguf.GGUFReader(str(path)) is first  # as transformers calls it, by str
+        assert gguf.GGUFReader(str(link)) is first
         arch = next(iter(gguf.MODEL_ARCH_NAMES))
         assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert len(opened) == 1
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == own
-    assert gguf.GGUFReader(path) is not first
-    with pytest.raises(ModelImportError):  # a failed import gives gguf back as well
+    opened.clear()
+    # An import (this one fails in transformers' tokenizer, after llmos read the header
+    # and transformers opened the file again) parses the file once, and gives gguf back.
+    with pytest.raises(ModelImportError, match="transformers cannot convert"):
         import_gguf(path, tmp_path / "out" / "model")
+    assert len(opened) == 1
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == own
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmos.models.info import ModelImportError
+
+_PATCHING = threading.RLock()  # one_parse: one thread's imports at a time
 
 
 def check_file(path: Path) -> None:
@@ -76,25 +79,28 @@ def one_parse() -> Iterator[None]:
     """Within: ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` answer a second call
     with the same arguments from the first (transformers imports both from ``gguf`` when it
     calls them, so it sees these); outside, both are gguf's own again. The readers are
-    read-only memory maps, released when the block ends."""
+    read-only memory maps, dropped when the block ends. One thread at a time (the names
+    are the module's, for the whole process): a second thread's import waits; the same
+    thread may nest blocks, each closing before the one around it."""
     import gguf
 
-    own_reader, own_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict[str, Any] = {}
+    with _PATCHING:
+        own_reader, own_map = gguf.GGUFReader, gguf.get_tensor_name_map
+        readers: dict[tuple[str, str], Any] = {}
 
-    def cached_reader(path, mode="r"):
-        key = (str(Path(path).resolve()), mode)
-        if key not in readers:
-            readers[key] = own_reader(path, mode)
-        return readers[key]
+        def cached_reader(path, mode="r"):
+            key = (str(Path(path).resolve()), mode)
+            if key not in readers:
+                readers[key] = own_reader(path, mode)
+            return readers[key]
 
-    gguf.GGUFReader = cached_reader
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(own_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = own_reader, own_map
-        readers.clear()
+        gguf.GGUFReader = cached_reader
+        gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(own_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = own_reader, own_map
+            readers.clear()
 
 
 def dequantize(gguf_path: Path, out: Path, dtype: str, header: dict) -> None:
