@@ -294,10 +294,10 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         import_gguf(smollm2_gguf(), tmp_path / "out" / "model", dtype="int8")
 
 
-def test_a_gguf_transformers_cannot_convert_leaves_nothing(tmp_path):
+def odd_gguf(path: Path) -> Path:
+    """A valid GGUF file of an architecture transformers does not know."""
     import gguf
 
-    path = tmp_path / "odd.gguf"
     writer = gguf.GGUFWriter(path, "llmos-test-arch")
     writer.add_name("odd")
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
@@ -305,6 +305,11 @@ def test_a_gguf_transformers_cannot_convert_leaves_nothing(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_a_gguf_transformers_cannot_convert_leaves_nothing(tmp_path):
+    path = odd_gguf(tmp_path / "odd.gguf")
     stages = []
     with pytest.raises(ModelImportError,
                        match=r"transformers cannot convert odd\.gguf \(GGUF architecture "
@@ -319,13 +324,7 @@ def test_a_gguf_file_is_parsed_once_per_import_and_gguf_is_itself_again_after(tm
                                                                             monkeypatch):
     import gguf
 
-    path = tmp_path / "odd.gguf"
-    writer = gguf.GGUFWriter(path, "llmos-test-arch")
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = odd_gguf(tmp_path / "odd.gguf")
     opened = []
 
     class Counting(gguf.GGUFReader):
