@@ -80,8 +80,7 @@ def one_parse() -> Iterator[None]:
     with the same arguments from the first (transformers imports both from ``gguf`` when it
     calls them, so it sees these); outside, both are gguf's own again. The readers are
     read-only memory maps, dropped when the block ends. One thread at a time (the names
-    are the module's, for the whole process): a second thread's import waits; the same
-    thread may nest blocks, each closing before the one around it."""
+    are the module's, for the whole process): a second thread's import waits."""
     import gguf
 
     with _PATCHING:
@@ -104,11 +103,12 @@ def one_parse() -> Iterator[None]:
 
 
 def dequantize(gguf_path: Path, out: Path, dtype: str, header: dict) -> None:
-    """Load the GGUF file with transformers (de-quantizing it) and save safetensors."""
+    """Load the GGUF file with transformers (de-quantizing it) and save safetensors. Called
+    inside :func:`one_parse` (as ``import_gguf`` does), the file is parsed once."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tempfile.TemporaryDirectory(prefix="llmos-gguf-") as link_dir, one_parse():
+    with tempfile.TemporaryDirectory(prefix="llmos-gguf-") as link_dir:
         # transformers reads from a folder: give it one holding only this file.
         link = Path(link_dir) / gguf_path.name
         link.symlink_to(gguf_path.resolve())
