@@ -8,6 +8,28 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Folders whose modules share something of the machine's and so never run at the same time
+# on two pytest-xdist workers: each module of tests/cluster starts a Ray cluster and cleans
+# up the node homes in /tmp that it finds new.
+SERIAL_FOLDERS = {"cluster"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n N`` (scripts/test), a test module is one unit of work, so its
+    module-scoped fixtures (a live daemon, a fine-tuned model) are made once, on one worker;
+    each folder in SERIAL_FOLDERS is one unit. (xdist's ``--dist loadgroup`` would say the
+    same with marks, but pytest 9 ignores the node ids it rewrites for it.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            folder = path.split("/")[1] if path.count("/") > 1 else ""
+            return f"tests/{folder}" if folder in SERIAL_FOLDERS else path
+
+    return ModuleScheduling(config, log)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _files_shared_with_jobs(tmp_path_factory):
