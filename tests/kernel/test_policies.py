@@ -310,6 +310,27 @@ def test_llmos_preempts_a_long_running_job_only_after_its_quantum():
         assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == expected
 
 
+def test_llmos_throws_away_at_most_a_quantum_of_a_victims_work_within_a_class():
+    """A job of the waiting job's class is a victim while at most a quantum (600 s) of its
+    work is unsaved (since its last checkpoint), and among victims the one losing least
+    goes first; one of a lower class yields at once, however much it loses. A job that
+    saves when asked to yield (``saved_at`` None, the daemon's) loses nothing."""
+    config = SchedulerConfig(aging_s=600)
+
+    def victims(*held: dict, waiting: PendingJob = job(1)) -> list:
+        n = gpu_node(gpus=len(held))
+        running = [hold(10 + k, n, 1, started=NOW - 5000, checkpointable=True,
+                        attained_s=50_000.0, **kw) for k, kw in enumerate(held)]
+        out = schedule([waiting], [n], running, NOW, config, profile=policy("llmos"))
+        return [p.victims for p in out.preemptions]
+
+    assert victims({"saved_at": NOW - 700}) == []
+    assert victims({"saved_at": NOW - 500}) == [(10,)]
+    assert victims({"saved_at": None}) == [(10,)]
+    assert victims({"saved_at": NOW - 500}, {"saved_at": NOW - 20}) == [(11,)]
+    assert victims({"saved_at": NOW - 4000, "priority": LOW}) == [(10,)]
+
+
 @pytest.mark.parametrize("name", ["llmos", "llmos-easy"])
 def test_waiting_never_justifies_preempting_a_job_of_the_same_class(name):
     """Aging lifts a waiting job in the queue, never over a running job of its own class:

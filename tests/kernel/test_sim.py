@@ -175,22 +175,41 @@ def test_two_equal_jobs_on_one_node_both_finish_with_few_preemptions(policy):
 
 
 def test_llmos_learns_a_teams_sweep_and_stops_preempting_its_half_done_jobs():
-    """A team's jobs all run 2,000 s. Two of them 1,100 s apart on one GPU: on a fresh
-    cluster llmos goes by attained service and preempts the first for the second, losing
-    its 1,100 s (no checkpoint yet); once 20 of the team's jobs have ended it knows the
-    first is 900 s from its end, the second 2,000 s, and lets the first finish."""
+    """A team's jobs all run 2,000 s and checkpoint every 1,000 s. Two of them 1,100 s apart
+    on one GPU: on a fresh cluster llmos goes by attained service and preempts the first
+    for the second, losing the 100 s since its checkpoint; once 20 of the team's jobs have
+    ended it knows the first is 900 s from its end, the second 2,000 s, and lets the first
+    finish."""
     pair = [job(1, 0, 2000, team="a"), job(2, 1100, 2000, team="a")]
-    fresh = run("llmos", pair, tick_s=300.0)
-    assert fresh[1].preemptions == 1 and fresh[1].lost >= 1100
+    fresh = run("llmos", pair, tick_s=300.0, checkpoint_interval_s=1000)
+    assert fresh[1].preemptions == 1 and fresh[1].lost == 100
     before = [job(100 + i, i * 2100.0, 2000, team="a") for i in range(20)]
     later = [job(j.id, j.submit + 20 * 2100.0, 2000, team="a") for j in pair]
-    learnt = run("llmos", before + later, tick_s=300.0)
+    learnt = run("llmos", before + later, tick_s=300.0, checkpoint_interval_s=1000)
     assert learnt[1].preemptions == 0 and learnt[2].preemptions == 0
     def total_jct(done: dict) -> float:
         return sum(done[i].end - done[i].trace.submit for i in (1, 2))
 
-    assert total_jct(fresh) == 5100 + 2000  # the first resumes from scratch at 3,100 s
+    # the first resumes at 3,100 s from its checkpoint: a 60 s restore, 1,000 s left
+    assert total_jct(fresh) == 4160 + 2000
     assert total_jct(learnt) == 2000 + 2900
+
+
+def test_llmos_never_throws_away_more_than_a_quantum_of_a_jobs_work_for_its_class():
+    """A long job checkpoints every 1,800 s, three times the quantum (aging_s, 600 s); a
+    stream of short jobs of its class keeps arriving. It is preempted only within 600 s
+    after a checkpoint, so each attempt keeps at least what it saved and it finishes. Were
+    it preempted whenever it had run a quantum, it would lose up to 1,800 s each time."""
+    long_one = job(1, 0, 7200)
+    shorts = [job(10 + i, 700.0 + 500 * i, 100) for i in range(20)]
+    done = run("llmos", [long_one, *shorts], tick_s=60.0, checkpoint_interval_s=1800)
+    assert done[1].outcome == SUCCEEDED
+    # at most one preemption per checkpoint, each losing at most a quantum and the restore
+    assert 0 < done[1].preemptions <= 7200 // 1800
+    assert done[1].lost <= done[1].preemptions * (600 + 60)
+    assert done[1].end <= 7200 + 20 * 100 + done[1].lost  # it never waits idle
+    # the first shorts wait for its first checkpoint (at 1,800 s) rather than cost it 700 s
+    assert done[10].first_start >= 1800
 
 
 def test_a_livelocked_policy_stops_with_a_clear_error_instead_of_hanging(monkeypatch):

@@ -105,6 +105,11 @@ class RunningJob:
     extra: tuple[Allocation, ...] = ()
     # The memory (MB) of the GPU a share runs on (0: unknown; the share counts as one GPU).
     gpu_memory_mb: int = 0
+    # When the work it would keep if preempted now was saved: its last checkpoint in this
+    # attempt, else ``started_at`` (a simulated job saving every so often). None: it saves
+    # when asked to yield (the daemon's checkpointable jobs, ``ctx.should_stop``), so a
+    # preemption loses nothing of its progress.
+    saved_at: float | None = None
 
     @property
     def expected_end(self) -> float:
@@ -125,6 +130,10 @@ class RunningJob:
     def rate(self) -> float:
         """Service per second of what it holds (:func:`service_rate`), worked out once."""
         return service_rate(self.allocations, self.gpu_memory_mb)
+
+    def unsaved(self, now: float) -> float:
+        """Seconds of its work a preemption now would throw away (:attr:`saved_at`)."""
+        return 0.0 if self.saved_at is None else max(0.0, now - self.saved_at)
 
     def service(self, now: float) -> float:
         """Attained service by ``now``: earlier attempts plus this one, in GPU-seconds

@@ -15,9 +15,10 @@ its team has too few finished jobs (plain LAS).
 Constants are round figures chosen before any trace was looked at, never fitted:
 LAS classes are decades of GPU-seconds (10^3, 10^4, 10^5: about 17 GPU-minutes, 2.8
 GPU-hours, 28 GPU-hours); waiting lifts a job one class per decade of waiting beyond
-``aging_s`` (1x, 10x, 100x ``aging_s``); a checkpointable job is preempted only after it
-ran one quantum (``aging_s``) in its attempt, so a preemption costs at most the restore
-plus the work since its last checkpoint against at least a quantum gained. The one
+``aging_s`` (1x, 10x, 100x ``aging_s``); a checkpointable job is preempted for a job of
+its priority class only after it ran one quantum (``aging_s``) in its attempt and while at
+most a quantum of its work is unsaved, so such a preemption costs at most the restore plus
+a quantum against at least a quantum gained. The one
 constant set after runs on the development trace is the starvation guard's
 (``STARVE_AGINGS``: the lift's third decade, 100x ``aging_s``; 10x preempted far too often).
 """
@@ -386,7 +387,9 @@ class LasPreemption(Stage):
     once, as ``llmos-easy``), or of its nominal class with a higher service class (what
     they are expected to still need by now, against what the waiting job is expected to
     need, its wait left aside: :func:`need_class`) once they ran one quantum (``aging_s``)
-    in their attempt; lowest rank first, then the most recently started (least work lost).
+    in their attempt and have at most a quantum of work not yet saved
+    (:meth:`RunningJob.unsaved`: since their last checkpoint); lowest rank first, then the
+    least work lost, then the most recently started.
     With its team's history a job near the usual end of its team's jobs is not preempted
     for a fresh one, which would need more (least attained service alone would: its class
     only grows).
@@ -397,7 +400,11 @@ class LasPreemption(Stage):
     progress. Compared without the wait, a preemption within a class needs the victim's
     service class strictly above the waiting job's, and each victim has had a quantum of
     service in its attempt first: two jobs take turns of at least a quantum, never
-    thrash. (Expected need is not monotone in the service received, so within the range
+    thrash. Nor does a preemption within a class throw away more than a quantum of work: a
+    job that checkpoints less often than every quantum is a victim only in the quantum
+    after each checkpoint, so each of its attempts keeps at least what it saved (without
+    this, on a busy cluster a job whose checkpoints are rarer than the quantum is preempted
+    before its first one again and again, and never progresses). (Expected need is not monotone in the service received, so within the range
     of its team's history a job's class may fall as well as rise; past it, it only
     rises.) The one exception is the starvation guard (as Tiresias'): a job that waited
     STARVE_AGINGS x aging_s (16.7 h by default, counted from when it was ready to run)
@@ -420,14 +427,19 @@ class LasPreemption(Stage):
             return -r.priority, need_class(history, r.team, r.service(now),
                                            bool(r.allocation.gpus))
 
+        quantum = cfg.aging_s
         ranks, candidates = {}, []  # (each rank worked out once: thousands may run)
         for r in cycle.running:  # (one of a higher priority is never a victim)
-            if r.checkpointable and (r.priority < job.priority or (
-                    r.priority == job.priority and now - r.started_at >= cfg.aging_s)):
-                theirs = rank(r)
-                if theirs > mine:
-                    ranks[r.id] = (-theirs[0], -theirs[1], -r.started_at)
-                    candidates.append(r)
+            if not r.checkpointable or r.priority > job.priority:
+                continue
+            unsaved = r.unsaved(now)
+            if r.priority == job.priority and (now - r.started_at < quantum
+                                               or unsaved > quantum):
+                continue  # its class: a quantum run first, at most a quantum thrown away
+            theirs = rank(r)
+            if theirs > mine:
+                ranks[r.id] = (-theirs[0], -theirs[1], unsaved, -r.started_at)
+                candidates.append(r)
         plans = choose_victims(job, nodes, candidates, key=lambda r: ranks[r.id],
                                multi=cfg.multi_node)
         cycle.out.preemptions.extend(plans or ())

@@ -41,6 +41,7 @@ from llmos.kernel.scheduler.sim.trace import TraceJob
 _PENDING_FIELDS = {f.name for f in fields(PendingJob)}
 _RUNNING_FIELDS = {f.name for f in fields(RunningJob)}
 GANGS = "extra" in {f.name for f in fields(Binding)}  # multi-node gangs in this scheduler
+SAVES = "saved_at" in _RUNNING_FIELDS  # this scheduler weighs the work a preemption loses
 
 SUCCEEDED, TIMED_OUT, REFUSED, NEVER_RAN = "succeeded", "time limit", "refused", "never ran"
 
@@ -104,6 +105,7 @@ class SimJob:
         "gpu_memory",
         "last_run",
         "lost",
+        "next_save",
         "outcome",
         "pending_since",
         "preemptions",
@@ -126,6 +128,7 @@ class SimJob:
         self.restore = 0.0  # restore time of the current attempt
         self.preemptions = 0
         self.lost = 0.0  # seconds of work lost to preemptions (restores included)
+        self.next_save = math.inf  # the moment of its attempt's next checkpoint
         self.outcome: str | None = None
         self.version = 0  # an end event of an older attempt is stale
         self.allocs: tuple = ()
@@ -286,6 +289,8 @@ class Simulator:
 
     def _pass(self, now: float) -> tuple[int, int]:
         began = time.perf_counter()
+        if self.params.checkpoint_interval_s > 0 and SAVES:
+            self._checkpoints(now)
         running = list(self.running.values())
         if self.stops:  # yielding victims cannot be preempted again (as in the daemon)
             yielding = {job_id for _, job_id, _ in self.stops}
@@ -311,6 +316,18 @@ class Simulator:
         if out.bindings or stopped:
             self.busy.append((now, self.busy_gpus))
         return stopped, len(out.bindings)
+
+    def _checkpoints(self, now: float) -> None:
+        """Each running job's last checkpoint by ``now`` (``RunningJob.saved_at``: what a
+        preemption would throw away), every ``checkpoint_interval_s`` of progress."""
+        interval = self.params.checkpoint_interval_s
+        for job_id, r in self.running.items():
+            job = self.by_id[job_id]
+            if now >= job.next_save:
+                began = job.attempt_start + job.restore  # progress starts after the restore
+                k = math.floor((now - began) / interval)
+                job.next_save = began + (k + 1) * interval
+                self.running[job_id] = replace(r, saved_at=began + k * interval)
 
     # -- the simulated executor -----------------------------------------------------------
 
@@ -356,7 +373,10 @@ class Simulator:
                   "started_at": now, "timeout_s": t.time_limit_s,
                   "checkpointable": t.checkpointable, "team": t.team,
                   "attained_s": job.attained, "extra": tuple(allocs[1:]),
-                  "gpu_memory_mb": job.gpu_memory}
+                  "gpu_memory_mb": job.gpu_memory,
+                  # nothing saved in this attempt yet; None: nothing is ever lost
+                  "saved_at": now if self.params.checkpoint_interval_s > 0 else None}
+        job.next_save = now + job.restore + self.params.checkpoint_interval_s
         self.running[t.id] = RunningJob(**{k: v for k, v in values.items()
                                            if k in _RUNNING_FIELDS})
         end = now + job.restore + (t.duration - job.done)
