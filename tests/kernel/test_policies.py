@@ -311,7 +311,7 @@ def test_llmos_preempts_a_long_running_job_only_after_its_quantum():
 
 
 def test_llmos_throws_away_at_most_a_quantum_of_a_victims_work_within_a_class():
-    """A job of the waiting job's class is a victim while at most a quantum (600 s) of its
+    """A job of the waiting job's class is a victim while less than a quantum (600 s) of its
     work is unsaved (since its last checkpoint), and among victims the one losing least
     goes first; one of a lower class yields at once, however much it loses. A job that
     saves when asked to yield (``saved_at`` None, the daemon's) loses nothing."""
@@ -325,6 +325,7 @@ def test_llmos_throws_away_at_most_a_quantum_of_a_victims_work_within_a_class():
         return [p.victims for p in out.preemptions]
 
     assert victims({"saved_at": NOW - 700}) == []
+    assert victims({"saved_at": NOW - 600}) == []  # a whole quantum: too much
     assert victims({"saved_at": NOW - 500}) == [(10,)]
     assert victims({"saved_at": None}) == [(10,)]
     assert victims({"saved_at": NOW - 500}, {"saved_at": NOW - 20}) == [(11,)]

@@ -206,7 +206,7 @@ def test_llmos_never_throws_away_more_than_a_quantum_of_a_jobs_work_for_its_clas
     assert done[1].outcome == SUCCEEDED
     # at most one preemption per checkpoint, each losing at most a quantum and the restore
     assert 0 < done[1].preemptions <= 7200 // 1800
-    assert done[1].lost <= done[1].preemptions * (600 + 60)
+    assert done[1].lost < done[1].preemptions * (600 + 60)
     assert done[1].end <= 7200 + 20 * 100 + done[1].lost  # it never waits idle
     # the first shorts wait for its first checkpoint (at 1,800 s) rather than cost it 700 s
     assert done[10].first_start >= 1800

@@ -107,8 +107,8 @@ class RunningJob:
     gpu_memory_mb: int = 0
     # When the work it would keep if preempted now was saved: its last checkpoint in this
     # attempt, else ``started_at`` (a simulated job saving every so often). None: it saves
-    # when asked to yield (the daemon's checkpointable jobs, ``ctx.should_stop``), so a
-    # preemption loses nothing of its progress.
+    # when asked to yield, as the daemon's checkpointable jobs promise to (they poll
+    # ``ctx.should_yield()`` and save within the grace), so a preemption loses nothing.
     saved_at: float | None = None
 
     @property

@@ -27,8 +27,8 @@ call. ``policy(name)`` builds one; ``POLICIES`` lists the builders.
                 where the head reserves ONE node (the one it can start on soonest; with
                 no timeouts known, nothing jumps it there); preemption of a checkpointable
                 job of a lower class at once (as llmos-easy), of its class but a higher
-                service class only after it ran one quantum (aging_s) and while at
-                most a quantum of its work is unsaved (since its last checkpoint); classes as
+                service class only after it ran one quantum (aging_s) and while
+                less than a quantum of its work is unsaved (since its last checkpoint); classes as
                 declared and as served, never as lifted by waiting (else equal jobs would
                 preempt each other every aging_s), except that a job that waited 100 x
                 aging_s counts as the least served (the starvation guard); gangs and GPU

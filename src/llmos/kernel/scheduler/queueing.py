@@ -16,9 +16,9 @@ Constants are round figures chosen before any trace was looked at, never fitted:
 LAS classes are decades of GPU-seconds (10^3, 10^4, 10^5: about 17 GPU-minutes, 2.8
 GPU-hours, 28 GPU-hours); waiting lifts a job one class per decade of waiting beyond
 ``aging_s`` (1x, 10x, 100x ``aging_s``); a checkpointable job is preempted for a job of
-its priority class only after it ran one quantum (``aging_s``) in its attempt and while at
-most a quantum of its work is unsaved, so such a preemption costs at most the restore plus
-a quantum against at least a quantum gained. The one
+its priority class only after it ran one quantum (``aging_s``) in its attempt and while
+less than a quantum of its work is unsaved, so such a preemption costs at most the restore plus
+a quantum (and its yield) against at least a quantum gained. The one
 constant set after runs on the development trace is the starvation guard's
 (``STARVE_AGINGS``: the lift's third decade, 100x ``aging_s``; 10x preempted far too often).
 """
@@ -387,7 +387,7 @@ class LasPreemption(Stage):
     once, as ``llmos-easy``), or of its nominal class with a higher service class (what
     they are expected to still need by now, against what the waiting job is expected to
     need, its wait left aside: :func:`need_class`) once they ran one quantum (``aging_s``)
-    in their attempt and have at most a quantum of work not yet saved
+    in their attempt and have less than a quantum of work not yet saved
     (:meth:`RunningJob.unsaved`: since their last checkpoint); lowest rank first, then the
     least work lost, then the most recently started.
     With its team's history a job near the usual end of its team's jobs is not preempted
@@ -400,16 +400,18 @@ class LasPreemption(Stage):
     progress. Compared without the wait, a preemption within a class needs the victim's
     service class strictly above the waiting job's, and each victim has had a quantum of
     service in its attempt first: two jobs take turns of at least a quantum, never
-    thrash. Nor does a preemption within a class throw away more than a quantum of work: a
+    thrash. Nor does a preemption within a class throw away a quantum of work or more: a
     job that checkpoints less often than every quantum is a victim only in the quantum
-    after each checkpoint, so each of its attempts keeps at least what it saved (without
-    this, on a busy cluster a job whose checkpoints are rarer than the quantum is preempted
-    before its first one again and again, and never progresses). (Expected need is not monotone in the service received, so within the range
+    after each checkpoint (never before its attempt's first one), so each of its attempts
+    keeps what it saved (without this, on a busy cluster a job whose checkpoints are rarer
+    than the quantum is preempted before its first one again and again, and never
+    progresses). (Expected need is not monotone in the service received, so within the range
     of its team's history a job's class may fall as well as rise; past it, it only
     rises.) The one exception is the starvation guard (as Tiresias'): a job that waited
     STARVE_AGINGS x aging_s (16.7 h by default, counted from when it was ready to run)
-    counts as class 0, so a gang that lost its node to small jobs takes one back; equal
-    jobs then take turns that long."""
+    counts as class 0, so a gang that lost its node to small jobs takes one back (its
+    victims of its class still only with less than a quantum unsaved); equal jobs then
+    take turns that long."""
 
     name = "las-preemption"
 
@@ -434,8 +436,8 @@ class LasPreemption(Stage):
                 continue
             unsaved = r.unsaved(now)
             if r.priority == job.priority and (now - r.started_at < quantum
-                                               or unsaved > quantum):
-                continue  # its class: a quantum run first, at most a quantum thrown away
+                                               or unsaved >= quantum):
+                continue  # its class: a quantum run first, less than a quantum thrown away
             theirs = rank(r)
             if theirs > mine:
                 ranks[r.id] = (-theirs[0], -theirs[1], unsaved, -r.started_at)
