@@ -17,8 +17,8 @@ or below ``tiresias``'s, p99 queueing delay no worse than ``fifo``'s, no job sta
 never ran), and within 1.5x of the ``sjf`` oracle's average JCT.
 
 Then the pass time at 10,000 pending jobs over 1,000 nodes of 8 GPUs (7 of each node's 8
-GPUs busy), per policy: one :func:`llmos.kernel.scheduler.core.schedule` call, median of
-three (target: under 100 ms). ``--start`` / ``--days`` keep only the jobs submitted from
+GPUs busy), per policy: one :func:`llmos.kernel.scheduler.core.schedule` call, median CPU
+time of five (target: under 100 ms). ``--start`` / ``--days`` keep only the jobs submitted from
 that date, for D days (a quick run). Never fails on timing or on a target missed: it
 reports them.
 """
@@ -197,14 +197,15 @@ def pass_bench(policies: list[str], pending_n: int = 10_000, nodes_n: int = 1_00
                                   duration_s=rng.uniform(60, 86400), checkpointable=True))
     history = team_history({j.team for j in pending})
     console.print(f"\npass time: {pending_n:,} pending jobs x {nodes_n:,} nodes of 8 GPUs "
-                  f"(7 of 8 busy; a full history of ended jobs per team), median of 3 "
-                  f"(target < 100 ms)")
+                  f"(7 of 8 busy; a full history of ended jobs per team), median CPU time "
+                  f"of 5 (the pass's own cost, whatever else this machine runs; target "
+                  f"< 100 ms)")
     for name in policies:
         profile, times, out = profile_for(name), [], None
-        for _ in range(3):
-            t0 = time.perf_counter()
+        for _ in range(5):
+            t0 = time.process_time()
             out = schedule(pending, nodes, running, now, SchedulerConfig(), profile, history)
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         ms = statistics.median(times) * 1000
         console.print(f"  {name:<11} {ms:8.1f} ms   ({len(out.bindings)} bound, "
                       f"{sum(len(p.victims) for p in out.preemptions)} to preempt)")
