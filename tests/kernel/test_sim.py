@@ -127,6 +127,19 @@ def test_a_victim_yields_after_the_grace_and_its_preemptor_starts_then():
     assert [t for t, _ in done[1].bindings] == [0, 830] and done[1].end == 830 + 60 + 400
 
 
+@pytest.mark.parametrize("policy", ["fifo", "tiresias", "llmos"])
+def test_with_rounds_a_pass_runs_only_at_each_round_and_what_came_between_waits(policy):
+    # One GPU, 300 s rounds: job 1 arrives at 10 and starts at the round of 300; it ends
+    # at 400, and job 2 (arrived at 350) starts at the next round, 600. Without rounds
+    # each starts the moment it can. The run makes a handful of passes, not one per event.
+    jobs = [job(1, 10, 90), job(2, 350, 50)]
+    assert starts(run(policy, jobs)) == {1: 10, 2: 350}
+    done = run(policy, [job(1, 10, 390), job(2, 350, 50)], round_s=300)
+    assert starts(done) == {1: 300, 2: 900}
+    assert done[1].end == 690 and done[2].end == 950
+    assert done[2].waited == 900 - 350
+
+
 def test_jobs_that_are_not_checkpointable_are_never_preempted():
     jobs = [job(1, 0, 1000, priority=LOW, checkpointable=False),
             job(2, 700, 100, priority=HIGH)]

@@ -86,6 +86,11 @@ def sim(
         "preemption meanwhile, as in the daemon)."),
     tick_s: float = typer.Option(300.0, "--tick-s", help="While jobs wait, a scheduling "
                                  "pass at least this often (simulated seconds)."),
+    round_s: float = typer.Option(
+        0.0, "--round-s", help="Passes only at multiples of this many simulated seconds "
+        "(scheduling rounds: far fewer passes over a long, busy trace; what ends or "
+        "arrives between two rounds waits for the next); 0: a pass at every event, as "
+        "the daemon does."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N jobs "
                                         "(after the filters)."),
     out_dir: Path | None = typer.Option(None, "--out", help="Write summary.json and the "
@@ -102,7 +107,8 @@ def sim(
     if not names or unknown:
         raise UsageError(f"unknown policy {', '.join(unknown) or '(none given)'} "
                          f"(known: {', '.join(known)})")
-    _check_numbers(load, tick_s, checkpoint_interval_s, restore_s, preempt_grace_s)
+    _check_numbers(load, tick_s, checkpoint_interval_s, restore_s, preempt_grace_s,
+                   round_s)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
     try:
@@ -117,7 +123,7 @@ def sim(
         raise typer.Exit(1) from None
     params = simpkg.SimParams(checkpoint_interval_s=checkpoint_interval_s,
                               restore_s=restore_s, tick_s=tick_s,
-                              stop_s=preempt_grace_s)
+                              stop_s=preempt_grace_s, round_s=round_s)
     results, summaries = [], []
     for name in names:
         with err.status(f"simulating {len(jobs):,} jobs under {name} ..."):
@@ -130,7 +136,8 @@ def sim(
         summaries.append(report.summarize(result))
     meta = {"trace": str(trace), "jobs": len(jobs), "vc": vc, "load": load,
             "cluster": shape.describe(), "gpus": shape.gpus,
-            "checkpoint_interval_s": checkpoint_interval_s, "restore_s": restore_s}
+            "checkpoint_interval_s": checkpoint_interval_s, "restore_s": restore_s,
+            "round_s": round_s}
     if as_json:
         out.print_json(json.dumps({"meta": meta, "policies": summaries}))
     else:
@@ -147,7 +154,7 @@ sim.__doc__ = HELP
 
 
 def _check_numbers(load: float, tick_s: float, checkpoint_interval_s: float,
-                   restore_s: float, preempt_grace_s: float) -> None:
+                   restore_s: float, preempt_grace_s: float, round_s: float = 0.0) -> None:
     """UsageError for a simulation flag that is not a finite number within its bounds."""
     from llmos.kernel.scheduler.sim.trace import MAX_SECONDS
 
@@ -157,7 +164,8 @@ def _check_numbers(load: float, tick_s: float, checkpoint_interval_s: float,
         raise UsageError("--tick-s must be at least 1 (simulated seconds) and at most ten "
                          "years")
     for value, what in ((checkpoint_interval_s, "--checkpoint-interval-s"),
-                        (restore_s, "--restore-s"), (preempt_grace_s, "--preempt-grace-s")):
+                        (restore_s, "--restore-s"), (preempt_grace_s, "--preempt-grace-s"),
+                        (round_s, "--round-s")):
         if not 0 <= value <= MAX_SECONDS:
             raise UsageError(f"{what} must be from 0 to ten years (315,360,000 s), not "
                              f"{value:g}")

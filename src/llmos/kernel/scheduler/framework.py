@@ -127,6 +127,14 @@ class RunningJob:
         return self.allocation.whole_gpus + sum(a.whole_gpus for a in self.extra)
 
     @cached_property
+    def held(self) -> tuple[int, int, int]:
+        """(millicores, MB of memory, GPUs whole or shared) it holds over all its nodes,
+        worked out once."""
+        allocations = self.allocations
+        return (sum(sum(a.cores.values()) for a in allocations),
+                sum(a.memory_mb for a in allocations), sum(len(a.gpus) for a in allocations))
+
+    @cached_property
     def rate(self) -> float:
         """Service per second of what it holds (:func:`service_rate`), worked out once."""
         return service_rate(self.allocations, self.gpu_memory_mb)

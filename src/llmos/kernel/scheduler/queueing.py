@@ -29,8 +29,11 @@ import math
 from collections import defaultdict
 from operator import attrgetter
 
+import numpy as np
+
 from llmos.kernel.resources import MILLI, Allocation, NodeState
 from llmos.kernel.scheduler import gang, stages
+from llmos.kernel.scheduler.columns import Columns, classes, decades, running_sums
 from llmos.kernel.scheduler.framework import (
     OK,
     Cycle,
@@ -149,9 +152,14 @@ class TiresiasQueues(Stage):
         return True
 
     def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
-        now = cycle.now
-        keyed = sorted((tiresias_pending_queue(j, now), j.queued_at, j.id, j) for j in jobs)
-        return [k[3] for k in keyed]
+        """By (:func:`tiresias_pending_queue`, time queued, id), worked out as columns."""
+        cols = Columns(jobs)
+        attained, last = cols.col("attained_s"), cols.col("last_run_s")
+        ran = np.where(last != 0, last, attained / np.maximum(1.0, cols.col("gpu")))  # last_run
+        waited = cycle.now - cols.col("queued_at")
+        queue = np.where((ran != 0) & (waited >= STARVE_LIMIT * ran), 0,
+                         classes(attained, TIRESIAS_THRESHOLDS))
+        return cols.taken(np.lexsort((cols.col("id"), cols.col("queued_at"), queue)))
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
         """Preempt for ``job`` (True: go on with the next blocked job; False: no job after
@@ -285,10 +293,14 @@ def need_class(history, team: str | None, attained: float, gpu: bool = True) -> 
 
 
 def waiting_lift(waited: float, aging_s: float) -> int:
-    """Classes a wait lifts: one at ``aging_s``, one more per decade beyond."""
+    """Classes a wait lifts: one at ``aging_s``, one more per decade beyond (10x, 100x
+    ``aging_s``...; counted by comparing, as :meth:`LasAging.order` does for a queue)."""
     if waited < aging_s:
         return 0
-    return 1 + int(math.log10(waited / aging_s))
+    ratio, lift = waited / aging_s, 1
+    while ratio >= 10.0 ** lift:
+        lift += 1
+    return lift
 
 
 def llmos_rank(job: PendingJob, now: float, aging_s: float, max_rank: int,
@@ -316,54 +328,46 @@ class LasAging(Stage):
     inside a rank, teams in turn by least dominant share (DRF, equal weights; quotas cap
     each team separately), FIFO inside a team. Each job's fair-share key is its team's
     share at the start of the pass plus the dominant shares of the team's jobs before it
-    in the rank, as if those ran (weighted fair queueing's virtual start): one loop, one
-    sort."""
+    in the rank, as if those ran (weighted fair queueing's virtual start). Worked out as
+    columns (:mod:`.columns`): one pass over the queue's fields, one sort."""
 
     name = "las-aging"
 
     def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
-        cfg, now = cycle.config, cycle.now
-        fifo = sorted(jobs, key=_ARRIVAL)
-        aging, top, log10 = cfg.aging_s, cfg.max_rank, math.log10
-        t0, t1, t2 = LAS_THRESHOLDS
-        # llmos_rank as one int ((top - class) * 8 + service class) and the team's
-        # fair-share start, in one loop: this runs for 10,000s of jobs
+        # as columns (this runs for 10,000s of jobs at every pass): llmos_rank as one int,
+        # (max_rank - class) * 8 + service class, then the fair-share start of each job
+        if not jobs:
+            return []
+        cfg, cols, history = cycle.config, Columns(jobs), cycle.history
+        attained = cols.col("attained_s")
+        if history is None:
+            cls = classes(attained, LAS_THRESHOLDS)
+        else:  # need_class once per (team, service received, GPU or not)
+            gpu = (cols.col("gpu") > 0) | (cols.col("gpu_share_mb") > 0)  # uses_gpu
+            keys = list(zip(cols.values("team"), attained.tolist(), gpu.tolist()))
+            cls = cols.per_value(keys, lambda team, a, g: need_class(history, team, a, g))
+        waited = cycle.now - cols.col("queued_at")
+        aged = waited >= cfg.aging_s
+        with np.errstate(divide="ignore", invalid="ignore"):  # (an aging_s of 0)
+            ratio = waited / cfg.aging_s
+        # waiting_lift (lifts beyond the top service class change nothing)
+        lift = aged * (1 + decades(ratio, range(1, len(LAS_THRESHOLDS))))
+        priority, top = cols.col("priority"), cfg.max_rank
+        priority = np.where(aged, np.minimum(priority + 1, top), priority)
+        rank = (top - priority) * 8 + np.maximum(cls - lift, 0)
+        # fair share: a team's share now plus those of its jobs before it in its rank
         totals, shares = team_shares(cycle)
-        cpu_t, mem_t, gpu_t = totals
-        gpu_t = gpu_t or math.inf
-        acc: dict = {}
-        keyed = []
-        history = cycle.history
-        needs: dict = {}  # (team, attained, GPU or not) -> its class, once a pass
-        for n, j in enumerate(fifo):  # (comparisons, not min/max calls: this is hot)
-            a, p, waited = j.attained_s, j.priority, now - j.queued_at
-            if history is None:
-                cls = 0 if a < t0 else 1 if a < t1 else 2 if a < t2 else 3
-            else:
-                gpu = uses_gpu(j.request)
-                cls = needs.get((j.team, a, gpu))
-                if cls is None:
-                    cls = needs[(j.team, a, gpu)] = need_class(history, j.team, a, gpu)
-            if waited >= aging:
-                cls -= 1 + int(log10(waited / aging))
-                if cls < 0:
-                    cls = 0
-                p = p + 1 if p < top else top
-            rank = (top - p) * 8 + cls
-            slot = (rank, j.team)
-            start = acc.get(slot)
-            if start is None:
-                start = shares.get(j.team, 0.0)
-            r = j.request
-            share, mem, gpu = r.cpu / cpu_t, r.memory_mb / mem_t, r.gpu / gpu_t
-            if mem > share:
-                share = mem
-            if gpu > share:
-                share = gpu
-            acc[slot] = start + share
-            keyed.append((rank, start, n))
-        keyed.sort()
-        return [fifo[k[2]] for k in keyed]
+        share = np.maximum(np.maximum(cols.col("cpu") / totals[0],
+                                      cols.col("memory_mb") / totals[1]),
+                           cols.col("gpu") / (totals[2] or math.inf))
+        team, names = cols.codes("team")
+        place = cols.arrival()
+        slot = rank * len(names) + team  # one number per (rank, team)
+        by_slot = np.lexsort((place, slot))
+        base = np.array([shares.get(t, 0.0) for t in names])[team]
+        start = np.empty(cols.n)
+        start[by_slot] = running_sums(base[by_slot], share[by_slot], slot[by_slot])
+        return cols.taken(np.lexsort((place, start, rank)))
 
 
 def team_shares(cycle: Cycle) -> tuple[tuple[float, float, float], dict]:
@@ -373,10 +377,10 @@ def team_shares(cycle: Cycle) -> tuple[tuple[float, float, float], dict]:
               float(sum(len(c.gpus) for c in caps)))
     used: dict = {}
     for r in cycle.running:
-        cpu, mem, gpu = used.get(r.team, (0, 0, 0))
-        for a in r.allocations:
-            cpu, mem, gpu = cpu + sum(a.cores.values()), mem + a.memory_mb, gpu + len(a.gpus)
-        used[r.team] = (cpu, mem, gpu)
+        held, team = r.held, r.team
+        before = used.get(team)
+        used[team] = held if before is None else (
+            before[0] + held[0], before[1] + held[1], before[2] + held[2])
     shares = {t: dominant_share(c / MILLI, m, g, totals) for t, (c, m, g) in used.items()}
     return totals, shares
 

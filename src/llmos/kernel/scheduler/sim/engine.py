@@ -89,6 +89,10 @@ class SimParams:
     # victims are yielding no pass preempts more (the daemon's rule), and they are passed
     # to the scheduler as not checkpointable.
     stop_s: float = 0.0
+    # Scheduling rounds: passes only at multiples of round_s of simulated time (what
+    # happened in between waits for the next one, as with Slurm's sched_interval or
+    # Gavel's rounds); 0: a pass at every instant something changed, as the daemon does.
+    round_s: float = 0.0
 
 
 class SimJob:
@@ -205,8 +209,9 @@ class Simulator:
         ai = 0
         now = arrivals[0].trace.submit if arrivals else 0.0
         start, last_pass, passes = now, -math.inf, 0
-        tick = self.params.tick_s
+        tick, round_s = self.params.tick_s, self.params.round_s
         idle_passes = 0
+        due = math.inf  # when the pass that a change calls for runs (its round)
         horizon, max_passes = self._limits(start)
         while True:
             candidates = []
@@ -216,8 +221,12 @@ class Simulator:
                 candidates.append(self.ends[0][0])
             if self.stops:
                 candidates.append(self.stops[0][0])
+            # the periodic pass (after a first one, which a change calls for)
+            tick_at = self._round(last_pass + tick) if passes else math.inf
             if self.pending and tick > 0 and (self.running or ai < n or idle_passes == 0):
-                candidates.append(last_pass + tick)
+                candidates.append(tick_at)
+            if self.pending and due < math.inf:
+                candidates.append(due)
             if not candidates:
                 break
             now = max(now, min(candidates))
@@ -239,19 +248,28 @@ class Simulator:
                 if job.version == version and job_id in self.running:
                     self._preempt(job, now)
                     changed = True
+            if changed and due == math.inf:
+                due = self._round(now)
             if not self.pending:
                 continue
-            if changed or now >= last_pass + tick:
+            if now >= due or now >= tick_at:
                 bound = self._passes(now)
                 passes += bound[0]
                 last_pass = now
-                idle_passes = 0 if (bound[1] or changed) else idle_passes + 1
+                idle_passes = 0 if (bound[1] or due <= now) else idle_passes + 1
+                due = math.inf
         for job in self.jobs:
             if job.outcome is None:
                 job.outcome = NEVER_RAN
         return SimResult(self.profile.name, self.jobs, self.gpus, start, now, self.busy,
                          passes, self.pass_s, time.perf_counter() - began, self.preemptions,
                          self.decisions)
+
+    def _round(self, t: float) -> float:
+        """The first moment a pass may run at or after ``t``: ``t`` itself, or with
+        rounds the next multiple of ``round_s``."""
+        r = self.params.round_s
+        return t if r <= 0 else math.ceil(t / r) * r
 
     def _limits(self, start: float) -> tuple[float, int]:
         """(the simulated moment, the number of passes) past which a run is a livelock:
