@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--no-sim", action="store_true")
     a = ap.parse_args()
     policies = a.policies.split(",")
+    if not (a.round_s == 0 or 1 <= a.round_s <= 86400):
+        ap.error(f"--round-s must be 0 (no rounds) or from 1 to 86,400 s, not {a.round_s:g}")
     params = SimParams(checkpoint_interval_s=1800, restore_s=60, tick_s=600, stop_s=30,
                        round_s=a.round_s)
     if not a.no_sim:

@@ -129,15 +129,39 @@ def test_a_victim_yields_after_the_grace_and_its_preemptor_starts_then():
 
 @pytest.mark.parametrize("policy", ["fifo", "tiresias", "llmos"])
 def test_with_rounds_a_pass_runs_only_at_each_round_and_what_came_between_waits(policy):
-    # One GPU, 300 s rounds: job 1 arrives at 10 and starts at the round of 300; it ends
-    # at 400, and job 2 (arrived at 350) starts at the next round, 600. Without rounds
-    # each starts the moment it can. The run makes a handful of passes, not one per event.
-    jobs = [job(1, 10, 90), job(2, 350, 50)]
-    assert starts(run(policy, jobs)) == {1: 10, 2: 350}
-    done = run(policy, [job(1, 10, 390), job(2, 350, 50)], round_s=300)
-    assert starts(done) == {1: 300, 2: 900}
+    # One GPU. Without rounds each job starts the moment it can. With 300 s rounds: job 1
+    # arrives at 10 and starts at the round of 300; it ends at 690, and job 2 (arrived at
+    # 350) starts at the next round, 900. Job 3 arrives at 1000, when nothing waits and
+    # nothing runs: it too waits for its round, 1200.
+    jobs = [job(1, 10, 90), job(2, 350, 50), job(3, 1000, 10)]
+    assert starts(run(policy, jobs)) == {1: 10, 2: 350, 3: 1000}
+    done = run(policy, [job(1, 10, 390), job(2, 350, 50), job(3, 1000, 10)], round_s=300)
+    assert starts(done) == {1: 300, 2: 900, 3: 1200}
     assert done[1].end == 690 and done[2].end == 950
     assert done[2].waited == 900 - 350
+
+
+def test_with_rounds_a_preemption_and_its_victims_restart_wait_for_rounds():
+    # L (low) runs from 0; H (high) arrives at 700: the round of 900 asks L to yield; L
+    # stops at 930 (checkpoint at 900: 30 s lost) and H starts at the next round, 1200.
+    # H ends at 1300; L resumes at 1500, restores for 60 s and runs its last 100 s.
+    jobs = [job(1, 0, 1000, priority=LOW), job(2, 700, 100, priority=HIGH)]
+    done = run("llmos-easy", jobs, checkpoint_interval_s=300, restore_s=60, stop_s=30,
+               round_s=300)
+    assert done[2].first_start == 1200 and done[2].end == 1300
+    assert done[1].lost == 30 and [t for t, _ in done[1].bindings] == [0, 1500]
+    assert done[1].end == 1500 + 60 + 100
+
+
+@pytest.mark.parametrize("round_s", [-1.0, 0.5, float("nan"), float("inf")])
+def test_a_round_shorter_than_a_second_or_not_a_number_is_refused(round_s):
+    with pytest.raises(ValueError, match="round_s must be 0 .no rounds. or at least 1 s"):
+        run("fifo", [job(1, 0, 10)], round_s=round_s)
+
+
+def test_a_long_round_is_no_livelock():
+    done = run("fifo", [job(1, 0, 50), job(2, 10, 50)], round_s=86400)
+    assert starts(done) == {1: 0, 2: 86400}
 
 
 def test_jobs_that_are_not_checkpointable_are_never_preempted():
@@ -461,13 +485,16 @@ def test_sim_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, monkeypatch, ar
     ({"restore_s": float("inf")}, "--restore-s must be from 0 to ten years"),
     ({"checkpoint_interval_s": -1.0}, "--checkpoint-interval-s must be from 0"),
     ({"preempt_grace_s": 1e12}, "--preempt-grace-s must be from 0"),
+    ({"round_s": float("nan")}, "--round-s must be 0 .no rounds. or from 1"),
+    ({"round_s": -300.0}, "--round-s must be 0 .no rounds. or from 1"),
+    ({"round_s": 1e-300}, "--round-s must be 0 .no rounds. or from 1"),
 ])
 def test_sim_flags_must_be_finite_and_bounded(flags, message):
     from llmos.cli.errors import UsageError
     from llmos.cli.sim import _check_numbers
 
     values = {"load": 1.0, "tick_s": 300.0, "checkpoint_interval_s": 1800.0,
-              "restore_s": 60.0, "preempt_grace_s": 30.0, **flags}
+              "restore_s": 60.0, "preempt_grace_s": 30.0, "round_s": 0.0, **flags}
     with pytest.raises(UsageError, match=message):
         _check_numbers(**values)
 

@@ -87,10 +87,10 @@ def sim(
     tick_s: float = typer.Option(300.0, "--tick-s", help="While jobs wait, a scheduling "
                                  "pass at least this often (simulated seconds)."),
     round_s: float = typer.Option(
-        0.0, "--round-s", help="Passes only at multiples of this many simulated seconds "
-        "(scheduling rounds: far fewer passes over a long, busy trace; what ends or "
-        "arrives between two rounds waits for the next); 0: a pass at every event, as "
-        "the daemon does."),
+        0.0, "--round-s", help="Passes only at multiples of this many seconds of the "
+        "simulated clock (scheduling rounds, at least 1 s: far fewer passes over a long, "
+        "busy trace; what ends or arrives between two rounds waits for the next); 0: a "
+        "pass at every event, as the daemon does."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N jobs "
                                         "(after the filters)."),
     out_dir: Path | None = typer.Option(None, "--out", help="Write summary.json and the "
@@ -163,9 +163,11 @@ def _check_numbers(load: float, tick_s: float, checkpoint_interval_s: float,
     if not 1 <= tick_s <= MAX_SECONDS:
         raise UsageError("--tick-s must be at least 1 (simulated seconds) and at most ten "
                          "years")
+    if not (round_s == 0 or 1 <= round_s <= MAX_SECONDS):
+        raise UsageError(f"--round-s must be 0 (no rounds) or from 1 to ten years "
+                         f"(315,360,000 s), not {round_s:g}")
     for value, what in ((checkpoint_interval_s, "--checkpoint-interval-s"),
-                        (restore_s, "--restore-s"), (preempt_grace_s, "--preempt-grace-s"),
-                        (round_s, "--round-s")):
+                        (restore_s, "--restore-s"), (preempt_grace_s, "--preempt-grace-s")):
         if not 0 <= value <= MAX_SECONDS:
             raise UsageError(f"{what} must be from 0 to ten years (315,360,000 s), not "
                              f"{value:g}")

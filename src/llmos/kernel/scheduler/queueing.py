@@ -348,12 +348,12 @@ class LasAging(Stage):
             cls = cols.per_value(keys, lambda team, a, g: need_class(history, team, a, g))
         waited = cycle.now - cols.col("queued_at")
         aged = waited >= cfg.aging_s
-        with np.errstate(divide="ignore", invalid="ignore"):  # (an aging_s of 0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # aging_s ~ 0
             ratio = waited / cfg.aging_s
         # waiting_lift (lifts beyond the top service class change nothing)
         lift = aged * (1 + decades(ratio, range(1, len(LAS_THRESHOLDS))))
         priority, top = cols.col("priority"), cfg.max_rank
-        priority = np.where(aged, np.minimum(priority + 1, top), priority)
+        priority = np.minimum(priority + aged, top)  # as llmos_rank: capped at max_rank
         rank = (top - priority) * 8 + np.maximum(cls - lift, 0)
         # fair share: a team's share now plus those of its jobs before it in its rank
         totals, shares = team_shares(cycle)

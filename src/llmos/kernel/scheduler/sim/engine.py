@@ -45,6 +45,8 @@ SAVES = "saved_at" in _RUNNING_FIELDS  # this scheduler weighs the work a preemp
 
 SUCCEEDED, TIMED_OUT, REFUSED, NEVER_RAN = "succeeded", "time limit", "refused", "never ran"
 
+MIN_ROUND_S = 1.0  # the shortest scheduling round (SimParams.round_s), simulated seconds
+
 # A run stops with NoProgress past this many times (the trace's span + its total work +
 # each job's restore and yield): no schedule that makes progress comes near it.
 HORIZON_FACTOR = 100.0
@@ -89,9 +91,10 @@ class SimParams:
     # victims are yielding no pass preempts more (the daemon's rule), and they are passed
     # to the scheduler as not checkpointable.
     stop_s: float = 0.0
-    # Scheduling rounds: passes only at multiples of round_s of simulated time (what
-    # happened in between waits for the next one, as with Slurm's sched_interval or
-    # Gavel's rounds); 0: a pass at every instant something changed, as the daemon does.
+    # Scheduling rounds: passes only at multiples of round_s of the simulated clock
+    # (epoch seconds; what happened in between waits for the next one, as with Slurm's
+    # sched_interval or Gavel's rounds); 0: a pass at every instant something changed,
+    # as the daemon does. At least MIN_ROUND_S.
     round_s: float = 0.0
 
 
@@ -170,6 +173,9 @@ class Simulator:
     def __init__(self, jobs: list[TraceJob], nodes: list[NodeCapacity], profile: Profile,
                  params: SimParams | None = None, record_decisions: bool = False):
         self.params = params or SimParams()
+        if not (self.params.round_s == 0 or MIN_ROUND_S <= self.params.round_s < math.inf):
+            raise ValueError(f"round_s must be 0 (no rounds) or at least {MIN_ROUND_S:g} s, "
+                             f"not {self.params.round_s:g}")
         self.profile = profile
         self.capacities = nodes
         self.nodes = {cap.name: NodeState(cap) for cap in nodes}
@@ -209,7 +215,7 @@ class Simulator:
         ai = 0
         now = arrivals[0].trace.submit if arrivals else 0.0
         start, last_pass, passes = now, -math.inf, 0
-        tick, round_s = self.params.tick_s, self.params.round_s
+        tick, rounds = self.params.tick_s, self.params.round_s > 0
         idle_passes = 0
         due = math.inf  # when the pass that a change calls for runs (its round)
         horizon, max_passes = self._limits(start)
@@ -221,9 +227,13 @@ class Simulator:
                 candidates.append(self.ends[0][0])
             if self.stops:
                 candidates.append(self.stops[0][0])
-            # the periodic pass (after a first one, which a change calls for)
-            tick_at = self._round(last_pass + tick) if passes else math.inf
-            if self.pending and tick > 0 and (self.running or ai < n or idle_passes == 0):
+            # the periodic pass while jobs wait (after a first one, which a change calls
+            # for); with rounds, one overdue while nothing waited runs at the next round
+            tick_at = math.inf
+            if (self.pending and tick > 0 and passes
+                    and (self.running or ai < n or idle_passes == 0)):
+                tick_at = self._round(max(last_pass + tick, now) if rounds else
+                                      last_pass + tick)
                 candidates.append(tick_at)
             if self.pending and due < math.inf:
                 candidates.append(due)
@@ -250,7 +260,8 @@ class Simulator:
                     changed = True
             if changed and due == math.inf:
                 due = self._round(now)
-            if not self.pending:
+            if not self.pending:  # nothing to place: the next change calls for its round
+                due = math.inf
                 continue
             if now >= due or now >= tick_at:
                 bound = self._passes(now)
@@ -278,7 +289,7 @@ class Simulator:
         p, jobs = self.params, self.jobs
         span = (max(j.trace.submit for j in jobs) - start) if jobs else 0.0
         work = sum(j.trace.duration + p.restore_s + p.stop_s for j in jobs)
-        budget = HORIZON_FACTOR * (span + work + max(p.tick_s, 1.0))
+        budget = HORIZON_FACTOR * (span + work + max(p.tick_s, 1.0) + p.round_s)
         ticks = budget / p.tick_s if p.tick_s > 0 else 0.0
         passes = int(min(ticks, 1e12)) + 1000 * (len(jobs) + 1)
         return start + budget, passes
