@@ -216,6 +216,31 @@ def test_a_failing_study_ends_with_its_trials_reason_and_a_resume_replaces_them(
     assert [t["number"] for t in s["trials"] if t["replaced"]] == [0, 1, 2]
 
 
+def test_a_trial_cut_off_while_it_was_asked_for_draws_its_parameters_and_runs(lab):
+    # A daemon killed between Optuna storing a new trial and storing the parameters it
+    # drew leaves the trial running without them (once in a full run, the killed-daemon
+    # test below got a trial refused for "needs the parameter(s): x, y"). Made here on
+    # purpose: a finished one-trial study gets such a trial, then resumes to two.
+    import optuna
+
+    lab.red.tune.start(curve("cut-off", trials=1, parallel=1, pruner="none",
+                             params={"steps": 3, "delay": 0.05}))
+    first = ended(lab.red, "cut-off")
+    assert first["state"] == "SUCCEEDED", first
+    storage = f"sqlite:///{next(lab.home.glob('*-optuna.db'))}"
+    job = first["trials"][0]["job"]
+    study = next(st for st in (optuna.load_study(study_name=n, storage=storage)
+                               for n in optuna.get_all_study_names(storage))
+                 if any(t.user_attrs.get("job") == job for t in st.trials))
+    study.ask()  # stored, running, no parameter drawn
+    lab.red.tune.resume("cut-off", trials=2)
+    after = ended(lab.red, "cut-off")
+    assert (after["state"], after["done"]) == ("SUCCEEDED", 2), after["trials"]
+    cut = after["trials"][1]
+    assert cut["state"] == "COMPLETE" and set(cut["params"]) == {"x", "y"}, cut
+    assert lab.red.jobs.get(cut["job"])["params"]["x"] == cut["params"]["x"]
+
+
 def test_a_killed_daemon_resumes_its_study_without_losing_or_repeating_trials(tmp_path):
     (tmp_path / "home").mkdir()
     live = LiveDaemon(tmp_path / "home", env=FAST).start()

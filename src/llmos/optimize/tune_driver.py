@@ -16,7 +16,8 @@ fine-tuning study its registered version gets the alias ``best`` on the output m
 Everything is in the store (llmos's tables and Optuna's): a restarted daemon's driver
 finishes from the store the trials whose jobs ended meanwhile, follows the running ones,
 and asks for no trial twice. A job submitted just before a crash, whose trial never got
-its id, is found again by its parameters rather than submitted twice.
+its id, is found again by its parameters rather than submitted twice; a trial stored just
+before a crash, before its parameters were drawn, draws them then.
 
 The daemon wakes the driver when jobs end; otherwise it looks every ``period_s``.
 """
@@ -175,6 +176,9 @@ class Pass:
 
         job_id = t.user_attrs.get("job")
         if job_id is None:
+            t = self.finish_asking(t)
+            if t is None:
+                return
             job_id = self.orphan(t)
             if job_id is None:
                 return self.submit(t)
@@ -298,6 +302,35 @@ class Pass:
         log.info("tuning study %s: trial %s is job %s %s", self.row.name, t.number, job.id,
                  t.params)
 
+    def finish_asking(self, t):
+        """``t`` with all its parameters. A daemon killed while a trial was asked for
+        (Optuna stores the new trial, then each parameter it draws) leaves it running
+        with some of them missing: they are drawn now, as the ask would have. Where they
+        cannot be (a grid trial cut off before its grid point was stored), the trial is
+        told FAIL and replaced, as a resume replaces failed trials: None."""
+        import optuna
+        from optuna.trial import TrialState
+
+        missing = {name: d for name, d in distributions(self.recipe).items()
+                   if name not in t.params}
+        if not missing:
+            return t
+        try:
+            trial = optuna.trial.Trial(self.study, t._trial_id)
+            for name, dist in missing.items():
+                suggest(trial, name, dist)
+        except Exception as e:  # noqa: BLE001 - whatever the sampler says, the trial ends
+            log.warning("tuning study %s: trial %s cut off while asked: %s", self.row.name,
+                        t.number, e)
+            self.tell(t, TrialState.FAIL, reason="the daemon stopped while its parameters "
+                      "were drawn; another trial runs in its place")
+            replaced = sorted(set(self.study.user_attrs.get("replaced", [])) | {t.number})
+            self.study.set_user_attr("replaced", replaced)
+            return None
+        log.info("tuning study %s: trial %s, cut off while asked, drew %s", self.row.name,
+                 t.number, ", ".join(missing))
+        return self.storage.get_trial(t._trial_id)
+
     def orphan(self, t) -> int | None:
         """The job submitted for ``t`` whose id was never written to it (the daemon
         stopped in between), found by its program and parameters."""
@@ -333,6 +366,18 @@ class Pass:
                 job = s.get(Job, job_id)
             if job is not None:
                 self.cancel(job)
+
+
+def suggest(trial, name: str, dist) -> Any:
+    """``trial``'s value for ``name`` drawn from ``dist`` (through Optuna's public
+    suggest methods, one per kind of distribution)."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_categorical(name, dist.choices)
 
 
 def counts(t, replaced: set[int]) -> bool:

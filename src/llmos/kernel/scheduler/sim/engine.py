@@ -10,7 +10,9 @@ executor's yield takes no time). A preempted job is queued again (``queued_at`` 
 the daemon's requeue does) and keeps only the work up to its last checkpoint (every
 ``checkpoint_interval_s`` of progress); resuming from a checkpoint costs ``restore_s``.
 While jobs wait, a pass also runs every ``tick_s`` of simulated time (the daemon's
-periodic pass: aging and attained-service priorities move with time alone). Each ended
+periodic pass: aging and attained-service priorities move with time alone). With
+``round_s`` (scheduling rounds), passes run only at multiples of it: what happened in
+between waits for the next round (far fewer passes over a long, overloaded trace). Each ended
 job's service goes into the run's :class:`~llmos.kernel.scheduler.history.ServiceHistory`,
 as the daemon's ended jobs go into its own.
 
