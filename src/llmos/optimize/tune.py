@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from llmos.errors import Conflict, Forbidden, InvalidRequest
 from llmos.kernel import programs
 from llmos.kernel.jobs import ResourceSpec
-from llmos.optimize.tune_driver import DEFAULT_RESOURCES, TuneDriver, best_of
+from llmos.optimize.tune_driver import DEFAULT_RESOURCES, TuneDriver, best_of, mark_replaced
 from llmos.optimize.tune_recipe import MAX_TRIALS, TuneRecipe, parse_tune_recipe
 from llmos.optimize.tune_storage import storage_for
 from llmos.security import names
@@ -269,8 +269,7 @@ class TuneService:
         failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                   if not t.user_attrs.get("stopped")]
         if failed:
-            replaced = sorted(set(study.user_attrs.get("replaced", [])) | set(failed))
-            study.set_user_attr("replaced", replaced)
+            mark_replaced(study, failed)
 
 
 def importances(study) -> dict[str, float] | None:

@@ -324,8 +324,7 @@ class Pass:
                         t.number, e)
             self.tell(t, TrialState.FAIL, reason="the daemon stopped while its parameters "
                       "were drawn; another trial runs in its place")
-            replaced = sorted(set(self.study.user_attrs.get("replaced", [])) | {t.number})
-            self.study.set_user_attr("replaced", replaced)
+            mark_replaced(self.study, [t.number])
             return None
         log.info("tuning study %s: trial %s, cut off while asked, drew %s", self.row.name,
                  t.number, ", ".join(missing))
@@ -378,6 +377,12 @@ def suggest(trial, name: str, dist) -> Any:
     if isinstance(dist, IntDistribution):
         return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
     return trial.suggest_categorical(name, dist.choices)
+
+
+def mark_replaced(study, numbers: list[int]) -> None:
+    """These failed trials no longer count: others run in their place (:func:`counts`)."""
+    replaced = sorted(set(study.user_attrs.get("replaced", [])) | set(numbers))
+    study.set_user_attr("replaced", replaced)
 
 
 def counts(t, replaced: set[int]) -> bool:

@@ -31,6 +31,7 @@ class Columns:
         self.jobs, self.n = jobs, len(jobs)
         self._cols: dict[str, np.ndarray] = {}
         self._requests: list | None = None
+        self._values: dict[str, list] = {}
 
     def col(self, name: str) -> np.ndarray:
         """A field of the jobs (``queued_at``, ``priority``...) or of their requests
@@ -48,8 +49,11 @@ class Columns:
         return found
 
     def values(self, name: str) -> list:
-        """A field as a list of Python objects (teams: strings or None)."""
-        return list(map(_GET[name], self.jobs))
+        """A field as a list of Python objects (teams: strings or None), read once."""
+        found = self._values.get(name)
+        if found is None:
+            found = self._values[name] = list(map(_GET[name], self.jobs))
+        return found
 
     def codes(self, name: str) -> tuple[np.ndarray, list]:
         """A field's values as small integers (first seen, first numbered), and the
