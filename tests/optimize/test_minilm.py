@@ -23,7 +23,9 @@ from llmos.sdk import APIError
 from offline_models import minilm_dir
 from topic_corpus import _rows, train_rows
 
-pytestmark = pytest.mark.slow
+# The module's fixture fine-tunes, compresses four ways and compares: minutes of real work,
+# run within the first test's time limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 FINETUNE = {"task": "sequence_classification", "text_field": "text", "label_field": "label",
             "max_length": 32, "batch_size": 16, "epochs": 2, "log_every": 5,
