@@ -24,3 +24,50 @@ def echo(ctx, message: str = "hello from llmos") -> str:
     """Print ``message`` to the job's log and return it."""
     print(message, flush=True)
     return message
+
+
+def allreduce(ctx, size: int = 1 << 20, rounds: int = 5, timeout_s: float = 300.0) -> dict:
+    """Check that a gang's ranks reach each other, as NCCL's tests do: every rank joins
+    ``torch.distributed`` from the environment the gang gives it (NCCL when it sees a GPU,
+    else Gloo over TCP), all-reduces ``size`` floats ``rounds`` times and checks the sum.
+    Returns the world size, each rank's host, the sum and the bus bandwidth (GB/s). A job
+    on one node is a world of one."""
+    import os
+    import socket
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world == 1:
+        return {"world_size": 1, "hosts": [socket.gethostname()], "sum": 1.0}
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))  # env://
+    try:
+        device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        data = torch.full((max(1, int(size)),), float(rank + 1), device=device)
+        dist.all_reduce(data)  # the first one also sets the connections up
+        expected = world * (world + 1) / 2
+        if float(data[0]) != expected or float(data[-1]) != expected:
+            raise RuntimeError(f"all-reduce gave {float(data[0])}, not {expected}")
+        rounds = max(1, int(rounds))
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(rounds):
+            dist.all_reduce(data)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - started) / rounds
+        hosts: list = [None] * world
+        dist.all_gather_object(hosts, socket.gethostname())
+    finally:
+        dist.destroy_process_group()
+    # nccl-tests' bus bandwidth: what each link carried, comparable across world sizes
+    busbw = 2 * (world - 1) / world * data.numel() * data.element_size() / seconds / 1e9
+    print(f"rank {rank} of {world} ({backend}): all-reduce of {data.numel()} floats in "
+          f"{seconds * 1000:.1f} ms, bus bandwidth {busbw:.2f} GB/s", flush=True)
+    return {"world_size": world, "rank": rank, "backend": backend, "hosts": hosts,
+            "sum": expected, "seconds": seconds, "busbw_gbps": busbw}

@@ -35,6 +35,7 @@ from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan
                                     NodeUnavailable, executor_class)
 from llmos.kernel.jobs import (PRIORITY_RANK, JobState, recent_services, request_of, service_of,
                                transition)
+from llmos.kernel.gangs import GangExecutor, allocations_of, describe, is_gang, stored
 from llmos.kernel.nodes import Nodes
 from llmos.kernel.resources import Allocation, NodeCapacity
 from llmos.kernel.scheduler import (
@@ -72,10 +73,13 @@ class Daemon:
         # Every node jobs may run on, kept in step with the executor (a fixed ``node``,
         # for tests and benchmarks, stands in for this machine's discovery).
         self.nodes = Nodes(self, fixed=node)
-        # Gangs stay on one node here (multi_node=False): a gang larger than every node
-        # is refused with the reason; gangs over nodes are the scheduler's and the
-        # simulator's (the daemon does not yet hold allocations on several nodes).
-        self.config = SchedulerConfig(aging_s=settings.aging_s, multi_node=False)
+        # A gang larger than every node spans nodes (kernel/gangs.py) where its ranks can
+        # reach each other: jobs share the host's network, or run unsandboxed.
+        self.config = SchedulerConfig(
+            aging_s=settings.aging_s,
+            multi_node=settings.job_network == "host" or settings.sandbox == "off",
+            single_node_reason="a gang over several nodes needs its ranks on the network: "
+            "LLMOS_JOB_NETWORK=host")
         # The scheduling policy (settings.scheduler_policy, kernel/scheduler/policies.py).
         self.profile: Profile = policy(settings.scheduler_policy)
         self.lock = threading.RLock()
@@ -178,6 +182,11 @@ class Daemon:
         if name not in self._executors:
             self._executors[name] = executor_class(name)(self.settings)
         return self._executors[name]
+
+    def _executor_of(self, tracked: Tracked) -> Executor:
+        """The executor that watches and stops ``tracked`` (every rank, for a gang)."""
+        ex = self.executor(tracked.executor)
+        return GangExecutor(ex) if is_gang(tracked.handle) else ex
 
     def isolation(self, executor: str | None = None) -> tuple[str, str]:
         """How jobs of ``executor`` (default: the configured one) are kept from each other
@@ -292,7 +301,7 @@ class Daemon:
 
     def _supervise_one(self, s: Session, job_id: int, tracked: Tracked, now: float) -> None:
         self._read_events(s, job_id, tracked)
-        ended = self.executor(tracked.executor).poll(tracked.handle)
+        ended = self._executor_of(tracked).poll(tracked.handle)
         if ended is not None:
             self._finish(s, s.get(Job, job_id), tracked, ended)
         elif tracked.stop is not None:
@@ -321,7 +330,7 @@ class Daemon:
             return
         if now >= tracked.memory_check_at:
             tracked.memory_check_at = now + MEMORY_CHECK_S
-            used = self.executor(tracked.executor).memory_used_mb(tracked.handle)
+            used = self._executor_of(tracked).memory_used_mb(tracked.handle)
             limit = tracked.handle.memory_mb
             if used is not None and used > limit:
                 self._begin_stop(
@@ -332,7 +341,7 @@ class Daemon:
                     grace: float) -> None:
         if tracked.stop is not None and tracked.stop.intent is not StopIntent.PREEMPT:
             return  # already being stopped for a reason that wins
-        ex = self.executor(tracked.executor)
+        ex = self._executor_of(tracked)
         if intent is StopIntent.PREEMPT:
             ex.request_yield(tracked.handle)
             tracked.stop = Stop(intent, reason, StopStage.ASKED_TO_YIELD, now + grace)
@@ -349,7 +358,7 @@ class Daemon:
         stop = tracked.stop
         if now < stop.next_at or stop.stage is StopStage.KILLED:
             return
-        ex = self.executor(tracked.executor)
+        ex = self._executor_of(tracked)
         if stop.stage is StopStage.ASKED_TO_YIELD:
             ex.terminate(tracked.handle)
             tracked.stop = replace(stop, stage=StopStage.TERMINATED,
@@ -363,7 +372,8 @@ class Daemon:
     def _finish(self, s: Session, job: Job, tracked: Tracked, ended: Exit) -> None:
         """Record how an attempt ended, free its resources, and decide what comes next."""
         del self.running[job.id]
-        self.nodes.release(Allocation.from_json(job.allocation))
+        for allocation in allocations_of(job.allocation):
+            self.nodes.release(allocation)
         self._dirty = True
         self._ended = True
         if ended.kind is ExitKind.LOST:
@@ -491,16 +501,16 @@ class Daemon:
             jobs = {b.job_id: s.get(Job, b.job_id) for b in bindings}
             for b in bindings:
                 job = jobs[b.job_id]
-                self.nodes.take(b.allocation)
+                allocations = (b.allocation, *b.extra)
+                for allocation in allocations:
+                    self.nodes.take(allocation)
                 del self.pending[job.id]
                 self._reasons.pop(job.id, None)
                 job.attempt += 1
                 job.node = b.allocation.node
-                job.allocation = b.allocation.to_json()
+                job.allocation = stored(allocations)
                 job.pid = job.pid_started = job.handle = None
-                cores = ",".join(str(c) for c in sorted(b.allocation.cores))
-                transition(s, job, JobState.SCHEDULED,
-                           f"bound to {b.allocation.node} (cores {cores}"
+                transition(s, job, JobState.SCHEDULED, f"bound to {describe(allocations)}"
                            + (", backfilled)" if b.backfilled else ")"))
             s.commit()  # SCHEDULED is durable before any process exists
             isolate = self.isolation_required()
@@ -518,13 +528,19 @@ class Daemon:
                                       remote_checkpoints=getattr(executor, "remote", False),
                                       checkpoint_artifact=job.checkpoint_artifact,
                                       require_isolation=isolate)
-                    launched.append((job.id, executor.launch(plan)))
+                    if b.extra:  # a gang over several nodes: one rank on each
+                        leader = self.nodes.info[b.allocation.node].address
+                        launched.append((job.id, GangExecutor(executor).launch(
+                            plan, (b.allocation, *b.extra), leader)))
+                    else:
+                        launched.append((job.id, executor.launch(plan)))
                 except Exception as e:  # noqa: BLE001 - e.g. fork failed: the job fails, not us
                     launched.append((job.id, e))
             for job_id, handle in launched:
                 job = jobs[job_id]
                 if isinstance(handle, Exception):
-                    self.nodes.release(Allocation.from_json(job.allocation))
+                    for allocation in allocations_of(job.allocation):
+                        self.nodes.release(allocation)
                     if isinstance(handle, NodeUnavailable):  # it never ran: no failure
                         self.nodes.stale = True
                         transition(s, job, JobState.PENDING, f"not started: {handle}")
@@ -545,7 +561,7 @@ class Daemon:
         job.pid, job.pid_started = (handle.pid or None), (handle.pid_started or None)
 
     def track(self, job: Job, handle: Handle) -> None:
-        allocation = Allocation.from_json(job.allocation)
+        allocation, *extra = allocations_of(job.allocation)
         started = (job.started_at or utcnow()).timestamp()
         handle.extra["events_offset"] = job.events_offset
         attained = 0.0
@@ -554,7 +570,8 @@ class Daemon:
             attained = service_of(session, job)[0]
         self.running[job.id] = Tracked(
             RunningJob(job.id, allocation, PRIORITY_RANK[job.priority], started, job.timeout_s,
-                       job.checkpointable, job.team, job.spread_group, attained),
+                       job.checkpointable, job.team, job.spread_group, attained,
+                       extra=tuple(extra)),
             handle, job.executor)
 
     # -- nodes ---------------------------------------------------------------------------
@@ -566,7 +583,7 @@ class Daemon:
         runs on while its retry starts."""
         lost = Exit(ExitKind.LOST, message=f"node {name} was lost: {reason}")
         for job_id, tracked in list(self.running.items()):
-            if tracked.job.allocation.node != name:
+            if all(a.node != name for a in tracked.job.allocations):
                 continue
             with self.db.session() as s:
                 self._finish(s, s.get(Job, job_id), tracked, lost)
@@ -578,7 +595,8 @@ class Daemon:
         now = now or time.time()
         moved = []
         for job_id, tracked in self.running.items():
-            if tracked.job.allocation.node == name and tracked.job.checkpointable:
+            on_node = any(a.node == name for a in tracked.job.allocations)
+            if on_node and tracked.job.checkpointable:
                 self._begin_stop(tracked, StopIntent.PREEMPT, f"node {name} is draining",
                                  now, grace=self.settings.preempt_grace_s)
                 moved.append(job_id)

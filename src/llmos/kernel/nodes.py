@@ -136,8 +136,9 @@ class Nodes:
         allocations of the jobs running there."""
         node = NodeState(capacity, state=old.state if old else READY)
         for tracked in self.daemon.running.values():
-            allocation = tracked.job.allocation
-            if allocation.node == capacity.name:
+            for allocation in tracked.job.allocations:
+                if allocation.node != capacity.name:
+                    continue
                 try:
                     node.take(allocation)
                 except ValueError:
@@ -191,7 +192,8 @@ class Nodes:
         """Each node as ``llmos nodes`` shows it (from the daemon's own accounts)."""
         running: dict[str, int] = {}
         for tracked in self.daemon.running.values():
-            running[tracked.job.allocation.node] = running.get(tracked.job.allocation.node, 0) + 1
+            for allocation in tracked.job.allocations:
+                running[allocation.node] = running.get(allocation.node, 0) + 1
         out = []
         for name, node in sorted(self.states.items()):
             info = self.info[name]

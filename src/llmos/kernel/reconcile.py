@@ -16,6 +16,7 @@ import logging
 from sqlalchemy import select
 
 from llmos.kernel.executors import Exit, Handle
+from llmos.kernel.gangs import GangExecutor, allocations_of
 from llmos.kernel.jobs import JobState, transition
 from llmos.kernel.resources import Allocation
 from llmos.store.models import Job
@@ -44,23 +45,35 @@ def reconcile(daemon) -> None:
 
 
 def _recover(daemon, s, job: Job) -> None:
+    allocations = allocations_of(job.allocation)
     executor = daemon.executor(job.executor)
-    found = executor.recover(job.id, job.attempt, daemon.workdir(job.id), job.memory_mb,
-                             _stored_ref(job))
+    if len(allocations) > 1:  # a gang over several nodes: every rank
+        executor = GangExecutor(executor)
+        found = executor.recover(job.id, job.attempt, daemon.workdir(job.id), allocations,
+                                 _stored_ref(job))
+    else:
+        found = executor.recover(job.id, job.attempt, daemon.workdir(job.id), job.memory_mb,
+                                 _stored_ref(job))
     if found is None:
         transition(s, job, JobState.PENDING, "requeued: the daemon stopped before it started")
         return
-    allocation = Allocation.from_json(job.allocation)
+    taken: list[Allocation] = []
     try:
-        daemon.nodes.take(allocation)
+        for allocation in allocations:
+            daemon.nodes.take(allocation)
+            taken.append(allocation)
     except ValueError as e:
-        # The node is gone, or shrank (new settings) under a live process: stop it and
+        # A node is gone, or shrank (new settings) under a live process: stop it and
         # run it again.
+        for allocation in taken:
+            daemon.nodes.release(allocation)
         if isinstance(found, Handle):
             executor.kill(found)
         log.warning("job %s no longer fits its node (%s); requeued", job.id, e)
+        where = (f"its node {allocations[0].node}" if len(allocations) == 1 else
+                 f"a node of its gang ({', '.join(a.node for a in allocations)})")
         transition(s, job, JobState.PENDING,
-                   f"requeued: its node {allocation.node} is gone or its resources changed")
+                   f"requeued: {where} is gone or its resources changed")
         return
     if isinstance(found, Handle):
         if job.state == JobState.SCHEDULED.value:

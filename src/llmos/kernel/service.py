@@ -24,7 +24,8 @@ from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadT
 from llmos.kernel import programs
 from llmos.kernel.executors import UnknownExecutor, available_executors, executor_class
 from llmos.kernel.jobs import JobSpec, JobState, create_job
-from llmos.kernel.resources import too_large_reason
+from llmos.kernel.resources import NodeState, too_large_reason
+from llmos.kernel.scheduler.gang import gang_plan, is_multi_node
 from llmos.kernel.scheduler.stages import beyond_quota, has_labels
 from llmos.security.rbac import CREATE, MANAGE, READ, Principal
 from llmos.store.models import Job, JobMetric
@@ -123,6 +124,15 @@ class JobService:
         nodes = [n.capacity for n in self.daemon.nodes.schedulable()
                  if has_labels(n, selector)]
         too_large = too_large_reason(request, nodes) if nodes else None
+        if too_large and self.daemon.config.multi_node and request.gpu > 1:
+            # larger than every node, but a gang over several of them may hold it
+            empty = [NodeState(n) for n in nodes]
+            if is_multi_node(request, empty):
+                if gang_plan(request, empty) is not None:
+                    too_large = None
+                else:
+                    too_large += (f"; nor could a gang over several nodes hold it (they "
+                                  f"have {sum(len(n.gpus) for n in nodes)} gpu together)")
         if too_large:
             return too_large
         never = beyond_quota(request, self.daemon.config.quotas.get(team))

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import signal
-from socket import gethostname
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +40,7 @@ from llmos.kernel.executors._runner import (
     RESULT_FILE,
     REVOKED_FILE,
 )
-from llmos.kernel.executors.base import Exit, ExitKind, Handle, LaunchPlan
+from llmos.kernel.executors.base import Exit, ExitKind, Handle, LaunchPlan, gang_environment
 from llmos.kernel.executors.cgroups import JobGroups, enter_then_exec
 from llmos.kernel.jobfiles import open_append, read_json
 from llmos.kernel.resources import NodeInfo, discover_node
@@ -96,6 +96,8 @@ class LocalExecutor:
         env = job_environment(alloc.gpus, self.settings.job_env)
         if alloc.gpu_share_mb:  # a share of one GPU: its memory budget (advisory)
             env["LLMOS_GPU_MEMORY_MB"] = str(alloc.gpu_share_mb)
+        if plan.gang:  # one rank of a gang over nodes: where its peers meet
+            env.update(gang_environment(plan.gang))
         if self.sandbox.isolated:
             env.update(HOME=str(folder), TMPDIR="/tmp")
             if identity is not None:
@@ -126,6 +128,13 @@ class LocalExecutor:
         return Handle(plan.job_id, plan.attempt, folder, alloc.memory_mb,
                       _ref(proc.pid, _create_time(proc.pid)))
 
+    @staticmethod
+    def free_port(node: str | None = None) -> int:
+        """A TCP port free on this machine now (where a gang's ranks meet, when it leads)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+
     def nodes(self) -> list[NodeInfo]:
         """This machine, as discovered (LLMOS_CPUS, LLMOS_MEMORY_MB and LLMOS_GPUS narrow
         it; LLMOS_NODE_LABELS labels it)."""
@@ -133,7 +142,7 @@ class LocalExecutor:
             s = self.settings
             self._node = NodeInfo(discover_node(
                 cpus=s.cpus, memory_mb=s.memory_mb, reserved_memory_mb=s.reserved_memory_mb,
-                gpus=s.gpus, labels=s.node_label_map), address=gethostname())
+                gpus=s.gpus, labels=s.node_label_map), address=socket.gethostname())
         return [self._node]
 
     def _api_socket(self, plan: LaunchPlan) -> Path | None:

@@ -217,8 +217,9 @@ class SchedulerConfig:
     max_rank: int = 2
     quotas: dict[str, Quota] = field(default_factory=dict)  # team -> limit
     # Whether a gang larger than every node may span nodes (the gang stages); without,
-    # such a job is NEVER, as with the default profile.
+    # such a job is NEVER, as with the default profile, and its reason says why.
     multi_node: bool = True
+    single_node_reason: str = "a gang over several nodes is not run here"
 
 
 @dataclass

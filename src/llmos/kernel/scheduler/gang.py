@@ -282,8 +282,7 @@ class GangFit(Fit):
                 fitting, status = self._fit(cycle, job, nodes)
             if (status.code is Code.NEVER and r.gpu > index.largest_of(nodes)
                     and not cycle.config.multi_node):
-                status = Status.never(f"{status.reason} (a gang over several nodes is not "
-                                      f"run here)")
+                status = Status.never(f"{status.reason} ({cycle.config.single_node_reason})")
             found = (fitting, status, r, nodes[0] if nodes else None)
         cache[key] = found
         return found[0], found[1]

@@ -139,12 +139,14 @@ class RayExecutor:
         handle.extra["ray_offsets"] = dict(ref.get("offsets") or {})
         return handle
 
-    def _launch_call(self, node_id: str, plan: dict) -> dict:
-        """Launch through the node's agent, started if there is none; an agent that died
-        since (it took its jobs with it) is replaced once."""
-        def call() -> dict:
+    def _launch_call(self, node_id: str, plan: dict | None, method: str = "launch") -> Any:
+        """Launch through the node's agent (or another call that may be the node's first),
+        started if there is none; an agent that died since (it took its jobs with it) is
+        replaced once."""
+        def call() -> Any:
             self.cluster.agent(node_id, self._agent_config())
-            return self.cluster.call(node_id, "launch", plan, timeout=LAUNCH_TIMEOUT_S)
+            args = () if plan is None else (plan,)
+            return self.cluster.call(node_id, method, *args, timeout=LAUNCH_TIMEOUT_S)
 
         try:
             return call()
@@ -240,10 +242,23 @@ class RayExecutor:
     def recover(self, job_id: int, attempt: int, workdir: Path, memory_mb: int,
                 ref: dict[str, Any] | None) -> Handle | Exit | None:
         job = {"job_id": job_id, "attempt": attempt, "memory_mb": memory_mb, "ref": ref}
+        if ref and ref.get("node") and not ref.get("node_id"):
+            # a gang's rank whose launch was not stored: only its node can have it
+            node = self._node_by_name(ref["node"])
+            if node is None or not node["alive"]:
+                return None  # nothing runs there, nor ever will
+            ref = {"node": ref["node"], "node_id": node["node_id"]}
+            job["ref"] = None
+            return self._recover_on(node["node_id"], job, workdir, ref)
         if not ref or not ref.get("node_id"):
             return self._recover_unbound(job, workdir)
-        node_id = ref["node_id"]
-        gone = Handle(job_id, attempt, workdir, memory_mb, dict(ref))
+        return self._recover_on(ref["node_id"], job, workdir, dict(ref))
+
+    def _recover_on(self, node_id: str, job: dict, workdir: Path,
+                    ref: dict) -> Handle | Exit | None:
+        """The attempt as the agent of ``node_id`` knows it (``job["ref"]``: its stored
+        reference, or None when its launch was never stored)."""
+        gone = Handle(job["job_id"], job["attempt"], workdir, job["memory_mb"], dict(ref))
         lost = self._lost_reason(node_id, fresh=True)
         if lost:
             return self._lost(gone, lost)
@@ -252,7 +267,7 @@ class RayExecutor:
         except (AgentGone, CallTimeout, AgentFailed) as e:
             self._end_agent(node_id)  # whatever still runs there ends before any retry
             return self._lost(gone, f"its llmos agent cannot be asked ({e}); it was stopped")
-        return self._recovered(found, job, workdir, dict(ref))
+        return self._recovered(found, job, workdir, ref)
 
     def _recover_unbound(self, job: dict, workdir: Path) -> Handle | Exit | None:
         """No stored reference (the daemon died during the launch): ask every live
@@ -321,6 +336,20 @@ class RayExecutor:
             return self.cluster.call(node_id, method, _job(handle), timeout=CALL_TIMEOUT_S)
         except (AgentGone, CallTimeout, AgentFailed):
             return None
+
+    def free_port(self, name: str) -> int:
+        """A TCP port free now on node ``name`` (where a gang it leads meets), from the
+        node's agent (started if there is none)."""
+        node = self._node_by_name(name)
+        if node is None or not node["alive"]:
+            raise NodeUnavailable(f"node {name} is not in the Ray cluster" if node is None
+                                  else f"node {name} was lost: {dead_reason(node)}")
+        try:
+            return int(self._launch_call(node["node_id"], None, method="free_port"))
+        except CallTimeout as e:
+            raise RuntimeError(f"node {name}: {e}") from None
+        except (AgentGone, AgentFailed) as e:
+            raise RuntimeError(f"on node {name}: {e}") from None
 
     def agent_health(self, node_name_: str) -> dict:
         """What the agent on a node says of itself (its resident memory, sandbox)."""

@@ -227,6 +227,10 @@ class NodeAgent:
     def memory_used_mb(self, job: dict) -> float | None:
         return self.local.memory_used_mb(self._handle(job))
 
+    def free_port(self) -> int:
+        """A TCP port free on this node now (a gang led from here meets on it)."""
+        return self.local.free_port()
+
     # -- signal --------------------------------------------------------------------------
 
     def request_yield(self, job: dict) -> None:

@@ -1,0 +1,197 @@
+"""A gang over several nodes in the daemon: one attempt of the job per node, started,
+watched, stopped and found again after a restart together.
+
+The scheduler places a gang larger than every node over the fewest nodes
+(:mod:`llmos.kernel.scheduler.gang`); its binding holds one allocation per node, the
+leader's first. The daemon stores them all with the job (:func:`stored`: the leader's
+allocation, the others under ``"gang"``) and starts the job through
+:class:`GangExecutor`, which wraps the job's executor (Ray's: a gang needs nodes):
+
+- each node runs the job's program once, as rank ``r`` of ``n``, with the environment
+  ``torch.distributed`` reads (:func:`llmos.kernel.executors.base.gang_environment`):
+  ``MASTER_ADDR``/``MASTER_PORT`` (the leader node's address and a port free there),
+  ``RANK``/``WORLD_SIZE`` and ``NODE_RANK``/``NNODES``; the process sees its node's GPUs;
+- the leader (rank 0) is the job: its folder, logs, reports, checkpoints and result are
+  the job's (every rank restores from its checkpoint; a program with side effects, such
+  as registering a model, does them on rank 0); rank ``r``'s files are mirrored to
+  ``rank-<r>/`` in the job's folder;
+- it runs while every rank runs; one rank failing (or lost with its node) stops the
+  others, and the job ends as that rank ended; it succeeds when every rank has;
+- yield, terminate and kill go to every rank; its memory is the sum of the ranks'.
+
+The state lives in the handle (``ref["gang"]``: each rank's own reference, stored with the
+job; ``extra``: each rank's handle and how those that ended ended), so the wrapper itself
+holds none. Isolation: each rank runs in its node's sandbox exactly as a single-node job
+does; the ranks talk over the network, which the daemon allows only where jobs share the
+host's (``LLMOS_JOB_NETWORK=host``, or no sandbox): elsewhere a gang larger than every
+node waits for ever with that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from llmos.kernel.executors.base import Exit, ExitKind, Executor, Handle, LaunchPlan
+from llmos.kernel.resources import Allocation
+
+GANG = "gang"  # the key of the further allocations, and of the ranks' references
+FINE = (ExitKind.SUCCEEDED, ExitKind.YIELDED)
+
+
+def stored(allocations: Sequence[Allocation]) -> dict:
+    """What the job row keeps of its allocations (the leader's, plus the others')."""
+    leader, *others = allocations
+    data = leader.to_json()
+    if others:
+        data[GANG] = [a.to_json() for a in others]
+    return data
+
+
+def allocations_of(data: dict) -> tuple[Allocation, ...]:
+    """Every allocation a stored ``allocation`` holds, the leader's first."""
+    return (Allocation.from_json(data),
+            *(Allocation.from_json(a) for a in data.get(GANG) or ()))
+
+
+def describe(allocations: Sequence[Allocation]) -> str:
+    """Where a job was bound, in words."""
+    if len(allocations) == 1:
+        a = allocations[0]
+        return f"{a.node} (cores {','.join(str(c) for c in sorted(a.cores))}"
+    gpus = sum(len(a.gpus) for a in allocations)
+    return (f"{', '.join(a.node for a in allocations)} (a gang of {gpus} gpu over "
+            f"{len(allocations)} nodes, led by {allocations[0].node}")
+
+
+def rank_workdir(workdir: Path, rank: int) -> Path:
+    """Where rank ``rank``'s files are on the daemon's machine (the leader's: the job's)."""
+    return workdir if rank == 0 else workdir / f"rank-{rank}"
+
+
+def is_gang(handle: Handle) -> bool:
+    return GANG in handle.ref
+
+
+class GangExecutor:
+    """The job's executor, for a gang: every call goes to each rank's attempt."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    # -- start ---------------------------------------------------------------------------
+
+    def launch(self, plan: LaunchPlan, allocations: Sequence[Allocation],
+               leader_address: str) -> Handle:
+        """Start rank r on ``allocations[r]``'s node, the leader first; a rank that cannot
+        start kills those started (the error goes on: NodeUnavailable requeues the job)."""
+        free_port = getattr(self.inner, "free_port", None)
+        if free_port is None:
+            raise RuntimeError(f"the {self.name} executor cannot run a gang over nodes")
+        gang = {"leader": leader_address, "port": int(free_port(allocations[0].node)),
+                "nodes": len(allocations)}
+        handles: list[Handle] = []
+        try:
+            for rank, allocation in enumerate(allocations):
+                handles.append(self.inner.launch(replace(
+                    plan, allocation=allocation, workdir=rank_workdir(plan.workdir, rank),
+                    gang={**gang, "rank": rank},
+                    # the leader's checkpoints are the job's; every rank restores from them
+                    remote_checkpoints=plan.remote_checkpoints and rank == 0)))
+        except BaseException:
+            for started in handles:
+                self.inner.kill(started)
+            raise
+        return self._handle(plan.job_id, plan.attempt, plan.workdir, allocations, handles)
+
+    def _handle(self, job_id: int, attempt: int, workdir: Path,
+                allocations: Sequence[Allocation], parts: list[Handle],
+                ended: dict[int, Exit] | None = None) -> Handle:
+        leader = parts[0].ref
+        ref: dict[str, Any] = {GANG: [p.ref for p in parts],
+                               "where": f"{len(parts)} ranks: "
+                               + "; ".join(p.describe() for p in parts)}
+        for key in ("pid", "pid_started"):  # the leader's, for people (``llmos jobs get``)
+            if key in leader:
+                ref[key] = leader[key]
+        handle = Handle(job_id, attempt, workdir, sum(a.memory_mb for a in allocations), ref)
+        handle.extra["parts"] = parts
+        handle.extra["ended"] = dict(ended or {})
+        return handle
+
+    # -- watch ---------------------------------------------------------------------------
+
+    def poll(self, handle: Handle) -> Exit | None:
+        parts: list[Handle] = handle.extra["parts"]
+        ended: dict[int, Exit] = handle.extra["ended"]
+        for rank, part in enumerate(parts):
+            if rank not in ended:
+                found = self.inner.poll(part)
+                if found is not None:
+                    ended[rank] = found
+        return self._outcome(handle)
+
+    def _outcome(self, handle: Handle) -> Exit | None:
+        """The first rank that ended badly (the others are killed), else the leader's end
+        once every rank ended, else None."""
+        parts: list[Handle] = handle.extra["parts"]
+        ended: dict[int, Exit] = handle.extra["ended"]
+        for rank, found in sorted(ended.items()):
+            if found.kind not in FINE:
+                self._kill_running(handle)
+                where = parts[rank].ref.get("node") or parts[rank].describe()
+                return replace(found, message=f"rank {rank} of {len(parts)} (on {where}) "
+                               f"ended: {found.message or found.kind.value}")
+        return ended[0] if len(ended) == len(parts) else None
+
+    def recover(self, job_id: int, attempt: int, workdir: Path,
+                allocations: Sequence[Allocation], ref: dict | None) -> Handle | Exit | None:
+        """After a daemon restart: each rank found from its stored reference (or, when
+        the gang's was never stored, by its node). A gang some of whose ranks never
+        started did not start (those started are killed): None."""
+        refs = (ref or {}).get(GANG) or [{"node": a.node} for a in allocations]
+        found = [self.inner.recover(job_id, attempt, rank_workdir(workdir, rank), a.memory_mb,
+                                    part_ref)
+                 for rank, (a, part_ref) in enumerate(zip(allocations, refs, strict=True))]
+        parts = [f if isinstance(f, Handle) else
+                 Handle(job_id, attempt, rank_workdir(workdir, rank), a.memory_mb,
+                        dict(part_ref))
+                 for rank, (f, a, part_ref) in enumerate(zip(found, allocations, refs))]
+        if any(f is None for f in found):
+            for f in found:
+                if isinstance(f, Handle):
+                    self.inner.kill(f)
+            return None
+        ended = {rank: f for rank, f in enumerate(found) if isinstance(f, Exit)}
+        handle = self._handle(job_id, attempt, workdir, allocations, parts, ended)
+        outcome = self._outcome(handle)
+        return handle if outcome is None else outcome
+
+    # -- signal --------------------------------------------------------------------------
+
+    def _running(self, handle: Handle) -> list[Handle]:
+        ended = handle.extra["ended"]
+        return [p for rank, p in enumerate(handle.extra["parts"]) if rank not in ended]
+
+    def _kill_running(self, handle: Handle) -> None:
+        for part in self._running(handle):
+            self.inner.kill(part)
+
+    def request_yield(self, handle: Handle) -> None:
+        for part in self._running(handle):
+            self.inner.request_yield(part)
+
+    def terminate(self, handle: Handle) -> None:
+        for part in self._running(handle):
+            self.inner.terminate(part)
+
+    def kill(self, handle: Handle) -> None:
+        self._kill_running(handle)
+
+    def memory_used_mb(self, handle: Handle) -> float | None:
+        used = [self.inner.memory_used_mb(p) for p in self._running(handle)]
+        known = [u for u in used if u is not None]
+        return sum(known) if known else None
