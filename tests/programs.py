@@ -334,3 +334,17 @@ def accumulate(ctx, steps: int = 40, step_s: float = 0.1, every: int = 5) -> int
         ctx.progress(step, steps)
     ctx.metric("total", total)
     return total
+
+
+def ranked(ctx, fail_rank: int = -1, seconds: float = 300.0) -> int:
+    """One rank of a gang: says which (and the gang's GPUs), fails when it is
+    ``fail_rank``, else runs ``seconds`` or until asked to yield."""
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"rank {rank} of {os.environ.get('WORLD_SIZE')}, gpus "
+          f"{os.environ.get('LLMOS_GANG_GPUS')}", flush=True)
+    if rank == fail_rank:
+        raise RuntimeError(f"rank {rank} gives up")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not ctx.should_yield():
+        time.sleep(0.1)
+    return rank

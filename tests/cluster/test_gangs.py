@@ -1,7 +1,8 @@
 """A gang larger than every node, run by a live `llmos up --ray` over two GPU nodes of a
 real Ray cluster: one rank per node, meeting through ``torch.distributed``; refused at
-submit when no set of nodes could hold it; cancelled, found again after a daemon restart,
-and failed when a node of the gang dies.
+submit when it did not ask to span nodes, or when no set of nodes could hold it; failed
+when one rank fails, cancelled, found again after a daemon restart, and failed when a node
+of the gang dies — the other rank stopped each time.
 
 The nodes ``g1`` and ``g2`` declare 2 GPUs each to Ray (this machine has none: the ranks
 see them as ``CUDA_VISIBLE_DEVICES`` and meet over Gloo); the head has none. Metadata on PostgreSQL, as a
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from live import LiveDaemon, wait_for
+from live import LiveDaemon, program, wait_for
 from llmos.sdk import APIError
 from pg import fresh_database
 
-GANG = {"gpu": 4, "cpu": 1, "memory_mb": 4096}  # 2 gpu, 0.5 cpu, 2 GB on each node
+# 2 gpu, 0.5 cpu, 2 GB on each node
+GANG = {"gpu": 4, "cpu": 1, "memory_mb": 4096, "multi_node": True}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def _running(live, job_id: int) -> dict:
 
 
 def test_a_gang_larger_than_every_node_runs_one_rank_on_each_and_they_meet(live):
-    job = live.client.jobs.submit("allreduce", {"size": 4096, "rounds": 3}, **GANG)
+    job = live.client.jobs.submit("allreduce", {"size": 4096, "rounds": 3, "backend": "gloo"},
+                                  **GANG)
     done = live.wait_job(job["id"], timeout=240)
     assert done["state"] == "SUCCEEDED", _reasons(done)
     result = done["result"]
@@ -63,11 +66,26 @@ def test_a_gang_larger_than_every_node_runs_one_rank_on_each_and_they_meet(live)
     assert nodes["g1"]["free"]["gpu"] == nodes["g2"]["free"]["gpu"] == 2
 
 
-def test_a_gang_no_set_of_nodes_could_hold_is_refused_at_submit(live):
+def test_a_gang_is_refused_at_submit_unless_it_asks_and_some_nodes_could_hold_it(live):
+    with pytest.raises(APIError) as e:  # a program that never asked to run over nodes
+        live.client.jobs.submit("allreduce", {}, gpu=4, cpu=1, memory_mb=1024)
+    assert e.value.status == 422 and "needs 4 gpu" in e.value.message
+    assert "if the job asks for it (multi_node)" in e.value.message
     with pytest.raises(APIError) as e:
-        live.client.jobs.submit("allreduce", {}, gpu=6, cpu=1, memory_mb=1024)
+        live.client.jobs.submit("allreduce", {}, gpu=6, cpu=1, memory_mb=1024,
+                                multi_node=True)
     assert e.value.status == 422 and "needs 6 gpu" in e.value.message
     assert "nor could a gang over several nodes hold it (they have 4 gpu" in e.value.message
+
+
+def test_one_rank_failing_stops_the_other_and_fails_the_job(live):
+    job = live.client.jobs.submit(program("ranked"), {"fail_rank": 1}, **GANG)
+    done = live.wait_job(job["id"], timeout=120)
+    assert done["state"] == "FAILED"
+    assert "rank 1 of 2" in done["reason"] and "rank 1 gives up" in done["reason"]
+    assert not _ranks(job["id"])  # the job ended only once rank 0 had stopped too
+    log = live.client.jobs.logs(job["id"], stream="stdout")
+    assert "rank 0 of 2, gpus 2,2" in log
 
 
 def test_cancelling_a_gang_stops_every_rank(live):
@@ -84,16 +102,18 @@ def test_cancelling_a_gang_stops_every_rank(live):
 
 
 def test_a_restarted_daemon_finds_every_rank_again(live):
-    job = live.client.jobs.submit("sleep", {"seconds": 20, "steps": 20}, **GANG)
+    job = live.client.jobs.submit("sleep", {"seconds": 600, "steps": 600}, **GANG)
     _running(live, job["id"])
     live.kill9()  # a daemon that dies (a graceful stop requeues its jobs)
     live.start()
     adopted = live.client.jobs.get(job["id"])
-    assert adopted["state"] == "RUNNING"  # not requeued: both ranks still run
+    assert adopted["state"] == "RUNNING" and adopted["attempt"] == 1  # not requeued
     nodes = {n["name"]: n for n in live.client.nodes()}
     assert nodes["g1"]["free"]["gpu"] == nodes["g2"]["free"]["gpu"] == 0
-    done = live.wait_job(job["id"], timeout=120)
-    assert done["state"] == "SUCCEEDED" and done["attempt"] == 1, _reasons(done)
+    assert len(_ranks(job["id"])) == 2
+    live.client.jobs.cancel(job["id"])  # the adopted gang is watched and stopped as one
+    assert live.wait_job(job["id"], timeout=60)["state"] == "CANCELLED"
+    wait_for(lambda: not _ranks(job["id"]), what="every rank to stop")
 
 
 def test_a_gang_whose_node_dies_ends_lost_and_its_other_rank_is_stopped(live, gpu_cluster):
@@ -103,8 +123,7 @@ def test_a_gang_whose_node_dies_ends_lost_and_its_other_rank_is_stopped(live, gp
     done = live.wait_job(job["id"], timeout=120)
     assert done["state"] == "FAILED"
     assert "node g2 was lost" in done["reason"] and "of 2" in done["reason"], done["reason"]
-    # the rank on g1 was stopped: no process of the job runs on
-    wait_for(lambda: not _ranks(job["id"]), timeout=30, what="the rank on g1 to stop")
+    assert not _ranks(job["id"])  # it ended once the rank on g1 had stopped
     nodes = {n["name"]: n for n in live.client.nodes()}
     assert nodes["g1"]["free"]["gpu"] == 2
 

@@ -142,12 +142,37 @@ def test_tiresias_counts_gpus_given_to_shares_when_no_whole_gpu_job_placed_befor
 
 def test_tiresias_starvation_guard_puts_a_long_waiting_job_back_on_top():
     n = gpu_node(gpus=1)
-    # attained 10,000 GPU-s (queue 1), last run 100 s: back to queue 0 after 10 x 100 s
-    starved = job(1, queued=NOW - 1001, attained_s=10_000.0, last_run_s=100.0)
+    # 10,000 GPU-s (queue 1); ran 100 s since its last promotion: back to queue 0 once it
+    # has waited 10 x 100 s since then, its earlier waits included
+    starved = job(1, queued=NOW - 1001, attained_s=10_000.0, ran_s=100.0)
     newer = job(2, queued=NOW - 5)
-    assert bound(schedule([starved, newer], [n], [], NOW, profile=policy("tiresias"))) == {1: "n1"}
-    waiting = job(1, queued=NOW - 900, attained_s=10_000.0, last_run_s=100.0)
-    assert bound(schedule([waiting, newer], [n], [], NOW, profile=policy("tiresias"))) == {2: "n1"}
+    out = schedule([starved, newer], [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {1: "n1"} and out.promoted == [1]
+    waiting = job(1, queued=NOW - 900, attained_s=10_000.0, ran_s=100.0)
+    out = schedule([waiting, newer], [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {2: "n1"} and out.promoted == []
+    twice = job(1, queued=NOW - 500, attained_s=10_000.0, ran_s=100.0, waited_s=500.0)
+    assert bound(schedule([twice, newer], [n], [], NOW, profile=policy("tiresias"))) == {1: "n1"}
+    # promoted since, with nothing run: queue 0 by its service since then, and no guard
+    promoted = job(1, queued=NOW - 300, attained_s=10_000.0, promoted_service_s=0.0)
+    out = schedule([promoted, newer], [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {1: "n1"} and out.promoted == []
+
+
+def test_a_promoted_tiresias_job_is_not_demoted_as_it_starts_again():
+    """Its queue counts its service since the promotion: a job promoted after 10,000 GPU-s
+    runs on in queue 0, which a newcomer of queue 0 cannot preempt; without a promotion
+    it would be queue 1, and preempted."""
+    n = gpu_node(gpus=1)
+    newcomer = job(2, queued=NOW - 5)
+    promoted = hold(1, n, 1, started=NOW - 600, checkpointable=True, attained_s=10_000.0,
+                    promoted_service_s=0.0)
+    out = schedule([newcomer], [n], [promoted], NOW, profile=policy("tiresias"))
+    assert out.preemptions == []
+    m = gpu_node(gpus=1)
+    never = hold(1, m, 1, started=NOW - 600, checkpointable=True, attained_s=10_000.0)
+    out = schedule([newcomer], [m], [never], NOW, profile=policy("tiresias"))
+    assert [(p.for_job, p.victims) for p in out.preemptions] == [(2, (1,))]
 
 
 # --- gangs ------------------------------------------------------------------------------------
@@ -539,8 +564,19 @@ def test_service_of_counts_the_gpu_seconds_of_ended_attempts(tmp_path):
             for state, at in steps:  # ran 100 s, then started again (still running)
                 transition(s, each, state, at=t0 + timedelta(seconds=at))
         s.flush()
-        assert service_of(s, job) == (200.0, 100.0)
-        assert service_of(s, share) == (100.0, 100.0)
+        # 2 GPUs x 100 s; ran 100 s; waited 89 s once it had run (the wait going on and
+        # the one before it first ran do not count); never promoted
+        assert service_of(s, job) == (200.0, 100.0, 89.0, None)
+        assert service_of(s, share) == (100.0, 100.0, 89.0, None)
+        # Tiresias' counters restart at a promotion (at 150 s, while it waited)
+        later = [(JobState.PREEMPTED, 251), (JobState.PENDING, 251), (JobState.SCHEDULED, 300),
+                 (JobState.RUNNING, 301)]
+        for state, at in later:  # ran 50 s more, waited 49 s, started again
+            transition(s, job, state, at=job.created_at + timedelta(seconds=at))
+        s.flush()
+        assert service_of(s, job) == (300.0, 150.0, 138.0, None)
+        job.promoted_at = job.created_at + timedelta(seconds=150)
+        assert service_of(s, job) == (300.0, 50.0, 49.0, 100.0)
     db.engine.dispose()
 
 

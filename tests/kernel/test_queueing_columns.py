@@ -19,6 +19,7 @@ from llmos.kernel.scheduler.queueing import (
     TiresiasQueues,
     llmos_rank,
     team_shares,
+    starved,
     tiresias_pending_queue,
     waiting_lift,
 )
@@ -47,9 +48,11 @@ def queue(rng: random.Random, n: int, aging: float) -> list[PendingJob]:
         else:
             queued = NOW - waited
         attained = rng.choice(services) if rng.random() < 0.6 else rng.uniform(0, 2e5)
+        ran = rng.choice([0.0, 0.0, 30.0, 600.0])
         jobs.append(PendingJob(10_000 - i, request, rng.choice([0, 1, 1, 2]), queued,
-                               team=rng.choice(TEAMS), attained_s=attained,
-                               last_run_s=rng.choice([0.0, 0.0, 30.0, 600.0])))
+                               team=rng.choice(TEAMS), attained_s=attained, ran_s=ran,
+                               waited_s=rng.choice([0.0, 0.0, 200.0, 5000.0]) if ran else 0.0,
+                               promoted_service_s=rng.choice([None, None, 0.0, 5000.0])))
     rng.shuffle(jobs)
     return jobs
 
@@ -111,6 +114,9 @@ def test_tiresias_order_as_columns_is_its_rule_job_by_job(seed):
     got = [j.id for j in TiresiasQueues().order(jobs, cycle)]
     want = sorted(jobs, key=lambda j: (tiresias_pending_queue(j, NOW), j.queued_at, j.id))
     assert got == [j.id for j in want]
+    # the jobs the starvation guard promotes now, as its rule says job by job
+    assert sorted(cycle.out.promoted) == sorted(j.id for j in jobs if starved(j, NOW))
+    assert cycle.out.promoted  # the random queues hold some
 
 
 def test_orders_of_an_empty_and_a_one_job_queue():

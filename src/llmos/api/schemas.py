@@ -88,6 +88,7 @@ class JobOut(BaseModel):
     group: str | None = None
     spread: bool = False
     anti_affinity: bool = False
+    multi_node: bool = False
     checkpoint_artifact: int | None = Field(
         default=None, description="Its newest checkpoint stored as an artifact (a remote "
         "executor's jobs: the next attempt may resume on another node).")
@@ -115,7 +116,8 @@ class JobOut(BaseModel):
             node=job.node, allocation=job.allocation, pid=job.pid, exit_code=job.exit_code,
             signal=job.signal, progress=progress, node_labels=job.node_labels or {},
             group=job.spread_group, spread=bool(job.spread),
-            anti_affinity=bool(job.anti_affinity), checkpoint_artifact=job.checkpoint_artifact,
+            anti_affinity=bool(job.anti_affinity), multi_node=bool(job.multi_node),
+            checkpoint_artifact=job.checkpoint_artifact,
             result=job.result,
             transitions=[TransitionOut.of(t) for t in job.transitions] if transitions else None,
         )

@@ -150,7 +150,7 @@ def resources(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 @job_app.command("submit")
 def job_submit(
     program: str = typer.Argument(..., help="module:function, path/to/file.py:function, or a "
-                                  "registered name (noop, sleep, echo)."),
+                                  "registered name (noop, sleep, echo, allreduce)."),
     params: Optional[str] = typer.Option(None, "--params", "-p", help="Parameters as a JSON object."),
     cpu: Optional[float] = typer.Option(None, help="CPU cores (fractions allowed; default 1)."),
     memory: Optional[int] = typer.Option(None, "--memory", help="Memory limit in MB."),
@@ -175,6 +175,9 @@ def job_submit(
                                 "jobs of its group."),
     anti_affinity: bool = typer.Option(False, "--anti-affinity", help="Never share a node "
                                        "with a job of its group."),
+    multi_node: bool = typer.Option(False, "--multi-node", help="When it asks more GPUs than "
+                                    "any node has, run it over several nodes, one rank per "
+                                    "node (a distributed program; see README)."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show live progress until it ends."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     quiet: bool = QUIET,
@@ -194,9 +197,8 @@ def job_submit(
                             memory_mb=memory, gpu=gpu, gpu_memory_mb=gpu_memory,
                             gpu_share_mb=gpu_share, priority=priority, max_retries=retries,
                             timeout_s=timeout, checkpointable=checkpointable, depends_on=after,
-                            team=team,
-                            node_labels=labels, group=group, spread=spread,
-                            anti_affinity=anti_affinity)
+                            team=team, node_labels=labels, group=group, spread=spread,
+                            anti_affinity=anti_affinity, multi_node=multi_node)
         if wait:
             job = render.watch(err if quiet else out, c, job["id"], quiet=as_json)
     if as_json:

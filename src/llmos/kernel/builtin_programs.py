@@ -26,10 +26,12 @@ def echo(ctx, message: str = "hello from llmos") -> str:
     return message
 
 
-def allreduce(ctx, size: int = 1 << 20, rounds: int = 5, timeout_s: float = 300.0) -> dict:
+def allreduce(ctx, size: int = 1 << 20, rounds: int = 5, timeout_s: float = 300.0,
+              backend: str = "auto") -> dict:
     """Check that a gang's ranks reach each other, as NCCL's tests do: every rank joins
-    ``torch.distributed`` from the environment the gang gives it (NCCL when it sees a GPU,
-    else Gloo over TCP), all-reduces ``size`` floats ``rounds`` times and checks the sum.
+    ``torch.distributed`` from the environment the gang gives it (``backend``: NCCL when
+    it sees a GPU, else Gloo over TCP; or either by name), all-reduces ``size`` floats
+    ``rounds`` times and checks the sum.
     Returns the world size, each rank's host, the sum and the bus bandwidth (GB/s). A job
     on one node is a world of one."""
     import os
@@ -42,8 +44,11 @@ def allreduce(ctx, size: int = 1 << 20, rounds: int = 5, timeout_s: float = 300.
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world == 1:
         return {"world_size": 1, "hosts": [socket.gethostname()], "sum": 1.0}
-    cuda = torch.cuda.is_available()
-    backend = "nccl" if cuda else "gloo"
+    if backend not in ("auto", "nccl", "gloo"):
+        raise ValueError(f"backend must be auto, nccl or gloo, not {backend!r}")
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    cuda = backend == "nccl"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))  # env://
     try:
         device = torch.device("cuda", 0) if cuda else torch.device("cpu")

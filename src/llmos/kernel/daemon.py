@@ -33,11 +33,11 @@ from llmos.kernel import events
 from llmos.kernel.attempts import Stop, StopIntent, StopStage, Tracked
 from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan,
                                     NodeUnavailable, executor_class)
-from llmos.kernel.jobs import (PRIORITY_RANK, JobState, recent_services, request_of, service_of,
-                               transition)
 from llmos.kernel.gangs import GangExecutor, allocations_of, describe, is_gang, stored
+from llmos.kernel.jobs import (PRIORITY_RANK, JobState, Service, recent_services, request_of,
+                               service_of, transition)
 from llmos.kernel.nodes import Nodes
-from llmos.kernel.resources import Allocation, NodeCapacity
+from llmos.kernel.resources import NodeCapacity
 from llmos.kernel.scheduler import (
     PendingJob,
     Profile,
@@ -241,15 +241,16 @@ class Daemon:
                 self.dependents[dep_id].add(job.id)
             elif dep.ended_at is not None:
                 ready = max(ready, dep.ended_at.timestamp())
-        attained, last = service_of(session, job) if job.attempt else (0.0, 0.0)
+        got = service_of(session, job) if job.attempt else Service(0.0, 0.0, 0.0, None)
         self.pending[job.id] = PendingJob(
             id=job.id, request=request_of(job), priority=PRIORITY_RANK[job.priority],
             queued_at=ready, timeout_s=job.timeout_s, team=job.team,
             waiting_for=tuple(waiting),
             selector=tuple(sorted((job.node_labels or {}).items())),
             group=job.spread_group, spread=bool(job.spread),
-            anti_affinity=bool(job.anti_affinity), attained_s=attained,
-            checkpointable=bool(job.checkpointable), last_run_s=last)
+            anti_affinity=bool(job.anti_affinity), attained_s=got.attained_s,
+            checkpointable=bool(job.checkpointable), ran_s=got.ran_s, waited_s=got.waited_s,
+            promoted_service_s=got.promoted_service_s, multi_node=bool(job.multi_node))
         self._reasons[job.id] = job.reason or ""
         self._dirty = True
 
@@ -330,17 +331,26 @@ class Daemon:
             return
         if now >= tracked.memory_check_at:
             tracked.memory_check_at = now + MEMORY_CHECK_S
-            used = self._executor_of(tracked).memory_used_mb(tracked.handle)
-            limit = tracked.handle.memory_mb
-            if used is not None and used > limit:
-                self._begin_stop(
-                    tracked, StopIntent.MEMORY,
-                    f"exceeded its memory limit: {used:.0f} MB resident > {limit} MB", now, 0)
+            over = self._memory_over(tracked)
+            if over:
+                self._begin_stop(tracked, StopIntent.MEMORY, over, now, 0)
+
+    def _memory_over(self, tracked: Tracked) -> str | None:
+        """Why the attempt is over its memory limit (a gang: any rank over its own
+        node's share), or None."""
+        ex = self._executor_of(tracked)
+        if isinstance(ex, GangExecutor):
+            return ex.memory_over(tracked.handle)
+        used, limit = ex.memory_used_mb(tracked.handle), tracked.handle.memory_mb
+        if used is not None and used > limit:
+            return f"exceeded its memory limit: {used:.0f} MB resident > {limit} MB"
+        return None
 
     def _begin_stop(self, tracked: Tracked, intent: StopIntent, reason: str, now: float,
                     grace: float) -> None:
         if tracked.stop is not None and tracked.stop.intent is not StopIntent.PREEMPT:
             return  # already being stopped for a reason that wins
+        tracked.handle.extra["stopping"] = True  # a gang leaves the escalation to us
         ex = self._executor_of(tracked)
         if intent is StopIntent.PREEMPT:
             ex.request_yield(tracked.handle)
@@ -422,7 +432,7 @@ class Daemon:
         self.stats.ended(job.team, job.state, started, (job.ended_at or utcnow()).timestamp())
         session = Session.object_session(job)
         if job.started_at is not None and session is not None:  # it ran, in some attempt
-            self.history.add(job.team, service_of(session, job)[0],
+            self.history.add(job.team, service_of(session, job).attained_s,
                              bool(job.gpu or job.gpu_share_mb))
 
     def _release_dependents(self, s: Session, job: Job) -> None:
@@ -477,6 +487,8 @@ class Daemon:
                        self.config, self.profile, self.history)
         self.last_pass_ms = (time.perf_counter() - started) * 1000
         self.stats.scheduled(self.last_pass_ms / 1000)
+        if out.promoted:  # before the bindings: a promoted job may start at once
+            self._promote(out.promoted)
         if out.bindings:
             self._bind(out.bindings)
         self._write_reasons(out.reasons)
@@ -494,6 +506,20 @@ class Daemon:
                         self._begin_stop(tracked, StopIntent.PREEMPT,
                                          f"preempted by higher-priority {by}",
                                          now, grace=self.settings.preempt_grace_s)
+
+    def _promote(self, job_ids: list[int]) -> None:
+        """The policy promoted these waiting jobs (Tiresias' starvation guard): its
+        counters of their service and waits start again from now, in the store too."""
+        at = utcnow()
+        with self.db.session() as s:
+            for job_id in job_ids:
+                waiting = self.pending.get(job_id)
+                if waiting is None:
+                    continue
+                s.get(Job, job_id).promoted_at = at
+                self.pending[job_id] = replace(waiting, promoted_service_s=0.0, ran_s=0.0,
+                                               waited_s=0.0)
+            s.commit()
 
     def _bind(self, bindings) -> None:
         launched: list[tuple[int, Handle | Exception]] = []
@@ -564,14 +590,14 @@ class Daemon:
         allocation, *extra = allocations_of(job.allocation)
         started = (job.started_at or utcnow()).timestamp()
         handle.extra["events_offset"] = job.events_offset
-        attained = 0.0
+        got = Service(0.0, 0.0, 0.0, None)
         session = Session.object_session(job)
         if job.attempt > 1 and session is not None:  # service of its earlier attempts
-            attained = service_of(session, job)[0]
+            got = service_of(session, job)
         self.running[job.id] = Tracked(
             RunningJob(job.id, allocation, PRIORITY_RANK[job.priority], started, job.timeout_s,
-                       job.checkpointable, job.team, job.spread_group, attained,
-                       extra=tuple(extra)),
+                       job.checkpointable, job.team, job.spread_group, got.attained_s,
+                       extra=tuple(extra), promoted_service_s=got.promoted_service_s),
             handle, job.executor)
 
     # -- nodes ---------------------------------------------------------------------------
@@ -584,6 +610,10 @@ class Daemon:
         lost = Exit(ExitKind.LOST, message=f"node {name} was lost: {reason}")
         for job_id, tracked in list(self.running.items()):
             if all(a.node != name for a in tracked.job.allocations):
+                continue
+            if is_gang(tracked.handle):  # its next poll stops its other ranks, then ends it
+                GangExecutor(self.executor(tracked.executor)).node_lost(
+                    tracked.handle, name, reason)
                 continue
             with self.db.session() as s:
                 self._finish(s, s.get(Job, job_id), tracked, lost)

@@ -1,7 +1,8 @@
 """A gang over several nodes in the daemon: one attempt of the job per node, started,
 watched, stopped and found again after a restart together.
 
-The scheduler places a gang larger than every node over the fewest nodes
+A job that asks for it (``multi_node``: its program is distributed) and is larger than
+every node is placed by the scheduler over the fewest nodes
 (:mod:`llmos.kernel.scheduler.gang`); its binding holds one allocation per node, the
 leader's first. The daemon stores them all with the job (:func:`stored`: the leader's
 allocation, the others under ``"gang"``) and starts the job through
@@ -10,25 +11,35 @@ allocation, the others under ``"gang"``) and starts the job through
 - each node runs the job's program once, as rank ``r`` of ``n``, with the environment
   ``torch.distributed`` reads (:func:`llmos.kernel.executors.base.gang_environment`):
   ``MASTER_ADDR``/``MASTER_PORT`` (the leader node's address and a port free there),
-  ``RANK``/``WORLD_SIZE`` and ``NODE_RANK``/``NNODES``; the process sees its node's GPUs;
+  ``RANK``/``WORLD_SIZE`` and ``NODE_RANK``/``NNODES``, and ``LLMOS_GANG_GPUS`` (each
+  rank's GPU count, in rank order: parts may differ); the process sees its node's GPUs;
 - the leader (rank 0) is the job: its folder, logs, reports, checkpoints and result are
-  the job's (every rank restores from its checkpoint; a program with side effects, such
-  as registering a model, does them on rank 0); rank ``r``'s files are mirrored to
+  the job's (every rank restores from its checkpoint: state kept by the other ranks
+  alone, such as optimizer shards, is not saved; a program with side effects, such as
+  registering a model, does them on rank 0); rank ``r``'s files are mirrored to
   ``rank-<r>/`` in the job's folder;
-- it runs while every rank runs; one rank failing (or lost with its node) stops the
-  others, and the job ends as that rank ended; it succeeds when every rank has;
-- yield, terminate and kill go to every rank; its memory is the sum of the ranks'.
+- it runs while any rank runs; one rank ending badly (or lost with its node) stops the
+  others (SIGTERM, SIGKILL after STOP_GRACE_S; while the daemon stops the job itself,
+  its own escalation), and the job ends, once every rank has, as that rank ended (as
+  torchrun: any rank's failure is the job's); it succeeds when every rank has;
+- yield, terminate and kill go to every rank; each rank is held to its own node's
+  share of the memory.
 
 The state lives in the handle (``ref["gang"]``: each rank's own reference, stored with the
 job; ``extra``: each rank's handle and how those that ended ended), so the wrapper itself
 holds none. Isolation: each rank runs in its node's sandbox exactly as a single-node job
-does; the ranks talk over the network, which the daemon allows only where jobs share the
-host's (``LLMOS_JOB_NETWORK=host``, or no sandbox): elsewhere a gang larger than every
-node waits for ever with that reason.
+does (its team's user, its folder, its read roots); the ranks talk over the network,
+which the daemon allows only where jobs share the host's (``LLMOS_JOB_NETWORK=host``, or
+no sandbox): elsewhere such a job is refused, with that reason. On a shared network the
+rendezvous port and the collectives carry no authentication (as with torchrun): a job
+of another team on the same network could connect to them. Gangs are for clusters whose
+network the teams may share.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +50,7 @@ from llmos.kernel.resources import Allocation
 
 GANG = "gang"  # the key of the further allocations, and of the ranks' references
 FINE = (ExitKind.SUCCEEDED, ExitKind.YIELDED)
+STOP_GRACE_S = 10.0  # after one rank failed: the others' SIGTERM, then SIGKILL
 
 
 def stored(allocations: Sequence[Allocation]) -> dict:
@@ -92,7 +104,7 @@ class GangExecutor:
         if free_port is None:
             raise RuntimeError(f"the {self.name} executor cannot run a gang over nodes")
         gang = {"leader": leader_address, "port": int(free_port(allocations[0].node)),
-                "nodes": len(allocations)}
+                "nodes": len(allocations), "gpus": [len(a.gpus) for a in allocations]}
         handles: list[Handle] = []
         try:
             for rank, allocation in enumerate(allocations):
@@ -108,8 +120,7 @@ class GangExecutor:
         return self._handle(plan.job_id, plan.attempt, plan.workdir, allocations, handles)
 
     def _handle(self, job_id: int, attempt: int, workdir: Path,
-                allocations: Sequence[Allocation], parts: list[Handle],
-                ended: dict[int, Exit] | None = None) -> Handle:
+                allocations: Sequence[Allocation], parts: list[Handle]) -> Handle:
         leader = parts[0].ref
         ref: dict[str, Any] = {GANG: [p.ref for p in parts],
                                "where": f"{len(parts)} ranks: "
@@ -118,34 +129,70 @@ class GangExecutor:
             if key in leader:
                 ref[key] = leader[key]
         handle = Handle(job_id, attempt, workdir, sum(a.memory_mb for a in allocations), ref)
-        handle.extra["parts"] = parts
-        handle.extra["ended"] = dict(ended or {})
+        handle.extra.update(parts=parts, limits=[a.memory_mb for a in allocations],
+                            nodes=[a.node for a in allocations], ended={}, bad=[])
         return handle
 
     # -- watch ---------------------------------------------------------------------------
 
     def poll(self, handle: Handle) -> Exit | None:
-        parts: list[Handle] = handle.extra["parts"]
-        ended: dict[int, Exit] = handle.extra["ended"]
-        for rank, part in enumerate(parts):
-            if rank not in ended:
+        """None until every rank has ended (a rank stopped after another failed included:
+        its node's resources are free only then); then the job's end."""
+        for rank, part in enumerate(handle.extra["parts"]):
+            if rank not in handle.extra["ended"]:
                 found = self.inner.poll(part)
                 if found is not None:
-                    ended[rank] = found
+                    self._ended(handle, rank, found)
         return self._outcome(handle)
 
+    def node_lost(self, handle: Handle, node: str, reason: str) -> None:
+        """``node`` died: its rank ended with it (the next poll stops the others)."""
+        for rank, name in enumerate(handle.extra["nodes"]):
+            if name == node and rank not in handle.extra["ended"]:
+                self._ended(handle, rank, Exit(ExitKind.LOST,
+                                               message=f"node {node} was lost: {reason}"))
+
+    def _ended(self, handle: Handle, rank: int, found: Exit) -> None:
+        """Rank ``rank`` ended. The first to end badly stops the others: SIGTERM, then
+        SIGKILL after STOP_GRACE_S, unless the daemon is stopping the job already (its
+        own escalation goes on: a rank saving its checkpoint keeps its grace)."""
+        extra = handle.extra
+        extra["ended"][rank] = found
+        if found.kind in FINE:
+            return
+        extra["bad"].append(rank)
+        if len(extra["bad"]) == 1 and not extra.get("stopping"):
+            for part in self._running(handle):
+                self.inner.terminate(part)
+            extra["kill_at"] = time.monotonic() + STOP_GRACE_S
+
     def _outcome(self, handle: Handle) -> Exit | None:
-        """The first rank that ended badly (the others are killed), else the leader's end
-        once every rank ended, else None."""
-        parts: list[Handle] = handle.extra["parts"]
-        ended: dict[int, Exit] = handle.extra["ended"]
-        for rank, found in sorted(ended.items()):
-            if found.kind not in FINE:
+        extra = handle.extra
+        parts, ended, bad = extra["parts"], extra["ended"], extra["bad"]
+        if len(ended) < len(parts):
+            if bad and time.monotonic() >= extra.get("kill_at", math.inf):
                 self._kill_running(handle)
-                where = parts[rank].ref.get("node") or parts[rank].describe()
-                return replace(found, message=f"rank {rank} of {len(parts)} (on {where}) "
-                               f"ended: {found.message or found.kind.value}")
-        return ended[0] if len(ended) == len(parts) else None
+            return None
+        if not bad:
+            return ended[0]  # the leader's: its result is the job's
+        # the rank whose end explains the others': a lost node first, else the first
+        rank = next((r for r in bad if ended[r].kind is ExitKind.LOST), bad[0])
+        found = ended[rank]
+        return replace(found, message=f"rank {rank} of {len(parts)} (on "
+                       f"{extra['nodes'][rank]}) ended: {found.message or found.kind.value}")
+
+    def memory_over(self, handle: Handle) -> str | None:
+        """Why a running rank is over its own node's share of the memory, or None."""
+        limits = handle.extra["limits"]
+        for rank, part in enumerate(handle.extra["parts"]):
+            if rank in handle.extra["ended"]:
+                continue
+            used = self.inner.memory_used_mb(part)
+            if used is not None and used > limits[rank]:
+                return (f"exceeded its memory limit: rank {rank} (on "
+                        f"{handle.extra['nodes'][rank]}) {used:.0f} MB resident > "
+                        f"{limits[rank]} MB")
+        return None
 
     def recover(self, job_id: int, attempt: int, workdir: Path,
                 allocations: Sequence[Allocation], ref: dict | None) -> Handle | Exit | None:
@@ -156,17 +203,19 @@ class GangExecutor:
         found = [self.inner.recover(job_id, attempt, rank_workdir(workdir, rank), a.memory_mb,
                                     part_ref)
                  for rank, (a, part_ref) in enumerate(zip(allocations, refs, strict=True))]
-        parts = [f if isinstance(f, Handle) else
-                 Handle(job_id, attempt, rank_workdir(workdir, rank), a.memory_mb,
-                        dict(part_ref))
-                 for rank, (f, a, part_ref) in enumerate(zip(found, allocations, refs))]
         if any(f is None for f in found):
             for f in found:
                 if isinstance(f, Handle):
                     self.inner.kill(f)
             return None
-        ended = {rank: f for rank, f in enumerate(found) if isinstance(f, Exit)}
-        handle = self._handle(job_id, attempt, workdir, allocations, parts, ended)
+        parts = [f if isinstance(f, Handle) else
+                 Handle(job_id, attempt, rank_workdir(workdir, rank), a.memory_mb,
+                        dict(part_ref))
+                 for rank, (f, a, part_ref) in enumerate(zip(found, allocations, refs))]
+        handle = self._handle(job_id, attempt, workdir, allocations, parts)
+        for rank, f in enumerate(found):
+            if isinstance(f, Exit):
+                self._ended(handle, rank, f)
         outcome = self._outcome(handle)
         return handle if outcome is None else outcome
 
@@ -192,6 +241,8 @@ class GangExecutor:
         self._kill_running(handle)
 
     def memory_used_mb(self, handle: Handle) -> float | None:
+        """What its running ranks hold together (each is checked against its own node's
+        share by :meth:`memory_over`)."""
         used = [self.inner.memory_used_mb(p) for p in self._running(handle)]
         known = [u for u in used if u is not None]
         return sum(known) if known else None

@@ -16,7 +16,7 @@ import enum
 import itertools
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy import func, select
@@ -121,6 +121,11 @@ class JobSpec(RequestBody):
                          description="Prefer nodes running the fewest jobs of its group.")
     anti_affinity: bool = Field(default=False,
                                 description="Never share a node with a job of its group.")
+    multi_node: bool = Field(
+        default=False,
+        description="When it asks more GPUs than any node has, run it over several nodes "
+        "as a gang, one rank per node (its program must be distributed: torch.distributed "
+        "from the environment, side effects on rank 0). Without, such a job is refused.")
 
     @field_validator("node_labels")
     @classmethod
@@ -205,6 +210,7 @@ def create_job(session: Session, spec: JobSpec, request: Request, executor: str,
         spread_group=spec.placement_group,
         spread=spec.spread,
         anti_affinity=spec.anti_affinity,
+        multi_node=spec.multi_node,
         state=JobState.PENDING.value,
         reason="waiting to be scheduled",
         attempt=0,
@@ -230,29 +236,48 @@ def request_of(job: Job) -> Request:
                    gpu_memory_mb=job.gpu_memory_mb, gpu_share_mb=job.gpu_share_mb or 0)
 
 
-def service_of(session: Session, job: Job) -> tuple[float, float]:
+class Service(NamedTuple):
+    """What a job received in its ended attempts, as the attained-service policies count
+    it (``PendingJob.attained_s``, ``promoted_service_s``, ``ran_s``, ``waited_s``)."""
+
+    attained_s: float  # GPU-seconds (cpu-seconds without GPUs), all attempts
+    ran_s: float  # seconds run since its last promotion (all, if never promoted)
+    waited_s: float  # seconds waited once it had run, since its last promotion
+    promoted_service_s: float | None  # attained_s since its last promotion; None: never
+
+
+def service_of(session: Session, job: Job) -> Service:
     """The service a job received in its ended attempts, from its stored transitions
-    (each RUNNING period up to the next transition): (GPU-seconds, or cpu-seconds without
-    GPUs, as the attained-service policies count them; seconds its last attempt ran). An
-    attempt still running counts nothing yet. A share of a GPU counts as one GPU: the
-    shared GPU's memory is not at hand here, so an ended share weighs more in its team's
-    history than it accrued while running (RunningJob.service counts its fraction of the
-    GPU when the GPU's memory is known)."""
+    (each RUNNING period up to the next transition), and its waits between them. An
+    attempt still running counts nothing yet, nor does the wait going on. A share of a
+    GPU counts as one GPU: the shared GPU's memory is not at hand here, so an ended share
+    weighs more in its team's history than it accrued while running (RunningJob.service
+    counts its fraction of the GPU when the GPU's memory is known)."""
     times = session.execute(
         select(JobTransition.to_state, JobTransition.at)
         .where(JobTransition.job_id == job.id).order_by(JobTransition.id)).all()
     return _service(job, times)
 
 
-def _service(job: Job, times) -> tuple[float, float]:
+WAITING = (JobState.PENDING.value, JobState.PREEMPTED.value)
+
+
+def _service(job: Job, times) -> Service:
     """:func:`service_of` from the job's (state, at) transitions, in order."""
     rate = job.gpu or (1.0 if job.gpu_share_mb else job.cpu) or 0.0
-    total = last = 0.0
+    promoted = job.promoted_at
+    total = ran = waited = since = 0.0
     for (state, at), (_, after) in itertools.pairwise(times):
+        seconds = max(0.0, (after - at).total_seconds())
+        counted = promoted is None or at >= promoted  # since its last promotion
         if state == JobState.RUNNING.value:
-            last = max(0.0, (after - at).total_seconds())
-            total += last * rate
-    return total, last
+            total += seconds * rate
+            if counted:
+                ran += seconds
+                since += seconds * rate
+        elif state in WAITING and counted and ran > 0:
+            waited += seconds
+    return Service(total, ran, waited, None if promoted is None else since)
 
 
 ENDED = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
@@ -266,8 +291,8 @@ def recent_services(session: Session, keep: int) -> list[tuple[str, bool, float]
     over each team), one per 500 for their transitions."""
     newest = func.row_number().over(partition_by=Job.team,
                                     order_by=(Job.ended_at.desc(), Job.id.desc()))
-    ended = (select(Job.id, Job.team, Job.gpu, Job.gpu_share_mb, Job.cpu, Job.ended_at,
-                    newest.label("newest"))
+    ended = (select(Job.id, Job.team, Job.gpu, Job.gpu_share_mb, Job.cpu, Job.promoted_at,
+                    Job.ended_at, newest.label("newest"))
              .where(Job.state.in_(ENDED), Job.started_at.is_not(None),
                     Job.ended_at.is_not(None))
              .subquery())
@@ -281,5 +306,5 @@ def recent_services(session: Session, keep: int) -> list[tuple[str, bool, float]
             .where(JobTransition.job_id.in_(chunk)).order_by(JobTransition.id))
         for job_id, state, at in rows:
             times[job_id].append((state, at))
-    return [(job.team, bool(job.gpu or job.gpu_share_mb), _service(job, times[job.id])[0])
-            for job in jobs]
+    return [(job.team, bool(job.gpu or job.gpu_share_mb),
+             _service(job, times[job.id]).attained_s) for job in jobs]

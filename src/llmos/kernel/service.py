@@ -110,29 +110,35 @@ class JobService:
         request = spec.resources.to_request(self.settings.default_job_memory_mb)
         if request.millicores < 1:
             raise InvalidRequest("cpu must be at least 0.001")
-        never = self.never_runs(request, team, spec.node_labels)
+        never = self.never_runs(request, team, spec.node_labels, spec.multi_node)
         if never:
             raise InvalidRequest(never)
         return spec, request, executor, team
 
     def never_runs(self, request, team: str | None,
-                   node_labels: dict[str, str] | None = None) -> str | None:
+                   node_labels: dict[str, str] | None = None,
+                   multi_node: bool = False) -> str | None:
         """Why a job asking ``request`` could never run in ``team`` (no node it may use is
-        that large, or the team's quota could never hold it), or None. With no node
-        carrying its labels yet, it may still run: a node may join."""
+        that large, nor, for a job that asks to span nodes, a gang over several; or the
+        team's quota could never hold it), or None. With no node carrying its labels yet,
+        it may still run: a node may join."""
         selector = tuple((node_labels or {}).items())
         nodes = [n.capacity for n in self.daemon.nodes.schedulable()
                  if has_labels(n, selector)]
         too_large = too_large_reason(request, nodes) if nodes else None
-        if too_large and self.daemon.config.multi_node and request.gpu > 1:
-            # larger than every node, but a gang over several of them may hold it
-            empty = [NodeState(n) for n in nodes]
-            if is_multi_node(request, empty):
-                if gang_plan(request, empty) is not None:
-                    too_large = None
-                else:
-                    too_large += (f"; nor could a gang over several nodes hold it (they "
-                                  f"have {sum(len(n.gpus) for n in nodes)} gpu together)")
+        empty = [NodeState(n) for n in nodes] if too_large and request.gpu > 1 else []
+        if empty and is_multi_node(request, empty):  # a gang over several nodes, then?
+            config = self.daemon.config
+            if gang_plan(request, empty) is None:
+                too_large += (f"; nor could a gang over several nodes hold it (they have "
+                              f"{sum(len(n.gpus) for n in nodes)} gpu together)")
+            elif not multi_node:
+                too_large += ("; a distributed program may run over several nodes, one "
+                              "rank per node, if the job asks for it (multi_node)")
+            elif not config.multi_node:
+                too_large += f"; {config.single_node_reason}"
+            else:
+                too_large = None
         if too_large:
             return too_large
         never = beyond_quota(request, self.daemon.config.quotas.get(team))

@@ -177,14 +177,13 @@ class Jobs:
                checkpointable: bool = False, depends_on: Iterable[int] = (),
                team: str | None = None, node_labels: dict[str, str] | None = None,
                group: str | None = None, spread: bool = False,
-               anti_affinity: bool = False) -> dict:
+               anti_affinity: bool = False, multi_node: bool = False) -> dict:
         return self._c.request("POST", "/v1/jobs", json=job_spec(
             program, params, name=name, cpu=cpu, memory_mb=memory_mb, gpu=gpu,
             gpu_memory_mb=gpu_memory_mb, gpu_share_mb=gpu_share_mb, priority=priority,
             max_retries=max_retries, timeout_s=timeout_s, checkpointable=checkpointable,
-            depends_on=depends_on,
-            team=team, node_labels=node_labels, group=group, spread=spread,
-            anti_affinity=anti_affinity)).json()
+            depends_on=depends_on, team=team, node_labels=node_labels, group=group,
+            spread=spread, anti_affinity=anti_affinity, multi_node=multi_node)).json()
 
     def submit_many(self, specs: list[dict]) -> list[dict]:
         """Submit specs (see :func:`job_spec`) in one transaction."""
@@ -261,7 +260,8 @@ def job_spec(program: str, params: dict | None = None, *, name: str | None = Non
              timeout_s: float | None = None, checkpointable: bool = False,
              depends_on: Iterable[int] = (), team: str | None = None,
              node_labels: dict[str, str] | None = None, group: str | None = None,
-             spread: bool = False, anti_affinity: bool = False) -> dict:
+             spread: bool = False, anti_affinity: bool = False,
+             multi_node: bool = False) -> dict:
     """The JSON body of a job submission, leaving out what the server defaults."""
     resources = {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "gpu": gpu,
                                    "gpu_memory_mb": gpu_memory_mb,
@@ -271,7 +271,8 @@ def job_spec(program: str, params: dict | None = None, *, name: str | None = Non
                             "depends_on": list(depends_on), "resources": resources}
     for key, value in (("name", name), ("timeout_s", timeout_s), ("team", team),
                        ("node_labels", node_labels or None), ("group", group),
-                       ("spread", spread or None), ("anti_affinity", anti_affinity or None)):
+                       ("spread", spread or None), ("anti_affinity", anti_affinity or None),
+                       ("multi_node", multi_node or None)):
         if value is not None:
             spec[key] = value
     return spec

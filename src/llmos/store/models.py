@@ -81,6 +81,8 @@ class Job(Base):
     spread_group: Mapped[str | None] = mapped_column(String(200))
     spread: Mapped[bool] = mapped_column(Boolean, default=False)
     anti_affinity: Mapped[bool] = mapped_column(Boolean, default=False)
+    # May run over several nodes as a gang (one rank per node) when larger than any node.
+    multi_node: Mapped[bool | None] = mapped_column(Boolean, default=False)
 
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -102,6 +104,9 @@ class Job(Base):
     handle: Mapped[dict | None] = mapped_column(JSON)
     # Its newest checkpoint stored as an artifact (so another node can resume it).
     checkpoint_artifact: Mapped[int | None] = mapped_column(Integer)
+    # When the scheduling policy last promoted it while it waited (Tiresias' starvation
+    # guard): the policy's counters of its service and waits start again from there.
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     signal: Mapped[int | None] = mapped_column(Integer)
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)

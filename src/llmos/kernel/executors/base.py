@@ -49,18 +49,20 @@ class LaunchPlan:
     # refuses to start it (the daemon checks its own machine at submit; a node checks here).
     require_isolation: bool = False
     # One rank of a gang over several nodes (kernel/gangs.py), else None: {"rank",
-    # "nodes", "leader": the leader node's address, "port": free there} — plain JSON.
+    # "nodes", "leader": the leader node's address, "port": free there, "gpus": each
+    # rank's GPU count} — plain JSON.
     gang: dict[str, Any] | None = None
 
 
 def gang_environment(gang: dict[str, Any]) -> dict[str, str]:
     """What one rank of a gang finds in its environment: what ``torch.distributed``'s
     ``env://`` initialisation reads (one process per node: its rank is its node's), and
-    the node rank and count a program that starts one process per GPU builds on."""
+    what a program that starts one process per GPU builds on: the node rank and count,
+    and each node's GPU count (``LLMOS_GANG_GPUS``, in rank order)."""
     rank, nodes = str(gang["rank"]), str(gang["nodes"])
     return {"MASTER_ADDR": str(gang["leader"]), "MASTER_PORT": str(gang["port"]),
             "RANK": rank, "WORLD_SIZE": nodes, "LOCAL_RANK": "0", "NODE_RANK": rank,
-            "NNODES": nodes}
+            "NNODES": nodes, "LLMOS_GANG_GPUS": ",".join(str(g) for g in gang["gpus"])}
 
 
 @dataclass

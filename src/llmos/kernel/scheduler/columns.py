@@ -20,7 +20,8 @@ import numpy as np
 from llmos.kernel.scheduler.framework import PendingJob
 
 _GET = {name: attrgetter(name) for name in (
-    "queued_at", "id", "attained_s", "priority", "last_run_s", "team", "request")}
+    "queued_at", "id", "attained_s", "priority", "ran_s", "waited_s", "queue_service_s",
+    "team", "request")}
 _REQ = {name: attrgetter(name) for name in ("cpu", "memory_mb", "gpu", "gpu_share_mb")}
 
 

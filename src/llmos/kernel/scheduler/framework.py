@@ -87,7 +87,21 @@ class PendingJob:
     # Oracle run time: only a simulator knows it, only the ``sjf`` policy reads it.
     duration_s: float | None = None
     checkpointable: bool = False  # may yield and resume (a preemption loses little)
-    last_run_s: float = 0.0  # seconds its last attempt ran (tiresias' starvation guard)
+    # Tiresias' counters since the job's last promotion by its starvation guard, which
+    # resets them: the service its queue counts (None: never promoted, ``attained_s``),
+    # the seconds it ran (the paper's t_J) and the seconds it waited once it had run, its
+    # current wait aside (delta_J without the current wait).
+    promoted_service_s: float | None = None
+    ran_s: float = 0.0
+    waited_s: float = 0.0
+    # Whether it may span nodes as a gang when larger than every node (with
+    # SchedulerConfig.multi_node): the daemon's jobs ask for it; a trace's jobs do.
+    multi_node: bool = True
+
+    @property
+    def queue_service_s(self) -> float:
+        """The service Tiresias' queues count: since its last promotion, else all."""
+        return self.attained_s if self.promoted_service_s is None else self.promoted_service_s
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,9 @@ class RunningJob:
     extra: tuple[Allocation, ...] = ()
     # The memory (MB) of the GPU a share runs on (0: unknown; the share counts as one GPU).
     gpu_memory_mb: int = 0
+    # Tiresias' queue service when this attempt started, if it was promoted since it
+    # first ran (PendingJob.promoted_service_s; None: ``attained_s``).
+    promoted_service_s: float | None = None
     # When the work it would keep if preempted now was saved: its last checkpoint in this
     # attempt, else ``started_at`` (a simulated job saving every so often). None: it saves
     # when asked to yield, as the daemon's checkpointable jobs promise to (they poll
@@ -147,6 +164,11 @@ class RunningJob:
         """Attained service by ``now``: earlier attempts plus this one, in GPU-seconds
         (cpu-seconds without GPUs), as :attr:`PendingJob.attained_s` counts it."""
         return self.attained_s + max(0.0, now - self.started_at) * self.rate
+
+    def queue_service(self, now: float) -> float:
+        """The service Tiresias' queues count by ``now`` (since its last promotion)."""
+        base = self.attained_s if self.promoted_service_s is None else self.promoted_service_s
+        return base + max(0.0, now - self.started_at) * self.rate
 
 
 def service_rate(allocations, gpu_memory_mb: int = 0) -> float:
@@ -195,6 +217,10 @@ class SchedulerOutput:
     reasons: dict[int, str] = field(default_factory=dict)  # why each unbound job waits
     reservation: Reservation | None = None
     preemptions: list[Preemption] = field(default_factory=list)
+    # Waiting jobs the policy promoted in this pass (Tiresias' starvation guard): their
+    # counters since promotion (PendingJob.promoted_service_s, ran_s, waited_s) restart
+    # at 0, wherever the queue is kept (the daemon, the simulator).
+    promoted: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,6 +246,18 @@ class SchedulerConfig:
     # such a job is NEVER, as with the default profile, and its reason says why.
     multi_node: bool = True
     single_node_reason: str = "a gang over several nodes is not run here"
+
+
+def spans_nodes(config: SchedulerConfig, job: PendingJob) -> bool:
+    """Whether ``job``, when larger than every node, may run as a gang over several."""
+    return config.multi_node and job.multi_node
+
+
+def single_node_reason(config: SchedulerConfig, job: PendingJob) -> str:
+    """Why a job larger than every node does not span nodes (when it may not)."""
+    if not config.multi_node:
+        return config.single_node_reason
+    return "it did not ask to run over several nodes (multi_node)"
 
 
 @dataclass

@@ -40,6 +40,8 @@ from llmos.kernel.scheduler.framework import (
     Reservation,
     RunningJob,
     Status,
+    single_node_reason,
+    spans_nodes,
 )
 from llmos.kernel.scheduler.profiles import Backfill, Fit, Nodes, Stage
 
@@ -256,18 +258,19 @@ class GangFit(Fit):
         # (nodes, status, request, first node asked) for one node, and (no nodes, WAIT,
         # request, None, "gang") for a gang that found no room.
         r = job.request
-        key = (id(nodes), r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb, r.gpu_share_mb)
+        spans = spans_nodes(cycle.config, job)
+        key = (id(nodes), r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb, r.gpu_share_mb, spans)
         cache = cycle.state[self]
         found = cache.get(key)
         if found is not None:
             return found[0], found[1]
         shared = nodes is cycle.nodes or id(nodes) in cycle.views
         if not r.gpu or not shared:
-            if r.gpu > 1 and cycle.config.multi_node and is_multi_node(r, nodes):
+            if r.gpu > 1 and spans and is_multi_node(r, nodes):
                 return self._gang(cycle, job, nodes, None)
             return super().filter(cycle, job, nodes)
         index = self._index(cycle)
-        if r.gpu > 1 and cycle.config.multi_node and r.gpu > index.largest_of(nodes):
+        if r.gpu > 1 and spans and r.gpu > index.largest_of(nodes):
             found = self._gang(cycle, job, nodes, index)
             if not found[0] and found[1].code is Code.WAIT:
                 cache[key] = (*found, r, None, "gang")
@@ -280,9 +283,9 @@ class GangFit(Fit):
             fitting, status = self._fit(cycle, job, nodes[:1] if nodes else nodes)
             if status.code is Code.NEVER and len(nodes) > 1:
                 fitting, status = self._fit(cycle, job, nodes)
-            if (status.code is Code.NEVER and r.gpu > index.largest_of(nodes)
-                    and not cycle.config.multi_node):
-                status = Status.never(f"{status.reason} ({cycle.config.single_node_reason})")
+            if status.code is Code.NEVER and 1 < r.gpu > index.largest_of(nodes) and not spans:
+                status = Status.never(
+                    f"{status.reason} ({single_node_reason(cycle.config, job)})")
             found = (fitting, status, r, nodes[0] if nodes else None)
         cache[key] = found
         return found[0], found[1]
@@ -380,7 +383,7 @@ class GangBackfill(Backfill):
         nodes = stages.eligible_nodes(job, cycle.nodes, cycle.running)
         if not nodes:
             return True
-        if cycle.config.multi_node and is_multi_node(job.request, nodes):
+        if spans_nodes(cycle.config, job) and is_multi_node(job.request, nodes):
             reservation, futures, plan = reserve_gang(job, nodes, cycle.running)
             futures = self.keep(futures, plan)
         else:

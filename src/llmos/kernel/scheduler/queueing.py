@@ -43,6 +43,7 @@ from llmos.kernel.scheduler.framework import (
     RunningJob,
     Status,
     job_named,
+    spans_nodes,
 )
 from llmos.kernel.scheduler.gang import GangBackfill
 from llmos.kernel.scheduler.history import uses_gpu
@@ -107,7 +108,10 @@ class ShortestFirst(Stage):
 # --- Tiresias: discretized 2D-LAS ------------------------------------------------------------
 
 TIRESIAS_THRESHOLDS = (3600.0,)  # GPU-seconds: K = 2 queues split at one GPU-hour
-STARVE_LIMIT = 10.0  # waited more than 10x its last run: back to the top queue
+# The starvation guard (the paper's PROMOTEKNOB): a job that has waited this many times as
+# long as it ran, both counted since its last promotion, goes back to the top queue with
+# its counters at 0 (so it is not demoted at once).
+STARVE_LIMIT = 10.0
 
 
 def tiresias_queue(attained: float, thresholds: tuple[float, ...] = TIRESIAS_THRESHOLDS) -> int:
@@ -119,20 +123,16 @@ def tiresias_queue(attained: float, thresholds: tuple[float, ...] = TIRESIAS_THR
     return q
 
 
-def last_run(job: PendingJob) -> float:
-    """Seconds its last attempt ran (``last_run_s``; else attained over its GPUs)."""
-    if job.last_run_s:
-        return job.last_run_s
-    return job.attained_s / max(1, job.request.gpu) if job.attained_s else 0.0
+def starved(job: PendingJob, now: float) -> bool:
+    """Whether the starvation guard promotes ``job`` now: it ran since its last promotion,
+    and has waited since (earlier waits and this one) STARVE_LIMIT times as long."""
+    return job.ran_s > 0 and job.waited_s + now - job.queued_at >= STARVE_LIMIT * job.ran_s
 
 
 def tiresias_pending_queue(job: PendingJob, now: float) -> int:
-    """Its queue by attained service; queue 0 again once it waited STARVE_LIMIT times its
-    last run (the paper's starvation guard)."""
-    ran = last_run(job)
-    if ran and now - job.queued_at >= STARVE_LIMIT * ran:
-        return 0
-    return tiresias_queue(job.attained_s)
+    """Its queue by the service it received since its last promotion; 0 when the
+    starvation guard promotes it now."""
+    return 0 if starved(job, now) else tiresias_queue(job.queue_service_s)
 
 
 class TiresiasQueues(Stage):
@@ -144,7 +144,7 @@ class TiresiasQueues(Stage):
 
     def begin(self, cycle: Cycle) -> bool:
         now = cycle.now
-        queue = {r.id: tiresias_queue(r.service(now)) for r in cycle.running
+        queue = {r.id: tiresias_queue(r.queue_service(now)) for r in cycle.running
                  if r.checkpointable}
         pool = {r.id: r for r in cycle.running if queue.get(r.id, 0) > 0}  # queue 0: never
         cycle.state[self] = {"pool": pool, "queue": queue, "fail": None, "nodes": None,
@@ -152,14 +152,15 @@ class TiresiasQueues(Stage):
         return True
 
     def order(self, jobs: list[PendingJob], cycle: Cycle) -> list[PendingJob]:
-        """By (:func:`tiresias_pending_queue`, time queued, id), worked out as columns."""
+        """By (:func:`tiresias_pending_queue`, time queued, id), worked out as columns.
+        The jobs the starvation guard promotes now go to ``cycle.out.promoted``."""
         cols = Columns(jobs)
-        attained, last = cols.col("attained_s"), cols.col("last_run_s")
-        ran = np.where(last != 0, last, attained / np.maximum(1.0, cols.col("gpu")))  # last_run
-        waited = cycle.now - cols.col("queued_at")
-        queue = np.where((ran != 0) & (waited >= STARVE_LIMIT * ran), 0,
-                         classes(attained, TIRESIAS_THRESHOLDS))
-        return cols.taken(np.lexsort((cols.col("id"), cols.col("queued_at"), queue)))
+        ran, queued = cols.col("ran_s"), cols.col("queued_at")
+        promote = (ran > 0) & (cols.col("waited_s") + cycle.now - queued >= STARVE_LIMIT * ran)
+        queue = np.where(promote, 0, classes(cols.col("queue_service_s"), TIRESIAS_THRESHOLDS))
+        if promote.any():
+            cycle.out.promoted.extend(cols.values("id")[i] for i in np.flatnonzero(promote))
+        return cols.taken(np.lexsort((cols.col("id"), queued, queue)))
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:
         """Preempt for ``job`` (True: go on with the next blocked job; False: no job after
@@ -187,7 +188,7 @@ class TiresiasQueues(Stage):
             largest = gang.largest_node_gpus(nodes)
             if nodes is state["nodes"]:
                 state["largest"][id(nodes)] = largest
-        if cycle.config.multi_node and 1 < job.request.gpu > largest:
+        if spans_nodes(cycle.config, job) and 1 < job.request.gpu > largest:
             candidates = [r for r in pool.values() if queue[r.id] > mine]
             plans = victims_over_nodes(job, nodes, candidates, key,
                                         {n.name: n for n in nodes})
@@ -447,7 +448,7 @@ class LasPreemption(Stage):
                 ranks[r.id] = (-theirs[0], -theirs[1], unsaved, -r.started_at)
                 candidates.append(r)
         plans = choose_victims(job, nodes, candidates, key=lambda r: ranks[r.id],
-                               multi=cfg.multi_node)
+                               multi=spans_nodes(cfg, job))
         cycle.out.preemptions.extend(plans or ())
         return False
 

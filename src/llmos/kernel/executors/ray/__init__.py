@@ -245,8 +245,9 @@ class RayExecutor:
         if ref and ref.get("node") and not ref.get("node_id"):
             # a gang's rank whose launch was not stored: only its node can have it
             node = self._node_by_name(ref["node"])
-            if node is None or not node["alive"]:
-                return None  # nothing runs there, nor ever will
+            if (node is None or not node["alive"]
+                    or self.cluster.agent(node["node_id"], None) is None):
+                return None  # nothing runs there (no agent was ever started), nor ever will
             ref = {"node": ref["node"], "node_id": node["node_id"]}
             job["ref"] = None
             return self._recover_on(node["node_id"], job, workdir, ref)

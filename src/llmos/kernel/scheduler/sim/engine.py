@@ -112,17 +112,19 @@ class SimJob:
         "end",
         "first_start",
         "gpu_memory",
-        "last_run",
         "lost",
         "next_save",
         "outcome",
         "pending_since",
         "preemptions",
+        "promoted_service",
+        "ran",
         "request",
         "restore",
         "trace",
         "version",
         "waited",
+        "waited_after_run",
     )
 
     def __init__(self, trace: TraceJob, request: Request):
@@ -142,7 +144,12 @@ class SimJob:
         self.version = 0  # an end event of an older attempt is stale
         self.allocs: tuple = ()
         self.bindings: list[tuple[float, tuple]] = []  # (time, allocations) per attempt
-        self.last_run = 0.0  # seconds its last attempt ran
+        # Since its last promotion (PendingJob.promoted_service_s, ran_s, waited_s): the
+        # service Tiresias' queues count (None: never promoted), seconds run, seconds
+        # waited once it had run
+        self.promoted_service: float | None = None
+        self.ran = 0.0
+        self.waited_after_run = 0.0
         self.gpu_memory = 0  # MB of the GPU its share runs on (RunningJob.gpu_memory_mb)
 
     @property
@@ -330,6 +337,8 @@ class Simulator:
         out = schedule(list(self.pending.values()), self.node_list, running, now,
                        self.params.config, self.profile, self.history)
         self.pass_s.append(time.perf_counter() - began)
+        for job_id in out.promoted:  # before the bindings: one may start at once
+            self._promote(self.by_id[job_id])
         for b in out.bindings:
             self._start(self.by_id[b.job_id], b, now)
         stopped = 0
@@ -382,7 +391,9 @@ class Simulator:
         values = {"id": t.id, "request": job.request, "priority": t.priority,
                   "queued_at": queued_at, "timeout_s": t.time_limit_s, "team": t.team,
                   "attained_s": job.attained, "duration_s": t.duration,
-                  "checkpointable": t.checkpointable, "last_run_s": job.last_run}
+                  "checkpointable": t.checkpointable,
+                  "promoted_service_s": job.promoted_service, "ran_s": job.ran,
+                  "waited_s": job.waited_after_run}
         self.pending[t.id] = PendingJob(**{k: v for k, v in values.items()
                                            if k in _PENDING_FIELDS})
 
@@ -394,6 +405,8 @@ class Simulator:
             self.busy_gpus += _whole_gpus(alloc)
         job.allocs = allocs
         job.waited += now - job.pending_since
+        if job.ran > 0:  # a wait after it ran (since its last promotion)
+            job.waited_after_run += now - job.pending_since
         if job.first_start is None:
             job.first_start = now
         job.attempt_start = now
@@ -404,6 +417,7 @@ class Simulator:
                   "started_at": now, "timeout_s": t.time_limit_s,
                   "checkpointable": t.checkpointable, "team": t.team,
                   "attained_s": job.attained, "extra": tuple(allocs[1:]),
+                  "promoted_service_s": job.promoted_service,
                   "gpu_memory_mb": job.gpu_memory,
                   # nothing saved in this attempt yet; None: nothing is ever lost
                   "saved_at": now if self.params.checkpoint_interval_s > 0 else None}
@@ -418,6 +432,13 @@ class Simulator:
         if self.record:
             self.decisions.append((now, t.id, binding.allocation.node))
             job.bindings.append((now, allocs))
+
+    def _promote(self, job: SimJob) -> None:
+        """The starvation guard promoted the waiting ``job``: its counters since promotion
+        restart at 0 (as the daemon's do)."""
+        job.promoted_service, job.ran, job.waited_after_run = 0.0, 0.0, 0.0
+        self.pending[job.trace.id] = replace(self.pending[job.trace.id], promoted_service_s=0.0,
+                                             ran_s=0.0, waited_s=0.0)
 
     def _shared_gpu_memory(self, alloc) -> int:
         """The memory (MB) of the GPU a share holds; 0 for anything else."""
@@ -435,7 +456,9 @@ class Simulator:
         job.allocs = ()
         held = now - job.attempt_start
         job.attained += held * job.share
-        job.last_run = held
+        job.ran += held
+        if job.promoted_service is not None:
+            job.promoted_service += held * job.share
         self.busy.append((now, self.busy_gpus))
         return held
 
