@@ -142,20 +142,29 @@ def test_tiresias_counts_gpus_given_to_shares_when_no_whole_gpu_job_placed_befor
 
 def test_tiresias_starvation_guard_puts_a_long_waiting_job_back_on_top():
     n = gpu_node(gpus=1)
-    # 10,000 GPU-s (queue 1); ran 100 s since its last promotion: back to queue 0 once it
-    # has waited 10 x 100 s since then, its earlier waits included
+    # Both in queue 1 (10,000 GPU-s). Job 1 ran 100 s since its last promotion: once it
+    # has waited 10 x 100 s since then, its earlier waits included, it is promoted to
+    # queue 0 and passes job 3, which waits longer but ran 1,000 s.
+    older = job(3, queued=NOW - 2000, attained_s=10_000.0, ran_s=1000.0)
     starved = job(1, queued=NOW - 1001, attained_s=10_000.0, ran_s=100.0)
-    newer = job(2, queued=NOW - 5)
-    out = schedule([starved, newer], [n], [], NOW, profile=policy("tiresias"))
+    out = schedule([starved, older], [n], [], NOW, profile=policy("tiresias"))
     assert bound(out) == {1: "n1"} and out.promoted == [1]
     waiting = job(1, queued=NOW - 900, attained_s=10_000.0, ran_s=100.0)
-    out = schedule([waiting, newer], [n], [], NOW, profile=policy("tiresias"))
-    assert bound(out) == {2: "n1"} and out.promoted == []
+    out = schedule([waiting, older], [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {3: "n1"} and out.promoted == []
     twice = job(1, queued=NOW - 500, attained_s=10_000.0, ran_s=100.0, waited_s=500.0)
-    assert bound(schedule([twice, newer], [n], [], NOW, profile=policy("tiresias"))) == {1: "n1"}
+    out = schedule([twice, older], [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {1: "n1"} and out.promoted == [1]
+    # promoted, it joins queue 0 at its tail: a job already waiting there goes first
+    newer = job(2, queued=NOW - 5)
+    out = schedule([starved, newer], [n], [], NOW, profile=policy("tiresias"))
+    assert bound(out) == {2: "n1"} and out.promoted == [1]
+    # queue 0 already: nothing to promote (its wait is what it is)
+    top = job(1, queued=NOW - 5000, attained_s=100.0, ran_s=100.0)
+    assert schedule([top], [n], [], NOW, profile=policy("tiresias")).promoted == []
     # promoted since, with nothing run: queue 0 by its service since then, and no guard
     promoted = job(1, queued=NOW - 300, attained_s=10_000.0, promoted_service_s=0.0)
-    out = schedule([promoted, newer], [n], [], NOW, profile=policy("tiresias"))
+    out = schedule([promoted, older], [n], [], NOW, profile=policy("tiresias"))
     assert bound(out) == {1: "n1"} and out.promoted == []
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from llmos.config import Settings
 from llmos.kernel import events
-from llmos.kernel.attempts import Stop, StopIntent, StopStage, Tracked
+from llmos.kernel.attempts import StopIntent, Tracked, begin_stop, escalate, memory_over
 from llmos.kernel.executors import (Executor, Exit, ExitKind, Handle, LaunchPlan,
                                     NodeUnavailable, executor_class)
 from llmos.kernel.gangs import GangExecutor, allocations_of, describe, is_gang, stored
@@ -242,6 +242,8 @@ class Daemon:
             elif dep.ended_at is not None:
                 ready = max(ready, dep.ended_at.timestamp())
         got = service_of(session, job) if job.attempt else Service(0.0, 0.0, 0.0, None)
+        if job.promoted_at is not None:  # promoted while it waited: queued since then
+            ready = max(ready, job.promoted_at.timestamp())
         self.pending[job.id] = PendingJob(
             id=job.id, request=request_of(job), priority=PRIORITY_RANK[job.priority],
             queued_at=ready, timeout_s=job.timeout_s, team=job.team,
@@ -306,7 +308,7 @@ class Daemon:
         if ended is not None:
             self._finish(s, s.get(Job, job_id), tracked, ended)
         elif tracked.stop is not None:
-            self._escalate(tracked, now)
+            escalate(self._executor_of(tracked), tracked, now, self.settings.cancel_grace_s)
         else:
             self._enforce_limits(tracked, now)
 
@@ -331,51 +333,14 @@ class Daemon:
             return
         if now >= tracked.memory_check_at:
             tracked.memory_check_at = now + MEMORY_CHECK_S
-            over = self._memory_over(tracked)
+            over = memory_over(self._executor_of(tracked), tracked)
             if over:
                 self._begin_stop(tracked, StopIntent.MEMORY, over, now, 0)
 
-    def _memory_over(self, tracked: Tracked) -> str | None:
-        """Why the attempt is over its memory limit (a gang: any rank over its own
-        node's share), or None."""
-        ex = self._executor_of(tracked)
-        if isinstance(ex, GangExecutor):
-            return ex.memory_over(tracked.handle)
-        used, limit = ex.memory_used_mb(tracked.handle), tracked.handle.memory_mb
-        if used is not None and used > limit:
-            return f"exceeded its memory limit: {used:.0f} MB resident > {limit} MB"
-        return None
-
     def _begin_stop(self, tracked: Tracked, intent: StopIntent, reason: str, now: float,
                     grace: float) -> None:
-        if tracked.stop is not None and tracked.stop.intent is not StopIntent.PREEMPT:
-            return  # already being stopped for a reason that wins
-        tracked.handle.extra["stopping"] = True  # a gang leaves the escalation to us
-        ex = self._executor_of(tracked)
-        if intent is StopIntent.PREEMPT:
-            ex.request_yield(tracked.handle)
-            tracked.stop = Stop(intent, reason, StopStage.ASKED_TO_YIELD, now + grace)
-        elif grace > 0:
-            ex.request_yield(tracked.handle)
-            ex.terminate(tracked.handle)
-            tracked.stop = Stop(intent, reason, StopStage.TERMINATED, now + grace)
-        else:
-            ex.kill(tracked.handle)
-            tracked.stop = Stop(intent, reason, StopStage.KILLED,
-                                now + self.settings.cancel_grace_s)
-
-    def _escalate(self, tracked: Tracked, now: float) -> None:
-        stop = tracked.stop
-        if now < stop.next_at or stop.stage is StopStage.KILLED:
-            return
-        ex = self._executor_of(tracked)
-        if stop.stage is StopStage.ASKED_TO_YIELD:
-            ex.terminate(tracked.handle)
-            tracked.stop = replace(stop, stage=StopStage.TERMINATED,
-                                   next_at=now + self.settings.cancel_grace_s)
-        else:
-            ex.kill(tracked.handle)
-            tracked.stop = replace(stop, stage=StopStage.KILLED, next_at=now)
+        begin_stop(self._executor_of(tracked), tracked, intent, reason, now, grace,
+                   self.settings.cancel_grace_s)
 
     # -- endings -------------------------------------------------------------------------
 
@@ -478,9 +443,9 @@ class Daemon:
             return
         self._dirty = False
         self._last_pass_at = now
-        running = [
-            replace(t.job, checkpointable=False) if t.stop else t.job
-            for t in self.running.values()
+        running = [  # one being stopped (a gang with a failed rank too) is no victim
+            replace(t.job, checkpointable=False) if t.stop or t.handle.extra.get("bad")
+            else t.job for t in self.running.values()
         ]
         started = time.perf_counter()
         out = schedule(list(self.pending.values()), self.nodes.schedulable(), running, now,
@@ -517,8 +482,8 @@ class Daemon:
                 if waiting is None:
                     continue
                 s.get(Job, job_id).promoted_at = at
-                self.pending[job_id] = replace(waiting, promoted_service_s=0.0, ran_s=0.0,
-                                               waited_s=0.0)
+                self.pending[job_id] = replace(waiting, queued_at=at.timestamp(),
+                                               promoted_service_s=0.0, ran_s=0.0, waited_s=0.0)
             s.commit()
 
     def _bind(self, bindings) -> None:

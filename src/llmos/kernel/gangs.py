@@ -170,8 +170,10 @@ class GangExecutor:
         extra = handle.extra
         parts, ended, bad = extra["parts"], extra["ended"], extra["bad"]
         if len(ended) < len(parts):
-            if bad and time.monotonic() >= extra.get("kill_at", math.inf):
+            if (bad and not extra.get("stopping")
+                    and time.monotonic() >= extra.get("kill_at", math.inf)):
                 self._kill_running(handle)
+                extra["kill_at"] = math.inf  # once: the ranks' own polls say when they end
             return None
         if not bad:
             return ended[0]  # the leader's: its result is the job's

@@ -117,26 +117,28 @@ class JobService:
 
     def never_runs(self, request, team: str | None,
                    node_labels: dict[str, str] | None = None,
-                   multi_node: bool = False) -> str | None:
+                   multi_node: bool | None = None) -> str | None:
         """Why a job asking ``request`` could never run in ``team`` (no node it may use is
         that large, nor, for a job that asks to span nodes, a gang over several; or the
         team's quota could never hold it), or None. With no node carrying its labels yet,
-        it may still run: a node may join."""
+        it may still run: a node may join. ``multi_node``: whether the job asked to span
+        nodes (None: it cannot, as a serving worker; no hint then)."""
         selector = tuple((node_labels or {}).items())
         nodes = [n.capacity for n in self.daemon.nodes.schedulable()
                  if has_labels(n, selector)]
         too_large = too_large_reason(request, nodes) if nodes else None
-        empty = [NodeState(n) for n in nodes] if too_large and request.gpu > 1 else []
+        spans = multi_node is not None and too_large and request.gpu > 1
+        empty = [NodeState(n) for n in nodes] if spans else []
         if empty and is_multi_node(request, empty):  # a gang over several nodes, then?
             config = self.daemon.config
-            if gang_plan(request, empty) is None:
+            if not config.multi_node:
+                too_large += f"; {config.single_node_reason}" if multi_node else ""
+            elif gang_plan(request, empty) is None:
                 too_large += (f"; nor could a gang over several nodes hold it (they have "
                               f"{sum(len(n.gpus) for n in nodes)} gpu together)")
             elif not multi_node:
                 too_large += ("; a distributed program may run over several nodes, one "
                               "rank per node, if the job asks for it (multi_node)")
-            elif not config.multi_node:
-                too_large += f"; {config.single_node_reason}"
             else:
                 too_large = None
         if too_large:

@@ -219,7 +219,8 @@ class SchedulerOutput:
     preemptions: list[Preemption] = field(default_factory=list)
     # Waiting jobs the policy promoted in this pass (Tiresias' starvation guard): their
     # counters since promotion (PendingJob.promoted_service_s, ran_s, waited_s) restart
-    # at 0, wherever the queue is kept (the daemon, the simulator).
+    # at 0 and they count as queued from now, wherever the queue is kept (the daemon,
+    # the simulator).
     promoted: list[int] = field(default_factory=list)
 
 

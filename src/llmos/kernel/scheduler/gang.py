@@ -259,7 +259,8 @@ class GangFit(Fit):
         # request, None, "gang") for a gang that found no room.
         r = job.request
         spans = spans_nodes(cycle.config, job)
-        key = (id(nodes), r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb, r.gpu_share_mb, spans)
+        key = (id(nodes), r.cpu, r.memory_mb, r.gpu, r.gpu_memory_mb, r.gpu_share_mb,
+               spans and r.gpu > 1)
         cache = cycle.state[self]
         found = cache.get(key)
         if found is not None:
@@ -268,7 +269,11 @@ class GangFit(Fit):
         if not r.gpu or not shared:
             if r.gpu > 1 and spans and is_multi_node(r, nodes):
                 return self._gang(cycle, job, nodes, None)
-            return super().filter(cycle, job, nodes)
+            fitting, status = super().filter(cycle, job, nodes)
+            if status.code is Code.NEVER and r.gpu > 1 and is_multi_node(r, nodes):
+                status = Status.never(
+                    f"{status.reason} ({single_node_reason(cycle.config, job)})")
+            return fitting, status
         index = self._index(cycle)
         if r.gpu > 1 and spans and r.gpu > index.largest_of(nodes):
             found = self._gang(cycle, job, nodes, index)

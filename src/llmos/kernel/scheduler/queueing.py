@@ -108,9 +108,9 @@ class ShortestFirst(Stage):
 # --- Tiresias: discretized 2D-LAS ------------------------------------------------------------
 
 TIRESIAS_THRESHOLDS = (3600.0,)  # GPU-seconds: K = 2 queues split at one GPU-hour
-# The starvation guard (the paper's PROMOTEKNOB): a job that has waited this many times as
-# long as it ran, both counted since its last promotion, goes back to the top queue with
-# its counters at 0 (so it is not demoted at once).
+# The starvation guard (the paper's PROMOTEKNOB): a job below the top queue that has
+# waited this many times as long as it ran, both counted since its last promotion, goes
+# back to the top queue, at its tail, with its counters at 0 (so it is not demoted at once).
 STARVE_LIMIT = 10.0
 
 
@@ -124,14 +124,16 @@ def tiresias_queue(attained: float, thresholds: tuple[float, ...] = TIRESIAS_THR
 
 
 def starved(job: PendingJob, now: float) -> bool:
-    """Whether the starvation guard promotes ``job`` now: it ran since its last promotion,
-    and has waited since (earlier waits and this one) STARVE_LIMIT times as long."""
-    return job.ran_s > 0 and job.waited_s + now - job.queued_at >= STARVE_LIMIT * job.ran_s
+    """Whether the starvation guard promotes ``job`` now: below the top queue, it ran
+    since its last promotion and has waited since (earlier waits and this one)
+    STARVE_LIMIT times as long."""
+    return (job.ran_s > 0 and tiresias_queue(job.queue_service_s) > 0
+            and job.waited_s + now - job.queued_at >= STARVE_LIMIT * job.ran_s)
 
 
 def tiresias_pending_queue(job: PendingJob, now: float) -> int:
     """Its queue by the service it received since its last promotion; 0 when the
-    starvation guard promotes it now."""
+    starvation guard promotes it now (at the tail of queue 0: as if queued now)."""
     return 0 if starved(job, now) else tiresias_queue(job.queue_service_s)
 
 
@@ -156,10 +158,13 @@ class TiresiasQueues(Stage):
         The jobs the starvation guard promotes now go to ``cycle.out.promoted``."""
         cols = Columns(jobs)
         ran, queued = cols.col("ran_s"), cols.col("queued_at")
-        promote = (ran > 0) & (cols.col("waited_s") + cycle.now - queued >= STARVE_LIMIT * ran)
-        queue = np.where(promote, 0, classes(cols.col("queue_service_s"), TIRESIAS_THRESHOLDS))
-        if promote.any():
+        served = classes(cols.col("queue_service_s"), TIRESIAS_THRESHOLDS)
+        promote = ((ran > 0) & (served > 0)
+                   & (cols.col("waited_s") + cycle.now - queued >= STARVE_LIMIT * ran))
+        queue = np.where(promote, 0, served)
+        if promote.any():  # each joins the top queue at its tail: queued from now on
             cycle.out.promoted.extend(cols.values("id")[i] for i in np.flatnonzero(promote))
+            queued = np.where(promote, cycle.now, queued)
         return cols.taken(np.lexsort((cols.col("id"), queued, queue)))
 
     def post_filter(self, cycle: Cycle, job: PendingJob) -> bool:

@@ -337,8 +337,8 @@ class Simulator:
         out = schedule(list(self.pending.values()), self.node_list, running, now,
                        self.params.config, self.profile, self.history)
         self.pass_s.append(time.perf_counter() - began)
-        for job_id in out.promoted:  # before the bindings: one may start at once
-            self._promote(self.by_id[job_id])
+        for job_id in getattr(out, "promoted", ()):  # before the bindings: one may start
+            self._promote(self.by_id[job_id], now)
         for b in out.bindings:
             self._start(self.by_id[b.job_id], b, now)
         stopped = 0
@@ -433,12 +433,12 @@ class Simulator:
             self.decisions.append((now, t.id, binding.allocation.node))
             job.bindings.append((now, allocs))
 
-    def _promote(self, job: SimJob) -> None:
+    def _promote(self, job: SimJob, now: float) -> None:
         """The starvation guard promoted the waiting ``job``: its counters since promotion
-        restart at 0 (as the daemon's do)."""
+        restart at 0, and it counts as queued from ``now`` (as the daemon's do)."""
         job.promoted_service, job.ran, job.waited_after_run = 0.0, 0.0, 0.0
-        self.pending[job.trace.id] = replace(self.pending[job.trace.id], promoted_service_s=0.0,
-                                             ran_s=0.0, waited_s=0.0)
+        self.pending[job.trace.id] = replace(self.pending[job.trace.id], queued_at=now,
+                                             promoted_service_s=0.0, ran_s=0.0, waited_s=0.0)
 
     def _shared_gpu_memory(self, alloc) -> int:
         """The memory (MB) of the GPU a share holds; 0 for anything else."""
