@@ -10,8 +10,10 @@ call. ``policy(name)`` builds one; ``POLICIES`` lists the builders.
     tiresias    discretized 2D-LAS (NSDI'19): two queues by attained GPU-service split at
                 one GPU-hour, FIFO inside a queue, greedy placement, preemption of
                 checkpointable jobs of lower-priority queues, and the starvation guard (a
-                job that waited STARVE_LIMIT = 10x as long as it ran, both since its last
-                promotion, goes back to the top queue with those counters reset);
+                job below the top queue that waited STARVE_LIMIT = 10x as long as it ran,
+                both since its last promotion, goes back to the top queue, at its tail,
+                with those counters and its queue's service reset, as in the paper's
+                simulator);
                 checkpoint and restore costs are the simulator's business
     llmos-easy  the daemon's profile until now, unchanged: priority classes with aging,
                 EASY backfill from declared timeouts (the reservation guards every node),
