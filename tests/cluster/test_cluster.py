@@ -16,25 +16,16 @@ from datetime import datetime
 import psutil
 import pytest
 
-from live import LiveDaemon, program, wait_for
-from pg import fresh_database
+from cluster.ray_live import live_on_ray
+from live import program, wait_for
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 @pytest.fixture(scope="module")
 def live(ray_cluster, tmp_path_factory):
-    home = tmp_path_factory.mktemp("cluster") / "home"
-    home.mkdir()
-    with fresh_database("llmos_cluster") as url:
-        daemon = LiveDaemon(home, env={"LLMOS_DATABASE_URL": url,
-                                       "LLMOS_RAY_ADDRESS": ray_cluster.address,
-                                       "LLMOS_PREEMPT_GRACE_S": "20"}).start()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
-            daemon.client.close()
+    yield from live_on_ray(ray_cluster, tmp_path_factory, "cluster",
+                           LLMOS_PREEMPT_GRACE_S="20")
 
 
 def _nodes(live) -> dict[str, dict]:

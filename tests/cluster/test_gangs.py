@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from live import LiveDaemon, program, wait_for
+from cluster.ray_live import live_on_ray
+from live import program, wait_for
 from llmos.sdk import APIError
-from pg import fresh_database
 
 # 2 gpu, 0.5 cpu, 2 GB on each node
 GANG = {"gpu": 4, "cpu": 1, "memory_mb": 4096, "multi_node": True}
@@ -23,19 +23,11 @@ GANG = {"gpu": 4, "cpu": 1, "memory_mb": 4096, "multi_node": True}
 
 @pytest.fixture(scope="module")
 def live(gpu_cluster, tmp_path_factory):
-    home = tmp_path_factory.mktemp("gangs") / "home"
-    home.mkdir()
-    with fresh_database("llmos_gangs") as url:
-        daemon = LiveDaemon(home, env={"LLMOS_DATABASE_URL": url,
-                                       "LLMOS_RAY_ADDRESS": gpu_cluster.address,
-                                       "LLMOS_JOB_NETWORK": "host"}).start()
-        try:
-            wait_for(lambda: {"g1", "g2"} <= {n["name"] for n in daemon.client.nodes()},
-                     what="the GPU nodes")
-            yield daemon
-        finally:
-            daemon.stop()
-            daemon.client.close()
+    for daemon in live_on_ray(gpu_cluster, tmp_path_factory, "gangs",
+                              LLMOS_JOB_NETWORK="host"):
+        wait_for(lambda: {"g1", "g2"} <= {n["name"] for n in daemon.client.nodes()},
+                 what="the GPU nodes")
+        yield daemon
 
 
 def _reasons(job: dict) -> list[str]:

@@ -241,10 +241,3 @@ class GangExecutor:
 
     def kill(self, handle: Handle) -> None:
         self._kill_running(handle)
-
-    def memory_used_mb(self, handle: Handle) -> float | None:
-        """What its running ranks hold together (each is checked against its own node's
-        share by :meth:`memory_over`)."""
-        used = [self.inner.memory_used_mb(p) for p in self._running(handle)]
-        known = [u for u in used if u is not None]
-        return sum(known) if known else None
