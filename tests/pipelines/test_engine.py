@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from live import wait_for
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from llmos.config import Settings
 from llmos.errors import Conflict, Forbidden, InvalidRequest, NotFound
@@ -328,8 +328,12 @@ def applied_at(system, spec: dict, when: datetime) -> None:
 
 @pytest.fixture
 def clock(system):
+    """The engine's clock back to the real one after the test, and the schedules the test
+    made on its own clock gone (the next test's clock would find their slots due)."""
     yield
-    from llmos.store.models import utcnow
+    from llmos.store.models import PipelineTrigger, utcnow
+    with system.pipelines.engine.lock, system.db.session() as s:
+        s.execute(delete(PipelineTrigger).where(PipelineTrigger.kind == "cron"))
     system.pipelines.engine.clock = utcnow
 
 
@@ -408,6 +412,30 @@ def test_overlapping_triggered_runs_are_skipped_queued_or_replace_the_older(syst
     assert older.state == "CANCELLED" and older.reason.startswith("cancelled: a newer run")
     wait_for(lambda: state(newer.id) == "RUNNING", what="the newer run")
     system.pipelines.cancel(system.admin, newer.id)
+
+
+def test_an_apply_while_a_trigger_fires_is_kept(system, clock, monkeypatch):
+    """The trigger reads the stored file, then acts as its owner; a user's apply landing
+    in between stays the pipeline's file (the fired run does not write back the one it
+    read)."""
+    start = datetime(2027, 3, 1, 0, 0, 30, tzinfo=timezone.utc)
+    spec = {"name": "racing", "overlap": "skip", "triggers": [{"cron": "* * * * *"}],
+            "steps": {"n": {"program": "noop"}}}
+    applied_at(system, spec, start)
+    tokens = system.pipelines.tokens
+    as_owner = tokens.principal_of_user
+
+    def owner_while_the_user_applies(*args, **kwargs):
+        monkeypatch.setattr(tokens, "principal_of_user", as_owner)
+        system.pipelines.apply(system.admin, {**spec, "overlap": "queue"})
+        return as_owner(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "principal_of_user", owner_while_the_user_applies)
+    at(system, start + timedelta(minutes=1), "racing")
+    [run] = runs_of(system, "racing")
+    assert run.spec["overlap"] == "skip"  # the run is of the file that fired
+    assert system.pipelines.get(system.admin, "racing").spec["overlap"] == "queue"
+    assert finished(system, run.id).state == "SUCCEEDED"
 
 
 # -- what the review of this engine found ----------------------------------------------------

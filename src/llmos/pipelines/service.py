@@ -67,12 +67,16 @@ class PipelineService:
 
     def start(self, who: Principal, spec: dict | str, params: dict | None = None,
               no_cache: bool = False, team: str | None = None,
-              trigger: str = "manual") -> PipelineRun:
+              trigger: str = "manual", pipeline: Pipeline | None = None) -> PipelineRun:
+        """Start a run of ``spec``: registered (or updated) first, unless ``pipeline`` is
+        the stored one a trigger fired (re-registering the spec it read would undo an
+        ``apply`` made since)."""
         sp = load(spec)
         filled = fill_params(sp, params)
-        team = self._team(who, sp, team)
+        team = pipeline.team if pipeline is not None else self._team(who, sp, team)
         plan(sp, filled, self._roots(who, team))
-        pipeline = self._register(who, sp, team)
+        if pipeline is None:
+            pipeline = self._register(who, sp, team)
         with self.db.session() as s:
             run = PipelineRun(pipeline_id=pipeline.id, team=pipeline.team, owner=who.name,
                               system_admin=who.is_system_admin,

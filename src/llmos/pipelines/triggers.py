@@ -92,7 +92,7 @@ class Triggers:
             if active and overlap == "cancel":
                 for run in active:
                     self.service.stop(run.id, f"cancelled: a newer run ({why}) replaces it")
-            run = self.service.start(who, spec, params, team=team, trigger=why)
+            run = self.service.start(who, spec, params, team=team, trigger=why, pipeline=p)
         except LLMOSError as e:
             log.warning("pipeline %s: %s, but no run started: %s", name, why, e)
             return None
