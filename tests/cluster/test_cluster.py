@@ -19,6 +19,7 @@ import pytest
 from cluster.ray_live import live_on_ray
 from live import program, wait_for
 
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 

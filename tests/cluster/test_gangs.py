@@ -17,6 +17,7 @@ from cluster.ray_live import live_on_ray
 from live import program, wait_for
 from llmos.sdk import APIError
 
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
 # 2 gpu, 0.5 cpu, 2 GB on each node
 GANG = {"gpu": 4, "cpu": 1, "memory_mb": 4096, "multi_node": True}
 
