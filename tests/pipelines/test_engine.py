@@ -315,12 +315,13 @@ def at(system, when: datetime, pipeline: str) -> None:
         pass
 
 
-def applied_at(system, spec: dict, when: datetime) -> None:
-    """Apply ``spec`` as if at ``when`` (its schedule counts from then)."""
+def applied_at(system, spec: dict, when: datetime, who=None, team: str | None = None) -> None:
+    """Apply ``spec`` as if at ``when`` (its schedule counts from then), as ``who``
+    (the administrator unless given)."""
     from llmos.store.models import PipelineTrigger
 
     system.pipelines.engine.clock = lambda: when
-    p = system.pipelines.apply(system.admin, spec)
+    p = system.pipelines.apply(who or system.admin, spec, team=team)
     with system.db.session() as s:
         for t in s.scalars(select(PipelineTrigger).where(PipelineTrigger.pipeline_id == p.id)):
             t.created_at, t.last_fired_at = when, None
@@ -504,3 +505,16 @@ def test_evaluation_results_and_promotion_records_are_not_anyones_to_write(syste
     with pytest.raises(Forbidden, match="promote step only"):
         system.registry.add_metrics(system.admin, "tiny", "1", "promotion:champion", {})
     system.registry.add_metrics(system.admin, "tiny", "1", "my-notes", {"accuracy": 1.0})
+
+
+def test_a_trigger_whose_owner_is_now_a_viewer_starts_nothing(system, clock):
+    start = datetime(2027, 4, 1, 0, 0, 30, tzinfo=timezone.utc)
+    vera = member(system, "vera", "violet")
+    applied_at(system, {"name": "veras", "triggers": [{"cron": "* * * * *"}],
+                        "steps": {"n": {"program": "noop"}}}, start, who=vera, team="violet")
+    at(system, start + timedelta(minutes=1), "veras")
+    [run] = runs_of(system, "veras")  # a developer's schedule runs
+    assert finished(system, run.id).state == "SUCCEEDED"
+    system.identity.set_member(system.admin, "violet", "vera", "viewer")
+    at(system, start + timedelta(minutes=2), "veras")  # the slot is taken, and starts nothing
+    assert len(runs_of(system, "veras")) == 1

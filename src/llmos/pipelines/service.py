@@ -73,7 +73,10 @@ class PipelineService:
         ``apply`` made since)."""
         sp = load(spec)
         filled = fill_params(sp, params)
-        team = pipeline.team if pipeline is not None else self._team(who, sp, team)
+        if pipeline is None:
+            team = self._team(who, sp, team)
+        else:  # the owner as they are now: still a developer (or above) of its team
+            team = who.home_team(pipeline.team, CREATE, "pipelines")
         plan(sp, filled, self._roots(who, team))
         if pipeline is None:
             pipeline = self._register(who, sp, team)
