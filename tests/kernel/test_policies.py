@@ -11,6 +11,7 @@ import pytest
 
 from llmos.kernel.resources import GPU, Allocation, NodeCapacity, NodeState, Request
 from llmos.kernel.scheduler import PendingJob, RunningJob, SchedulerConfig, schedule
+from llmos.kernel.scheduler.framework import nominate
 from llmos.kernel.scheduler.history import MIN_JOBS, ServiceHistory
 from llmos.kernel.scheduler.policies import POLICIES, policy
 
@@ -342,6 +343,54 @@ def test_llmos_preempts_a_long_running_job_only_after_its_quantum():
         long_one = hold(10, n, 1, started=NOW - ran, checkpointable=True, attained_s=50_000.0)
         out = schedule([job(1)], [n], [long_one], NOW, config, profile=policy("llmos"))
         assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == expected
+
+
+def test_llmos_preempts_once_a_pass_for_the_first_blocked_job_that_has_victims():
+    """Three jobs wait on a full node: the first may take no victim (it has received as
+    much as the running jobs); the second takes the lowest-priority runner; the third
+    waits for a later pass (one preemption a pass: preempting for every blocked job threw
+    away the work of equal jobs again and again). The runner with a quantum or more of
+    work unsaved is no victim of a job of its class."""
+    config = SchedulerConfig(aging_s=600)
+    n = gpu_node(gpus=3)
+    running = [hold(10, n, 1, started=NOW - 5000, checkpointable=True, attained_s=50_000.0,
+                    saved_at=NOW - 4000),
+               hold(11, n, 1, started=NOW - 5000, checkpointable=True, priority=LOW),
+               hold(12, n, 1, started=NOW - 5000, checkpointable=True, attained_s=50_000.0)]
+    pending = [job(1, queued=NOW - 300, attained_s=60_000.0),
+               job(2, queued=NOW - 200), job(3, queued=NOW - 100)]
+    out = schedule(pending, [n], running, NOW, config, profile=policy("llmos"))
+    assert [(p.for_job, p.victims) for p in out.preemptions] == [(2, (11,))]
+    assert bound(out) == {}
+    # the next pass, once 11 yielded: 12 for job 3, never 10
+    n.release(running[1].allocation)
+    out = schedule([pending[0], replace(pending[1], nominated="n1"), pending[2]], [n],
+                   [running[0], running[2]], NOW + 30, config, profile=policy("llmos"))
+    assert bound(out) == {2: "n1"}
+    assert [(p.for_job, p.victims) for p in out.preemptions] == [(3, (12,))]
+
+
+def test_llmos_preempts_behind_a_lifted_job_and_holds_the_freed_room_for_its_job():
+    """A long job lifted by its wait heads the queue but may preempt nobody (no running job
+    is expected to need more); the fresh job behind it preempts the long runner, and the
+    GPU it frees goes to that fresh job at the next pass, not to the job ahead of it."""
+    config = SchedulerConfig(aging_s=600)
+    n = gpu_node(gpus=1)
+    runner = hold(10, n, 1, started=NOW - 5000, checkpointable=True, attained_s=50_000.0)
+    lifted = job(1, queued=NOW - 700, attained_s=50_000.0)  # aged: a priority class up
+    fresh = job(2, queued=NOW - 10)
+    out = schedule([lifted, fresh], [n], [runner], NOW, config, profile=policy("llmos"))
+    assert [(p.for_job, p.node, p.victims) for p in out.preemptions] == [(2, "n1", (10,))]
+
+    pending = {1: lifted, 2: fresh}
+    nominate(pending, out.preemptions)  # as the daemon and the simulator do
+    assert pending[2].nominated == "n1" and pending[1].nominated is None
+    n.release(runner.allocation)  # the runner yielded
+    out = schedule(list(pending.values()), [n], [], NOW + 30, config, profile=policy("llmos"))
+    assert bound(out) == {2: "n1"}
+    # without the hold, the job ahead takes what the preemption freed
+    out = schedule([lifted, fresh], [n], [], NOW + 30, config, profile=policy("llmos"))
+    assert bound(out) == {1: "n1"}
 
 
 def test_llmos_throws_away_at_most_a_quantum_of_a_victims_work_within_a_class():

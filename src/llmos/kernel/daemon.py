@@ -46,7 +46,7 @@ from llmos.kernel.scheduler import (
     SchedulerConfig,
     schedule,
 )
-from llmos.kernel.scheduler.framework import job_named
+from llmos.kernel.scheduler.framework import job_named, nominate
 from llmos.kernel.scheduler.history import KEEP as HISTORY_KEEP
 from llmos.kernel.scheduler.history import ServiceHistory
 from llmos.kernel.scheduler.policies import policy
@@ -460,6 +460,7 @@ class Daemon:
         if out.preemptions and not any(
             t.stop and t.stop.intent is StopIntent.PREEMPT for t in self.running.values()
         ):
+            nominate(self.pending, out.preemptions)
             for plan in out.preemptions:
                 for victim in plan.victims:
                     if victim in self.running:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -97,6 +97,10 @@ class PendingJob:
     # Whether it may span nodes as a gang when larger than every node (with
     # SchedulerConfig.multi_node): the daemon's jobs ask for it; a trace's jobs do.
     multi_node: bool = True
+    # The node where running jobs were preempted for it (Kubernetes' nominatedNodeName),
+    # set by the daemon and the simulator: policies that honour it (:class:`HeldRoom`)
+    # hold the room they freed for it, so that no job before it in the queue takes it.
+    nominated: str | None = None
 
     @property
     def queue_service_s(self) -> float:
@@ -247,6 +251,20 @@ class SchedulerConfig:
     # such a job is NEVER, as with the default profile, and its reason says why.
     multi_node: bool = True
     single_node_reason: str = "a gang over several nodes is not run here"
+
+
+def nominate(pending: dict[int, PendingJob], plans: list[Preemption]) -> None:
+    """Note on each waiting job of ``pending`` (by id) that the running jobs of ``plans``
+    are preempted for the node they free (:attr:`PendingJob.nominated`), as the daemon
+    and the simulator do when they carry the plans out. A gang's plan over several nodes
+    nominates none."""
+    nodes: dict[int, set[str]] = {}
+    for plan in plans:
+        nodes.setdefault(plan.for_job, set()).add(plan.node)
+    for job_id, names in nodes.items():
+        job = pending.get(job_id)
+        if job is not None:
+            pending[job_id] = replace(job, nominated=names.pop() if len(names) == 1 else None)
 
 
 def spans_nodes(config: SchedulerConfig, job: PendingJob) -> bool:

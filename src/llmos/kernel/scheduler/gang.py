@@ -371,8 +371,11 @@ class GangFit(Fit):
         for a in (alloc, *cycle.extras.pop(job.id, ())):
             by_name[a.node].release(a)
         cycle.running = [r for r in cycle.running if r.allocation is not alloc]
+        self.room_freed(cycle)
+
+    def room_freed(self, cycle: Cycle) -> None:
         cycle.state[self].clear()
-        cycle.state[(self, "index")] = None
+        cycle.state[(self, "index")] = None  # (built again at the next GPU job)
         cycle.state.pop(GPU_INDEX, None)
 
 

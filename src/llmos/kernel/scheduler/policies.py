@@ -28,7 +28,9 @@ call. ``policy(name)`` builds one; ``POLICIES`` lists the builders.
                 starve; teams in
                 turn by dominant share inside a class (DRF, within quotas); EASY backfill
                 where the head reserves ONE node (the one it can start on soonest; with
-                no timeouts known, nothing jumps it there); preemption of a checkpointable
+                no timeouts known, nothing jumps it there); one preemption a pass, for the
+                first blocked job that has victims, the room they free held for it (as
+                Kubernetes' nominated node): of a checkpointable
                 job of a lower class at once (as llmos-easy), of its class but a higher
                 service class only after it ran one quantum (aging_s) and while
                 less than a quantum of its work is unsaved (since its last checkpoint); classes as
@@ -64,6 +66,7 @@ from llmos.kernel.scheduler.profiles import (
 from llmos.kernel.scheduler.queueing import (
     ArrivalOrder,
     HeadBlock,
+    HeldRoom,
     LasAging,
     LasPreemption,
     LeastBlockingBackfill,
@@ -113,7 +116,7 @@ def llmos() -> Profile:
         name="llmos",
         queue_sort=LasAging(),
         bind=Binder(),
-        pre_filters=(Dependencies(), quota),
+        pre_filters=(HeldRoom(fit), Dependencies(), quota),
         filters=(NodeSelector(), apart, fit, backfill, GpuBestFit()),
         post_filters=(backfill, LasPreemption()),
         scores=(BinPack(), spread),

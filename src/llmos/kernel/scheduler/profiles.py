@@ -273,6 +273,11 @@ class Fit(Stage):
             return
         next(n for n in cycle.nodes if n.name == alloc.node).release(alloc)
         cycle.running = [r for r in cycle.running if r.allocation is not alloc]
+        self.room_freed(cycle)
+
+    def room_freed(self, cycle: Cycle) -> None:
+        """Room came back on a node of the pass (a reservation undone, a held room given
+        back): the remembered answers no longer hold."""
         cycle.state[self].clear()
 
 

@@ -36,6 +36,7 @@ from llmos.kernel.scheduler.framework import (
     Profile,
     RunningJob,
     SchedulerConfig,
+    nominate,
 )
 from llmos.kernel.scheduler.history import ServiceHistory, uses_gpu
 from llmos.kernel.scheduler.sim.trace import TraceJob
@@ -343,6 +344,7 @@ class Simulator:
             self._start(self.by_id[b.job_id], b, now)
         stopped = 0
         plans = [] if self.stops else out.preemptions  # none while victims still yield
+        nominate(self.pending, plans)
         for plan in plans:  # the daemon asks each victim to yield
             for victim in plan.victims:
                 if victim not in self.running:
