@@ -697,6 +697,30 @@ def test_a_dependent_waits_from_when_its_dependency_ended(tmp_path):
         again.db.close()
 
 
+def test_the_daemon_holds_the_room_it_preempts_for_for_that_job(tmp_path):
+    """As the simulator, the daemon notes on the job it preempts for the node its victim
+    frees (``nominated``), so that the next passes hold that room for it."""
+    system, _, _ = sim_system(tmp_path)
+    try:
+        daemon, admin = system.daemon, admin_of(system)
+        whole = ResourceSpec(cpu=1, gpu=4)
+        low = system.jobs.submit_many(admin, [JobSpec(
+            program="noop", team="a", priority="low", checkpointable=True,
+            resources=whole)] * len(CAPS))
+        with daemon.lock:
+            daemon.step()
+        assert {j.id for j in low} <= set(daemon.running)
+        high = system.jobs.submit(admin, JobSpec(program="noop", team="a", priority="high",
+                                                 resources=whole))
+        with daemon.lock:
+            daemon.step()
+        yielding = [t for t in daemon.running.values() if t.stop]
+        assert len(yielding) == 1
+        assert daemon.pending[high.id].nominated == yielding[0].job.allocation.node
+    finally:
+        system.db.close()
+
+
 def sim_system(tmp_path):
     """A System whose daemon runs on the simulated executor over CAPS (never started: the
     test steps it), with team a; and its settings and executor class."""

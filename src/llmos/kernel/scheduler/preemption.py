@@ -120,7 +120,9 @@ class VictimIndex:
     fewest is found by counting GPUs (a victim's GPUs, whole or shared, as
     :func:`choose_victims` counts them: at most what it frees), then checked exactly; and a
     job no smaller than one that found no victims, at a level no lower, with the same
-    nodes, finds none either (in a pass the victims and the free room only shrink)."""
+    nodes, finds none either (in a pass the victims and the free room only shrink; a room
+    held for a job and given back at its turn, :class:`~.queueing.HeldRoom`, aside: there
+    the memo errs towards not preempting)."""
 
     def __init__(self, cycle: Cycle, pool: dict[int, RunningJob], level: dict, key):
         self.pool, self.level, self.key = pool, level, key
