@@ -392,6 +392,16 @@ def test_llmos_preempts_behind_a_lifted_job_and_holds_the_freed_room_for_its_job
     out = schedule([lifted, fresh], [n], [], NOW + 30, config, profile=policy("llmos"))
     assert bound(out) == {1: "n1"}
 
+    # a job that cannot start at its turn (here: a dependency) holds the room for one
+    # pass only, not for ever against the jobs ahead of it
+    stuck = {1: lifted, 2: replace(fresh, nominated="n1", waiting_for=(99,))}
+    out = schedule(list(stuck.values()), [n], [], NOW + 30, config, profile=policy("llmos"))
+    assert bound(out) == {} and out.held == [2]
+    nominate(stuck, [], out.held)
+    assert stuck[2].nominated is None
+    out = schedule(list(stuck.values()), [n], [], NOW + 60, config, profile=policy("llmos"))
+    assert bound(out) == {1: "n1"}
+
 
 def test_llmos_throws_away_at_most_a_quantum_of_a_victims_work_within_a_class():
     """A job of the waiting job's class is a victim while less than a quantum (600 s) of its

@@ -457,21 +457,21 @@ class Daemon:
         if out.bindings:
             self._bind(out.bindings)
         self._write_reasons(out.reasons)
-        if out.preemptions and not any(
+        carried = out.preemptions if out.preemptions and not any(
             t.stop and t.stop.intent is StopIntent.PREEMPT for t in self.running.values()
-        ):
-            nominate(self.pending, out.preemptions)
-            for plan in out.preemptions:
-                for victim in plan.victims:
-                    if victim in self.running:
-                        self.stats.preempted(self.running[victim].job.team)
-                        tracked = self.running[victim]
-                        waiting = self.pending.get(plan.for_job)
-                        by = job_named(plan.for_job, waiting.team if waiting else None,
-                                       tracked.job.team)
-                        self._begin_stop(tracked, StopIntent.PREEMPT,
-                                         f"preempted by higher-priority {by}",
-                                         now, grace=self.settings.preempt_grace_s)
+        ) else []  # none while victims still yield
+        nominate(self.pending, carried, out.held)
+        for plan in carried:
+            for victim in plan.victims:
+                if victim in self.running:
+                    self.stats.preempted(self.running[victim].job.team)
+                    tracked = self.running[victim]
+                    waiting = self.pending.get(plan.for_job)
+                    by = job_named(plan.for_job, waiting.team if waiting else None,
+                                   tracked.job.team)
+                    self._begin_stop(tracked, StopIntent.PREEMPT,
+                                     f"preempted by higher-priority {by}",
+                                     now, grace=self.settings.preempt_grace_s)
 
     def _promote(self, job_ids: list[int]) -> None:
         """The policy promoted these waiting jobs (Tiresias' starvation guard): its

@@ -226,6 +226,9 @@ class SchedulerOutput:
     # at 0 and they count as queued from now, wherever the queue is kept (the daemon,
     # the simulator).
     promoted: list[int] = field(default_factory=list)
+    # Waiting jobs whose nominated room (PendingJob.nominated) was held for them in this
+    # pass: their nomination is spent, whether they started or not (:func:`nominate`).
+    held: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -253,11 +256,18 @@ class SchedulerConfig:
     single_node_reason: str = "a gang over several nodes is not run here"
 
 
-def nominate(pending: dict[int, PendingJob], plans: list[Preemption]) -> None:
+def nominate(pending: dict[int, PendingJob], plans: list[Preemption],
+             spent: list[int] = ()) -> None:
     """Note on each waiting job of ``pending`` (by id) that the running jobs of ``plans``
     are preempted for the node they free (:attr:`PendingJob.nominated`), as the daemon
-    and the simulator do when they carry the plans out. A gang's plan over several nodes
-    nominates none."""
+    and the simulator do when they carry the plans out; and forget the nominations
+    ``spent`` (:attr:`SchedulerOutput.held`): a room is held for one pass once it is
+    free, so a job that cannot start then (its quota, say) holds nothing for ever. A
+    gang's plan over several nodes nominates none."""
+    for job_id in spent:
+        job = pending.get(job_id)
+        if job is not None and job.nominated is not None:
+            pending[job_id] = replace(job, nominated=None)
     nodes: dict[int, set[str]] = {}
     for plan in plans:
         nodes.setdefault(plan.for_job, set()).add(plan.node)

@@ -386,8 +386,10 @@ class HeldRoom(Stage):
     the preemption freed at the next pass, and the preemption would have served nobody
     it was meant for. The hold is taken at the start of each pass when the job fits its
     node then (its victims have stopped), given back at the job's turn (first among its
-    pre-filters), whether it then starts there, elsewhere, or not at all. A gang over
-    several nodes is never nominated."""
+    pre-filters), whether it then starts there, elsewhere, or not at all; once held, the
+    nomination is spent (``SchedulerOutput.held``): a job that cannot start at its turn
+    (its team's quota, say) holds nothing at the next pass. A gang over several nodes is
+    never nominated."""
 
     name = "held-room"
 
@@ -404,6 +406,7 @@ class HeldRoom(Stage):
                 if node is not None and node.fits(job.request):
                     held[job.id] = (node, node.allocate(job.request))
         cycle.state[self] = held
+        cycle.out.held.extend(held)
         return bool(held)
 
     def pre_filter(self, cycle: Cycle, job: PendingJob) -> Status:

@@ -344,7 +344,7 @@ class Simulator:
             self._start(self.by_id[b.job_id], b, now)
         stopped = 0
         plans = [] if self.stops else out.preemptions  # none while victims still yield
-        nominate(self.pending, plans)
+        nominate(self.pending, plans, out.held)
         for plan in plans:  # the daemon asks each victim to yield
             for victim in plan.victims:
                 if victim not in self.running:
