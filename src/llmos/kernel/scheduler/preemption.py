@@ -162,7 +162,9 @@ class VictimIndex:
         else:
             plans = self._on_one_node(cycle, job, nodes, mine)
         if not plans:
-            if plain:
+            if plain:  # (kept minimal: each blocked job of a pass checks it)
+                self._failed = [(lv, least) for lv, least in self._failed
+                                if not (lv >= mine and all(x >= y for x, y in zip(least, size)))]
                 self._failed.append((mine, size))
             return None
         for plan in plans:
