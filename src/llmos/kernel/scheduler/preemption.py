@@ -111,10 +111,11 @@ def victims_over_nodes(job, nodes, candidates, key, names) -> list[Preemption] |
 
 
 class VictimIndex:
-    """The running jobs one pass may preempt, for a policy that preempts for every job that
-    finds no room (thousands in a busy pass). Each victim has a level: a job may take it
-    only when the victim's level is above the job's own (``mine``); victims are taken in
-    ``key`` order. What one job takes is gone for the jobs after it.
+    """The running jobs one pass may preempt, for a policy that looks for victims for many
+    of the jobs that find no room (thousands in a busy pass): ``tiresias`` preempts for
+    every one, ``llmos`` for the first that has victims. Each victim has a level: a job
+    may take it only when the victim's level is above the job's own (``mine``); victims
+    are taken in ``key`` order. What one job takes is gone for the jobs after it.
 
     Fast because: the victims on each node are sorted once a pass; the node needing the
     fewest is found by counting GPUs (a victim's GPUs, whole or shared, as
