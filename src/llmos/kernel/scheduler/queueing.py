@@ -308,8 +308,8 @@ class LasPreemption(Stage):
     they did, one team's short jobs waited behind other teams' long ones for days on a
     busy cluster. Preempting for every blocked job, as Tiresias does, preempted jobs of a
     sweep of equal jobs near their end again and again (their team's history expects
-    more of a job that ran long) and cost up to a quarter more average JCT on the
-    development trace's days.
+    more of a job that ran long) and cost up to 29 % more average JCT on the development
+    trace's days.
     With its team's history a job near the usual end of its team's jobs is not preempted
     for a fresh one, which would need more (least attained service alone would: its class
     only grows).
